@@ -1,0 +1,64 @@
+"""mlproject-runner: run MLflow projects, fast and exactly.
+
+    import runner
+    submitted = runner.run("./project", parameters={"alpha": 0.4}, synchronous=False)
+    submitted.wait()
+
+Public API only; heavy modules load on first use so `import runner` stays cheap.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from runner.errors import (
+    EnvironmentBuildError,
+    LaunchError,
+    NotAvailableError,
+    ParameterError,
+    ProjectError,
+    RunFailedError,
+    RunnerError,
+    SpecValidationError,
+    TrackingError,
+    UsageError,
+)
+from runner.version import __version__
+
+if TYPE_CHECKING:
+    from runner.api import run
+    from runner.launch import SubmittedRun
+    from runner.project.spec import load_project
+
+__all__ = [
+    "run",
+    "SubmittedRun",
+    "load_project",
+    "RunnerError",
+    "UsageError",
+    "ProjectError",
+    "SpecValidationError",
+    "ParameterError",
+    "NotAvailableError",
+    "EnvironmentBuildError",
+    "LaunchError",
+    "TrackingError",
+    "RunFailedError",
+    "__version__",
+]
+
+_LAZY = {
+    "run": ("runner.api", "run"),
+    "SubmittedRun": ("runner.launch", "SubmittedRun"),
+    "load_project": ("runner.project.spec", "load_project"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module_name, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(module_name), attribute)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'runner' has no attribute {name!r}")

@@ -1,0 +1,183 @@
+"""run(): the one pipeline behind both the CLI and the Python API.
+
+    URI --sources.fetch--> ProjectDir --project.load--> Project
+        --params.resolve--> Invocation --envs.prepare--> Environment
+        --launch--> SubmittedRun --wait--> outcome recorded
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from runner import home
+from runner.errors import NotAvailableError, RunFailedError, UsageError
+from runner.launch import SubmittedRun, start
+from runner.project.params import Invocation, parse_assignments, resolve
+from runner.project.spec import Project, load_project
+from runner.sources import ProjectDir, fetch
+
+BACKENDS = ("local",)
+
+Notify = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before anything is created or started."""
+
+    source: ProjectDir
+    project: Project
+    invocation: Invocation
+    env_manager: str
+
+
+def _default_notify(message: str) -> None:
+    import logging  # only for API callers; the CLI passes its own notify
+
+    logging.getLogger("runner").info(message)
+
+
+def plan(
+    uri: str,
+    entry_point: str = "main",
+    version: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    env_manager: str | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Plan:
+    """Fetch, load and validate a project and its parameters; start nothing."""
+    from runner.envs import choose_manager
+
+    caller_cwd = Path(cwd).absolute() if cwd is not None else Path.cwd()
+    source = fetch(_absolute_uri(uri, caller_cwd), version)
+    project = load_project(source.path)
+    invocation = resolve(project, entry_point, parameters, caller_cwd)
+    manager = choose_manager(project, env_manager)
+    return Plan(source, project, invocation, manager)
+
+
+def _absolute_uri(uri: str, caller_cwd: Path) -> str:
+    # A relative local path is taken from the caller's directory, not the process's.
+    if "://" in uri or "@" in uri.split("#", 1)[0]:
+        return uri
+    base, sep, subdir = uri.partition("#")
+    return str(caller_cwd / os.path.expanduser(base or ".")) + sep + subdir
+
+
+def parse_docker_args(items: list[str] | tuple[str, ...] | None) -> dict[str, str | bool]:
+    """`-A name=value` -> {"name": "value"}; a bare `-A name` -> {"name": True} (a flag)."""
+    result: dict[str, str | bool] = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not name:
+            raise UsageError(f"-A {item!r}: expected NAME=VALUE or NAME", hint="for example -A memory=2g")
+        result[name] = value if sep else True
+    return result
+
+
+def parse_backend_config(value: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    text = value
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as handle:
+            text = handle.read()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        raise UsageError("--backend-config: not JSON and not a JSON file", hint='for example -c \'{"key": "value"}\'') from None
+    if not isinstance(parsed, dict):
+        raise UsageError("--backend-config: expected a JSON object")
+    return parsed
+
+
+def run(
+    uri: str = ".",
+    entry_point: str = "main",
+    version: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    docker_args: Mapping[str, Any] | None = None,
+    experiment_name: str | None = None,
+    experiment_id: str | None = None,
+    backend: str = "local",
+    backend_config: str | Mapping[str, Any] | None = None,
+    storage_dir: str | None = None,
+    synchronous: bool = True,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    env_manager: str | None = None,
+    build_image: bool = False,
+    docker_auth: Mapping[str, Any] | None = None,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    stream_output: bool = True,
+    notify: Notify | None = None,
+    on_submitted: Callable[[SubmittedRun], None] | None = None,
+) -> SubmittedRun:
+    """Run an MLflow project; the arguments are those of `mlflow.projects.run`.
+
+    Returns a SubmittedRun. With `synchronous=True` (the default) it waits and,
+    as MLflow does, raises RunFailedError if the run did not finish successfully.
+    """
+    notify = notify or _default_notify
+    backend = backend or "local"
+    if backend not in BACKENDS:
+        raise NotAvailableError(f"backend {backend!r} is not available", hint="use the local backend (-b local)")
+    parse_backend_config(backend_config)
+    _check_tracking_arguments(experiment_name, experiment_id, run_id)
+
+    the_plan = plan(uri, entry_point, version, parameters, env_manager, cwd)
+    for warning in the_plan.project.warnings:
+        notify(f"warning: {warning}")
+
+    from runner.envs import manager_module
+
+    manager = manager_module(the_plan.env_manager)
+    environment = manager.prepare(the_plan.project, progress=None)
+
+    local_run_id = uuid.uuid4().hex
+    run_dir = home.subdir("runs") / local_run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    submitted = SubmittedRun(local_run_id, run_dir / "output.log")
+    if on_submitted is not None:
+        on_submitted(submitted)  # from here on a cancel request stops the run, even mid-start
+
+    child_env = environment.apply(os.environ)
+    # Output goes through a pipe to be teed; keep Python children streaming live.
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    command = the_plan.invocation.command
+    notify(f"=== Running command '{command}' in run with ID '{local_run_id}' ===")
+    start(
+        submitted,
+        environment.argv(command, child_env),
+        the_plan.invocation.cwd,
+        child_env,
+        echo=stream_output,
+    )
+    if synchronous:
+        if not submitted.wait():
+            raise RunFailedError(
+                f"run {local_run_id} {submitted.get_status().lower()} (exit code {submitted.exit_code})",
+                submitted,
+                submitted.exit_code or 1,
+            )
+    return submitted
+
+
+def _check_tracking_arguments(experiment_name: str | None, experiment_id: str | None, run_id: str | None) -> None:
+    for flag, value in (("--experiment-name", experiment_name), ("--experiment-id", experiment_id), ("--run-id", run_id)):
+        if value is not None:
+            raise NotAvailableError(
+                f"{flag}: MLflow tracking is not available in this version",
+                hint=f"leave out {flag}; the project's own mlflow calls still log where MLFLOW_TRACKING_URI points",
+            )
+
+
+def cli_parameters(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    return parse_assignments(items, "-P")

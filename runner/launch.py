@@ -1,0 +1,296 @@
+"""The child process: its own process group, live output tee, signals, SubmittedRun.
+
+The command runs in a new session (its own process group, no controlling
+terminal), so the runner decides what reaches it: a cancel sends SIGTERM to the
+whole group, waits a grace period, then SIGKILLs it. When the command exits, any
+process it left behind in its group is stopped the same way: no process
+outlives its run.
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from runner.errors import LaunchError
+
+RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+DEFAULT_GRACE_SECONDS = 10.0
+_DRAIN_SECONDS = 2.0  # output still held open by an escaped process is given up after this
+
+
+def kill_grace() -> float:
+    try:
+        return max(0.0, float(os.environ.get("MLPROJECT_KILL_GRACE", DEFAULT_GRACE_SECONDS)))
+    except ValueError:
+        return DEFAULT_GRACE_SECONDS
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # FINISHED, FAILED or KILLED
+    exit_code: int  # shell convention: 128+N for a child killed by signal N
+
+
+FinishCallback = Callable[[Outcome], None]
+
+
+def exit_code_of(returncode: int) -> int:
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def group_alive(pgid: int) -> bool:
+    """True while a live (non-zombie) process is in the group."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Zombies also answer signal 0; an init that does not reap them would keep us waiting.
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return True
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def stop_group(pgid: int, grace: float) -> None:
+    """SIGTERM the group, wait up to `grace`, then SIGKILL whatever is left."""
+    if not group_alive(pgid):
+        return
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not group_alive(pgid):
+            return
+        time.sleep(0.02)
+    _signal_group(pgid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class _Tee(threading.Thread):
+    """Copies the child's stdout/stderr to ours (live) and to the run's log."""
+
+    def __init__(self, streams: Mapping[int, int], log_file, echo: bool):
+        super().__init__(daemon=True, name="mlproject-tee")
+        self._streams = dict(streams)  # child pipe fd -> our fd to echo to
+        self._log = log_file
+        self._echo = echo
+        self._stop_at: float | None = None
+
+    def stop_after(self, seconds: float) -> None:
+        self._stop_at = time.monotonic() + seconds
+
+    def run(self) -> None:
+        selector = selectors.DefaultSelector()
+        for fd in self._streams:
+            selector.register(fd, selectors.EVENT_READ)
+        open_fds = set(self._streams)
+        try:
+            while open_fds:
+                if self._stop_at is not None and time.monotonic() > self._stop_at:
+                    break
+                for key, _ in selector.select(timeout=0.1):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        selector.unregister(key.fd)
+                        open_fds.discard(key.fd)
+                        continue
+                    self._log.write(chunk)
+                    self._log.flush()
+                    if self._echo:
+                        _write_all(self._streams[key.fd], chunk)
+        finally:
+            selector.close()
+            for fd in self._streams:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        while data:
+            written = os.write(fd, data)
+            data = data[written:]
+    except OSError:
+        pass  # our own stdout went away (closed pipe); the log still has everything
+
+
+class SubmittedRun:
+    """A launched command: wait for it, ask its status, or cancel it.
+
+    Mirrors mlflow.projects.SubmittedRun (`run_id`, `wait()`, `get_status()`,
+    `cancel()`) and adds `exit_code` and `log_path`.
+    """
+
+    def __init__(self, run_id: str, log_path: Path | None):
+        self.run_id = run_id
+        self.log_path = log_path
+        self.exit_code: int | None = None
+        self.cancel_signal: int | None = None
+        self._status = RUNNING
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # -- public API --------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run ends; True if it FINISHED. Ctrl-C cancels the run."""
+        try:
+            if timeout is None:
+                while not self._done.wait(0.5):
+                    pass
+            elif not self._done.wait(timeout):
+                return False
+        except KeyboardInterrupt:
+            self.cancel(signal.SIGINT)
+            raise
+        return self._status == FINISHED
+
+    def get_status(self) -> str:
+        return self._status
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self, signum: int = signal.SIGTERM) -> None:
+        """Stop the whole process group (TERM, grace, KILL) and wait until it is gone."""
+        self.request_cancel(signum)
+        while not self._done.wait(0.5):
+            pass
+
+    def request_cancel(self, signum: int = signal.SIGTERM) -> None:
+        """Start cancelling without blocking (safe inside a signal handler).
+
+        A second request while the first is still in its grace period kills at once.
+        """
+        with self._lock:
+            if self._done.is_set():
+                return
+            again = self.cancel_signal is not None
+            self.cancel_signal = self.cancel_signal or signum
+            process = self._process
+        if process is None:
+            return
+        if again:
+            _signal_group(process.pid, signal.SIGKILL)
+            return
+        _signal_group(process.pid, signal.SIGTERM)
+        timer = threading.Timer(kill_grace(), self._kill_if_running)
+        timer.daemon = True
+        timer.start()
+
+    def __repr__(self) -> str:
+        return f"SubmittedRun(run_id={self.run_id!r}, status={self._status!r}, exit_code={self.exit_code!r})"
+
+    # -- internals -----------------------------------------------------------
+    def _kill_if_running(self) -> None:
+        process = self._process
+        if process is not None and not self._done.is_set():
+            _signal_group(process.pid, signal.SIGKILL)
+
+    def _finish(self, outcome: Outcome, on_finish: FinishCallback | None) -> None:
+        try:
+            if on_finish is not None:
+                on_finish(outcome)
+        finally:
+            with self._lock:
+                self.exit_code = outcome.exit_code
+                self._status = outcome.status
+            self._done.set()
+
+    def _fail_before_start(self, on_finish: FinishCallback | None) -> None:
+        self._finish(Outcome(FAILED, 1), on_finish)
+
+
+def start(
+    run: SubmittedRun,
+    argv: Sequence[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    *,
+    echo: bool = True,
+    on_finish: FinishCallback | None = None,
+) -> None:
+    """Start `argv` for `run`; a watcher thread ends the run when the command exits.
+
+    Raises LaunchError (after ending the run as FAILED) if the command cannot start.
+    """
+    log_file = open(run.log_path, "ab") if run.log_path else open(os.devnull, "wb")
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        with run._lock:
+            cancelled_early = run.cancel_signal is not None
+            if not cancelled_early:
+                run._process = subprocess.Popen(
+                    list(argv),
+                    cwd=str(cwd),
+                    env=dict(env),
+                    stdout=out_w,
+                    stderr=err_w,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+    except OSError as exc:
+        for fd in (out_r, out_w, err_r, err_w):
+            os.close(fd)
+        log_file.close()
+        run._fail_before_start(on_finish)
+        raise LaunchError(f"cannot start {argv[0]!r}: {exc.strerror}", hint="is it installed and on PATH?") from None
+    finally:
+        if run._process is not None:
+            os.close(out_w)
+            os.close(err_w)
+    if cancelled_early:
+        for fd in (out_r, out_w, err_r, err_w):
+            os.close(fd)
+        log_file.close()
+        run._finish(Outcome(KILLED, 128 + run.cancel_signal), on_finish)  # type: ignore[operator]
+        return
+
+    tee = _Tee({out_r: 1, err_r: 2}, log_file, echo)
+    tee.start()
+    watcher = threading.Thread(
+        target=_watch, args=(run, tee, log_file, on_finish), daemon=True, name="mlproject-watch"
+    )
+    watcher.start()
+
+
+def _watch(run: SubmittedRun, tee: _Tee, log_file, on_finish: FinishCallback | None) -> None:
+    process = run._process
+    assert process is not None
+    returncode = process.wait()
+    stop_group(process.pid, kill_grace())
+    tee.stop_after(_DRAIN_SECONDS)
+    tee.join()
+    log_file.close()
+    if run.cancel_signal is not None:
+        status = KILLED
+    else:
+        status = FINISHED if returncode == 0 else FAILED
+    run._finish(Outcome(status, exit_code_of(returncode)), on_finish)

@@ -1,0 +1,267 @@
+"""Parameter types, coercion, and safe command rendering.
+
+Every value is checked and converted before anything is created or started.
+Commands are rendered as MLflow renders them (`command.format(**quoted)`, with
+undeclared parameters appended as `--name value`), except that every value
+and every appended name is shell-quoted: parameters are data, never code.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlparse
+
+from runner.errors import NotAvailableError, ParameterError, ProjectError, UsageError
+from runner.project.spec import EntryPoint, Project
+
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off"}
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What will run: the rendered shell command and the typed parameter values."""
+
+    entry_point: str
+    command: str
+    cwd: Path
+    values: dict[str, Any] = field(default_factory=dict)  # typed values, declared parameters
+    texts: dict[str, str] = field(default_factory=dict)  # what the command received, unquoted
+    extra: dict[str, str] = field(default_factory=dict)  # undeclared, appended as --name value
+
+
+def parse_assignments(items: Iterable[str], flag: str = "-P") -> dict[str, str]:
+    """`name=value` pairs, split on the first `=`; a repeated name is an error."""
+    result: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"{flag} {item!r}: expected NAME=VALUE", hint=f"for example {flag} alpha=0.5")
+        if name in result:
+            raise UsageError(f"{flag} {name}: given more than once", hint="give each parameter once")
+        result[name] = value
+    return result
+
+
+def placeholders(command: str) -> list[str]:
+    """Names of the `{placeholders}` a command refers to (format-string fields)."""
+    names = []
+    for _, field_name, _, _ in string.Formatter().parse(command):
+        if field_name:
+            base = field_name.split(".", 1)[0].split("[", 1)[0]
+            if base not in names:
+                names.append(base)
+    return names
+
+
+def check_command(entry: EntryPoint) -> list[str]:
+    """Problems in a command template: placeholders naming no declared parameter."""
+    try:
+        names = placeholders(entry.command)
+    except ValueError as exc:
+        return [f"entry point {entry.name!r}: command is not a valid template ({exc})"]
+    problems = []
+    for name in names:
+        if name not in entry.parameters:
+            problems.append(
+                f"entry point {entry.name!r}: command uses {{{name}}} but declares no parameter {name!r}"
+            )
+    return problems
+
+
+def resolve(
+    project: Project,
+    entry_point: str,
+    given: Mapping[str, Any] | None,
+    caller_cwd: Path | None = None,
+) -> Invocation:
+    entry = project.entry_point(entry_point)
+    given = dict(given or {})
+    caller_cwd = caller_cwd or Path.cwd()
+
+    missing = [p.name for p in entry.parameters.values() if p.required and given.get(p.name) is None]
+    if missing:
+        raise ParameterError(
+            f"missing value for parameter{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(entry point {entry.name!r})",
+            hint="give " + " ".join(f"-P {name}=VALUE" for name in missing),
+        )
+    values: dict[str, Any] = {}
+    texts: dict[str, str] = {}
+    for param in entry.parameters.values():
+        raw = given.get(param.name)
+        from_default = raw is None
+        if from_default:
+            raw = param.default
+        try:
+            values[param.name], texts[param.name] = convert(param.type, raw, project.directory, caller_cwd)
+        except ValueError as exc:
+            origin = "default value" if from_default else "value"
+            raise ParameterError(
+                f"parameter {param.name!r}: {origin} {_show(raw)} {exc}",
+                hint=_type_hint(param.type),
+            ) from None
+    extra = {}
+    for name, raw in given.items():
+        if name in entry.parameters:
+            continue
+        extra[name] = _plain_text(name, raw)
+
+    for name, text in list(texts.items()) + list(extra.items()):
+        if "\0" in text:
+            raise ParameterError(f"parameter {name!r}: value contains a NUL byte", hint="NUL cannot be passed to a program")
+    command = render(entry, texts, extra)
+    return Invocation(entry.name, command, project.directory, values, texts, extra)
+
+
+def render(entry: EntryPoint, texts: Mapping[str, str], extra: Mapping[str, str]) -> str:
+    quoted = {name: shlex.quote(text) for name, text in texts.items()}
+    problems = check_command(entry)
+    if problems:
+        raise ProjectError(problems[0], hint="declare the parameter under entry_points in MLproject")
+    try:
+        command = entry.command.format(**quoted)
+    except (IndexError, KeyError, ValueError, AttributeError) as exc:
+        raise ProjectError(
+            f"entry point {entry.name!r}: cannot render command: {exc}",
+            hint="placeholders are {name}; write a literal brace as {{ or }}",
+        ) from None
+    pieces = [command]
+    for name, text in extra.items():
+        pieces.append(f"{shlex.quote('--' + name)} {shlex.quote(text)}")
+    return " ".join(pieces)
+
+
+def _plain_text(name: str, raw: Any) -> str:
+    if raw is None:
+        raise ParameterError(f"parameter {name!r}: no value given")
+    return _text(raw)
+
+
+def _text(value: Any) -> str:
+    # str() as MLflow does, so a command sees what `mlflow run` would pass it.
+    return value if isinstance(value, str) else str(value)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def convert(type_name: str, raw: Any, project_dir: Path, caller_cwd: Path) -> tuple[Any, str]:
+    """(typed value, text passed to the command); ValueError says what is wrong."""
+    converter = _CONVERTERS.get(type_name)
+    if converter is None:
+        raise ValueError(f"has unknown type {type_name!r}")
+    return converter(raw, project_dir, caller_cwd)
+
+
+def _string(raw: Any, _p: Path, _c: Path) -> tuple[Any, str]:
+    text = _text(raw)
+    return text, text
+
+
+def _float(raw: Any, _p: Path, _c: Path) -> tuple[Any, str]:
+    if isinstance(raw, bool):
+        raise ValueError("is not a float")
+    if isinstance(raw, (int, float)):
+        return float(raw), _text(raw)
+    text = _text(raw)
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("is not a float") from None
+    if math.isnan(value) and text.strip().lower() not in ("nan", "+nan", "-nan"):
+        raise ValueError("is not a float")
+    return value, text
+
+
+def _int(raw: Any, _p: Path, _c: Path) -> tuple[Any, str]:
+    if isinstance(raw, bool):
+        raise ValueError("is not an int")
+    if isinstance(raw, int):
+        return raw, str(raw)
+    if isinstance(raw, float):
+        if raw.is_integer():
+            return int(raw), str(int(raw))
+        raise ValueError("is not an int")
+    text = _text(raw)
+    try:
+        return int(text.strip(), 10), text
+    except ValueError:
+        raise ValueError("is not an int") from None
+
+
+def _bool(raw: Any, _p: Path, _c: Path) -> tuple[Any, str]:
+    if isinstance(raw, bool):
+        return raw, str(raw)
+    if isinstance(raw, int) and raw in (0, 1):
+        return bool(raw), str(raw)
+    text = _text(raw)
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True, text
+    if lowered in _FALSE:
+        return False, text
+    raise ValueError("is not a bool (true/false, yes/no, 1/0)")
+
+
+def _has_scheme(text: str) -> bool:
+    scheme = urlparse(text).scheme
+    # One letter is a Windows drive, not a scheme.
+    return len(scheme) > 1
+
+
+def _path(raw: Any, project_dir: Path, caller_cwd: Path) -> tuple[Any, str]:
+    text = _text(raw)
+    if not text:
+        raise ValueError("is not a path")
+    if _has_scheme(text):
+        parsed = urlparse(text)
+        if parsed.scheme != "file":
+            raise NotAvailableError(
+                f"remote path {text!r} cannot be downloaded yet",
+                hint="download it first and pass a local path",
+            )
+        text = parsed.path
+    expanded = os.path.expanduser(text)
+    for base in (caller_cwd, project_dir):
+        candidate = Path(base, expanded)
+        if candidate.exists():
+            resolved = os.path.abspath(candidate)
+            return resolved, resolved
+    raise ValueError(
+        f"is not an existing file or directory (looked in {caller_cwd} and in the project)"
+    )
+
+
+def _uri(raw: Any, _p: Path, _c: Path) -> tuple[Any, str]:
+    text = _text(raw)
+    if not _has_scheme(text):
+        raise ValueError("is not a URI (it needs a scheme, like s3://bucket/key or file:///data)")
+    return text, text
+
+
+_CONVERTERS = {
+    "string": _string,
+    "float": _float,
+    "int": _int,
+    "bool": _bool,
+    "path": _path,
+    "uri": _uri,
+}
+
+
+def _type_hint(type_name: str) -> str:
+    return {
+        "float": "give a number such as 0.5 or 1e-3",
+        "int": "give a whole number such as 10",
+        "bool": "give true or false",
+        "path": "give a path relative to the current directory or to the project",
+        "uri": "give a URI with a scheme, such as s3://bucket/key",
+    }.get(type_name, f"expected a {type_name}")

@@ -1,0 +1,61 @@
+"""`mlproject validate`: every check a run makes before it starts, and a report."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from runner.errors import RunnerError
+from runner.project.params import check_command, convert
+
+
+def report(
+    uri: str,
+    entry_point: str,
+    version: str | None,
+    parameters: Mapping[str, str],
+    env_manager: str | None,
+) -> tuple[list[str], list[str]]:
+    """(lines describing what would run, problems found). Creates and starts nothing."""
+    from runner import api
+    from runner.envs import manager_module
+    from runner.project.envfiles import load_env_file
+    from runner.project.spec import load_project
+    from runner.sources import fetch
+
+    lines: list[str] = []
+    problems: list[str] = []
+    try:
+        source = fetch(api._absolute_uri(uri, Path.cwd()), version)
+        project = load_project(source.path)
+    except RunnerError as exc:
+        return lines, list(getattr(exc, "details", None) or [exc.message])
+
+    lines.append(f"project: {project.directory}" + (f" ({project.name})" if project.name else ""))
+    lines.extend(f"warning: {w}" for w in project.warnings)
+    for entry in project.entry_points.values():
+        problems.extend(check_command(entry))
+        for param in entry.parameters.values():
+            if param.default is None or param.type in ("path", "uri"):
+                continue
+            try:
+                convert(param.type, param.default, project.directory, project.directory)
+            except ValueError as exc:
+                problems.append(f"entry point {entry.name!r}: parameter {param.name!r}: default {param.default!r} {exc}")
+    if project.env.path is not None:
+        try:
+            load_env_file(project.env.kind, project.env.path)
+        except RunnerError as exc:
+            problems.extend(getattr(exc, "details", None) or [exc.message])
+    try:
+        the_plan = api.plan(uri, entry_point, version, parameters, env_manager)
+        lines.append(f"entry point: {the_plan.invocation.entry_point}")
+        lines.append(f"command: {the_plan.invocation.command}")
+        lines.append(f"environment: {project.env.describe(project.directory)}")
+        lines.append(f"env manager: {the_plan.env_manager}")
+        try:
+            lines.append(f"  {manager_module(the_plan.env_manager).describe(project)}")
+        except RunnerError as exc:
+            problems.append(exc.message)
+    except RunnerError as exc:
+        problems.append(exc.message)
+    return lines, list(dict.fromkeys(problems))

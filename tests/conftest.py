@@ -1,0 +1,89 @@
+"""Shared fixtures: an isolated MLPROJECT_HOME, project builders, and the real CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def mlproject_home(tmp_path_factory, monkeypatch) -> Path:
+    home = tmp_path_factory.mktemp("mlproject-home")
+    monkeypatch.setenv("MLPROJECT_HOME", str(home))
+    monkeypatch.setenv("MLPROJECT_KILL_GRACE", "2")
+    # Tracking is tested on its own; keep other tests from writing ./mlflow.db.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return home
+
+
+def write_project(root: Path, mlproject: str | None = None, files: dict[str, str] | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    if mlproject is not None:
+        (root / "MLproject").write_text(textwrap.dedent(mlproject).lstrip())
+    for name, content in (files or {}).items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(content).lstrip())
+    return root
+
+
+@pytest.fixture
+def make_project(tmp_path):
+    counter = iter(range(1000))
+
+    def make(mlproject: str | None = None, files: dict[str, str] | None = None, name: str | None = None) -> Path:
+        return write_project(tmp_path / (name or f"project{next(counter)}"), mlproject, files)
+
+    return make
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120) -> Result:
+    """The real `mlproject` command in a fresh interpreter."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Result(completed.returncode, completed.stdout, completed.stderr)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+def assert_clean_error(result: Result, code: int = 2, contains: str | None = None) -> None:
+    """One `error:` line (plus an optional hint), the documented exit code, no traceback."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1, result.stderr
+    if contains is not None:
+        assert contains in error_lines[0], error_lines[0]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
