@@ -127,8 +127,8 @@ def _run(args: argparse.Namespace) -> int:
             notify=_say,
             on_submitted=active.append,
         )
-        while not submitted.wait(0.25):
-            pass
+        while not submitted.done:
+            submitted.wait(0.25)
     except _Interrupted as interrupted:
         _say(f"interrupted by {signal.Signals(interrupted.signum).name}")
         return 128 + interrupted.signum

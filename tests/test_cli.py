@@ -1,0 +1,179 @@
+"""The `mlproject` command as a user meets it: exit codes, messages, validate."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import assert_clean_error
+
+ECHO_ARGS = """
+entry_points:
+  main:
+    parameters:
+      name: string
+      n: {type: int, default: 1}
+    command: "python show_args.py {name} {n}"
+"""
+SHOW_ARGS = {"show_args.py": "import json, sys\nprint(json.dumps(sys.argv[1:]))\n"}
+
+
+def _run_id(stderr: str) -> str:
+    return re.search(r"run with ID '([0-9a-f]{32})'", stderr).group(1)
+
+
+def test_runs_and_streams_output_and_keeps_log(make_project, cli, mlproject_home):
+    root = make_project(ECHO_ARGS, SHOW_ARGS)
+    result = cli("run", str(root), "--env-manager", "local", "-P", "name=world", "-P", "n=2")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["world", "2"]
+    log = mlproject_home / "runs" / _run_id(result.stderr) / "output.log"
+    assert json.loads(log.read_text()) == ["world", "2"]
+    assert "succeeded" in result.stderr
+
+
+def test_injection_reaches_program_as_one_argument(make_project, cli, tmp_path):
+    root = make_project(ECHO_ARGS, SHOW_ARGS)
+    marker = tmp_path / "INJECTED"
+    hostile = f"friend; touch {marker}; $(touch {marker}) `touch {marker}` && touch {marker} | 'q\" \n"
+    result = cli("run", str(root), "--env-manager", "local", "-P", f"name={hostile}", "-P", f"extra=$(touch {marker})")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [hostile, "1", "--extra", f"$(touch {marker})"]
+    assert not marker.exists()
+
+
+def test_command_exit_code_propagates(make_project, cli):
+    root = make_project("entry_points:\n  main:\n    command: 'echo out; echo err >&2; exit 7'\n")
+    result = cli("run", str(root), "--env-manager", "local")
+    assert result.returncode == 7
+    assert result.stdout == "out\n" and "err\n" in result.stderr
+    assert "failed with exit code 7" in result.stderr
+
+
+def test_pipes_in_commands_work(make_project, cli):
+    root = make_project("entry_points:\n  main:\n    command: 'printf \"b\\na\\n\" | sort | tr a-z A-Z'\n")
+    result = cli("run", str(root), "--env-manager", "local")
+    assert result.returncode == 0 and result.stdout == "A\nB\n"
+
+
+def test_runs_in_project_directory_from_elsewhere(make_project, cli, tmp_path):
+    root = make_project("entry_points:\n  main:\n    command: pwd\n")
+    result = cli("run", str(root), "--env-manager", "local", cwd=tmp_path)
+    assert result.stdout.strip() == str(root)
+
+
+def test_relative_uri_from_caller_directory(make_project, cli, tmp_path):
+    root = make_project("entry_points:\n  main:\n    command: pwd\n", name="relproj")
+    result = cli("run", "relproj", "--env-manager", "local", cwd=root.parent)
+    assert result.returncode == 0 and result.stdout.strip() == str(root)
+
+
+def test_path_parameter_from_repository_root(make_project, cli, tmp_path):
+    """The seed tutorial's form: `mlflow run train -P data_file=data/sal_data.csv` from the repo root."""
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "sal_data.csv").write_text("years,salary\n1,10\n")
+    make_project("entry_points:\n  main:\n    parameters:\n      data_file: path\n    command: cat {data_file}\n", name="repo/train")
+    result = cli("run", "train", "--env-manager", "local", "-P", "data_file=data/sal_data.csv", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "years,salary\n1,10\n"
+
+
+def test_inferred_python_and_shell_entry_points(make_project, cli):
+    root = make_project(files={"train.py": "import sys; print('py', sys.argv[1:])\n", "go.sh": "echo sh \"$@\"\n"})
+    result = cli("run", str(root), "-e", "train.py", "--env-manager", "local", "-P", "alpha=0.5")
+    assert result.returncode == 0 and result.stdout == "py ['--alpha', '0.5']\n"
+    result = cli("run", str(root), "-e", "go.sh", "--env-manager", "local", env={"SHELL": "/bin/sh"})
+    assert result.returncode == 0 and result.stdout == "sh\n"
+
+
+def test_usage_errors_are_one_line(make_project, cli, tmp_path):
+    root = make_project(ECHO_ARGS, SHOW_ARGS)
+    assert_clean_error(cli("run", str(root), "--env-manager", "local"), contains="missing value for parameter name")
+    assert_clean_error(cli("run", str(root), "--env-manager", "local", "-P", "name=a", "-P", "n=x"), contains="parameter 'n': value 'x' is not an int")
+    assert_clean_error(cli("run", str(root), "--env-manager", "local", "-P", "name=a", "-P", "name=b"), contains="given more than once")
+    assert_clean_error(cli("run", str(root), "--env-manager", "local", "-P", "noequals"), contains="expected NAME=VALUE")
+    assert_clean_error(cli("run", str(root), "-e", "nope", "--env-manager", "local"), contains="entry point 'nope' not found")
+    assert_clean_error(cli("run", str(root), "--env-manager", "bogus", "-P", "name=a"), contains="--env-manager 'bogus'")
+    assert_clean_error(cli("run", str(tmp_path / "missing")), contains="does not exist")
+    assert_clean_error(cli("run", str(root), "--no-such-flag"), contains="unrecognized arguments")
+    assert_clean_error(cli("run"), contains="the following arguments are required: uri")
+
+
+def test_invalid_spec_is_one_line_with_file_and_line(make_project, cli):
+    root = make_project("name: x\nentry_points:\n  main:\n    parameters:\n      a: {type: flaot}\n    command: echo\n")
+    assert_clean_error(cli("run", str(root), "--env-manager", "local"), contains="MLproject:5: entry_points.main.parameters.a.type: 'flaot' is not one of")
+    bad_yaml = make_project(files={"MLproject": "entry_points:\n  main:\n    command: [unclosed\n"})
+    assert_clean_error(cli("run", str(bad_yaml), "--env-manager", "local"), contains="MLproject:3: invalid YAML")
+
+
+def test_features_of_later_issues_fail_clearly(make_project, cli):
+    root = make_project("entry_points:\n  main:\n    command: 'true'\n")
+    assert_clean_error(cli("run", str(root), "-b", "databricks"), contains="backend 'databricks'")
+    assert_clean_error(cli("run", "https://user:secret@example.invalid/repo.git"), contains="git projects")
+    assert "secret" not in cli("run", "https://user:secret@example.invalid/repo.git").stderr
+    assert_clean_error(cli("run", str(root), "-c", "{not json"), contains="--backend-config")
+
+
+def test_no_traceback_without_debug_but_with_it(make_project, cli):
+    root = make_project("entry_points:\n  main:\n    command: 'true'\n")
+    result = cli("run", str(root), "-e", "nope", "--debug", "--env-manager", "local")
+    assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+def test_validate_prints_plan_and_starts_nothing(make_project, cli, mlproject_home, tmp_path):
+    marker = tmp_path / "ran"
+    root = make_project(
+        f"name: v\nentry_points:\n  main:\n    parameters:\n      a: float\n    command: touch {marker} {{a}}\n",
+        {"python_env.yaml": "python: '3.11'\n"},
+    )
+    result = cli("validate", str(root), "-P", "a=0.5", "--env-manager", "local")
+    assert result.returncode == 0, result.stderr
+    assert f"command: touch {marker} 0.5" in result.stdout
+    assert "environment: python_env (python_env.yaml)" in result.stdout
+    assert not marker.exists()
+    assert not (mlproject_home / "runs").exists()
+
+
+def test_validate_reports_every_problem(make_project, cli):
+    root = make_project(
+        "entry_points:\n  main:\n    parameters:\n      a: float\n    command: echo {a} {b}\n"
+        "  other:\n    parameters:\n      n: {type: int, default: x}\n    command: echo {n} {m}\n"
+    )
+    result = cli("validate", str(root), "-P", "a=1")
+    assert result.returncode == 2
+    assert "command uses {b} but declares no parameter 'b'" in result.stderr
+    assert "command uses {m} but declares no parameter 'm'" in result.stderr
+    assert "parameter 'n': default 'x' is not an int" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_env_file_errors(make_project, cli):
+    root = make_project("entry_points:\n  main:\n    command: echo\n", {"python_env.yaml": "python: [3]\n"})
+    result = cli("validate", str(root))
+    assert result.returncode == 2 and "python_env.yaml:1: python: expected a string" in result.stderr
+
+
+def test_console_script_and_module_entry(tmp_path):
+    script = Path(sys.executable).parent / "mlproject"
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("mlproject-runner ")
+    out = subprocess.run([sys.executable, "-m", "runner", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0
+
+
+def test_warm_path_skips_yaml_and_jsonschema(make_project, mlproject_home):
+    root = make_project("name: w\nentry_points:\n  main:\n    parameters:\n      a: float\n    command: 'true'\n")
+    probe = (
+        "import sys\nfrom runner.cli import main\nrc = main(['run', sys.argv[1], '--env-manager', 'local', '-P', 'a=1'])\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'yaml', 'jsonschema', 'mlflow', 'git', 'docker'})\n"
+        "print(rc, heavy)\n"
+    )
+    env = {**os.environ}
+    first = subprocess.run([sys.executable, "-c", probe, str(root)], capture_output=True, text=True, env=env)
+    assert first.stdout.strip().endswith("0 ['jsonschema', 'yaml']"), first.stderr
+    second = subprocess.run([sys.executable, "-c", probe, str(root)], capture_output=True, text=True, env=env)
+    assert second.stdout.strip().endswith("0 []"), second.stderr
