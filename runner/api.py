@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
+    from typing import Any, Callable, Mapping
 
 from runner import home
 from runner.errors import NotAvailableError, RunFailedError, UsageError
@@ -22,7 +23,7 @@ from runner.sources import ProjectDir, fetch
 
 BACKENDS = ("local",)
 
-Notify = Callable[[str], None]
+Notify = "Callable[[str], None]"
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def parse_docker_args(items: list[str] | tuple[str, ...] | None) -> dict[str, st
 def parse_backend_config(value: str | Mapping[str, Any] | None) -> dict[str, Any]:
     if value is None:
         return {}
-    if isinstance(value, Mapping):
+    if not isinstance(value, str):
         return dict(value)
     text = value
     if os.path.isfile(value):
@@ -141,7 +142,7 @@ def run(
     manager = manager_module(the_plan.env_manager)
     environment = manager.prepare(the_plan.project, progress=None)
 
-    local_run_id = uuid.uuid4().hex
+    local_run_id = os.urandom(16).hex()  # the form of an MLflow run ID; uuid costs 3 ms to import
     run_dir = home.subdir("runs") / local_run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     submitted = SubmittedRun(local_run_id, run_dir / "output.log")

@@ -16,7 +16,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
+    from typing import Callable, Mapping, Sequence
 
 from runner.errors import LaunchError
 
@@ -38,7 +40,7 @@ class Outcome:
     exit_code: int  # shell convention: 128+N for a child killed by signal N
 
 
-FinishCallback = Callable[[Outcome], None]
+FinishCallback = "Callable[[Outcome], None]"
 
 
 def exit_code_of(returncode: int) -> int:

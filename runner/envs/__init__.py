@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
+    from typing import Mapping
 
 from runner.errors import NotAvailableError, UsageError
 from runner.project.spec import Project
@@ -42,8 +43,17 @@ class Environment:
 
     def argv(self, command: str, env: Mapping[str, str]) -> list[str]:
         # bash as MLflow uses it (pipes and redirections in commands keep working).
-        shell = shutil.which("bash", path=env.get("PATH")) or shutil.which("bash") or "/bin/sh"
+        shell = which("bash", env.get("PATH")) or which("bash", os.defpath) or "/bin/sh"
         return [shell, "-c", command]
+
+
+def which(program: str, search_path: str | None) -> str | None:
+    """shutil.which without importing shutil (3-4 ms on the warm path)."""
+    for directory in (search_path or "").split(os.pathsep):
+        candidate = os.path.join(directory or ".", program)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def choose_manager(project: Project, requested: str | None) -> str:

@@ -1,0 +1,99 @@
+"""Timing helpers for `make bench`: repeated runs, medians, peak memory, tables.
+
+Speed targets live here, not in timed tests. Each scenario times commands side
+by side in one process so the numbers share the machine's state.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+MLFLOW_VERSION = "3.17.2"
+
+
+@dataclass
+class Timing:
+    label: str
+    seconds: list[float] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def measure(label: str, argv: list[str], repeat: int, cwd: Path, env: dict[str, str] | None = None) -> Timing:
+    """Run `argv` `repeat` times; wall time each, and the peak RSS of any process in it."""
+    timing = Timing(label)
+    for _ in range(repeat):
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark command failed ({label}): {' '.join(argv)}\n{stderr[-2000:]}")
+        timing.seconds.append(elapsed)
+        # ru_maxrss is in KiB on Linux: the largest single process among the child and what it waited for.
+        timing.peak_rss_mb = max(timing.peak_rss_mb, usage.ru_maxrss / 1024)
+    return timing
+
+
+def mlflow_python() -> Path | None:
+    """A private virtualenv with mlflow==3.17.2, built once (uv) and reused."""
+    venv = BENCH_DIR / ".venv-mlflow"
+    python = venv / "bin" / "python"
+    if python.exists() and (venv / ".complete").exists():
+        return python
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if uv is None:
+        print("uv not found; cannot build the MLflow comparison environment", file=sys.stderr)
+        return None
+    print(f"building the comparison environment (mlflow=={MLFLOW_VERSION}) once...", file=sys.stderr)
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([uv, "venv", "-q", "-p", sys.executable, str(venv)], check=True)
+    subprocess.run(
+        [uv, "pip", "install", "-q", "--python", str(python), "--compile-bytecode", f"mlflow=={MLFLOW_VERSION}"],
+        check=True,
+    )
+    (venv / ".complete").write_text("")
+    return python
+
+
+def mlproject_command() -> list[str]:
+    script = Path(sys.executable).parent / "mlproject"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "runner"]
+
+
+def table(title: str, rows: list[Timing], baseline: Timing, target_note: str = "") -> str:
+    lines = [
+        f"### {title}",
+        "",
+        "| what | median | min | max | over baseline (median) | ratio to mlproject | peak RSS |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    ours = next((r for r in rows if r.label.startswith("mlproject")), None)
+    for row in rows:
+        over = (row.median - baseline.median) * 1000
+        ratio = f"{row.median / ours.median:.1f}x" if ours and row is not ours and row is not baseline else ""
+        lines.append(
+            f"| {row.label} | {row.median * 1000:.1f} ms | {min(row.seconds) * 1000:.1f} ms | "
+            f"{max(row.seconds) * 1000:.1f} ms | {over:+.1f} ms | {ratio} | {row.peak_rss_mb:.1f} MB |"
+        )
+    if target_note:
+        lines += ["", target_note]
+    return "\n".join(lines) + "\n"
+
+
+def peak_rss_self_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
