@@ -119,6 +119,7 @@ def run(
     cwd: str | os.PathLike[str] | None = None,
     stream_output: bool = True,
     notify: Notify | None = None,
+    progress: Notify | None = None,
     on_submitted: Callable[[SubmittedRun], None] | None = None,
 ) -> SubmittedRun:
     """Run an MLflow project; the arguments are those of `mlflow.projects.run`.
@@ -126,7 +127,10 @@ def run(
     Returns a SubmittedRun. With `synchronous=True` (the default) it waits and,
     as MLflow does, raises RunFailedError if the run did not finish successfully.
     """
+    from runner.envs import check_manager_name, prepare
+
     notify = notify or _default_notify
+    check_manager_name(env_manager)
     backend = backend or "local"
     if backend not in BACKENDS:
         raise NotAvailableError(f"backend {backend!r} is not available", hint="use the local backend (-b local)")
@@ -137,10 +141,16 @@ def run(
     for warning in the_plan.project.warnings:
         notify(f"warning: {warning}")
 
-    from runner.envs import manager_module
+    prepared = prepare(the_plan.env_manager, the_plan.project, notify, progress)
+    try:
+        return _launch(the_plan, prepared, synchronous, stream_output, notify, on_submitted)
+    except BaseException:
+        prepared.release()
+        raise
 
-    manager = manager_module(the_plan.env_manager)
-    environment = manager.prepare(the_plan.project, progress=None)
+
+def _launch(the_plan: Plan, prepared, synchronous: bool, stream_output: bool, notify, on_submitted) -> SubmittedRun:
+    environment = prepared.environment
 
     local_run_id = os.urandom(16).hex()  # the form of an MLflow run ID; uuid costs 3 ms to import
     run_dir = home.subdir("runs") / local_run_id
@@ -160,6 +170,7 @@ def run(
         the_plan.invocation.cwd,
         child_env,
         echo=stream_output,
+        on_finish=lambda outcome: prepared.release(),
     )
     if synchronous:
         if not submitted.wait():
@@ -169,6 +180,42 @@ def run(
                 submitted.exit_code or 1,
             )
     return submitted
+
+
+def prepare_environment(
+    uri: str,
+    version: str | None = None,
+    env_manager: str | None = None,
+    *,
+    notify: Notify | None = None,
+    progress: Notify | None = None,
+    build: bool = True,
+):
+    """Build (or with build=False, only find) a project's environment; returns a Prepared
+    whose lease the caller releases. Used by `mlproject env build|path`."""
+    from runner.envs import check_manager_name, choose_manager, prepare
+    from runner.errors import EnvironmentBuildError
+
+    check_manager_name(env_manager)
+    source = fetch(_absolute_uri(uri, Path.cwd()), version)
+    project = load_project(source.path)
+    manager = choose_manager(project, env_manager)
+    if build:
+        return prepare(manager, project, notify, progress)
+    from runner.envs import Prepared, manager_module
+    from runner.envs.store import Store
+
+    module = manager_module(manager)
+    plan = module.plan(project, None)
+    if plan is None:
+        return Prepared(module.activate(None, None))
+    found = Store().lookup(manager, plan.key)
+    if found is None:
+        raise EnvironmentBuildError(
+            f"the {manager} environment of this project is not built yet (key {plan.key[:12]})",
+            hint=f"build it with `mlproject env build {uri}`",
+        )
+    return Prepared(module.activate(plan, found[0]), found[1], plan)
 
 
 def _check_tracking_arguments(experiment_name: str | None, experiment_id: str | None, run_id: str | None) -> None:

@@ -24,7 +24,9 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _print_error(message: str, hint: str | None) -> None:
+def _print_error(message: str, hint: str | None, details: str | None = None) -> None:
+    if details:  # e.g. the installer's own output, above the one-line summary
+        sys.stderr.write("".join(f"  | {line}\n" for line in details.splitlines()))
     sys.stderr.write(f"error: {message}\n")
     if hint:
         sys.stderr.write(f"hint: {hint}\n")
@@ -36,11 +38,12 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
-def _add_project_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_project_arguments(parser: argparse.ArgumentParser, with_parameters: bool = True) -> None:
     parser.add_argument("uri", help="project directory or git URL; URI#subdir selects a subdirectory")
-    parser.add_argument("-e", "--entry-point", default="main", help="entry point to run (default: main)")
+    if with_parameters:
+        parser.add_argument("-e", "--entry-point", default="main", help="entry point to run (default: main)")
+        parser.add_argument("-P", "--param-list", action="append", default=[], metavar="NAME=VALUE", help="a parameter (repeatable)")
     parser.add_argument("-v", "--version", default=None, help="git branch, tag or commit")
-    parser.add_argument("-P", "--param-list", action="append", default=[], metavar="NAME=VALUE", help="a parameter (repeatable)")
     parser.add_argument("--env-manager", default=None, help="local, virtualenv, uv, conda (default: from the project)")
 
 
@@ -63,9 +66,28 @@ def _define_validate(validate: argparse.ArgumentParser) -> None:
     validate.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _define_env(env: argparse.ArgumentParser) -> None:
+    actions = env.add_subparsers(dest="env_command", metavar="ACTION", parser_class=_Parser, prog="mlproject env")
+    actions.required = True
+    build = actions.add_parser("build", help="build (or reuse) a project's environment without running it")
+    _add_project_arguments(build, with_parameters=False)
+    path = actions.add_parser("path", help="print the path of a project's environment")
+    _add_project_arguments(path, with_parameters=False)
+    actions.add_parser("list", help="environments in the store: key, manager, size, last used, project")
+    show = actions.add_parser("show", help="an environment's details and installed packages")
+    show.add_argument("key")
+    rm = actions.add_parser("rm", help="remove an environment (not while a run uses it)")
+    rm.add_argument("key")
+    gc = actions.add_parser("gc", help="remove environments unused for a while, leftovers, and stale downloads")
+    gc.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h, 0 for all unused")
+    for sub in (build, path, show, rm, gc):
+        sub.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
 COMMANDS = {
     "run": ("run a project (same flags as `mlflow run`)", _define_run),
     "validate": ("check a project and its parameters; start nothing", _define_validate),
+    "env": ("manage the environment store", _define_env),
 }
 
 
@@ -95,13 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "env":
+            return _env(args)
         return _validate(args)
     except RunnerError as exc:
         if getattr(args, "debug", False):
             import traceback
 
             traceback.print_exc()
-        _print_error(exc.message, exc.hint)
+        _print_error(exc.message, exc.hint, getattr(exc, "details", None))
         return exc.exit_code
 
 
@@ -112,6 +136,7 @@ class _Interrupted(BaseException):
 
 def _run(args: argparse.Namespace) -> int:
     from runner import api
+    from runner.envs.build import terminal_progress
 
     active = []  # the SubmittedRun, once it exists
     received: list[int] = []
@@ -143,6 +168,7 @@ def _run(args: argparse.Namespace) -> int:
             env_manager=args.env_manager,
             build_image=args.build_image,
             notify=_say,
+            progress=terminal_progress(),
             on_submitted=active.append,
         )
         while not submitted.done:
@@ -159,6 +185,45 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     _say(f"=== Run (ID '{submitted.run_id}') {status.lower()} with exit code {submitted.exit_code} ===")
     return submitted.exit_code or 1
+
+
+def _env(args: argparse.Namespace) -> int:
+    from runner.envs import admin
+
+    action = args.env_command
+    if action in ("build", "path"):
+        from runner.api import prepare_environment
+        from runner.envs.build import terminal_progress
+
+        prepared = prepare_environment(
+            args.uri, args.version, args.env_manager, notify=_say, progress=terminal_progress() if action == "build" else None,
+            build=action == "build",
+        )
+        prefix = prepared.environment.prefix
+        prepared.release()
+        if action == "build":
+            _say(f"environment ready: {prefix}" if prefix else "nothing to build (local environment)")
+        if prefix:
+            sys.stdout.write(f"{prefix}\n")
+        return 0
+    if action == "list":
+        rows = admin.list_rows()
+        if not rows:
+            _say("no environments yet")
+            return 0
+        sys.stdout.write(f"{'KEY':<14}{'MANAGER':<12}{'SIZE':>10}  {'LAST USED':<12}PROJECT\n")
+        for row in rows:
+            sys.stdout.write(f"{row.key[:12]:<14}{row.manager:<12}{row.size:>10}  {row.last_used:<12}{row.project}\n")
+        return 0
+    if action == "show":
+        sys.stdout.write("\n".join(admin.show(args.key)) + "\n")
+        return 0
+    if action == "rm":
+        _say(f"removed {admin.remove(args.key)}")
+        return 0
+    for line in admin.gc(args.older_than):
+        sys.stdout.write(line + "\n")
+    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:

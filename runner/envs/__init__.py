@@ -1,24 +1,37 @@
 """Environment managers behind one small protocol.
 
-Each manager is a module exposing `describe(project) -> str` (what would be
-used, without building anything) and `prepare(project, progress) -> Environment`
-(build or reuse). Adding a manager adds a module and a line in `_MODULES`.
+A manager is a module with:
+    plan(project, notify) -> EnvPlan | None   what the environment must contain (None: nothing to build)
+    build(plan, tmp_dir, final_dir, progress)  fill tmp_dir; it is renamed to final_dir afterwards
+    activate(plan, prefix) -> Environment      how a command runs inside it
+    describe(project) -> str                   for `mlproject validate`
+The key is the sha256 of the plan's canonical description. The store
+(store.py) does locking, atomic publication, listing and gc; adding a manager
+adds a module and a line in `_MODULES`, and touches nothing else.
 """
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
-    from typing import Mapping
 
 from runner.errors import NotAvailableError, UsageError
 from runner.project.spec import Project
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping
+
+    from runner.envs.store import Lease
+
 MANAGERS = ("local", "virtualenv", "uv", "conda", "docker")
-_MODULES = {"local": "runner.envs.local"}  # the others arrive with their issues
+_MODULES = {
+    "local": "runner.envs.local",
+    "uv": "runner.envs.uv",
+    "virtualenv": "runner.envs.virtualenv",
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,36 @@ class Environment:
         return [shell, "-c", command]
 
 
+@dataclass(frozen=True)
+class EnvPlan:
+    """What an environment must contain; its key is the hash of `description`."""
+
+    manager: str
+    description: dict
+    summary: str
+    meta: dict
+    contents: Any = None
+
+    @property
+    def key(self) -> str:
+        import hashlib
+
+        canonical = json.dumps(self.description, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+@dataclass
+class Prepared:
+    environment: Environment
+    lease: Lease | None = None
+    plan: EnvPlan | None = None
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
+
 def which(program: str, search_path: str | None) -> str | None:
     """shutil.which without importing shutil (3-4 ms on the warm path)."""
     for directory in (search_path or "").split(os.pathsep):
@@ -73,11 +116,50 @@ def choose_manager(project: Project, requested: str | None) -> str:
     return "uv"
 
 
+def check_manager_name(requested: str | None) -> None:
+    if requested is not None and requested not in MANAGERS:
+        raise UsageError(
+            f"--env-manager {requested!r} is not one of {', '.join(MANAGERS[:-1])}",
+            hint="for example --env-manager uv",
+        )
+
+
 def manager_module(name: str):
     module_name = _MODULES.get(name)
     if module_name is None:
-        raise NotAvailableError(
-            f"the {name} environment manager is not available in this version",
-            hint="run in the current Python environment with --env-manager local",
-        )
+        hint = "run in the current Python environment with --env-manager local"
+        if name == "conda":
+            hint = "use the pip part of conda.yaml with --env-manager uv, or run with --env-manager local"
+        raise NotAvailableError(f"the {name} environment manager is not available in this version", hint=hint)
     return importlib.import_module(module_name)
+
+
+def prepare(
+    manager_name: str,
+    project: Project,
+    notify: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Prepared:
+    """Build or reuse the project's environment; hold it (shared) until released."""
+    module = manager_module(manager_name)
+    plan = module.plan(project, notify)
+    if plan is None:
+        return Prepared(module.activate(None, None))
+    from runner.envs.store import Store
+
+    store = Store()
+    found = store.lookup(manager_name, plan.key)
+    if found is None:
+
+        def build(tmp: Path, final: Path) -> None:
+            if progress is not None:
+                progress(f"building environment {manager_name}-{plan.key[:12]} ({plan.summary})")
+            module.build(plan, tmp, final, progress)
+
+        def waiting() -> None:
+            if progress is not None:
+                progress(f"waiting for another process building environment {manager_name}-{plan.key[:12]}")
+
+        found = store.ensure(manager_name, plan.key, build, {**plan.meta, "summary": plan.summary, "description": plan.description}, waiting)
+    path, lease = found
+    return Prepared(module.activate(plan, path), lease, plan)

@@ -1,0 +1,130 @@
+"""`mlproject env ...`: build, list, show, path, rm, gc over the environment store."""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.envs.store import META_DIR, Store, StoredEnv
+from runner.errors import UsageError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not match:
+        raise UsageError(f"--older-than {text!r}: expected a duration like 30d, 12h, 90m or 0", hint="units: s, m, h, d, w")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def human_age(seconds: float) -> str:
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{int(seconds // length)}{unit} ago"
+    return "just now"
+
+
+@dataclass(frozen=True)
+class EnvRow:
+    key: str
+    manager: str
+    size: str
+    last_used: str
+    project: str
+    path: Path
+
+
+def list_rows(store: Store | None = None) -> list[EnvRow]:
+    store = store or Store()
+    now = time.time()
+    return [
+        EnvRow(env.key, env.kind, human_size(env.meta.get("size", 0)), human_age(now - env.last_used), env.meta.get("project", "?"), env.path)
+        for env in sorted(store.list(), key=lambda e: -e.last_used)
+    ]
+
+
+def find_one(key: str, store: Store | None = None) -> StoredEnv:
+    store = store or Store()
+    matches = store.find(key)
+    if not matches:
+        raise UsageError(f"no environment with key {key!r}", hint="see `mlproject env list`")
+    if len(matches) > 1:
+        raise UsageError(f"key {key!r} is ambiguous ({len(matches)} environments)", hint="give more characters of the key")
+    return matches[0]
+
+
+def show(key: str) -> list[str]:
+    env = find_one(key)
+    meta = env.meta
+    lines = [
+        f"key: {env.key}",
+        f"manager: {env.kind}",
+        f"path: {env.path}",
+        f"project: {meta.get('project', '?')}",
+        f"summary: {meta.get('summary', '')}",
+        f"size: {human_size(meta.get('size', 0))}",
+        f"created: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(meta.get('created', 0)))}",
+        "packages:",
+    ]
+    packages = env.path / META_DIR / "packages.txt"
+    try:
+        lines.extend(f"  {line}" for line in packages.read_text().splitlines() if line.strip())
+    except OSError:
+        lines.append("  (not recorded)")
+    return lines
+
+
+def remove(key: str) -> str:
+    env = find_one(key)
+    if not Store().remove(env):
+        raise UsageError(f"environment {env.name} is in use by a running project", hint="wait for the run to end")
+    return env.name
+
+
+def gc(older_than: str) -> list[str]:
+    store = Store()
+    removed, in_use, leftovers = store.gc(parse_duration(older_than))
+    lines = [f"removed {env.name} ({human_size(env.meta.get('size', 0))}, {env.meta.get('project', '?')})" for env in removed]
+    lines += [f"kept {env.name}: in use" for env in in_use]
+    if leftovers:
+        lines.append(f"removed {leftovers} leftover temporary build(s)")
+    lines.append(_trim_caches(parse_duration(older_than)))
+    return lines
+
+
+def _trim_caches(older_than: float) -> str:
+    """uv prunes what no longer matters itself; pip's cache loses files unused for the period."""
+    import os
+    import subprocess
+
+    from runner import home
+    from runner.envs.uv import uv_binary, uv_env
+
+    cache = home.home() / "cache"
+    pruned = "download caches: "
+    if (cache / "uv").is_dir():
+        result = subprocess.run([uv_binary(), "cache", "prune"], env=uv_env(), capture_output=True, text=True)
+        pruned += "uv pruned" if result.returncode == 0 else "uv prune failed"
+    cutoff = time.time() - older_than
+    count = 0
+    for dirpath, _, filenames in os.walk(cache / "pip"):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            try:
+                if os.stat(full).st_atime < cutoff and os.stat(full).st_mtime < cutoff:
+                    os.unlink(full)
+                    count += 1
+            except OSError:
+                continue
+    return pruned + (f", {count} old pip cache file(s) removed" if count else "")

@@ -1,0 +1,118 @@
+"""Running installer commands during an environment build.
+
+Output is captured (and kept for the error message); on a terminal each step
+is announced, off a terminal the build is silent. An interrupted build stops
+its installer's whole process group before the error propagates, so the store
+can remove the temporary directory with nothing still writing into it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from runner.errors import EnvironmentBuildError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Mapping, Sequence
+
+Progress = "Callable[[str], None]"
+_TAIL_LINES = 40
+
+
+def terminal_progress() -> Callable[[str], None] | None:
+    """A progress printer for a terminal, or None when stderr is not one."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(message: str) -> None:
+        sys.stderr.write(f"  {message}\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def run_step(
+    argv: Sequence[str],
+    label: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    log: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    merge_stderr: bool = True,
+) -> str:
+    """Run one build step; return its output, or raise EnvironmentBuildError with it.
+
+    With merge_stderr=False only stdout is returned (stderr still reaches the log).
+    """
+    if progress is not None:
+        progress(label)
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise EnvironmentBuildError(f"{label}: cannot start {argv[0]}: {exc.strerror}") from None
+    try:
+        output, errors = proc.communicate()
+    except BaseException:
+        _stop(proc)
+        raise
+    text = output.decode(errors="replace")
+    error_text = errors.decode(errors="replace") if errors else ""
+    if log is not None:
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"$ {' '.join(argv)}\n{error_text}{text}\n")
+    if error_text and proc.returncode != 0:
+        text = error_text + text
+    if proc.returncode != 0:
+        tail = "\n".join(text.rstrip().splitlines()[-_TAIL_LINES:])
+        error = EnvironmentBuildError(
+            f"environment build failed: {label} (exit code {proc.returncode})",
+            hint="the installer's output is shown above",
+        )
+        error.details = tail  # type: ignore[attr-defined]
+        raise error
+    return text
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for signum, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def relocate(root: Path, old: Path, new: Path) -> None:
+    """Rewrite `old` to `new` in the text files of bin/ (shebangs, activate scripts)."""
+    bin_dir = root / "bin"
+    if not bin_dir.is_dir():
+        return
+    old_bytes, new_bytes = str(old).encode(), str(new).encode()
+    for entry in bin_dir.iterdir():
+        if entry.is_symlink() or not entry.is_file():
+            continue
+        try:
+            data = entry.read_bytes()
+        except OSError:
+            continue
+        if old_bytes in data and b"\0" not in data[:1024]:
+            mode = entry.stat().st_mode
+            entry.write_bytes(data.replace(old_bytes, new_bytes))
+            os.chmod(entry, mode)

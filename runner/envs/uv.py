@@ -1,0 +1,101 @@
+"""`--env-manager uv` (the default for Python projects): a uv virtualenv.
+
+Built with `uv venv --relocatable` in the store's temporary directory and
+installed with `uv pip install` (or `uv sync --frozen` for a uv.lock project),
+with uv's cache inside the store so installs hard-link.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from runner import home
+from runner.envs import Environment, EnvPlan, pythonenv
+from runner.envs.build import relocate, run_step
+from runner.errors import EnvironmentBuildError
+from runner.project.spec import Project
+
+NAME = "uv"
+
+
+def describe(project: Project) -> str:
+    return pythonenv.plan(NAME, project, None).summary
+
+
+def plan(project: Project, notify=None) -> EnvPlan:
+    return pythonenv.plan(NAME, project, notify)
+
+
+def activate(plan: EnvPlan, prefix: Path) -> Environment:
+    return pythonenv.activate(plan, prefix)
+
+
+def uv_binary() -> str:
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        pass
+    from runner.envs import which
+
+    candidate = which("uv", os.path.dirname(sys.executable)) or which("uv", os.environ.get("PATH"))
+    if candidate is None:
+        raise EnvironmentBuildError("uv is not installed", hint="pip install uv (it comes with mlproject-runner)")
+    return candidate
+
+
+def uv_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "UV_CACHE_DIR": str(home.subdir("cache") / "uv"),
+            "UV_PYTHON_DOWNLOADS": "never",  # no hidden download that hangs offline
+            "UV_NO_PROGRESS": "1",
+        }
+    )
+    for name in ("VIRTUAL_ENV", "CONDA_PREFIX", "UV_PROJECT_ENVIRONMENT", "PYTHONHOME"):
+        env.pop(name, None)
+    return env
+
+
+def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
+    contents = plan.contents
+    uv = uv_binary()
+    env = uv_env()
+    log = tmp.parent / f"{tmp.name}.log"  # moved inside once the directory exists
+    run_step([uv, "venv", "--relocatable", "--python", contents.interpreter.path, str(tmp)], "creating the virtualenv", env=env, log=log, progress=progress)
+    python = str(tmp / "bin" / "python")
+    meta = tmp / ".mlproject"
+    meta.mkdir()
+    os.replace(log, meta / "build.log")
+    log = meta / "build.log"
+    if contents.uv_project is not None:
+        sync_env = {**env, "UV_PROJECT_ENVIRONMENT": str(tmp)}
+        run_step(
+            [uv, "sync", "--frozen", "--no-install-project", "--project", str(contents.uv_project), "--python", python],
+            "installing from uv.lock (uv sync --frozen)",
+            env=sync_env,
+            log=log,
+            progress=progress,
+        )
+    for label, requirements in (("build dependencies", contents.build_requirements), ("dependencies", contents.requirements)):
+        if not requirements.lines:
+            continue
+        args = _requirement_args(meta, label.replace(" ", "-"), requirements)
+        run_step([uv, "pip", "install", "--python", python, *args], f"installing {label}", env=env, log=log, progress=progress)
+    freeze = run_step([uv, "pip", "freeze", "--python", python], "recording installed packages", env=env, log=log, merge_stderr=False)
+    (meta / "packages.txt").write_text(freeze)
+    relocate(tmp, tmp, final)
+
+
+def _requirement_args(meta: Path, name: str, requirements) -> list[str]:
+    req_file = meta / f"{name}.txt"
+    req_file.write_text("\n".join(requirements.lines) + "\n")
+    args = ["-r", str(req_file)]
+    if requirements.constraints:
+        constraints = meta / f"{name}-constraints.txt"
+        constraints.write_text("\n".join(requirements.constraints) + "\n")
+        args += ["-c", str(constraints)]
+    return args

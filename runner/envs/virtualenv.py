@@ -1,0 +1,60 @@
+"""`--env-manager virtualenv`: the virtualenv package plus pip, for pip's behaviour.
+
+Built in the store's temporary directory, then its scripts are rewritten for
+the final path (virtualenv has no relocatable mode). pip's cache lives in the
+store.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from runner import home
+from runner.envs import Environment, EnvPlan, pythonenv
+from runner.envs.build import relocate, run_step
+from runner.envs.uv import _requirement_args, uv_binary, uv_env
+from runner.project.spec import Project
+
+NAME = "virtualenv"
+
+
+def describe(project: Project) -> str:
+    return pythonenv.plan(NAME, project, None).summary
+
+
+def plan(project: Project, notify=None) -> EnvPlan:
+    return pythonenv.plan(NAME, project, notify)
+
+
+def activate(plan: EnvPlan, prefix: Path) -> Environment:
+    return pythonenv.activate(plan, prefix)
+
+
+def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
+    contents = plan.contents
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
+    env["PIP_CACHE_DIR"] = str(home.subdir("cache") / "pip")
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["VIRTUALENV_OVERRIDE_APP_DATA"] = str(home.subdir("cache") / "virtualenv")
+    log = tmp.parent / f"{tmp.name}.log"  # moved inside once the directory exists
+    run_step(
+        [sys.executable, "-m", "virtualenv", "--no-periodic-update", "--python", contents.interpreter.path, str(tmp)],
+        "creating the virtualenv",
+        env=env,
+        log=log,
+        progress=progress,
+    )
+    python = str(tmp / "bin" / "python")
+    meta = tmp / ".mlproject"
+    meta.mkdir()
+    os.replace(log, meta / "build.log")
+    log = meta / "build.log"
+    for label, requirements in (("build dependencies", contents.build_requirements), ("dependencies", contents.requirements)):
+        if not requirements.lines:
+            continue
+        args = _requirement_args(meta, label.replace(" ", "-"), requirements)
+        run_step([python, "-m", "pip", "install", *args], f"installing {label} with pip", env=env, log=log, progress=progress)
+    freeze = run_step([uv_binary(), "pip", "freeze", "--python", python], "recording installed packages", env=uv_env(), log=log, merge_stderr=False)
+    (meta / "packages.txt").write_text(freeze)
+    relocate(tmp, tmp, final)
