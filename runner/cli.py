@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        _print_error(exc.message, exc.hint, getattr(exc, "details", None))
+        _print_error(exc.message, exc.hint, exc.details)
         return exc.exit_code
 
 

@@ -14,12 +14,25 @@ EXIT_FAILURE = 1
 
 
 class RunnerError(Exception):
+    """`message` is the one `error:` line; `hint` says what to do; `details` is
+    supporting output shown above it (an installer's log); `problems` lists
+    every problem when several were found (`mlproject validate` shows them all)."""
+
     exit_code = EXIT_FAILURE
 
-    def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        exit_code: int | None = None,
+        details: str | None = None,
+        problems: list[str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details
+        self.problems = problems or [message]
         if exit_code is not None:
             self.exit_code = exit_code
 

@@ -30,7 +30,7 @@ def report(
         source = fetch(api._absolute_uri(uri, Path.cwd()), version)
         project = load_project(source.path)
     except RunnerError as exc:
-        return lines, list(getattr(exc, "details", None) or [exc.message])
+        return lines, list(exc.problems)
 
     lines.append(f"project: {project.directory}" + (f" ({project.name})" if project.name else ""))
     lines.extend(f"warning: {w}" for w in project.warnings)
@@ -47,7 +47,7 @@ def report(
         try:
             load_env_file(project.env.kind, project.env.path)
         except RunnerError as exc:
-            problems.extend(getattr(exc, "details", None) or [exc.message])
+            problems.extend(exc.problems)
     try:
         the_plan = api.plan(uri, entry_point, version, parameters, env_manager)
         lines.append(f"entry point: {the_plan.invocation.entry_point}")

@@ -77,12 +77,11 @@ def run_step(
         text = error_text + text
     if proc.returncode != 0:
         tail = "\n".join(text.rstrip().splitlines()[-_TAIL_LINES:])
-        error = EnvironmentBuildError(
+        raise EnvironmentBuildError(
             f"environment build failed: {label} (exit code {proc.returncode})",
             hint="the installer's output is shown above",
+            details=tail,
         )
-        error.details = tail  # type: ignore[attr-defined]
-        raise error
     return text
 
 

@@ -72,9 +72,7 @@ def load_document(
     errors, warnings = _validate(json.loads(schema), data, text, display_name)
     if errors:
         more = f" (and {len(errors) - 1} more problem(s); run `mlproject validate` to see all)" if len(errors) > 1 else ""
-        exc = SpecValidationError(errors[0] + more, hint=_hint_for(kind))
-        exc.details = errors  # type: ignore[attr-defined]
-        raise exc
+        raise SpecValidationError(errors[0] + more, hint=_hint_for(kind), problems=errors)
     _store(cache_file, {"text": text, "schema": schema, "data": data, "warnings": warnings})
     return Document(data, text, warnings)
 
