@@ -43,12 +43,8 @@ def run_step(
     cwd: Path | None = None,
     log: Path | None = None,
     progress: Callable[[str], None] | None = None,
-    merge_stderr: bool = True,
 ) -> str:
-    """Run one build step; return its output, or raise EnvironmentBuildError with it.
-
-    With merge_stderr=False only stdout is returned (stderr still reaches the log).
-    """
+    """Run one build step; return its output, or raise EnvironmentBuildError with it."""
     if progress is not None:
         progress(label)
     try:
@@ -58,23 +54,20 @@ def run_step(
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     except OSError as exc:
         raise EnvironmentBuildError(f"{label}: cannot start {argv[0]}: {exc.strerror}") from None
     try:
-        output, errors = proc.communicate()
+        output, _ = proc.communicate()
     except BaseException:
         _stop(proc)
         raise
     text = output.decode(errors="replace")
-    error_text = errors.decode(errors="replace") if errors else ""
     if log is not None:
         with open(log, "a", encoding="utf-8") as handle:
-            handle.write(f"$ {' '.join(argv)}\n{error_text}{text}\n")
-    if error_text and proc.returncode != 0:
-        text = error_text + text
+            handle.write(f"$ {' '.join(argv)}\n{text}\n")
     if proc.returncode != 0:
         tail = "\n".join(text.rstrip().splitlines()[-_TAIL_LINES:])
         raise EnvironmentBuildError(

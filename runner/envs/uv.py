@@ -13,6 +13,7 @@ from pathlib import Path
 from runner import home
 from runner.envs import Environment, EnvPlan, pythonenv
 from runner.envs.build import relocate, run_step
+from runner.envs.installed import installed_packages
 from runner.errors import EnvironmentBuildError
 from runner.project.spec import Project
 
@@ -85,8 +86,7 @@ def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
             continue
         args = _requirement_args(meta, label.replace(" ", "-"), requirements)
         run_step([uv, "pip", "install", "--python", python, *args], f"installing {label}", env=env, log=log, progress=progress)
-    freeze = run_step([uv, "pip", "freeze", "--python", python], "recording installed packages", env=env, log=log, merge_stderr=False)
-    (meta / "packages.txt").write_text(freeze)
+    (meta / "packages.txt").write_text("".join(line + "\n" for line in installed_packages(tmp)))
     relocate(tmp, tmp, final)
 
 

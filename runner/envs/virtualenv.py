@@ -13,7 +13,8 @@ from pathlib import Path
 from runner import home
 from runner.envs import Environment, EnvPlan, pythonenv
 from runner.envs.build import relocate, run_step
-from runner.envs.uv import _requirement_args, uv_binary, uv_env
+from runner.envs.installed import installed_packages
+from runner.envs.uv import _requirement_args
 from runner.project.spec import Project
 
 NAME = "virtualenv"
@@ -55,6 +56,5 @@ def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
             continue
         args = _requirement_args(meta, label.replace(" ", "-"), requirements)
         run_step([python, "-m", "pip", "install", *args], f"installing {label} with pip", env=env, log=log, progress=progress)
-    freeze = run_step([uv_binary(), "pip", "freeze", "--python", python], "recording installed packages", env=uv_env(), log=log, merge_stderr=False)
-    (meta / "packages.txt").write_text(freeze)
+    (meta / "packages.txt").write_text("".join(line + "\n" for line in installed_packages(tmp)))
     relocate(tmp, tmp, final)
