@@ -25,14 +25,20 @@ class Timing:
     label: str
     seconds: list[float] = field(default_factory=list)
     peak_rss_mb: float = 0.0
+    failure: str | None = None  # set when the command failed (reported, not timed)
 
     @property
     def median(self) -> float:
         return statistics.median(self.seconds)
 
 
-def measure(label: str, argv: list[str], repeat: int, cwd: Path, env: dict[str, str] | None = None) -> Timing:
-    """Run `argv` `repeat` times; wall time each, and the peak RSS of any process in it."""
+def measure(
+    label: str, argv: list[str], repeat: int, cwd: Path, env: dict[str, str] | None = None, may_fail: bool = False
+) -> Timing:
+    """Run `argv` `repeat` times; wall time each, and the peak RSS of any process in it.
+
+    A failing command stops the benchmark, unless `may_fail` (a competitor's
+    known shortcoming), where the failure is reported in the table instead."""
     timing = Timing(label)
     for _ in range(repeat):
         started = time.perf_counter()
@@ -42,6 +48,10 @@ def measure(label: str, argv: list[str], repeat: int, cwd: Path, env: dict[str, 
         proc.returncode = os.waitstatus_to_exitcode(status)
         stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         if proc.returncode != 0:
+            if may_fail:
+                last = [line for line in stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
+                timing.failure = f"exit {proc.returncode}: {last[0][:160]}"
+                return timing
             raise SystemExit(f"benchmark command failed ({label}): {' '.join(argv)}\n{stderr[-2000:]}")
         timing.seconds.append(elapsed)
         # ru_maxrss is in KiB on Linux: the largest single process among the child and what it waited for.
@@ -75,15 +85,19 @@ def mlproject_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "runner"]
 
 
-def table(title: str, rows: list[Timing], baseline: Timing, target_note: str = "") -> str:
+def table(title: str, rows: list[Timing], baseline: Timing, target_note: str = "", reference: Timing | None = None) -> str:
+    """A markdown table; `ratio` compares each other row to `reference` (default: the first mlproject row)."""
     lines = [
         f"### {title}",
         "",
         "| what | median | min | max | over baseline (median) | ratio to mlproject | peak RSS |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    ours = next((r for r in rows if r.label.startswith("mlproject")), None)
+    ours = reference or next((r for r in rows if r.label.startswith("mlproject")), None)
     for row in rows:
+        if row.failure is not None:
+            lines.append(f"| {row.label} | failed ({row.failure.replace('|', '/')}) | | | | | |")
+            continue
         over = (row.median - baseline.median) * 1000
         ratio = f"{row.median / ours.median:.1f}x" if ours and row is not ours and row is not baseline else ""
         lines.append(

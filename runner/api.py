@@ -162,15 +162,49 @@ def _launch(the_plan: Plan, prepared, synchronous: bool, stream_output: bool, no
     child_env = environment.apply(os.environ)
     # Output goes through a pipe to be teed; keep Python children streaming live.
     child_env.setdefault("PYTHONUNBUFFERED", "1")
+    # Lets a later invocation recognise this run's processes if the runner dies.
+    child_env["MLPROJECT_RUN_ID"] = local_run_id
     command = the_plan.invocation.command
+
+    from runner.tracking.ledger import Ledger, RunRecord
+    from runner.tracking.runs import reconcile
+
+    ledger = Ledger()
+    for orphan in reconcile(ledger):
+        notify(f"note: run {orphan.id} had lost its runner; recorded as FAILED")
+    invocation = the_plan.invocation
+    ledger.start(
+        RunRecord(
+            id=local_run_id,
+            project_uri=the_plan.source.uri,
+            project_dir=str(the_plan.project.directory),
+            entry_point=invocation.entry_point,
+            command=command,
+            env_manager=the_plan.env_manager,
+            env_key=environment.key,
+            log_path=str(submitted.log_path),
+            parameters={**invocation.texts, **invocation.extra},
+            git_commit=the_plan.source.commit,
+        )
+    )
+
+    def on_finish(outcome) -> None:
+        try:
+            reason = f"stopped by signal {submitted.cancel_signal}" if outcome.status == "KILLED" else None
+            ledger.finish(local_run_id, outcome.status, outcome.exit_code, reason)
+            ledger.close()
+        finally:
+            prepared.release()
+
     notify(f"=== Running command '{command}' in run with ID '{local_run_id}' ===")
     start(
         submitted,
         environment.argv(command, child_env),
-        the_plan.invocation.cwd,
+        invocation.cwd,
         child_env,
         echo=stream_output,
-        on_finish=lambda outcome: prepared.release(),
+        on_started=lambda pgid: ledger.set_process(local_run_id, pgid),
+        on_finish=on_finish,
     )
     if synchronous:
         if not submitted.wait():

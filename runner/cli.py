@@ -84,10 +84,30 @@ def _define_env(env: argparse.ArgumentParser) -> None:
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _define_runs(runs: argparse.ArgumentParser) -> None:
+    actions = runs.add_subparsers(dest="runs_command", metavar="ACTION", parser_class=_Parser, prog="mlproject runs")
+    actions.required = True
+    listing = actions.add_parser("list", help="recent runs from the local ledger")
+    listing.add_argument("--status", choices=("RUNNING", "FINISHED", "FAILED", "KILLED"), type=str.upper)
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--json", action="store_true")
+    show = actions.add_parser("show", help="one run's record")
+    show.add_argument("run_id")
+    show.add_argument("--json", action="store_true")
+    logs = actions.add_parser("logs", help="a run's output")
+    logs.add_argument("run_id")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the run ends")
+    cancel = actions.add_parser("cancel", help="stop a run started elsewhere")
+    cancel.add_argument("run_id")
+    for sub in (listing, show, logs, cancel):
+        sub.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
 COMMANDS = {
     "run": ("run a project (same flags as `mlflow run`)", _define_run),
     "validate": ("check a project and its parameters; start nothing", _define_validate),
     "env": ("manage the environment store", _define_env),
+    "runs": ("list, inspect, follow and cancel runs (the local ledger)", _define_runs),
 }
 
 
@@ -119,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "env":
             return _env(args)
+        if args.command == "runs":
+            return _runs(args)
         return _validate(args)
     except RunnerError as exc:
         if getattr(args, "debug", False):
@@ -223,6 +245,57 @@ def _env(args: argparse.Namespace) -> int:
         return 0
     for line in admin.gc(args.older_than):
         sys.stdout.write(line + "\n")
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    import json
+
+    from runner.tracking import runs
+    from runner.tracking.ledger import Ledger
+
+    ledger = Ledger()
+    runs.reconcile(ledger)
+    action = args.runs_command
+    if action == "list":
+        records = ledger.list(args.status, args.limit)
+        if args.json:
+            sys.stdout.write(json.dumps([runs.describe(r) for r in records], indent=2) + "\n")
+            return 0
+        sys.stdout.write(f"{'RUN ID':<34}{'STATUS':<10}{'EXIT':>5}  {'STARTED':<20}{'ENTRY':<12}PROJECT\n")
+        import time as _time
+
+        for r in records:
+            started = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(r.start_time))
+            code = "" if r.exit_code is None else str(r.exit_code)
+            sys.stdout.write(f"{r.id:<34}{r.status:<10}{code:>5}  {started:<20}{r.entry_point:<12}{r.project_uri}\n")
+        return 0
+    if action == "show":
+        record = runs.describe(runs.find(ledger, args.run_id))
+        if args.json:
+            sys.stdout.write(json.dumps(record, indent=2) + "\n")
+        else:
+            for key, value in record.items():
+                sys.stdout.write(f"{key}: {value}\n")
+        return 0
+    if action == "logs":
+        record = runs.find(ledger, args.run_id)
+
+        def write(chunk: bytes) -> None:
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+
+        if args.follow:
+            runs.follow(record, ledger, write)
+        else:
+            try:
+                with open(record.log_path, "rb") as handle:
+                    write(handle.read())
+            except OSError:
+                _say(f"no output recorded for run {record.id}")
+        return 0
+    record = runs.cancel(ledger, args.run_id)
+    _say(f"run {record.id}: {record.status}")
     return 0
 
 

@@ -236,9 +236,13 @@ def start(
     env: Mapping[str, str],
     *,
     echo: bool = True,
+    on_started: Callable[[int], None] | None = None,
     on_finish: FinishCallback | None = None,
 ) -> None:
     """Start `argv` for `run`; a watcher thread ends the run when the command exits.
+
+    `on_started(pgid)` runs in the caller's thread once the process exists,
+    before anything can end the run; `on_finish(outcome)` runs exactly once.
 
     Raises LaunchError (after ending the run as FAILED) if the command cannot start.
     """
@@ -276,11 +280,16 @@ def start(
         return
 
     tee = _Tee({out_r: 1, err_r: 2}, log_file, echo)
-    tee.start()
     watcher = threading.Thread(
         target=_watch, args=(run, tee, log_file, on_finish), daemon=True, name="mlproject-watch"
     )
-    watcher.start()
+    try:
+        if on_started is not None:
+            on_started(run._process.pid)  # type: ignore[union-attr]
+    finally:
+        # Whatever on_started did, the process is watched and its run will end.
+        tee.start()
+        watcher.start()
 
 
 def _watch(run: SubmittedRun, tee: _Tee, log_file, on_finish: FinishCallback | None) -> None:

@@ -1,0 +1,148 @@
+"""The local run ledger: every run, tracked in MLflow or not, in one SQLite file.
+
+WAL mode and a busy timeout make it safe for many runs writing at once. A row
+is written when the command starts and completed when it ends; a runner that
+was killed (SIGKILL, power loss) leaves a RUNNING row whose runner process is
+gone, which the next invocation notices and ends as FAILED (`reconcile`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner import home
+
+SCHEMA_VERSION = 1
+_COLUMNS = (
+    "id", "tracking_run_id", "tracking_uri", "project_uri", "project_dir", "git_commit", "entry_point",
+    "parameters", "env_manager", "env_key", "command", "status", "exit_code", "reason", "start_time",
+    "end_time", "log_path", "runner_pid", "runner_start", "pgid",
+)
+
+
+@dataclass
+class RunRecord:
+    id: str
+    project_uri: str
+    project_dir: str
+    entry_point: str
+    command: str
+    env_manager: str
+    log_path: str
+    parameters: dict = field(default_factory=dict)
+    env_key: str | None = None
+    tracking_run_id: str | None = None
+    tracking_uri: str | None = None
+    git_commit: str | None = None
+    status: str = "RUNNING"
+    exit_code: int | None = None
+    reason: str | None = None
+    start_time: float = 0.0
+    end_time: float | None = None
+    runner_pid: int = 0
+    runner_start: int | None = None  # the runner process's start time: a reused PID is not it
+    pgid: int | None = None
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in _COLUMNS}
+
+
+def _process_start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_is(pid: int, start_ticks: int | None) -> bool:
+    """True if `pid` is alive and is the same process (not a reused PID)."""
+    current = _process_start_ticks(pid)
+    if current is None:
+        return False
+    return start_ticks is None or current == start_ticks
+
+
+class Ledger:
+    def __init__(self, path: Path | None = None):
+        self.path = path or home.home() / "ledger.db"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout = 30000")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            self._create()
+
+    def _create(self) -> None:
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS runs ("
+                "id TEXT PRIMARY KEY, tracking_run_id TEXT, tracking_uri TEXT, project_uri TEXT, project_dir TEXT,"
+                " git_commit TEXT, entry_point TEXT, parameters TEXT, env_manager TEXT, env_key TEXT, command TEXT,"
+                " status TEXT NOT NULL, exit_code INTEGER, reason TEXT, start_time REAL NOT NULL, end_time REAL,"
+                " log_path TEXT, runner_pid INTEGER, runner_start INTEGER, pgid INTEGER)"
+            )
+            self._db.execute("CREATE INDEX IF NOT EXISTS runs_by_start ON runs (start_time)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status)")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def start(self, record: RunRecord) -> None:
+        record.start_time = record.start_time or time.time()
+        record.runner_pid = record.runner_pid or os.getpid()
+        record.runner_start = record.runner_start or _process_start_ticks(record.runner_pid)
+        values = record.as_dict()
+        values["parameters"] = json.dumps(record.parameters)
+        self._db.execute(
+            f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})",
+            [values[c] for c in _COLUMNS],
+        )
+
+    def set_process(self, run_id: str, pgid: int) -> None:
+        self._db.execute("UPDATE runs SET pgid = ? WHERE id = ?", (pgid, run_id))
+
+    def finish(self, run_id: str, status: str, exit_code: int | None, reason: str | None = None) -> None:
+        self._db.execute(
+            "UPDATE runs SET status = ?, exit_code = ?, reason = ?, end_time = ? WHERE id = ? AND status = 'RUNNING'",
+            (status, exit_code, reason, time.time(), run_id),
+        )
+
+    def get(self, id_prefix: str) -> list[RunRecord]:
+        rows = self._db.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE id LIKE ? OR tracking_run_id LIKE ? ORDER BY start_time DESC LIMIT 3",
+            (id_prefix + "%", id_prefix + "%"),
+        ).fetchall()
+        return [_record(row) for row in rows]
+
+    def list(self, status: str | None = None, limit: int = 20) -> list[RunRecord]:
+        query = f"SELECT {', '.join(_COLUMNS)} FROM runs"
+        args: list = []
+        if status:
+            query += " WHERE status = ?"
+            args.append(status.upper())
+        query += " ORDER BY start_time DESC LIMIT ?"
+        args.append(limit)
+        return [_record(row) for row in self._db.execute(query, args).fetchall()]
+
+    def orphans(self) -> list[RunRecord]:
+        """RUNNING rows whose runner process is gone."""
+        rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE status = 'RUNNING'").fetchall()
+        return [r for r in map(_record, rows) if not process_is(r.runner_pid, r.runner_start)]
+
+
+def _record(row: tuple) -> RunRecord:
+    values = dict(zip(_COLUMNS, row))
+    values["parameters"] = json.loads(values["parameters"] or "{}")
+    return RunRecord(**values)

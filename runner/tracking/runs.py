@@ -1,0 +1,107 @@
+"""Run records over the ledger: reconcile after a crash, list, show, follow, cancel."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import asdict
+
+from runner.errors import UsageError
+from runner.launch import group_alive, stop_group
+from runner.tracking.ledger import Ledger, RunRecord, process_is
+
+RUNNER_DIED = "the runner process ended without recording an outcome (killed?)"
+
+
+def _group_is_ours(pgid: int, run_id: str) -> bool:
+    """A live process of this group carries our run's id in its environment."""
+    marker = f"MLPROJECT_RUN_ID={run_id}".encode()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                if int(handle.read().rsplit(b")", 1)[1].split()[2]) != pgid:
+                    continue
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                if marker in handle.read().split(b"\0"):
+                    return True
+        except (OSError, IndexError, ValueError):
+            continue
+    return False
+
+
+def reconcile(ledger: Ledger) -> list[RunRecord]:
+    """End the runs whose runner died: stop what they left running, mark them FAILED."""
+    ended = []
+    for record in ledger.orphans():
+        if record.pgid and group_alive(record.pgid) and _group_is_ours(record.pgid, record.id):
+            stop_group(record.pgid, 2.0)
+        ledger.finish(record.id, "FAILED", record.exit_code, RUNNER_DIED)
+        record.status, record.reason = "FAILED", RUNNER_DIED
+        ended.append(record)
+    return ended
+
+
+def find(ledger: Ledger, run_id: str) -> RunRecord:
+    matches = ledger.get(run_id)
+    exact = [r for r in matches if run_id in (r.id, r.tracking_run_id)]
+    if exact:
+        return exact[0]
+    if not matches:
+        raise UsageError(f"no run with ID {run_id!r}", hint="see `mlproject runs list`")
+    if len(matches) > 1:
+        raise UsageError(f"run ID {run_id!r} is ambiguous", hint="give more characters of the ID")
+    return matches[0]
+
+
+def describe(record: RunRecord) -> dict:
+    data = asdict(record)
+    data["duration"] = (record.end_time or time.time()) - record.start_time
+    return data
+
+
+def cancel(ledger: Ledger, run_id: str, wait: float = 30.0) -> RunRecord:
+    """Stop a run started by another `mlproject` process (detached or in another terminal)."""
+    record = find(ledger, run_id)
+    if record.status != "RUNNING":
+        raise UsageError(f"run {record.id} is not running (status {record.status})")
+    if process_is(record.runner_pid, record.runner_start):
+        os.kill(record.runner_pid, signal.SIGTERM)  # the runner stops its group and records KILLED
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            current = find(ledger, record.id)
+            if current.status != "RUNNING":
+                return current
+            time.sleep(0.1)
+        raise UsageError(f"run {record.id} did not stop within {wait:.0f} s")
+    if record.pgid and group_alive(record.pgid) and _group_is_ours(record.pgid, record.id):
+        stop_group(record.pgid, 5.0)
+    ledger.finish(record.id, "KILLED", record.exit_code, "cancelled after its runner had gone")
+    return find(ledger, record.id)
+
+
+def follow(record: RunRecord, ledger: Ledger, write, poll: float = 0.2) -> None:
+    """Write the run's log as it grows, until the run has ended and the log is drained."""
+    position = 0
+    while True:
+        try:
+            with open(record.log_path, "rb") as handle:
+                handle.seek(position)
+                chunk = handle.read()
+        except OSError:
+            chunk = b""
+        if chunk:
+            position += len(chunk)
+            write(chunk)
+        if find(ledger, record.id).status != "RUNNING":
+            try:
+                with open(record.log_path, "rb") as handle:
+                    handle.seek(position)
+                    rest = handle.read()
+            except OSError:
+                rest = b""
+            if rest:
+                write(rest)
+            return
+        time.sleep(poll)
