@@ -8,8 +8,6 @@ Public API only; heavy modules load on first use so `import runner` stays cheap.
 """
 from __future__ import annotations
 
-TYPE_CHECKING = False  # typing costs ~9 ms to import; annotations are strings anyway
-
 from runner.errors import (
     EnvironmentBuildError,
     LaunchError,
@@ -23,6 +21,8 @@ from runner.errors import (
     UsageError,
 )
 from runner.version import __version__
+
+TYPE_CHECKING = False  # typing costs ~9 ms to import; annotations are strings anyway
 
 if TYPE_CHECKING:
     from typing import Any

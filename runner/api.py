@@ -10,9 +10,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
-    from typing import Any, Callable, Mapping
 
 from runner import home
 from runner.errors import NotAvailableError, RunFailedError, UsageError
@@ -20,6 +17,10 @@ from runner.launch import SubmittedRun, start
 from runner.project.params import Invocation, parse_assignments, resolve
 from runner.project.spec import Project, load_project
 from runner.sources import ProjectDir, fetch
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
+    from typing import Any, Callable, Mapping
 
 BACKENDS = ("local",)
 

@@ -6,14 +6,14 @@ whole warm-path budget of `mlproject run` is 100 ms.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
+
+from runner.errors import EXIT_USAGE, RunnerError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
     from typing import Sequence
-
-from runner.errors import EXIT_USAGE, RunnerError
 
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
-    from typing import Mapping
 
 from runner.errors import RunnerError
 from runner.project.params import check_command, convert
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
+    from typing import Mapping
 
 
 def report(

@@ -24,6 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Mapping
 
+
     from runner.envs.store import Lease
 
 MANAGERS = ("local", "virtualenv", "uv", "conda", "docker")

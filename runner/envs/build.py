@@ -19,7 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Mapping, Sequence
 
-Progress = "Callable[[str], None]"
+
 _TAIL_LINES = 40
 
 

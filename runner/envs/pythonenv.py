@@ -23,6 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
+
 RECIPE = "python-1"  # bump when the way environments are built changes
 _INDEX_VARIABLES = (
     "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_TRUSTED_HOST",
@@ -174,7 +175,7 @@ def _python_from_conda(specs: tuple[str, ...]) -> tuple[str | None, list[str]]:
                 rest = rest.rstrip("*").rstrip(".")
                 wanted = rest if op in ("", "=", "==") else f"{op}{rest}"
             continue
-        name = re.split(r"[\s=<>!~\[]", spec.split("::")[-1].strip(), 1)[0]
+        name = re.split(r"[\s=<>!~\[]", spec.split("::")[-1].strip(), maxsplit=1)[0]
         if name != "pip":
             dropped.append(name)
     return wanted, dropped

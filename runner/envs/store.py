@@ -27,6 +27,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
+
 META_DIR = ".mlproject"
 COMPLETE = "complete"
 

@@ -14,12 +14,13 @@ import shlex
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
-    from typing import Any, Iterable, Mapping
 
 from runner.errors import NotAvailableError, ParameterError, ProjectError, UsageError
 from runner.project.spec import EntryPoint, Project
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
+    from typing import Any, Iterable, Mapping
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}

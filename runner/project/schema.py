@@ -14,12 +14,13 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
-    from typing import Any, Callable, Sequence
 
 from runner import home
 from runner.errors import SpecValidationError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
+    from typing import Any, Callable, Sequence
 
 SCHEMA_FILES = {
     "mlproject": "mlproject.schema.json",

@@ -11,13 +11,14 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
-    from typing import Any
 
 from runner.errors import ProjectError, SpecValidationError
 from runner.project.paths import resolve_inside
 from runner.project.schema import load_document
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
+    from typing import Any
 
 PARAMETER_TYPES = ("string", "float", "int", "bool", "path", "uri")
 ENV_KEYS = ("conda_env", "python_env", "docker_env")

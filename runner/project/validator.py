@@ -20,6 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Iterator
 
+
 SUPPORTED = frozenset(
     {
         "$schema", "$id", "$defs", "$ref", "title", "description", "type", "enum", "const", "properties",

@@ -6,14 +6,14 @@ must survive a JSON round trip for the spec cache).
 """
 from __future__ import annotations
 
-from pathlib import Path
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
-    from typing import Any, Sequence
 
 import yaml
 
 from runner.errors import SpecValidationError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
+    from typing import Any, Sequence
 
 _Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
