@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m compileall -q runner >/dev/null
 	touch $(STAMP)
 
+# The example in a uv environment built from its python_env.yaml (once; later runs reuse it).
 run: setup
-	$(BIN)/mlproject run example_projects/quickstart --env-manager local -P rows=5 -P scale=2.5
+	$(BIN)/mlproject run example_projects/quickstart -P rows=5 -P scale=2.5
+	$(BIN)/mlproject runs list --limit 3
 
 test: setup
 	$(BIN)/python -m pytest -q tests
