@@ -128,7 +128,8 @@ def run(
     Returns a SubmittedRun. With `synchronous=True` (the default) it waits and,
     as MLflow does, raises RunFailedError if the run did not finish successfully.
     """
-    from runner.envs import check_manager_name, prepare
+    from runner.envs import check_manager_name, plan_environment
+    from runner.tracking.session import plan_tracking, project_tags, start_tracking
 
     notify = notify or _default_notify
     check_manager_name(env_manager)
@@ -136,85 +137,136 @@ def run(
     if backend not in BACKENDS:
         raise NotAvailableError(f"backend {backend!r} is not available", hint="use the local backend (-b local)")
     parse_backend_config(backend_config)
-    _check_tracking_arguments(experiment_name, experiment_id, run_id)
+    caller_cwd = Path(cwd).absolute() if cwd is not None else Path.cwd()
+    # Decided first: when the mlflow library is needed, its import runs in the
+    # background while the project and environment are prepared.
+    tracking_plan = plan_tracking(caller_cwd, experiment_name, experiment_id, run_id)
+    if tracking_plan.note:
+        notify(tracking_plan.note)
 
-    the_plan = plan(uri, entry_point, version, parameters, env_manager, cwd)
+    the_plan = plan(uri, entry_point, version, parameters, env_manager, caller_cwd)
     for warning in the_plan.project.warnings:
         notify(f"warning: {warning}")
+    planned = plan_environment(the_plan.env_manager, the_plan.project, notify)
+    invocation = the_plan.invocation
+    source = the_plan.source
+    tracked = start_tracking(
+        tracking_plan,
+        experiment_name=experiment_name,
+        experiment_id=experiment_id,
+        run_id=run_id,
+        run_name=run_name,
+        tags=project_tags(
+            source.repo_url or source.uri, invocation.entry_point, the_plan.env_manager, planned.key,
+            source.commit, source.repo_url, source.branch,
+        ),
+        params={**invocation.texts, **invocation.extra},
+    )
+    # From here on a run exists: every way out ends it.
+    return _launch(the_plan, planned, tracked, tracking_plan.uri, synchronous, stream_output, notify, progress, on_submitted)
 
-    prepared = prepare(the_plan.env_manager, the_plan.project, notify, progress)
-    try:
-        return _launch(the_plan, prepared, synchronous, stream_output, notify, on_submitted)
-    except BaseException:
-        prepared.release()
-        raise
 
-
-def _launch(the_plan: Plan, prepared, synchronous: bool, stream_output: bool, notify, on_submitted) -> SubmittedRun:
-    environment = prepared.environment
-
-    local_run_id = os.urandom(16).hex()  # the form of an MLflow run ID; uuid costs 3 ms to import
-    run_dir = home.subdir("runs") / local_run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    submitted = SubmittedRun(local_run_id, run_dir / "output.log")
-    if on_submitted is not None:
-        on_submitted(submitted)  # from here on a cancel request stops the run, even mid-start
-
-    child_env = environment.apply(os.environ)
-    # Output goes through a pipe to be teed; keep Python children streaming live.
-    child_env.setdefault("PYTHONUNBUFFERED", "1")
-    # Lets a later invocation recognise this run's processes if the runner dies.
-    child_env["MLPROJECT_RUN_ID"] = local_run_id
-    command = the_plan.invocation.command
-
+def _launch(the_plan: Plan, planned, tracked, tracking_uri, synchronous: bool, stream_output: bool, notify, progress,
+            on_submitted) -> SubmittedRun:
+    from runner.envs import realize
+    from runner.errors import RunnerError
     from runner.tracking.ledger import Ledger, RunRecord
     from runner.tracking.runs import reconcile
 
+    # The MLflow run ID when tracked (one ID everywhere); otherwise one of the same
+    # form. A continued MLflow run (--run-id) is a new attempt in the ledger.
+    run_id = (None if tracked.continued else tracked.run_id) or os.urandom(16).hex()
+    run_dir = home.subdir("runs") / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    submitted = SubmittedRun(tracked.run_id or run_id, run_dir / "output.log")
+    if on_submitted is not None:
+        on_submitted(submitted)  # from here on a cancel request stops the run, even mid-start
+
+    invocation = the_plan.invocation
+    command = invocation.command
     ledger = Ledger()
     for orphan in reconcile(ledger):
         notify(f"note: run {orphan.id} had lost its runner; recorded as FAILED")
-    invocation = the_plan.invocation
     ledger.start(
         RunRecord(
-            id=local_run_id,
+            id=run_id,
             project_uri=the_plan.source.uri,
             project_dir=str(the_plan.project.directory),
             entry_point=invocation.entry_point,
             command=command,
             env_manager=the_plan.env_manager,
-            env_key=environment.key,
+            env_key=planned.key,
             log_path=str(submitted.log_path),
             parameters={**invocation.texts, **invocation.extra},
             git_commit=the_plan.source.commit,
+            tracking_run_id=tracked.run_id,
+            tracking_uri=_redacted(tracking_uri) if tracked.run_id else None,
         )
     )
+    tracked.artifacts.append((submitted.log_path, None))
+
+    def end(status: str, exit_code: int | None, reason: str | None) -> None:
+        # The ledger first: the outcome is never lost, even if tracking is down.
+        try:
+            ledger.finish(run_id, status, exit_code, reason)
+            ledger.close()
+        finally:
+            tracked.finish(status, notify)
+
+    try:
+        prepared = realize(planned, progress)
+    except BaseException as exc:
+        interrupted = not isinstance(exc, Exception)
+        reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
+        end("KILLED" if interrupted else "FAILED", None, f"environment: {reason}")
+        raise
+    environment = prepared.environment
+    if environment.prefix is not None:
+        tracked.artifacts.append((environment.prefix / ".mlproject" / "packages.txt", "environment"))
+
+    child_env = environment.apply(os.environ)
+    child_env.update(tracked.child_env())
+    # Output goes through a pipe to be teed; keep Python children streaming live.
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    # Lets a later invocation recognise this run's processes if the runner dies.
+    child_env["MLPROJECT_RUN_ID"] = run_id
 
     def on_finish(outcome) -> None:
         try:
             reason = f"stopped by signal {submitted.cancel_signal}" if outcome.status == "KILLED" else None
-            ledger.finish(local_run_id, outcome.status, outcome.exit_code, reason)
-            ledger.close()
+            end(outcome.status, outcome.exit_code, reason)
         finally:
             prepared.release()
 
-    notify(f"=== Running command '{command}' in run with ID '{local_run_id}' ===")
-    start(
-        submitted,
-        environment.argv(command, child_env),
-        invocation.cwd,
-        child_env,
-        echo=stream_output,
-        on_started=lambda pgid: ledger.set_process(local_run_id, pgid),
-        on_finish=on_finish,
-    )
+    notify(f"=== Running command '{command}' in run with ID '{submitted.run_id}' ===")
+    submitted.launching = True  # from here a cancel stops the command instead of the preparation
+    try:
+        start(
+            submitted,
+            environment.argv(command, child_env),
+            invocation.cwd,
+            child_env,
+            echo=stream_output,
+            on_started=lambda pgid: ledger.set_process(run_id, pgid),
+            on_finish=on_finish,
+        )
+    except BaseException:
+        prepared.release()
+        raise
     if synchronous:
         if not submitted.wait():
             raise RunFailedError(
-                f"run {local_run_id} {submitted.get_status().lower()} (exit code {submitted.exit_code})",
+                f"run {run_id} {submitted.get_status().lower()} (exit code {submitted.exit_code})",
                 submitted,
                 submitted.exit_code or 1,
             )
     return submitted
+
+
+def _redacted(uri: str | None) -> str | None:
+    from runner.sources import redact_url
+
+    return redact_url(uri) if uri else None
 
 
 def prepare_environment(
@@ -251,15 +303,6 @@ def prepare_environment(
             hint=f"build it with `mlproject env build {uri}`",
         )
     return Prepared(module.activate(plan, found[0]), found[1], plan)
-
-
-def _check_tracking_arguments(experiment_name: str | None, experiment_id: str | None, run_id: str | None) -> None:
-    for flag, value in (("--experiment-name", experiment_name), ("--experiment-id", experiment_id), ("--run-id", run_id)):
-        if value is not None:
-            raise NotAvailableError(
-                f"{flag}: MLflow tracking is not available in this version",
-                hint=f"leave out {flag}; the project's own mlflow calls still log where MLFLOW_TRACKING_URI points",
-            )
 
 
 def cli_parameters(items: list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -165,10 +165,10 @@ def _run(args: argparse.Namespace) -> int:
 
     def on_signal(signum: int, _frame) -> None:
         received.append(signum)
-        if active:
+        if active and active[0].launching:
             active[0].request_cancel(signum)
         else:
-            raise _Interrupted(signum)  # nothing started yet: abandon preparation
+            raise _Interrupted(signum)  # the command has not started: abandon the preparation
 
     for signum in INTERRUPT_SIGNALS:
         signal.signal(signum, on_signal)

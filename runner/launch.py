@@ -155,6 +155,7 @@ class SubmittedRun:
         self.exit_code: int | None = None
         self.cancel_signal: int | None = None
         self._status = RUNNING
+        self.launching = False  # set just before the command starts; until then it is preparing
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None

@@ -19,9 +19,34 @@ def mlproject_home(tmp_path_factory, monkeypatch) -> Path:
     monkeypatch.setenv("MLPROJECT_HOME", str(home))
     monkeypatch.setenv("MLPROJECT_KILL_GRACE", "2")
     # Tracking is tested on its own; keep other tests from writing ./mlflow.db.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    # `python` in a project run with --env-manager local is this interpreter (it has mlflow).
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     return home
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store made once by MLflow itself (creating one costs ~3 s)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch, empty_mlflow_db):
+    # Runs track to ./mlflow.db of the working directory; each test has its own,
+    # already created (tests of store creation remove it first).
+    import shutil
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    shutil.copyfile(empty_mlflow_db, work / "mlflow.db")
+    monkeypatch.chdir(work)
+    return work
 
 
 def write_project(root: Path, mlproject: str | None = None, files: dict[str, str] | None = None) -> Path:
@@ -52,7 +77,7 @@ class Result:
     stderr: str
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120) -> Result:
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 180) -> Result:
     """The real `mlproject` command in a fresh interpreter."""
     completed = subprocess.run(
         [sys.executable, "-m", "runner", *args],

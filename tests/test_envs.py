@@ -183,7 +183,9 @@ def test_failed_build_reports_installer_output_and_leaves_nothing(make_project, 
     assert "definitely-not-a-real-package-mlpr" in result.stderr  # uv's own words
     assert _envs(mlproject_home) == []
     assert not list((mlproject_home / "envs").glob(".tmp-*"))
-    assert not (mlproject_home / "runs").exists()  # nothing was started
+    # The run was created (as MLflow does) and ended FAILED; its command never started.
+    [record] = json.loads(cli("runs", "list", "--json").stdout)
+    assert record["status"] == "FAILED" and record["pgid"] is None
 
 
 SLOW_BUILD = {
@@ -210,7 +212,7 @@ def test_sigkill_during_build_leaves_nothing_reusable(make_project, cli, mlproje
     assert len(_envs(mlproject_home)) == 1
 
 
-def test_sigint_during_build_cleans_up(make_project, mlproject_home):
+def test_sigint_during_build_cleans_up(make_project, mlproject_home, cli):
     root = make_project("entry_points:\n  main:\n    command: 'true'\n", SLOW_BUILD)
     proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 30
@@ -221,9 +223,10 @@ def test_sigint_during_build_cleans_up(make_project, mlproject_home):
     proc.wait(timeout=30)
     assert proc.returncode == 130
     assert b"Traceback" not in proc.stderr.read()
+    [record] = json.loads(cli("runs", "list", "--json").stdout)
+    assert record["status"] == "KILLED" and record["pgid"] is None
     assert _envs(mlproject_home) == []
     assert not list((mlproject_home / "envs").glob(".tmp-*"))
-    assert not (mlproject_home / "runs").exists()
 
 
 def test_concurrent_first_runs_build_once(make_project, mlproject_home):
@@ -240,10 +243,12 @@ def test_concurrent_first_runs_build_once(make_project, mlproject_home):
 
 
 def test_gc_skips_environment_in_use(make_project, cli, mlproject_home):
-    root = make_project("entry_points:\n  main:\n    command: 'sleep 4'\n", {"python_env.yaml": "dependencies: [six==1.16.0]\n"})
+    root = make_project("entry_points:\n  main:\n    command: 'touch started; sleep 3'\n", {"python_env.yaml": "dependencies: [six==1.16.0]\n"})
     assert cli("env", "build", str(root)).returncode == 0
     running = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.5)
+    deadline = time.monotonic() + 60
+    while not (root / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     gc = cli("env", "gc", "--older-than", "0")
     assert gc.returncode == 0 and "in use" in gc.stdout
     assert len(_envs(mlproject_home)) == 1

@@ -135,15 +135,28 @@ def manager_module(name: str):
     return importlib.import_module(module_name)
 
 
-def prepare(
-    manager_name: str,
-    project: Project,
-    notify: Callable[[str], None] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> Prepared:
-    """Build or reuse the project's environment; hold it (shared) until released."""
+@dataclass(frozen=True)
+class Planned:
+    """A manager and what its environment must contain: decided, nothing built yet."""
+
+    manager: str
+    module: Any
+    plan: EnvPlan | None
+
+    @property
+    def key(self) -> str | None:
+        return self.plan.key if self.plan is not None else None
+
+
+def plan_environment(manager_name: str, project: Project, notify: Callable[[str], None] | None = None) -> Planned:
+    """Everything that can be wrong with an environment before building it (versions, specs)."""
     module = manager_module(manager_name)
-    plan = module.plan(project, notify)
+    return Planned(manager_name, module, module.plan(project, notify))
+
+
+def realize(planned: Planned, progress: Callable[[str], None] | None = None) -> Prepared:
+    """Build or reuse the planned environment; hold it (shared) until released."""
+    module, plan, manager_name = planned.module, planned.plan, planned.manager
     if plan is None:
         return Prepared(module.activate(None, None))
     from runner.envs.store import Store
@@ -164,3 +177,13 @@ def prepare(
         found = store.ensure(manager_name, plan.key, build, {**plan.meta, "summary": plan.summary, "description": plan.description}, waiting)
     path, lease = found
     return Prepared(module.activate(plan, path), lease, plan)
+
+
+def prepare(
+    manager_name: str,
+    project: Project,
+    notify: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Prepared:
+    """plan_environment + realize."""
+    return realize(plan_environment(manager_name, project, notify), progress)

@@ -35,7 +35,7 @@ def fetch(uri: str, version: str | None = None) -> ProjectDir:
     base, subdir = split_subdirectory(uri)
     if _GIT_URL.match(base):
         raise NotAvailableError(
-            f"git projects ({_redact(base)}) are not available in this version",
+            f"git projects ({redact_url(base)}) are not available in this version",
             hint="clone the repository yourself and run the local directory",
         )
     root = Path(os.path.expanduser(base or ".")).absolute()
@@ -59,7 +59,7 @@ def fetch(uri: str, version: str | None = None) -> ProjectDir:
     return ProjectDir(path, uri)
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL with its credentials masked.
 
     Over http(s) any user part may be a token, so all of it goes; elsewhere

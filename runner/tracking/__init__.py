@@ -1,0 +1,152 @@
+"""Recording runs in MLflow tracking.
+
+    resolve_uri()  where runs go, exactly as MLflow decides it
+    open_tracker() the fastest exact way to reach that store:
+        http(s)://                  RestTracker (MLflow's REST API; no mlflow import)
+        sqlite at a verified schema SqliteTracker (direct writes; no mlflow import)
+        anything else               LibraryTracker (the mlflow package, imported in
+                                    the background while the environment is prepared)
+
+Every tracker has the same few methods: start(request) -> RunContext,
+end(run_id, status), log_artifact(run_id, path, artifact_path).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.errors import TrackingError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Tracker(Protocol):
+        uri: str
+
+        def start(self, request: StartRequest) -> RunContext: ...
+
+        def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None: ...
+
+        def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    experiment_name: str | None
+    experiment_id: str | None
+    run_name: str | None
+    tags: dict[str, str]
+    params: dict[str, str]
+    existing_run_id: str | None = None  # --run-id: continue this run
+
+
+@dataclass(frozen=True)
+class RunContext:
+    run_id: str
+    experiment_id: str
+    tracking_uri: str  # as the child must see it (absolute for local stores)
+    artifact_uri: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def child_env(self) -> dict[str, str]:
+        return {
+            **self.extra,
+            "MLFLOW_RUN_ID": self.run_id,
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "MLFLOW_EXPERIMENT_ID": self.experiment_id,
+        }
+
+
+def resolve_uri(cwd: Path) -> tuple[str, bool]:
+    """(tracking URI, whether the user asked for it), as MLflow 3.7+ resolves it."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return _absolute_local(configured, cwd), True
+    if _has_file_store_data(cwd / "mlruns"):
+        return (cwd / "mlruns").as_uri(), False
+    return f"sqlite:///{cwd / 'mlflow.db'}", False
+
+
+def _has_file_store_data(mlruns: Path) -> bool:
+    # MLflow's test: an experiment directory (digits) holding meta.yaml. A sqlite
+    # store's artifacts also live in ./mlruns/<id>/, but without meta.yaml.
+    try:
+        with os.scandir(mlruns) as entries:
+            return any(e.is_dir() and e.name.isdigit() and os.path.lexists(os.path.join(e.path, "meta.yaml")) for e in entries)
+    except OSError:
+        return False
+
+
+def _absolute_local(uri: str, cwd: Path) -> str:
+    # The command runs in the project directory: a relative store path must keep
+    # pointing where the caller meant.
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{cwd / uri[len('sqlite:///'):]}"
+    if "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
+        return Path(cwd, uri).absolute().as_uri()
+    if uri.startswith("file:") and not uri.startswith("file:///") and not uri.startswith("file://"):
+        return Path(cwd, uri[len("file:"):]).absolute().as_uri()
+    return uri
+
+
+def redact(uri: str) -> str:
+    """A URI with any password or token masked, for messages and records."""
+    from runner.sources import redact_url
+
+    return redact_url(uri)
+
+
+def open_tracker(uri: str, library_import=None):
+    """The tracker for `uri`; raises TrackingError when it cannot be reached by any means."""
+    if uri.startswith(("http://", "https://")):
+        from runner.tracking.rest import RestTracker
+
+        return RestTracker(uri)
+    if uri.startswith("sqlite:///"):
+        from runner.tracking.sqlite_direct import SqliteTracker, verified_schema
+
+        path = Path(uri[len("sqlite:///"):])
+        if path.is_file() and verified_schema(path) and not os.environ.get("MLFLOW_WORKSPACE"):
+            return SqliteTracker(uri, path)
+    from runner.tracking.mlflow_lib import LibraryTracker
+
+    return LibraryTracker(uri, library_import)
+
+
+class BackgroundImport:
+    """Import mlflow in a thread so its ~2.5 s overlaps the environment preparation."""
+
+    def __init__(self) -> None:
+        import threading
+        import typing  # noqa: F401
+
+        # dataclasses peeks at sys.modules["typing"] without the import lock: were
+        # the thread below half-way through importing typing, a dataclass defined
+        # meanwhile in this thread would see a partial module and fail. So typing
+        # is imported here first (only on this path, which costs seconds anyway).
+
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="mlproject-import-mlflow")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            import mlflow.tracking  # noqa: F401
+        except BaseException as exc:  # noqa: BLE001 - reported when the library is needed
+            self.error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self.error is not None:
+            raise TrackingError(
+                f"cannot use MLflow tracking: importing mlflow failed ({self.error.__class__.__name__}: {self.error})",
+                hint="pip install 'mlproject-runner[mlflow]', or set MLFLOW_TRACKING_URI to an http(s) server",
+            )
+
+
+def mlflow_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("mlflow") is not None

@@ -39,8 +39,28 @@ def reconcile(ledger: Ledger) -> list[RunRecord]:
             stop_group(record.pgid, 2.0)
         ledger.finish(record.id, "FAILED", record.exit_code, RUNNER_DIED)
         record.status, record.reason = "FAILED", RUNNER_DIED
+        _end_in_tracking(record)
         ended.append(record)
     return ended
+
+
+def _end_in_tracking(record: RunRecord) -> None:
+    """End the orphan's MLflow run too; best effort (the ledger already has the truth)."""
+    if not (record.tracking_run_id and record.tracking_uri):
+        return
+    from runner.sources import redact_url
+    from runner.tracking import open_tracker
+    from runner.tracking.common import retry
+
+    uri = record.tracking_uri
+    current = os.environ.get("MLFLOW_TRACKING_URI")
+    if current and redact_url(current) == uri:
+        uri = current  # the stored form has its credentials masked
+    try:
+        tracker = open_tracker(uri)
+        retry(lambda: tracker.end(record.tracking_run_id, "FAILED"), "ending an orphaned run", budget_seconds=5)
+    except Exception:  # noqa: BLE001 - never let a dead run's tracking block a new run
+        pass
 
 
 def find(ledger: Ledger, run_id: str) -> RunRecord:

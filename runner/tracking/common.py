@@ -1,0 +1,61 @@
+"""What every tracker shares: the experiment choice, run names, time, retries."""
+from __future__ import annotations
+
+import os
+import random
+import time
+
+from runner.errors import TrackingError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def experiment_choice(name: str | None, experiment_id: str | None) -> tuple[str | None, str | None]:
+    """(name, id) the way `mlflow run` picks them: flags, then MLFLOW_EXPERIMENT_NAME/ID, then Default (0)."""
+    if name and experiment_id:
+        raise TrackingError("give --experiment-name or --experiment-id, not both")
+    if name or experiment_id:
+        return name, experiment_id
+    env_name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    env_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if env_name:
+        return env_name, None
+    return None, env_id or "0"
+
+
+_ADJECTIVES = (
+    "amber", "bold", "brisk", "calm", "clever", "crisp", "dapper", "eager", "fleet", "gentle", "glad", "keen",
+    "lucid", "mellow", "nimble", "placid", "quick", "quiet", "rapid", "sleek", "steady", "sunny", "tidy", "vivid",
+)
+_NOUNS = (
+    "badger", "bee", "crane", "dolphin", "falcon", "fox", "heron", "ibis", "koala", "lark", "lynx", "mole",
+    "newt", "otter", "owl", "panda", "quail", "robin", "seal", "stork", "tern", "vole", "wren", "yak",
+)
+
+
+def random_run_name() -> str:
+    """A readable run name, like MLflow gives a run that was not named."""
+    return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}-{random.randint(0, 999)}"
+
+
+def retry(action: Callable[[], None], what: str, budget_seconds: float | None = None) -> None:
+    """Run `action`, retrying with backoff on TrackingError for a bounded time."""
+    if budget_seconds is None:
+        budget_seconds = float(os.environ.get("MLPROJECT_TRACKING_RETRY_SECONDS", "60"))
+    deadline = time.monotonic() + budget_seconds
+    delay = 0.25
+    while True:
+        try:
+            action()
+            return
+        except TrackingError:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

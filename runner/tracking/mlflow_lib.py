@@ -1,0 +1,100 @@
+"""MLflow tracking through the mlflow package: every store MLflow supports."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from runner.errors import TrackingError
+from runner.tracking import RunContext, StartRequest, redact
+from runner.tracking.common import experiment_choice, now_ms
+
+
+@contextlib.contextmanager
+def _store_init_lock(uri: str):
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+    import hashlib
+
+    from runner import home
+
+    lock_dir = home.subdir("locks")
+    name = hashlib.sha256(uri.encode()).hexdigest()[:24]
+    fd = os.open(lock_dir / f"sqlite-init-{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class LibraryTracker:
+    def __init__(self, uri: str, library_import=None):
+        self.uri = uri
+        self._import = library_import
+        self._client = None
+
+    def client(self):
+        if self._client is None:
+            if self._import is not None:
+                self._import.wait()
+            try:
+                from mlflow.tracking import MlflowClient
+            except ImportError:
+                raise TrackingError(
+                    f"tracking to {redact(self.uri)} needs the mlflow package",
+                    hint="pip install 'mlproject-runner[mlflow]', or use an http(s) tracking server",
+                ) from None
+            with _store_init_lock(self.uri):
+                client = MlflowClient(tracking_uri=self.uri)
+                if self.uri.startswith("sqlite:"):
+                    # Creating or upgrading a sqlite store happens on first use; MLflow's
+                    # migrations break when several processes do it at once, so one does.
+                    client.search_experiments(max_results=1)
+            self._client = client
+        return self._client
+
+    def _call(self, what: str, action):
+        try:
+            return action()
+        except TrackingError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any store failure becomes one clear line
+            message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            raise TrackingError(f"MLflow tracking ({redact(self.uri)}): {what} failed: {message}") from None
+
+    def start(self, request: StartRequest) -> RunContext:
+        client = self._call("connecting", self.client)
+
+        def create() -> RunContext:
+            from mlflow.entities import Param, RunStatus, RunTag
+
+            if request.existing_run_id:
+                run = client.get_run(request.existing_run_id)
+                client.update_run(run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+                tags = [RunTag(k, v) for k, v in request.tags.items() if k != "mlflow.runName"]
+            else:
+                name, experiment_id = experiment_choice(request.experiment_name, request.experiment_id)
+                if experiment_id is None:
+                    found = client.get_experiment_by_name(name)
+                    experiment_id = found.experiment_id if found else client.create_experiment(name)
+                run = client.create_run(experiment_id=str(experiment_id), tags=request.tags, run_name=request.run_name)
+                tags = []
+            params = [Param(k, v) for k, v in request.params.items()]
+            if params or tags:
+                client.log_batch(run.info.run_id, params=params, tags=tags)
+            return RunContext(run.info.run_id, str(run.info.experiment_id), self.uri, run.info.artifact_uri)
+
+        return self._call("creating the run", create)
+
+    def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
+        self._call("ending the run", lambda: self.client().set_terminated(run_id, status, end_time_ms or now_ms()))
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        client = self.client()
+        self._call("tagging the run", lambda: [client.set_tag(run_id, k, v) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
+        self._call("logging an artifact", lambda: self.client().log_artifact(run_id, str(path), artifact_path))

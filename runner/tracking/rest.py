@@ -1,0 +1,161 @@
+"""MLflow tracking over its REST API, with the standard library only.
+
+Honours MLFLOW_TRACKING_TOKEN (bearer), MLFLOW_TRACKING_USERNAME/PASSWORD
+(basic), MLFLOW_TRACKING_INSECURE_TLS and MLFLOW_TRACKING_SERVER_CERT_PATH.
+The URL's credentials never appear in an error message.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from urllib.parse import quote, urlencode, urlsplit
+
+from runner.errors import TrackingError
+from runner.tracking import RunContext, StartRequest, redact
+from runner.tracking.common import experiment_choice, now_ms
+
+_TIMEOUT = float(os.environ.get("MLPROJECT_HTTP_TIMEOUT", "15"))
+
+
+class RestTracker:
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+        parts = urlsplit(self.uri)
+        self._scheme = parts.scheme
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port
+        self._base = parts.path.rstrip("/")
+        self._headers = {"User-Agent": "mlproject-runner"}
+        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME") or (parts.username and _unquote(parts.username))
+        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or (parts.password and _unquote(parts.password))
+        # The project gets the URL without credentials (MLflow prints it in "View run at")
+        # and the credentials as the variables MLflow reads.
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        netloc = host + (f":{self._port}" if self._port else "")
+        self._plain_uri = f"{parts.scheme}://{netloc}{parts.path}".rstrip("/")
+        self._credential_env: dict[str, str] = {}
+        if parts.username and not os.environ.get("MLFLOW_TRACKING_USERNAME"):
+            self._credential_env["MLFLOW_TRACKING_USERNAME"] = _unquote(parts.username)
+            if parts.password:
+                self._credential_env["MLFLOW_TRACKING_PASSWORD"] = _unquote(parts.password)
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        elif user:
+            import base64
+
+            pair = f"{user}:{password or ''}".encode()
+            self._headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+
+    # -- transport ---------------------------------------------------------------
+    def _connection(self):
+        import http.client
+
+        if self._scheme == "https":
+            import ssl
+
+            if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+                context = ssl._create_unverified_context()
+            else:
+                context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+            return http.client.HTTPSConnection(self._host, self._port, timeout=_TIMEOUT, context=context)
+        return http.client.HTTPConnection(self._host, self._port, timeout=_TIMEOUT)
+
+    def _call(self, method: str, endpoint: str, body: dict | None = None, query: dict | None = None,
+              raw: bytes | None = None, content_type: str = "application/json") -> dict:
+        path = self._base + endpoint + (f"?{urlencode(query)}" if query else "")
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        headers = dict(self._headers)
+        if data is not None:
+            headers["Content-Type"] = content_type
+        try:
+            connection = self._connection()
+            try:
+                connection.request(method, path, body=data, headers=headers)
+                response = connection.getresponse()
+                payload = response.read()
+            finally:
+                connection.close()
+        except OSError as exc:
+            reason = getattr(exc, "strerror", None) or exc.__class__.__name__
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {redact(self.uri)}: {reason}",
+                hint="is the server running? check MLFLOW_TRACKING_URI",
+            ) from None
+        if response.status >= 400:
+            try:
+                detail = json.loads(payload)
+                message = detail.get("message") or detail.get("error_code") or str(detail)
+                code = detail.get("error_code", "")
+            except ValueError:
+                message, code = payload[:200].decode(errors="replace"), ""
+            error = TrackingError(
+                f"MLflow tracking server at {redact(self.uri)} refused {endpoint} (HTTP {response.status}): {message}",
+                hint="check the tracking credentials" if response.status in (401, 403) else None,
+            )
+            error.error_code = code  # type: ignore[attr-defined]
+            error.status = response.status  # type: ignore[attr-defined]
+            raise error
+        return json.loads(payload) if payload else {}
+
+    # -- tracker API ---------------------------------------------------------------
+    def _experiment_id(self, name: str | None, experiment_id: str | None) -> str:
+        name, experiment_id = experiment_choice(name, experiment_id)
+        if experiment_id is not None:
+            return str(experiment_id)
+        try:
+            found = self._call("GET", "/api/2.0/mlflow/experiments/get-by-name", query={"experiment_name": name})
+            return str(found["experiment"]["experiment_id"])
+        except TrackingError as exc:
+            if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        created = self._call("POST", "/api/2.0/mlflow/experiments/create", {"name": name})
+        return str(created["experiment_id"])
+
+    def start(self, request: StartRequest) -> RunContext:
+        if request.existing_run_id:
+            run = self._call("GET", "/api/2.0/mlflow/runs/get", query={"run_id": request.existing_run_id})["run"]
+            info = run["info"]
+            self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": info["run_id"], "status": "RUNNING"})
+            run_id, experiment_id, artifact_uri = info["run_id"], str(info["experiment_id"]), info.get("artifact_uri", "")
+            tags = request.tags
+        else:
+            experiment_id = self._experiment_id(request.experiment_name, request.experiment_id)
+            body = {"experiment_id": experiment_id, "start_time": now_ms(),
+                    "tags": [{"key": k, "value": v} for k, v in request.tags.items()]}
+            if request.run_name:
+                body["run_name"] = request.run_name
+            info = self._call("POST", "/api/2.0/mlflow/runs/create", body)["run"]["info"]
+            run_id, artifact_uri, tags = info["run_id"], info.get("artifact_uri", ""), {}
+        params = [{"key": k, "value": v} for k, v in request.params.items()]
+        tag_list = [{"key": k, "value": v} for k, v in tags.items()]
+        for i in range(0, max(len(params), len(tag_list), 1), 100):
+            chunk = {"run_id": run_id, "params": params[i:i + 100], "tags": tag_list[i:i + 100]}
+            if chunk["params"] or chunk["tags"]:
+                self._call("POST", "/api/2.0/mlflow/runs/log-batch", chunk)
+        return RunContext(run_id, experiment_id, self._plain_uri, artifact_uri, self._credential_env)
+
+    def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
+        self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": status, "end_time": end_time_ms or now_ms()})
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self._call("POST", "/api/2.0/mlflow/runs/log-batch",
+                   {"run_id": run_id, "tags": [{"key": k, "value": v} for k, v in tags.items()]})
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
+        name = path.name if artifact_path is None else f"{artifact_path.strip('/')}/{path.name}"
+        if artifact_uri.startswith("mlflow-artifacts:"):
+            location = urlsplit(artifact_uri).path.lstrip("/")
+            endpoint = f"/api/2.0/mlflow-artifacts/artifacts/{quote(location)}/{quote(name)}"
+            self._call("PUT", endpoint, raw=path.read_bytes(), content_type="application/octet-stream")
+            return
+        from runner.tracking.artifacts import copy_local
+
+        copy_local(artifact_uri, path, name)
+
+
+def _unquote(text: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(text)

@@ -1,0 +1,154 @@
+"""One run's tracking, from creation to a guaranteed end.
+
+Decides where the run goes and how to reach it, creates it with MLflow's
+project tags, gives the child its MLFLOW_* variables, logs the output log and
+the environment's package list as artifacts, and ends it FINISHED, FAILED or
+KILLED with retries. The local ledger records the same run either way.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.errors import TrackingError
+from runner.tracking import BackgroundImport, RunContext, StartRequest, mlflow_installed, open_tracker, redact, resolve_uri
+from runner.tracking.common import retry
+from runner.version import __version__
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+
+@dataclass
+class TrackingPlan:
+    """Where the run will be recorded, decided before anything is created."""
+
+    uri: str | None  # None: untracked
+    asked: bool
+    library: BackgroundImport | None = None
+    note: str | None = None
+
+
+def plan_tracking(cwd: Path, experiment_name: str | None, experiment_id: str | None, run_id: str | None) -> TrackingPlan:
+    uri, asked = resolve_uri(cwd)
+    asked = asked or bool(experiment_name or experiment_id or run_id or os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID"))
+    if uri.startswith(("http://", "https://")):
+        return TrackingPlan(uri, asked)
+    if uri.startswith("sqlite:///"):
+        from runner.tracking.sqlite_direct import verified_schema
+
+        path = Path(uri[len("sqlite:///"):])
+        if path.is_file() and verified_schema(path) and not os.environ.get("MLFLOW_WORKSPACE"):
+            return TrackingPlan(uri, asked)
+    if not mlflow_installed():
+        if asked:
+            raise TrackingError(
+                f"tracking to {redact(uri)} needs the mlflow package, which is not installed",
+                hint="pip install 'mlproject-runner[mlflow]', or use an http(s) tracking server",
+            )
+        return TrackingPlan(None, False, note="note: mlflow is not installed; this run is recorded in the local ledger only")
+    return TrackingPlan(uri, asked, BackgroundImport())
+
+
+@dataclass
+class TrackedRun:
+    tracker: object | None
+    context: RunContext | None
+    continued: bool = False  # an existing MLflow run (--run-id)
+    artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.context.run_id if self.context else None
+
+    def child_env(self) -> dict[str, str]:
+        return self.context.child_env() if self.context else {}
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.context is not None and tags:
+            self.tracker.set_tags(self.context.run_id, tags)  # type: ignore[union-attr]
+
+    def finish(self, status: str, notify: Callable[[str], None]) -> str | None:
+        """Log artifacts and end the run; retried for a bounded time. Returns a problem, if any."""
+        if self.context is None:
+            return None
+        problems = []
+        for path, artifact_path in self.artifacts:
+            if path.exists():
+                try:
+                    self.tracker.log_artifact(self.context.run_id, path, artifact_path, self.context.artifact_uri)  # type: ignore[union-attr]
+                except (TrackingError, OSError) as exc:
+                    problems.append(f"artifact {path.name}: {exc}")
+        try:
+            retry(lambda: self.tracker.end(self.context.run_id, status), "ending the run")  # type: ignore[union-attr]
+        except TrackingError as exc:
+            problems.append(str(exc))
+        for problem in problems:
+            notify(f"warning: tracking: {problem}")
+        return "; ".join(problems) or None
+
+
+def start_tracking(
+    plan: TrackingPlan,
+    *,
+    experiment_name: str | None,
+    experiment_id: str | None,
+    run_id: str | None,
+    run_name: str | None,
+    tags: dict[str, str],
+    params: dict[str, str],
+) -> TrackedRun:
+    if plan.uri is None:
+        return TrackedRun(None, None)
+    tracker = open_tracker(plan.uri, plan.library)
+    request = StartRequest(experiment_name, experiment_id, run_name, tags, params, run_id)
+    return TrackedRun(tracker, tracker.start(request), continued=run_id is not None)
+
+
+def project_tags(
+    source_name: str,
+    entry_point: str,
+    env_manager: str,
+    env_key: str | None,
+    git_commit: str | None = None,
+    repo_url: str | None = None,
+    branch: str | None = None,
+) -> dict[str, str]:
+    tags = {
+        "mlflow.user": _user(),
+        "mlflow.source.name": source_name,
+        "mlflow.source.type": "PROJECT",
+        "mlflow.project.entryPoint": entry_point,
+        "mlflow.project.backend": "local",
+        "mlproject.version": __version__,
+    }
+    if env_manager != "local":
+        tags["mlflow.project.env"] = env_manager
+    if env_key:
+        tags["mlproject.env.key"] = env_key
+    if git_commit:
+        tags["mlflow.source.git.commit"] = git_commit
+    if repo_url:
+        tags["mlflow.source.git.repoURL"] = repo_url
+        tags["mlflow.gitRepoURL"] = repo_url
+    if branch:
+        tags["mlflow.source.git.branch"] = branch
+        tags["mlflow.gitBranchName"] = branch
+    parent = os.environ.get("MLFLOW_RUN_ID")
+    if parent:  # started from inside a run (a workflow step): a child of it
+        tags["mlflow.parentRunId"] = parent
+    return tags
+
+
+def _user() -> str:
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if os.environ.get(name):
+            return os.environ[name]
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return "unknown"

@@ -1,0 +1,180 @@
+"""MLflow's sqlite store written directly, for schema versions verified by our tests.
+
+MLflow pays ~2.5 s to import before it can write a run to `sqlite:///mlflow.db`.
+The rows it writes are simple and its schema is versioned (alembic), so for the
+versions in VERIFIED_SCHEMAS, which tests/test_tracking.py checks row for row
+against what the mlflow library itself writes, we write them with sqlite3.
+Any other version, or a database that does not exist yet, goes through the
+mlflow library instead.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from runner.errors import TrackingError
+from runner.tracking import RunContext, StartRequest
+from runner.tracking.common import experiment_choice, now_ms, random_run_name
+
+# alembic revision -> the MLflow release it was verified with
+VERIFIED_SCHEMAS = {"dc11669786a5": "3.17.2"}
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+MAX_KEY = 250
+
+
+def verified_schema(path: Path) -> bool:
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+    return bool(row) and row[0] in VERIFIED_SCHEMAS
+
+
+def _join_uri(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+class SqliteTracker:
+    def __init__(self, uri: str, path: Path):
+        self.uri = uri
+        self.path = path
+
+    def _db(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        db.execute("PRAGMA busy_timeout = 30000")
+        db.execute("PRAGMA foreign_keys = ON")
+        return db
+
+    def _experiment(self, db: sqlite3.Connection, name: str | None, experiment_id: str | None) -> tuple[str, str]:
+        name, experiment_id = experiment_choice(name, experiment_id)
+        if experiment_id is not None:
+            row = db.execute(
+                "SELECT experiment_id, artifact_location, lifecycle_stage FROM experiments WHERE experiment_id = ?",
+                (int(experiment_id) if str(experiment_id).isdigit() else -1,),
+            ).fetchone()
+            if row is None:
+                raise TrackingError(f"no MLflow experiment with ID {experiment_id!r} in {self.uri}")
+        else:
+            row = db.execute(
+                "SELECT experiment_id, artifact_location, lifecycle_stage FROM experiments WHERE name = ? AND workspace = 'default'",
+                (name,),
+            ).fetchone()
+            if row is None:
+                return self._create_experiment(db, name)
+        if row[2] != "active":
+            raise TrackingError(f"MLflow experiment {row[0]} is deleted", hint="restore it or choose another experiment")
+        return str(row[0]), row[1]
+
+    def _create_experiment(self, db: sqlite3.Connection, name: str) -> tuple[str, str]:
+        # As SqlAlchemyStore.create_experiment with the default artifact root (./mlruns, made absolute).
+        stamp = now_ms()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = db.execute(
+                "INSERT INTO experiments (name, artifact_location, lifecycle_stage, creation_time, last_update_time, workspace)"
+                " VALUES (?, NULL, 'active', ?, ?, 'default')",
+                (name, stamp, stamp),
+            )
+            experiment_id = str(cursor.lastrowid)
+            location = str(Path.cwd() / "mlruns" / experiment_id)
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (location, int(experiment_id)))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return experiment_id, location
+
+    def start(self, request: StartRequest) -> RunContext:
+        _check_sizes(request)
+        db = self._db()
+        try:
+            if request.existing_run_id:
+                return self._continue(db, request)
+            experiment_id, location = self._experiment(db, request.experiment_name, request.experiment_id)
+            run_id = os.urandom(16).hex()
+            tags = dict(request.tags)
+            name = request.run_name or tags.get("mlflow.runName") or random_run_name()
+            tags.setdefault("mlflow.runName", name)
+            artifact_uri = _join_uri(location, run_id, "artifacts")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, status,"
+                    " start_time, end_time, source_version, lifecycle_stage, artifact_uri, experiment_id, deleted_time)"
+                    " VALUES (?, ?, 'UNKNOWN', '', '', ?, 'RUNNING', ?, NULL, '', 'active', ?, ?, NULL)",
+                    (run_id, name, tags.get("mlflow.user", ""), now_ms(), artifact_uri, int(experiment_id)),
+                )
+                db.executemany("INSERT INTO tags (key, value, run_uuid) VALUES (?, ?, ?)", [(k, v, run_id) for k, v in tags.items()])
+                db.executemany("INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?)", [(k, v, run_id) for k, v in request.params.items()])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return RunContext(run_id, experiment_id, self.uri, artifact_uri)
+        except sqlite3.Error as exc:
+            raise TrackingError(f"cannot write to the MLflow store {self.uri}: {exc}") from None
+        finally:
+            db.close()
+
+    def _continue(self, db: sqlite3.Connection, request: StartRequest) -> RunContext:
+        row = db.execute(
+            "SELECT experiment_id, artifact_uri, lifecycle_stage FROM runs WHERE run_uuid = ?", (request.existing_run_id,)
+        ).fetchone()
+        if row is None or row[2] != "active":
+            raise TrackingError(f"no active MLflow run {request.existing_run_id!r} in {self.uri}", hint="check --run-id")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?", (request.existing_run_id,))
+            db.executemany(
+                "INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
+                [(k, v, request.existing_run_id) for k, v in request.tags.items() if k != "mlflow.runName"],
+            )
+            for key, value in request.params.items():
+                existing = db.execute("SELECT value FROM params WHERE key = ? AND run_uuid = ?", (key, request.existing_run_id)).fetchone()
+                if existing is None:
+                    db.execute("INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?)", (key, value, request.existing_run_id))
+                elif existing[0] != value:
+                    raise TrackingError(f"run {request.existing_run_id} already has parameter {key}={existing[0]!r}, not {value!r}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return RunContext(request.existing_run_id, str(row[0]), self.uri, row[1])
+
+    def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
+        try:
+            db = self._db()
+            try:
+                db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?", (status, end_time_ms or now_ms(), run_id))
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise TrackingError(f"cannot end run {run_id} in {self.uri}: {exc}") from None
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        db = self._db()
+        try:
+            db.executemany("INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)", [(k, v, run_id) for k, v in tags.items()])
+        finally:
+            db.close()
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
+        from runner.tracking.artifacts import copy_local
+
+        name = path.name if artifact_path is None else f"{artifact_path.strip('/')}/{path.name}"
+        copy_local(artifact_uri, path, name)
+
+
+def _check_sizes(request: StartRequest) -> None:
+    for key, value in request.params.items():
+        if len(key) > MAX_KEY or len(value) > MAX_PARAM_VALUE:
+            raise TrackingError(f"parameter {key[:40]!r} is too long for MLflow (at most {MAX_KEY} characters for a name, {MAX_PARAM_VALUE} for a value)")
+    for key, value in request.tags.items():
+        if len(value) > MAX_TAG_VALUE:
+            raise TrackingError(f"tag {key!r} is too long for MLflow")

@@ -1,0 +1,297 @@
+"""MLflow tracking against the real thing: a live `mlflow server` on loopback and
+sqlite stores, asserted through MlflowClient."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import assert_clean_error
+
+LOGGER = """
+name: logger
+entry_points:
+  main:
+    parameters:
+      alpha: {type: float, default: 0.5}
+      label: {type: string, default: "a b"}
+      code: {type: int, default: 0}
+    command: "python log.py {alpha} {label} {code}"
+"""
+LOG_PY = """
+import os, sys, mlflow
+given = os.environ["MLFLOW_RUN_ID"]  # mlflow.start_run() consumes the variable
+with mlflow.start_run() as run:
+    assert run.info.run_id == given, "attached to the runner's run"
+    mlflow.log_metric("rmse", float(sys.argv[1]) * 2)
+print("logged", given, os.environ["MLFLOW_EXPERIMENT_ID"])
+sys.exit(int(sys.argv[3]))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` with a sqlite backend and proxied artifacts."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root}/server.db", "--artifacts-destination", str(root / "artifacts"),
+         "--workers", "1"],
+        stdout=open(root / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("mlflow server exited: " + (root / "server.log").read_text()[-2000:])
+            time.sleep(0.3)
+    else:
+        raise RuntimeError("mlflow server did not start in 120 s: " + (root / "server.log").read_text()[-2000:])
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def _run_info(client: MlflowClient, run_id: str):
+    return client.get_run(run_id)
+
+
+def _run_id(stderr: str) -> str:
+    import re
+
+    return re.search(r"run with ID '([0-9a-f]{32})'", stderr).group(1)
+
+
+def _check_project_run(client: MlflowClient, run_id: str, status: str, root: Path) -> None:
+    run = client.get_run(run_id)
+    assert run.info.status == status
+    tags = run.data.tags
+    assert tags["mlflow.source.type"] == "PROJECT"
+    assert tags["mlflow.project.entryPoint"] == "main"
+    assert tags["mlflow.project.backend"] == "local"
+    assert tags["mlflow.source.name"] == str(root)
+    assert tags["mlflow.user"]
+    assert tags["mlflow.runName"] == run.info.run_name
+    assert tags["mlproject.version"]
+    assert run.data.params == {"alpha": "0.5", "label": "a b", "code": run.data.params["code"]}  # values, not quoted
+
+
+def test_default_sqlite_store_in_working_directory(make_project, cli, _work_in_tmp):
+    root = make_project(LOGGER, {"log.py": LOG_PY})
+    (_work_in_tmp / "mlflow.db").unlink()
+    for attempt in range(2):  # the first creates mlflow.db (library), the second writes it directly
+        result = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp)
+        assert result.returncode == 0, result.stderr
+        run_id = _run_id(result.stderr)
+        client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+        _check_project_run(client, run_id, "FINISHED", root)
+        run = client.get_run(run_id)
+        assert run.data.metrics == {"rmse": 1.0}
+        artifacts = [a.path for a in client.list_artifacts(run_id)]
+        assert "output.log" in artifacts
+        assert result.stdout.startswith(f"logged {run_id} 0")
+
+
+def test_concurrent_first_runs_create_the_store_once(make_project, _work_in_tmp):
+    """MLflow's own migrations break when several processes create a store at once."""
+    (_work_in_tmp / "mlflow.db").unlink()
+    root = make_project("entry_points:\n  main:\n    command: 'true'\n")
+    procs = [subprocess.Popen([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"], cwd=_work_in_tmp,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(6)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 6, [p.stderr.read()[-300:] for p in procs]
+    runs = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").search_runs(["0"])
+    assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_relative_tracking_uri_is_made_absolute_for_the_project(make_project, cli, _work_in_tmp):
+    root = make_project(LOGGER, {"log.py": LOG_PY})
+    result = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp, env={"MLFLOW_TRACKING_URI": "sqlite:///rel.db"})
+    assert result.returncode == 0, result.stderr
+    assert (_work_in_tmp / "rel.db").exists() and not (root / "rel.db").exists()
+
+
+def test_failed_command_ends_failed(make_project, cli, _work_in_tmp):
+    root = make_project(LOGGER, {"log.py": LOG_PY})
+    result = cli("run", str(root), "--env-manager", "local", "-P", "code=3", cwd=_work_in_tmp)
+    assert result.returncode == 3
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    _check_project_run(client, _run_id(result.stderr), "FAILED", root)
+
+
+def test_env_build_failure_ends_failed(make_project, cli, _work_in_tmp, mlproject_home):
+    root = make_project(LOGGER, {"log.py": LOG_PY, "python_env.yaml": "dependencies: [no-such-package-mlproj-xyz==1]\n"})
+    result = cli("run", str(root), cwd=_work_in_tmp)
+    assert_clean_error(result, contains="environment build failed")
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    runs = client.search_runs(["0"])
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    ledger = json.loads(cli("runs", "list", "--json").stdout)
+    assert ledger[0]["status"] == "FAILED" and ledger[0]["reason"].startswith("environment: environment build failed")
+
+
+def test_ctrl_c_ends_killed(make_project, _work_in_tmp):
+    root = make_project("entry_points:\n  main:\n    command: 'echo started; sleep 300'\n")
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
+                            cwd=_work_in_tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout.readline() == b"started\n"
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    run_id = _run_id(proc.stderr.read().decode())
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_sigkilled_runner_ends_failed_on_next_invocation(make_project, cli, _work_in_tmp):
+    root = make_project("entry_points:\n  main:\n    command: 'echo started; sleep 300'\n")
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
+                            cwd=_work_in_tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"started\n"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    run = client.search_runs(["0"])[0]
+    assert run.info.status == "RUNNING"
+    assert cli("runs", "list", cwd=_work_in_tmp).returncode == 0  # any next invocation reconciles
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_experiment_name_created_and_run_id_continued(make_project, cli, _work_in_tmp):
+    root = make_project(LOGGER, {"log.py": LOG_PY})
+    first = cli("run", str(root), "--env-manager", "local", "--experiment-name", "team-exp", "--run-name", "mine", cwd=_work_in_tmp)
+    assert first.returncode == 0, first.stderr
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("team-exp")
+    run_id = _run_id(first.stderr)
+    run = client.get_run(run_id)
+    assert run.info.experiment_id == experiment.experiment_id and run.info.run_name == "mine"
+    again = cli("run", str(root), "--env-manager", "local", "--run-id", run_id, cwd=_work_in_tmp)
+    assert again.returncode == 0, again.stderr
+    assert _run_id(again.stderr) == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_parent_run_for_a_step_started_inside_a_run(make_project, cli, _work_in_tmp):
+    child = make_project("entry_points:\n  main:\n    command: 'echo child'\n", name="child")
+    parent = make_project(
+        "entry_points:\n  main:\n    command: \"python -c 'import runner; runner.run(\\\"" + str(child) + "\\\", env_manager=\\\"local\\\")'\"\n",
+        name="parent",
+    )
+    result = cli("run", str(parent), "--env-manager", "local", cwd=_work_in_tmp)
+    assert result.returncode == 0, result.stderr
+    parent_id = _run_id(result.stderr)
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    runs = {r.info.run_id: r for r in client.search_runs(["0"])}
+    children = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    assert len(children) == 1 and children[0].info.status == "FINISHED"
+
+
+def test_direct_sqlite_writes_match_the_library(tmp_path):
+    """The fast path writes exactly what MLflow's own store writes, for the verified schema."""
+    from runner.tracking import StartRequest
+    from runner.tracking.mlflow_lib import LibraryTracker
+    from runner.tracking.sqlite_direct import VERIFIED_SCHEMAS, SqliteTracker, verified_schema
+
+    db = tmp_path / "store.db"
+    uri = f"sqlite:///{db}"
+    client = MlflowClient(uri)
+    client.search_experiments()  # creates the schema at MLflow's current version
+    assert verified_schema(db), f"MLflow's schema is not one of {VERIFIED_SCHEMAS}"
+    tags = {"mlflow.user": "u", "mlflow.source.name": "/p", "mlflow.source.type": "PROJECT", "mlflow.project.entryPoint": "main"}
+    params = {"alpha": "0.5", "label": "a b"}
+    for name in (None, "new-exp"):
+        request = StartRequest(name, None, "same-name", tags, params)
+        ours = SqliteTracker(uri, db).start(request)
+        theirs = LibraryTracker(uri).start(request)
+        a, b = client.get_run(ours.run_id), client.get_run(theirs.run_id)
+        assert a.info.experiment_id == b.info.experiment_id
+        for field in ("status", "lifecycle_stage", "user_id", "run_name", "end_time"):
+            assert getattr(a.info, field) == getattr(b.info, field), field
+        assert a.info.artifact_uri.replace(ours.run_id, "ID") == b.info.artifact_uri.replace(theirs.run_id, "ID")
+        assert a.data.tags == b.data.tags and a.data.params == b.data.params
+        SqliteTracker(uri, db).end(ours.run_id, "FINISHED")
+        LibraryTracker(uri).end(theirs.run_id, "FINISHED")
+        a, b = client.get_run(ours.run_id), client.get_run(theirs.run_id)
+        assert a.info.status == b.info.status == "FINISHED" and a.info.end_time and b.info.end_time
+    raw = {
+        row[0]: row[1:]
+        for row in __import__("sqlite3").connect(db).execute(
+            "SELECT run_uuid, source_type, source_name, entry_point_name, source_version, deleted_time FROM runs"
+        )
+    }
+    assert len(set(raw.values())) == 1  # every column we do not read through the client is the same too
+
+
+# -- a real tracking server ------------------------------------------------------------
+
+def test_rest_server_run(make_project, cli, mlflow_server, _work_in_tmp):
+    root = make_project(LOGGER, {"log.py": LOG_PY})
+    result = cli("run", str(root), "--env-manager", "local", "--experiment-name", "rest-exp",
+                 cwd=_work_in_tmp, env={"MLFLOW_TRACKING_URI": mlflow_server})
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(mlflow_server)
+    run_id = _run_id(result.stderr)
+    _check_project_run(client, run_id, "FINISHED", root)
+    assert client.get_run(run_id).data.metrics == {"rmse": 1.0}
+    assert client.get_experiment_by_name("rest-exp").experiment_id == client.get_run(run_id).info.experiment_id
+    artifacts = [a.path for a in client.list_artifacts(run_id)]
+    assert "output.log" in artifacts
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").search_runs(["0"]) == []  # nothing went to the local store
+
+
+def test_rest_run_with_environment_logs_package_list(make_project, cli, mlflow_server, _work_in_tmp):
+    root = make_project("entry_points:\n  main:\n    command: \"python -c 'import six'\"\n", {"python_env.yaml": "dependencies: [six==1.16.0]\n"})
+    result = cli("run", str(root), cwd=_work_in_tmp, env={"MLFLOW_TRACKING_URI": mlflow_server})
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(mlflow_server)
+    run_id = _run_id(result.stderr)
+    run = client.get_run(run_id)
+    assert run.data.tags["mlflow.project.env"] == "uv" and len(run.data.tags["mlproject.env.key"]) == 32
+    assert [a.path for a in client.list_artifacts(run_id, "environment")] == ["environment/packages.txt"]
+    packages = client.download_artifacts(run_id, "environment/packages.txt", str(_work_in_tmp))
+    assert Path(packages).read_text().strip() == "six==1.16.0"
+
+
+def test_server_down_at_start_is_a_clear_error_and_starts_nothing(make_project, cli, _work_in_tmp, tmp_path):
+    marker = tmp_path / "ran"
+    root = make_project(f"entry_points:\n  main:\n    command: 'touch {marker}'\n")
+    dead = f"http://127.0.0.1:{_free_port()}"
+    result = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp, env={"MLFLOW_TRACKING_URI": dead})
+    assert_clean_error(result, contains="cannot reach the MLflow tracking server")
+    assert not marker.exists()
+    assert json.loads(cli("runs", "list", "--json").stdout) == []
+
+
+def test_credentials_never_recorded(make_project, cli, mlflow_server, _work_in_tmp, mlproject_home):
+    root = make_project(LOGGER, {"log.py": LOG_PY})
+    secret = "s3cr3t-pa55"
+    with_password = mlflow_server.replace("http://", f"http://alice:{secret}@")
+    result = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp, env={"MLFLOW_TRACKING_URI": with_password})
+    assert result.returncode == 0, result.stderr
+    run = MlflowClient(mlflow_server).get_run(_run_id(result.stderr))
+    assert secret not in json.dumps(run.data.tags) + json.dumps(run.data.params)
+    assert secret not in result.stdout + result.stderr
+    for path in mlproject_home.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    dead = f"http://alice:{secret}@127.0.0.1:{_free_port()}"
+    failed = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp, env={"MLFLOW_TRACKING_URI": dead})
+    assert failed.returncode == 2 and secret not in failed.stderr
