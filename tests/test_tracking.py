@@ -62,7 +62,7 @@ def mlflow_server(tmp_path_factory):
                 break
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError("mlflow server exited: " + (root / "server.log").read_text()[-2000:])
+                raise RuntimeError("mlflow server exited: " + (root / "server.log").read_text()[-2000:]) from None
             time.sleep(0.3)
     else:
         raise RuntimeError("mlflow server did not start in 120 s: " + (root / "server.log").read_text()[-2000:])
@@ -98,7 +98,7 @@ def _check_project_run(client: MlflowClient, run_id: str, status: str, root: Pat
 def test_default_sqlite_store_in_working_directory(make_project, cli, _work_in_tmp):
     root = make_project(LOGGER, {"log.py": LOG_PY})
     (_work_in_tmp / "mlflow.db").unlink()
-    for attempt in range(2):  # the first creates mlflow.db (library), the second writes it directly
+    for _ in range(2):  # the first creates mlflow.db (library), the second writes it directly
         result = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp)
         assert result.returncode == 0, result.stderr
         run_id = _run_id(result.stderr)
