@@ -166,11 +166,62 @@ def _merge(rows: list[Timing], label: str) -> Timing:
     return merged
 
 
+def tracking_overhead(args: argparse.Namespace, work: Path) -> str:
+    """What tracking adds to the warm path: an existing sqlite store (direct writes) and a REST server."""
+    import signal
+    import socket
+    import time as _time
+
+    project = _write(work / "trk", {"MLproject": "name: trk\nentry_points:\n  main:\n    command: \"true\"\n"})
+    base_env = {**os.environ, "MLPROJECT_HOME": str(work / "home")}
+    mlflow_py = mlflow_python() if not args.no_mlflow else None
+    if mlflow_py is None:
+        return "### Tracking overhead\n\nskipped (needs mlflow)\n"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(mlflow_py), "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{work}/server.db", "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = _time.monotonic() + 120
+        while _time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                _time.sleep(0.3)
+        ours = mlproject_command() + ["run", str(project), "--env-manager", "local"]
+        baseline = measure("bare command (`true`)", ["bash", "-c", "true"], args.repeat, work, base_env)
+        sqlite_env = {**base_env, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/store.db"}
+        measure("warm-up (creates the store)", ours, 2, work, sqlite_env)
+        rest_env = {**base_env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+        measure("warm-up", ours, 2, work, rest_env)
+        rows = [
+            baseline,
+            measure("mlproject run, untracked (MLPROJECT_NO_TRACKING=1)", ours, args.repeat, work, {**base_env, "MLPROJECT_NO_TRACKING": "1"}),
+            measure("mlproject run, sqlite store exists (direct writes)", ours, args.repeat, work, sqlite_env),
+            measure("mlproject run, REST tracking server", ours, args.repeat, work, rest_env),
+        ]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait()
+    sqlite_adds = (rows[2].median - rows[1].median) * 1000
+    rest_adds = (rows[3].median - rows[1].median) * 1000
+    note = (f"Tracking adds, over the untracked run: sqlite {sqlite_adds:.1f} ms (target <= 100 ms: "
+            f"{'meets' if sqlite_adds <= 100 else 'MISSES'}), REST {rest_adds:.1f} ms (target <= 30 ms: "
+            f"{'meets' if rest_adds <= 30 else 'MISSES'}).")
+    return table("Tracking on the warm path", rows, baseline, note, reference=rows[1])
+
+
 SCENARIOS = {
     "trivial_local": trivial_local,
     "python_env_warm": python_env_warm,
     "cold_build": cold_build,
     "concurrent_first_runs": concurrent_first_runs,
+    "tracking_overhead": tracking_overhead,
 }
 
 

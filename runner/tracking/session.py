@@ -32,6 +32,8 @@ class TrackingPlan:
 
 
 def plan_tracking(cwd: Path, experiment_name: str | None, experiment_id: str | None, run_id: str | None) -> TrackingPlan:
+    if os.environ.get("MLPROJECT_NO_TRACKING") and not (experiment_name or experiment_id or run_id):
+        return TrackingPlan(None, False)  # the local ledger only, by the user's choice
     uri, asked = resolve_uri(cwd)
     asked = asked or bool(experiment_name or experiment_id or run_id or os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID"))
     if uri.startswith(("http://", "https://")):
