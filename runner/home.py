@@ -18,3 +18,27 @@ def subdir(name: str) -> Path:
     path = home() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def save_json(path: Path, data: object) -> bool:
+    """Write JSON atomically (a temporary file renamed over the target); False if it could not.
+
+    Used for caches and records whose loss only costs time: readers never see a
+    half-written file, and concurrent writers (processes or threads) never share
+    a temporary name.
+    """
+    import json
+    import threading
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        return False

@@ -88,7 +88,7 @@ def test_logs_follow_until_the_end(make_project, cli):
     assert runner.wait(timeout=10) == 0
 
 
-def test_fifty_parallel_runs_none_lost(make_project, cli):
+def test_fifty_parallel_runs_none_lost(make_project, cli, _work_in_tmp):
     root = make_project("entry_points:\n  main:\n    parameters:\n      i: int\n    command: 'echo {i}'\n")
     procs = [
         subprocess.Popen([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local", "-P", f"i={i}"],
@@ -100,6 +100,11 @@ def test_fifty_parallel_runs_none_lost(make_project, cli):
     assert len(records) == 50
     assert sorted(int(r["parameters"]["i"]) for r in records) == list(range(50))
     assert {r["status"] for r in records} == {"FINISHED"}
+    from mlflow.tracking import MlflowClient
+
+    tracked = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").search_runs(["0"], max_results=100)
+    assert len(tracked) == 50 and {r.info.status for r in tracked} == {"FINISHED"}
+    assert {r.info.run_id for r in tracked} == {r["tracking_run_id"] for r in records}
 
 
 def test_thousand_runs_list_quickly(mlproject_home, cli):

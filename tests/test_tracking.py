@@ -295,3 +295,70 @@ def test_credentials_never_recorded(make_project, cli, mlflow_server, _work_in_t
     dead = f"http://alice:{secret}@127.0.0.1:{_free_port()}"
     failed = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp, env={"MLFLOW_TRACKING_URI": dead})
     assert failed.returncode == 2 and secret not in failed.stderr
+
+
+def _start_server(root: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root}/server.db", "--artifacts-destination", str(root / "artifacts"),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError("mlflow server did not start in 120 s")
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_server_down_at_the_end_is_retried(make_project, cli, tmp_path, _work_in_tmp):
+    root_dir = tmp_path / "server"
+    root_dir.mkdir()
+    port = _free_port()
+    server = _start_server(root_dir, port)
+    url = f"http://127.0.0.1:{port}"
+    project = make_project("entry_points:\n  main:\n    command: 'echo started; sleep 4; echo done'\n")
+    runner = subprocess.Popen([sys.executable, "-m", "runner", "run", str(project), "--env-manager", "local"], cwd=_work_in_tmp,
+                              env={**os.environ, "MLFLOW_TRACKING_URI": url, "MLPROJECT_TRACKING_RETRY_SECONDS": "90"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert runner.stdout.readline() == b"started\n"
+    _stop_server(server)  # down while the command runs and when it ends
+    time.sleep(6)
+    server = _start_server(root_dir, port)  # back within the retry window
+    try:
+        assert runner.wait(timeout=120) == 0
+        run_id = _run_id(runner.stderr.read().decode())
+        assert MlflowClient(url).get_run(run_id).info.status == "FINISHED"
+        [record] = json.loads(cli("runs", "list", "--json").stdout)
+        assert record["status"] == "FINISHED" and record["tracking_run_id"] == run_id
+    finally:
+        _stop_server(server)
+
+
+def test_without_mlflow_installed_runs_untracked_and_says_so(make_project, tmp_path, _work_in_tmp):
+    """A runner whose Python has no mlflow: nothing asked -> ledger only and one line; asked -> exit 2."""
+    from conftest import REPO
+    from runner.envs.uv import uv_binary
+
+    venv = tmp_path / "bare-venv"
+    subprocess.run([uv_binary(), "venv", "-q", "-p", sys.executable, str(venv)], check=True)
+    subprocess.run([uv_binary(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "PyYAML"], check=True)
+    (_work_in_tmp / "mlflow.db").unlink()
+    project = make_project("entry_points:\n  main:\n    command: 'echo hi'\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    quiet = subprocess.run([str(venv / "bin" / "python"), "-m", "runner", "run", str(project), "--env-manager", "local"],
+                           cwd=_work_in_tmp, env=env, capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.count("mlflow is not installed") == 1 and quiet.stdout == "hi\n"
+    assert not (_work_in_tmp / "mlflow.db").exists()
+    asked = subprocess.run([str(venv / "bin" / "python"), "-m", "runner", "run", str(project), "--env-manager", "local"],
+                           cwd=_work_in_tmp, env={**env, "MLFLOW_TRACKING_URI": "sqlite:///asked.db"}, capture_output=True, text=True)
+    assert_clean_error(asked, contains="needs the mlflow package")

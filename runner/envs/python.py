@@ -89,13 +89,7 @@ def discover() -> list[Interpreter]:
         if version and version.startswith("3."):
             found.append(Interpreter(version, path))
     if changed:
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(f".interpreters.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache))
-            os.replace(tmp, cache_file)
-        except OSError:
-            pass
+        home.save_json(cache_file, cache)
     return found
 
 

@@ -65,6 +65,18 @@ def plan(manager: str, project: Project, notify: Callable[[str], None] | None) -
     return EnvPlan(manager, description, summary, meta, contents)
 
 
+def manager_api(manager: str):
+    """The describe/plan/activate functions of a Python environment manager module."""
+
+    def describe(project: Project) -> str:
+        return plan(manager, project, None).summary
+
+    def plan_for(project: Project, notify=None) -> EnvPlan:
+        return plan(manager, project, notify)
+
+    return describe, plan_for, activate
+
+
 def activate(plan: EnvPlan, prefix: Path) -> Environment:
     set_vars = {"VIRTUAL_ENV": str(prefix)}
     unset = ["PYTHONHOME"]

@@ -175,7 +175,7 @@ class Store:
                 continue
             if "size" not in meta:
                 meta["size"] = _tree_size(entry)
-                _write_json(entry / META_DIR / "meta.json", meta)
+                home.save_json(entry / META_DIR / "meta.json", meta)
             kind, _, key = entry.name.rpartition("-")
             result.append(StoredEnv(kind, key, entry, meta, last_used))
         return result
@@ -228,15 +228,6 @@ class Store:
             finally:
                 os.close(fd)
         return removed, in_use, leftovers
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        pass
 
 
 def _append_history(root: Path, line: str) -> None:

@@ -11,25 +11,14 @@ import sys
 from pathlib import Path
 
 from runner import home
-from runner.envs import Environment, EnvPlan, pythonenv
+from runner.envs import EnvPlan, pythonenv
 from runner.envs.build import relocate, run_step
 from runner.envs.installed import installed_packages
 from runner.errors import EnvironmentBuildError
-from runner.project.spec import Project
 
 NAME = "uv"
 
-
-def describe(project: Project) -> str:
-    return pythonenv.plan(NAME, project, None).summary
-
-
-def plan(project: Project, notify=None) -> EnvPlan:
-    return pythonenv.plan(NAME, project, notify)
-
-
-def activate(plan: EnvPlan, prefix: Path) -> Environment:
-    return pythonenv.activate(plan, prefix)
+describe, plan, activate = pythonenv.manager_api(NAME)
 
 
 def uv_binary() -> str:

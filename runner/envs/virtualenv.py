@@ -11,25 +11,14 @@ import sys
 from pathlib import Path
 
 from runner import home
-from runner.envs import Environment, EnvPlan, pythonenv
+from runner.envs import EnvPlan, pythonenv
 from runner.envs.build import relocate, run_step
 from runner.envs.installed import installed_packages
 from runner.envs.uv import _requirement_args
-from runner.project.spec import Project
 
 NAME = "virtualenv"
 
-
-def describe(project: Project) -> str:
-    return pythonenv.plan(NAME, project, None).summary
-
-
-def plan(project: Project, notify=None) -> EnvPlan:
-    return pythonenv.plan(NAME, project, notify)
-
-
-def activate(plan: EnvPlan, prefix: Path) -> Environment:
-    return pythonenv.activate(plan, prefix)
+describe, plan, activate = pythonenv.manager_api(NAME)
 
 
 def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:

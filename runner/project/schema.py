@@ -10,7 +10,6 @@ A warm run therefore imports neither PyYAML's loader chain nor the validator
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +73,7 @@ def load_document(
     if errors:
         more = f" (and {len(errors) - 1} more problem(s); run `mlproject validate` to see all)" if len(errors) > 1 else ""
         raise SpecValidationError(errors[0] + more, hint=_hint_for(kind), problems=errors)
-    _store(cache_file, {"text": text, "schema": schema, "data": data, "warnings": warnings})
+    home.save_json(cache_file, {"text": text, "schema": schema, "data": data, "warnings": warnings})
     return Document(data, text, warnings)
 
 
@@ -89,16 +88,6 @@ def read_text(path: Path, display_name: str) -> str:
 
 def _hint_for(kind: str) -> str:
     return f"the format is described in {SCHEMA_FILES[kind]} (schemas/ in the mlproject-runner distribution)"
-
-
-def _store(cache_file: Path, payload: dict[str, Any]) -> None:
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, cache_file)
-    except OSError:
-        pass  # a cache that cannot be written only costs speed
 
 
 def _validate(schema: dict, data: Any, text: str, display_name: str) -> tuple[list[str], list[str]]:

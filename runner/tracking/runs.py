@@ -105,23 +105,20 @@ def follow(record: RunRecord, ledger: Ledger, write, poll: float = 0.2) -> None:
     """Write the run's log as it grows, until the run has ended and the log is drained."""
     position = 0
     while True:
-        try:
-            with open(record.log_path, "rb") as handle:
-                handle.seek(position)
-                chunk = handle.read()
-        except OSError:
-            chunk = b""
+        ended = find(ledger, record.id).status != "RUNNING"
+        chunk = _read_from(record.log_path, position)
         if chunk:
             position += len(chunk)
             write(chunk)
-        if find(ledger, record.id).status != "RUNNING":
-            try:
-                with open(record.log_path, "rb") as handle:
-                    handle.seek(position)
-                    rest = handle.read()
-            except OSError:
-                rest = b""
-            if rest:
-                write(rest)
+        if ended:  # read once more after seeing the end: nothing written before it is missed
             return
         time.sleep(poll)
+
+
+def _read_from(path: str, position: int) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(position)
+            return handle.read()
+    except OSError:
+        return b""
