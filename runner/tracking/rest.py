@@ -27,6 +27,7 @@ class RestTracker:
         self._port = parts.port
         self._base = parts.path.rstrip("/")
         self._headers = {"User-Agent": "mlproject-runner"}
+        self._conn = None  # kept alive across the run's few requests
         token = os.environ.get("MLFLOW_TRACKING_TOKEN")
         user = os.environ.get("MLFLOW_TRACKING_USERNAME") or (parts.username and _unquote(parts.username))
         password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or (parts.password and _unquote(parts.password))
@@ -70,13 +71,7 @@ class RestTracker:
         if data is not None:
             headers["Content-Type"] = content_type
         try:
-            connection = self._connection()
-            try:
-                connection.request(method, path, body=data, headers=headers)
-                response = connection.getresponse()
-                payload = response.read()
-            finally:
-                connection.close()
+            response, payload = self._send(method, path, data, headers)
         except OSError as exc:
             reason = getattr(exc, "strerror", None) or exc.__class__.__name__
             raise TrackingError(
@@ -98,6 +93,36 @@ class RestTracker:
             error.status = response.status  # type: ignore[attr-defined]
             raise error
         return json.loads(payload) if payload else {}
+
+    def _send(self, method: str, path: str, data: bytes | None, headers: dict):
+        """One request on a kept-alive connection; a connection the server closed is reopened once."""
+        import http.client
+
+        for attempt in (1, 2):
+            fresh = self._conn is None
+            if fresh:
+                self._conn = self._connection()
+            try:
+                self._conn.request(method, path, body=data, headers=headers)
+                response = self._conn.getresponse()
+                return response, response.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.CannotSendRequest):
+                self._conn.close()
+                self._conn = None
+                if fresh or attempt == 2:
+                    raise
+            except OSError:
+                self._conn.close()
+                self._conn = None
+                raise
+        raise AssertionError("unreachable")
+
+    def clone(self) -> RestTracker:
+        """The same server and credentials on a connection of its own (for parallel requests)."""
+        twin = RestTracker.__new__(RestTracker)
+        twin.__dict__.update(self.__dict__)
+        twin._conn = None
+        return twin
 
     # -- tracker API ---------------------------------------------------------------
     def _experiment_id(self, name: str | None, experiment_id: str | None) -> str:

@@ -73,23 +73,42 @@ class TrackedRun:
             self.tracker.set_tags(self.context.run_id, tags)  # type: ignore[union-attr]
 
     def finish(self, status: str, notify: Callable[[str], None]) -> str | None:
-        """Log artifacts and end the run; retried for a bounded time. Returns a problem, if any."""
+        """Log artifacts and end the run (retried for a bounded time). Returns a problem, if any.
+
+        The artifact uploads and the status update go out at the same time: each is
+        one round trip to a tracking server, and the run's end waits for both.
+        """
         if self.context is None:
             return None
-        problems = []
-        for path, artifact_path in self.artifacts:
-            if path.exists():
-                try:
-                    self.tracker.log_artifact(self.context.run_id, path, artifact_path, self.context.artifact_uri)  # type: ignore[union-attr]
-                except (TrackingError, OSError) as exc:
-                    problems.append(f"artifact {path.name}: {exc}")
+        import threading
+
+        problems: list[str] = []
+
+        def upload() -> None:
+            for path, artifact_path in self.artifacts:
+                if path.exists():
+                    try:
+                        self.uploader.log_artifact(self.context.run_id, path, artifact_path, self.context.artifact_uri)  # type: ignore[union-attr]
+                    except (TrackingError, OSError) as exc:
+                        problems.append(f"artifact {path.name}: {exc}")
+
+        uploading = threading.Thread(target=upload, name="mlproject-artifacts")
+        uploading.start()
         try:
             retry(lambda: self.tracker.end(self.context.run_id, status), "ending the run")  # type: ignore[union-attr]
         except TrackingError as exc:
             problems.append(str(exc))
+        finally:
+            uploading.join()
         for problem in problems:
             notify(f"warning: tracking: {problem}")
         return "; ".join(problems) or None
+
+    @property
+    def uploader(self):
+        """A second client for the uploads, so they do not share a connection with the update."""
+        clone = getattr(self.tracker, "clone", None)
+        return clone() if clone is not None else self.tracker
 
 
 def start_tracking(
