@@ -149,6 +149,13 @@ def run(
         notify(f"warning: {warning}")
     planned = plan_environment(the_plan.env_manager, the_plan.project, notify)
     invocation = the_plan.invocation
+    from runner.tracking import downloads
+
+    downloads.require(invocation.remote)
+    if invocation.remote and tracking_plan.library is None:
+        from runner.tracking import BackgroundImport
+
+        tracking_plan.library = BackgroundImport()
     source = the_plan.source
     tracked = start_tracking(
         tracking_plan,
@@ -163,10 +170,10 @@ def run(
         params={**invocation.texts, **invocation.extra},
     )
     # From here on a run exists: every way out ends it.
-    return _launch(the_plan, planned, tracked, tracking_plan.uri, synchronous, stream_output, notify, progress, on_submitted)
+    return _launch(the_plan, planned, tracked, tracking_plan, synchronous, stream_output, notify, progress, on_submitted)
 
 
-def _launch(the_plan: Plan, planned, tracked, tracking_uri, synchronous: bool, stream_output: bool, notify, progress,
+def _launch(the_plan: Plan, planned, tracked, tracking_plan, synchronous: bool, stream_output: bool, notify, progress,
             on_submitted) -> SubmittedRun:
     from runner.envs import realize
     from runner.errors import RunnerError
@@ -200,7 +207,7 @@ def _launch(the_plan: Plan, planned, tracked, tracking_uri, synchronous: bool, s
             parameters={**invocation.texts, **invocation.extra},
             git_commit=the_plan.source.commit,
             tracking_run_id=tracked.run_id,
-            tracking_uri=_redacted(tracking_uri) if tracked.run_id else None,
+            tracking_uri=_redacted(tracking_plan.uri) if tracked.run_id else None,
         )
     )
     tracked.artifacts.append((submitted.log_path, None))
@@ -213,12 +220,23 @@ def _launch(the_plan: Plan, planned, tracked, tracking_uri, synchronous: bool, s
         finally:
             tracked.finish(status, notify)
 
+    from runner.tracking import downloads
+
+    inputs_dir = run_dir / "inputs"
+    prepared = None
     try:
         prepared = realize(planned, progress)
+        if invocation.remote:
+            local = downloads.download(invocation.remote, inputs_dir, tracking_plan.uri, tracking_plan.library)
+            invocation = invocation.localize(the_plan.project.entry_point(invocation.entry_point), local)
+            command = invocation.command
     except BaseException as exc:
         interrupted = not isinstance(exc, Exception)
         reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
-        end("KILLED" if interrupted else "FAILED", None, f"environment: {reason}")
+        end("KILLED" if interrupted else "FAILED", None, f"preparation: {reason}")
+        _remove_inputs(inputs_dir)
+        if prepared is not None:
+            prepared.release()
         raise
     environment = prepared.environment
     if environment.prefix is not None:
@@ -237,6 +255,7 @@ def _launch(the_plan: Plan, planned, tracked, tracking_uri, synchronous: bool, s
             end(outcome.status, outcome.exit_code, reason)
         finally:
             prepared.release()
+            _remove_inputs(inputs_dir)
 
     notify(f"=== Running command '{command}' in run with ID '{submitted.run_id}' ===")
     submitted.launching = True  # from here a cancel stops the command instead of the preparation
@@ -261,6 +280,14 @@ def _launch(the_plan: Plan, planned, tracked, tracking_uri, synchronous: bool, s
                 submitted.exit_code or 1,
             )
     return submitted
+
+
+def _remove_inputs(inputs_dir: Path) -> None:
+    """Downloaded remote inputs live as long as their run."""
+    if inputs_dir.exists():
+        import shutil
+
+        shutil.rmtree(inputs_dir, ignore_errors=True)
 
 
 def _redacted(uri: str | None) -> str | None:

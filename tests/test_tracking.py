@@ -145,7 +145,7 @@ def test_env_build_failure_ends_failed(make_project, cli, _work_in_tmp, mlprojec
     runs = client.search_runs(["0"])
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     ledger = json.loads(cli("runs", "list", "--json").stdout)
-    assert ledger[0]["status"] == "FAILED" and ledger[0]["reason"].startswith("environment: environment build failed")
+    assert ledger[0]["status"] == "FAILED" and ledger[0]["reason"].startswith("preparation: environment build failed")
 
 
 def test_ctrl_c_ends_killed(make_project, _work_in_tmp):
@@ -362,3 +362,38 @@ def test_without_mlflow_installed_runs_untracked_and_says_so(make_project, tmp_p
     asked = subprocess.run([str(venv / "bin" / "python"), "-m", "runner", "run", str(project), "--env-manager", "local"],
                            cwd=_work_in_tmp, env={**env, "MLFLOW_TRACKING_URI": "sqlite:///asked.db"}, capture_output=True, text=True)
     assert_clean_error(asked, contains="needs the mlflow package")
+    remote_project = make_project("entry_points:\n  main:\n    parameters:\n      data: path\n    command: 'cat {data}'\n")
+    remote = subprocess.run([str(venv / "bin" / "python"), "-m", "runner", "run", str(remote_project), "--env-manager", "local",
+                             "-P", "data=s3://bucket/key.csv"], cwd=_work_in_tmp, env=env, capture_output=True, text=True)
+    assert_clean_error(remote, contains="remote path 's3://bucket/key.csv' needs the mlflow package")
+
+
+def test_remote_path_parameter_is_downloaded_for_the_run(make_project, cli, _work_in_tmp, tmp_path):
+    """A `path` given as runs:/ (an artifact of an earlier run) is downloaded, used, logged as the URI, then removed."""
+    store = f"sqlite:///{_work_in_tmp / 'mlflow.db'}"
+    client = MlflowClient(store)
+    source_run = client.create_run("0")
+    data = tmp_path / "data.csv"
+    data.write_text("x,y\n1,2\n")
+    client.log_artifact(source_run.info.run_id, str(data))
+    client.set_terminated(source_run.info.run_id)
+    root = make_project(
+        "entry_points:\n  main:\n    parameters:\n      data: path\n    command: 'cat {data}; echo; echo {data} > used_path'\n"
+    )
+    uri = f"runs:/{source_run.info.run_id}/data.csv"
+    result = cli("run", str(root), "--env-manager", "local", "-P", f"data={uri}", cwd=_work_in_tmp)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("x,y\n1,2\n")
+    used = Path((root / "used_path").read_text().strip())
+    assert used.name == "data.csv" and "inputs" in used.parts
+    assert not used.exists()  # removed with the run
+    run = client.get_run(_run_id(result.stderr))
+    assert run.data.params == {"data": uri}
+
+
+def test_remote_path_that_cannot_be_downloaded(make_project, cli, _work_in_tmp):
+    root = make_project("entry_points:\n  main:\n    parameters:\n      data: path\n    command: 'cat {data}'\n")
+    result = cli("run", str(root), "--env-manager", "local", "-P", "data=runs:/0123456789abcdef0123456789abcdef/nope.csv", cwd=_work_in_tmp)
+    assert_clean_error(result, contains="cannot download 'runs:/0123456789abcdef0123456789abcdef/nope.csv'")
+    [record] = json.loads(cli("runs", "list", "--json").stdout)
+    assert record["status"] == "FAILED" and record["pgid"] is None

@@ -15,7 +15,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.errors import NotAvailableError, ParameterError, ProjectError, UsageError
+from runner.errors import ParameterError, ProjectError, UsageError
 from runner.project.spec import EntryPoint, Project
 
 TYPE_CHECKING = False
@@ -36,6 +36,14 @@ class Invocation:
     values: dict[str, Any] = field(default_factory=dict)  # typed values, declared parameters
     texts: dict[str, str] = field(default_factory=dict)  # what the command received, unquoted
     extra: dict[str, str] = field(default_factory=dict)  # undeclared, appended as --name value
+    # `path` parameters given as remote URIs (s3://, runs:/, models:/ ...): downloaded
+    # into the run's directory before the command starts (see localize()).
+    remote: dict[str, str] = field(default_factory=dict)
+
+    def localize(self, entry: EntryPoint, local_paths: dict[str, str]) -> Invocation:
+        """The same invocation with remote path parameters replaced by their downloaded copies."""
+        texts = {**self.texts, **local_paths}
+        return Invocation(self.entry_point, render(entry, texts, self.extra), self.cwd, self.values, texts, self.extra, {})
 
 
 def parse_assignments(items: Iterable[str], flag: str = "-P") -> dict[str, str]:
@@ -96,11 +104,15 @@ def resolve(
         )
     values: dict[str, Any] = {}
     texts: dict[str, str] = {}
+    remote: dict[str, str] = {}
     for param in entry.parameters.values():
         raw = given.get(param.name)
         from_default = raw is None
         if from_default:
             raw = param.default
+        if param.type == "path" and _is_remote(_text(raw)):
+            values[param.name] = texts[param.name] = remote[param.name] = _text(raw)
+            continue
         try:
             values[param.name], texts[param.name] = convert(param.type, raw, project.directory, caller_cwd)
         except ValueError as exc:
@@ -119,7 +131,7 @@ def resolve(
         if "\0" in text:
             raise ParameterError(f"parameter {name!r}: value contains a NUL byte", hint="NUL cannot be passed to a program")
     command = render(entry, texts, extra)
-    return Invocation(entry.name, command, project.directory, values, texts, extra)
+    return Invocation(entry.name, command, project.directory, values, texts, extra, remote)
 
 
 def render(entry: EntryPoint, texts: Mapping[str, str], extra: Mapping[str, str]) -> str:
@@ -223,20 +235,18 @@ def _has_scheme(text: str) -> bool:
     return bool(_SCHEME.match(text))
 
 
+def _is_remote(text: str) -> bool:
+    return _has_scheme(text) and not text.lower().startswith("file:")
+
+
 def _path(raw: Any, project_dir: Path, caller_cwd: Path) -> tuple[Any, str]:
     text = _text(raw)
     if not text:
         raise ValueError("is not a path")
-    if _has_scheme(text):
+    if _has_scheme(text):  # a file: URI (remote ones are handled by resolve)
         from urllib.parse import unquote, urlparse
 
-        parsed = urlparse(text)
-        if parsed.scheme != "file":
-            raise NotAvailableError(
-                f"remote path {text!r} cannot be downloaded yet",
-                hint="download it first and pass a local path",
-            )
-        text = unquote(parsed.path)
+        text = unquote(urlparse(text).path)
     expanded = os.path.expanduser(text)
     for base in (caller_cwd, project_dir):
         candidate = Path(base, expanded)
