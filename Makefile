@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/mlproject run example_projects/quickstart -P rows=5 -P scale=2.5
 	$(BIN)/mlproject runs list --limit 3
+	@echo "Runs are tracked in ./mlflow.db: look at them with  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: setup
 	$(BIN)/python -m pytest -q tests
