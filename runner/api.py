@@ -170,7 +170,13 @@ def run(
         params={**invocation.texts, **invocation.extra},
     )
     # From here on a run exists: every way out ends it.
-    return _launch(the_plan, planned, tracked, tracking_plan, synchronous, stream_output, notify, progress, on_submitted)
+    try:
+        return _launch(the_plan, planned, tracked, tracking_plan, synchronous, stream_output, notify, progress, on_submitted)
+    except BaseException as exc:
+        # Normally ended already (finish() is idempotent); this covers an interrupt
+        # or failure between the run's creation and the ledger taking over.
+        tracked.finish("FAILED" if isinstance(exc, Exception) else "KILLED", notify)
+        raise
 
 
 def _launch(the_plan: Plan, planned, tracked, tracking_plan, synchronous: bool, stream_output: bool, notify, progress,

@@ -60,6 +60,7 @@ class TrackedRun:
     context: RunContext | None
     continued: bool = False  # an existing MLflow run (--run-id)
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
+    ended: bool = False
 
     @property
     def run_id(self) -> str | None:
@@ -78,8 +79,9 @@ class TrackedRun:
         The artifact uploads and the status update go out at the same time: each is
         one round trip to a tracking server, and the run's end waits for both.
         """
-        if self.context is None:
+        if self.context is None or self.ended:
             return None
+        self.ended = True
         import threading
 
         problems: list[str] = []
