@@ -1,8 +1,9 @@
 """run(): the one pipeline behind both the CLI and the Python API.
 
     URI --sources.fetch--> ProjectDir --project.load--> Project
-        --params.resolve--> Invocation --envs.prepare--> Environment
-        --launch--> SubmittedRun --wait--> outcome recorded
+        --params.resolve--> Invocation --envs.plan_environment--> Planned
+        --tracking--> run opened --envs.realize--> Environment
+        --launch--> SubmittedRun --wait--> run ended
 """
 from __future__ import annotations
 
@@ -183,6 +184,7 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, synchronous: bool, 
             on_submitted) -> SubmittedRun:
     from runner.envs import realize
     from runner.errors import RunnerError
+    from runner.tracking import redact
     from runner.tracking.ledger import Ledger, RunRecord
     from runner.tracking.runs import reconcile
 
@@ -213,7 +215,7 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, synchronous: bool, 
             parameters={**invocation.texts, **invocation.extra},
             git_commit=the_plan.source.commit,
             tracking_run_id=tracked.run_id,
-            tracking_uri=_redacted(tracking_plan.uri) if tracked.run_id else None,
+            tracking_uri=redact(tracking_plan.uri) if tracked.run_id else None,
         )
     )
     tracked.artifacts.append((submitted.log_path, None))
@@ -296,12 +298,6 @@ def _remove_inputs(inputs_dir: Path) -> None:
         shutil.rmtree(inputs_dir, ignore_errors=True)
 
 
-def _redacted(uri: str | None) -> str | None:
-    from runner.sources import redact_url
-
-    return redact_url(uri) if uri else None
-
-
 def prepare_environment(
     uri: str,
     version: str | None = None,
@@ -313,29 +309,22 @@ def prepare_environment(
 ):
     """Build (or with build=False, only find) a project's environment; returns a Prepared
     whose lease the caller releases. Used by `mlproject env build|path`."""
-    from runner.envs import check_manager_name, choose_manager, prepare
+    from runner.envs import check_manager_name, choose_manager, existing, plan_environment, realize
     from runner.errors import EnvironmentBuildError
 
     check_manager_name(env_manager)
     source = fetch(_absolute_uri(uri, Path.cwd()), version)
     project = load_project(source.path)
-    manager = choose_manager(project, env_manager)
+    planned = plan_environment(choose_manager(project, env_manager), project, notify)
     if build:
-        return prepare(manager, project, notify, progress)
-    from runner.envs import Prepared, manager_module
-    from runner.envs.store import Store
-
-    module = manager_module(manager)
-    plan = module.plan(project, None)
-    if plan is None:
-        return Prepared(module.activate(None, None))
-    found = Store().lookup(manager, plan.key)
+        return realize(planned, progress)
+    found = existing(planned)
     if found is None:
         raise EnvironmentBuildError(
-            f"the {manager} environment of this project is not built yet (key {plan.key[:12]})",
+            f"the {planned.manager} environment of this project is not built yet (key {planned.key[:12]})",
             hint=f"build it with `mlproject env build {uri}`",
         )
-    return Prepared(module.activate(plan, found[0]), found[1], plan)
+    return found
 
 
 def cli_parameters(items: list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -48,6 +48,24 @@ def exit_code_of(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
+def group_members(pgid: int) -> list[int]:
+    """PIDs of the live (non-zombie) processes in a process group, read from /proc."""
+    members = []
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return members
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members.append(int(pid))
+    return members
+
+
 def group_alive(pgid: int) -> bool:
     """True while a live (non-zombie) process is in the group."""
     try:
@@ -57,19 +75,7 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     # Zombies also answer signal 0; an init that does not reap them would keep us waiting.
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return True
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
+    return bool(group_members(pgid))
 
 
 def stop_group(pgid: int, grace: float) -> None:

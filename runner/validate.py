@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.errors import RunnerError
-from runner.project.params import check_command, convert
+from runner.project.params import check_command, convert, resolve
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
@@ -20,7 +20,7 @@ def report(
 ) -> tuple[list[str], list[str]]:
     """(lines describing what would run, problems found). Creates and starts nothing."""
     from runner import api
-    from runner.envs import manager_module
+    from runner.envs import choose_manager, manager_module
     from runner.project.envfiles import load_env_file
     from runner.project.spec import load_project
     from runner.sources import fetch
@@ -50,13 +50,15 @@ def report(
         except RunnerError as exc:
             problems.extend(exc.problems)
     try:
-        the_plan = api.plan(uri, entry_point, version, parameters, env_manager)
-        lines.append(f"entry point: {the_plan.invocation.entry_point}")
-        lines.append(f"command: {the_plan.invocation.command}")
+        # The project is fetched and loaded once, above; the rest of api.plan() from here.
+        invocation = resolve(project, entry_point, parameters, Path.cwd())
+        manager = choose_manager(project, env_manager)
+        lines.append(f"entry point: {invocation.entry_point}")
+        lines.append(f"command: {invocation.command}")
         lines.append(f"environment: {project.env.describe(project.directory)}")
-        lines.append(f"env manager: {the_plan.env_manager}")
+        lines.append(f"env manager: {manager}")
         try:
-            lines.append(f"  {manager_module(the_plan.env_manager).describe(project)}")
+            lines.append(f"  {manager_module(manager).describe(project)}")
         except RunnerError as exc:
             problems.append(exc.message)
     except RunnerError as exc:

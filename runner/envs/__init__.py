@@ -102,11 +102,7 @@ def which(program: str, search_path: str | None) -> str | None:
 
 def choose_manager(project: Project, requested: str | None) -> str:
     if requested is not None:
-        if requested not in MANAGERS:
-            raise UsageError(
-                f"--env-manager {requested!r} is not one of {', '.join(MANAGERS[:-1])}",
-                hint="for example --env-manager uv",
-            )
+        check_manager_name(requested)
         if requested == "docker" and project.env.kind != "docker_env":
             raise UsageError("--env-manager docker needs a project with docker_env in its MLproject")
         return requested
@@ -154,36 +150,36 @@ def plan_environment(manager_name: str, project: Project, notify: Callable[[str]
     return Planned(manager_name, module, module.plan(project, notify))
 
 
-def realize(planned: Planned, progress: Callable[[str], None] | None = None) -> Prepared:
-    """Build or reuse the planned environment; hold it (shared) until released."""
-    module, plan, manager_name = planned.module, planned.plan, planned.manager
+def existing(planned: Planned) -> Prepared | None:
+    """The planned environment if it is already built (held shared until released), else None."""
+    module, plan = planned.module, planned.plan
     if plan is None:
         return Prepared(module.activate(None, None))
     from runner.envs.store import Store
 
+    found = Store().lookup(planned.manager, plan.key)
+    return Prepared(module.activate(plan, found[0]), found[1], plan) if found else None
+
+
+def realize(planned: Planned, progress: Callable[[str], None] | None = None) -> Prepared:
+    """Build or reuse the planned environment; hold it (shared) until released."""
+    ready = existing(planned)
+    if ready is not None:
+        return ready
+    module, plan, manager_name = planned.module, planned.plan, planned.manager
+    from runner.envs.store import Store
+
     store = Store()
-    found = store.lookup(manager_name, plan.key)
-    if found is None:
 
-        def build(tmp: Path, final: Path) -> None:
-            if progress is not None:
-                progress(f"building environment {manager_name}-{plan.key[:12]} ({plan.summary})")
-            module.build(plan, tmp, final, progress)
+    def build(tmp: Path, final: Path) -> None:
+        if progress is not None:
+            progress(f"building environment {manager_name}-{plan.key[:12]} ({plan.summary})")
+        module.build(plan, tmp, final, progress)
 
-        def waiting() -> None:
-            if progress is not None:
-                progress(f"waiting for another process building environment {manager_name}-{plan.key[:12]}")
+    def waiting() -> None:
+        if progress is not None:
+            progress(f"waiting for another process building environment {manager_name}-{plan.key[:12]}")
 
-        found = store.ensure(manager_name, plan.key, build, {**plan.meta, "summary": plan.summary, "description": plan.description}, waiting)
-    path, lease = found
+    path, lease = store.ensure(manager_name, plan.key, build, {**plan.meta, "summary": plan.summary, "description": plan.description}, waiting)
     return Prepared(module.activate(plan, path), lease, plan)
 
-
-def prepare(
-    manager_name: str,
-    project: Project,
-    notify: Callable[[str], None] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> Prepared:
-    """plan_environment + realize."""
-    return realize(plan_environment(manager_name, project, notify), progress)

@@ -127,7 +127,8 @@ def _contents(manager: str, project: Project, notify) -> PythonEnvContents:
         source = "uv.lock"
         version_file = root / ".python-version"
         if python_wanted is None and version_file.is_file():
-            python_wanted = version_file.read_text().strip().splitlines()[0] if version_file.read_text().strip() else None
+            lines = version_file.read_text().split()
+            python_wanted = lines[0] if lines else None
             where = ".python-version"
     interpreter = _interpreter(python_wanted, where)
     return PythonEnvContents(

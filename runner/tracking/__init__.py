@@ -98,18 +98,30 @@ def redact(uri: str) -> str:
     return redact_url(uri)
 
 
-def open_tracker(uri: str, library_import=None):
-    """The tracker for `uri`; raises TrackingError when it cannot be reached by any means."""
+def way_to(uri: str) -> str:
+    """How `uri` is reached: "rest", "sqlite" (direct writes, verified schema) or "library"."""
     if uri.startswith(("http://", "https://")):
+        return "rest"
+    if uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_WORKSPACE"):
+        from runner.tracking.sqlite_direct import verified_schema
+
+        path = Path(uri[len("sqlite:///"):])
+        if path.is_file() and verified_schema(path):
+            return "sqlite"
+    return "library"
+
+
+def open_tracker(uri: str, library_import=None, way: str | None = None):
+    """The tracker for `uri` (`way` as decided by way_to, computed when not given)."""
+    way = way or way_to(uri)
+    if way == "rest":
         from runner.tracking.rest import RestTracker
 
         return RestTracker(uri)
-    if uri.startswith("sqlite:///"):
-        from runner.tracking.sqlite_direct import SqliteTracker, verified_schema
+    if way == "sqlite":
+        from runner.tracking.sqlite_direct import SqliteTracker
 
-        path = Path(uri[len("sqlite:///"):])
-        if path.is_file() and verified_schema(path) and not os.environ.get("MLFLOW_WORKSPACE"):
-            return SqliteTracker(uri, path)
+        return SqliteTracker(uri, Path(uri[len("sqlite:///"):]))
     from runner.tracking.mlflow_lib import LibraryTracker
 
     return LibraryTracker(uri, library_import)

@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict
 
 from runner.errors import UsageError
-from runner.launch import group_alive, stop_group
+from runner.launch import group_alive, group_members, stop_group
 from runner.tracking.ledger import Ledger, RunRecord, process_is
 
 RUNNER_DIED = "the runner process ended without recording an outcome (killed?)"
@@ -16,17 +16,12 @@ RUNNER_DIED = "the runner process ended without recording an outcome (killed?)"
 def _group_is_ours(pgid: int, run_id: str) -> bool:
     """A live process of this group carries our run's id in its environment."""
     marker = f"MLPROJECT_RUN_ID={run_id}".encode()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+    for pid in group_members(pgid):
         try:
-            with open(f"/proc/{pid}/stat", "rb") as handle:
-                if int(handle.read().rsplit(b")", 1)[1].split()[2]) != pgid:
-                    continue
             with open(f"/proc/{pid}/environ", "rb") as handle:
                 if marker in handle.read().split(b"\0"):
                     return True
-        except (OSError, IndexError, ValueError):
+        except OSError:
             continue
     return False
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import TrackingError
-from runner.tracking import BackgroundImport, RunContext, StartRequest, mlflow_installed, open_tracker, redact, resolve_uri
+from runner.tracking import BackgroundImport, RunContext, StartRequest, mlflow_installed, open_tracker, redact, resolve_uri, way_to
 from runner.tracking.common import retry
 from runner.version import __version__
 
@@ -29,6 +29,7 @@ class TrackingPlan:
     asked: bool
     library: BackgroundImport | None = None
     note: str | None = None
+    way: str | None = None  # see runner.tracking.way_to
 
 
 def plan_tracking(cwd: Path, experiment_name: str | None, experiment_id: str | None, run_id: str | None) -> TrackingPlan:
@@ -36,14 +37,9 @@ def plan_tracking(cwd: Path, experiment_name: str | None, experiment_id: str | N
         return TrackingPlan(None, False)  # the local ledger only, by the user's choice
     uri, asked = resolve_uri(cwd)
     asked = asked or bool(experiment_name or experiment_id or run_id or os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID"))
-    if uri.startswith(("http://", "https://")):
-        return TrackingPlan(uri, asked)
-    if uri.startswith("sqlite:///"):
-        from runner.tracking.sqlite_direct import verified_schema
-
-        path = Path(uri[len("sqlite:///"):])
-        if path.is_file() and verified_schema(path) and not os.environ.get("MLFLOW_WORKSPACE"):
-            return TrackingPlan(uri, asked)
+    way = way_to(uri)
+    if way != "library":
+        return TrackingPlan(uri, asked, way=way)
     if not mlflow_installed():
         if asked:
             raise TrackingError(
@@ -51,7 +47,7 @@ def plan_tracking(cwd: Path, experiment_name: str | None, experiment_id: str | N
                 hint="pip install 'mlproject-runner[mlflow]', or use an http(s) tracking server",
             )
         return TrackingPlan(None, False, note="note: mlflow is not installed; this run is recorded in the local ledger only")
-    return TrackingPlan(uri, asked, BackgroundImport())
+    return TrackingPlan(uri, asked, BackgroundImport(), way=way)
 
 
 @dataclass
@@ -125,7 +121,7 @@ def start_tracking(
 ) -> TrackedRun:
     if plan.uri is None:
         return TrackedRun(None, None)
-    tracker = open_tracker(plan.uri, plan.library)
+    tracker = open_tracker(plan.uri, plan.library, plan.way)
     request = StartRequest(experiment_name, experiment_id, run_name, tags, params, run_id)
     return TrackedRun(tracker, tracker.start(request), continued=run_id is not None)
 
