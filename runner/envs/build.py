@@ -8,12 +8,11 @@ can remove the temporary directory with nothing still writing into it.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 from runner.errors import EnvironmentBuildError
+from runner.subprocesses import capture
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,47 +47,20 @@ def run_step(
     if progress is not None:
         progress(label)
     try:
-        proc = subprocess.Popen(
-            list(argv),
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        returncode, text, _ = capture(argv, env=env, cwd=cwd)
     except OSError as exc:
         raise EnvironmentBuildError(f"{label}: cannot start {argv[0]}: {exc.strerror}") from None
-    try:
-        output, _ = proc.communicate()
-    except BaseException:
-        _stop(proc)
-        raise
-    text = output.decode(errors="replace")
     if log is not None:
         with open(log, "a", encoding="utf-8") as handle:
             handle.write(f"$ {' '.join(argv)}\n{text}\n")
-    if proc.returncode != 0:
+    if returncode != 0:
         tail = "\n".join(text.rstrip().splitlines()[-_TAIL_LINES:])
         raise EnvironmentBuildError(
-            f"environment build failed: {label} (exit code {proc.returncode})",
+            f"environment build failed: {label} (exit code {returncode})",
             hint="the installer's output is shown above",
             details=tail,
         )
     return text
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    for signum, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def relocate(root: Path, old: Path, new: Path) -> None:
