@@ -51,24 +51,27 @@ def plan(
     parameters: Mapping[str, Any] | None = None,
     env_manager: str | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    *,
+    notify: Notify | None = None,
+    progress: Notify | None = None,
 ) -> Plan:
-    """Fetch, load and validate a project and its parameters; start nothing."""
+    """Fetch, load and validate a project and its parameters; start nothing.
+
+    A project fetched from the git cache is leased until `plan.source.release()`.
+    """
     from runner.envs import choose_manager
 
     caller_cwd = Path(cwd).absolute() if cwd is not None else Path.cwd()
-    source = fetch(_absolute_uri(uri, caller_cwd), version)
-    project = load_project(source.path)
-    invocation = resolve(project, entry_point, parameters, caller_cwd)
-    manager = choose_manager(project, env_manager)
-    return Plan(source, project, invocation, manager)
-
-
-def _absolute_uri(uri: str, caller_cwd: Path) -> str:
     # A relative local path is taken from the caller's directory, not the process's.
-    if "://" in uri or "@" in uri.split("#", 1)[0]:
-        return uri
-    base, sep, subdir = uri.partition("#")
-    return str(caller_cwd / os.path.expanduser(base or ".")) + sep + subdir
+    source = fetch(uri, version, caller_cwd, notify=notify, progress=progress)
+    try:
+        project = load_project(source.path)
+        invocation = resolve(project, entry_point, parameters, caller_cwd)
+        manager = choose_manager(project, env_manager)
+    except BaseException:
+        source.release()
+        raise
+    return Plan(source, project, invocation, manager)
 
 
 def parse_docker_args(items: list[str] | tuple[str, ...] | None) -> dict[str, str | bool]:
@@ -129,8 +132,8 @@ def run(
     Returns a SubmittedRun. With `synchronous=True` (the default) it waits and,
     as MLflow does, raises RunFailedError if the run did not finish successfully.
     """
-    from runner.envs import check_manager_name, plan_environment
-    from runner.tracking.session import plan_tracking, project_tags, start_tracking
+    from runner.envs import check_manager_name
+    from runner.tracking.session import plan_tracking
 
     notify = notify or _default_notify
     check_manager_name(env_manager)
@@ -145,7 +148,20 @@ def run(
     if tracking_plan.note:
         notify(tracking_plan.note)
 
-    the_plan = plan(uri, entry_point, version, parameters, env_manager, caller_cwd)
+    the_plan = plan(uri, entry_point, version, parameters, env_manager, caller_cwd, notify=notify, progress=progress)
+    try:
+        return _track_and_launch(the_plan, tracking_plan, experiment_name, experiment_id, run_id, run_name, synchronous,
+                                 stream_output, notify, progress, on_submitted)
+    except BaseException:
+        the_plan.source.release()  # once launched, the run's end releases it
+        raise
+
+
+def _track_and_launch(the_plan: Plan, tracking_plan, experiment_name, experiment_id, run_id, run_name, synchronous,
+                      stream_output, notify, progress, on_submitted) -> SubmittedRun:
+    from runner.envs import plan_environment
+    from runner.tracking.session import project_tags, start_tracking
+
     for warning in the_plan.project.warnings:
         notify(f"warning: {warning}")
     planned = plan_environment(the_plan.env_manager, the_plan.project, notify)
@@ -165,8 +181,8 @@ def run(
         run_id=run_id,
         run_name=run_name,
         tags=project_tags(
-            source.repo_url or source.uri, invocation.entry_point, the_plan.env_manager, planned.key,
-            source.commit, source.repo_url, source.branch,
+            source.source_name, invocation.entry_point, the_plan.env_manager, planned.key,
+            source.commit, source.repo_url, source.branch, source.dirty,
         ),
         params={**invocation.texts, **invocation.extra},
     )
@@ -263,6 +279,7 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, synchronous: bool, 
             end(outcome.status, outcome.exit_code, reason)
         finally:
             prepared.release()
+            the_plan.source.release()
             _remove_inputs(inputs_dir)
 
     notify(f"=== Running command '{command}' in run with ID '{submitted.run_id}' ===")
@@ -313,9 +330,12 @@ def prepare_environment(
     from runner.errors import EnvironmentBuildError
 
     check_manager_name(env_manager)
-    source = fetch(_absolute_uri(uri, Path.cwd()), version)
-    project = load_project(source.path)
-    planned = plan_environment(choose_manager(project, env_manager), project, notify)
+    source = fetch(uri, version, Path.cwd(), notify=notify, progress=progress)
+    try:
+        project = load_project(source.path)
+        planned = plan_environment(choose_manager(project, env_manager), project, notify)
+    finally:
+        source.release()  # the environment does not need the project's files once planned
     if build:
         return realize(planned, progress)
     found = existing(planned)

@@ -103,11 +103,22 @@ def _define_runs(runs: argparse.ArgumentParser) -> None:
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _define_cache(cache: argparse.ArgumentParser) -> None:
+    actions = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser, prog="mlproject cache")
+    actions.required = True
+    listing = actions.add_parser("list", help="cached git mirrors and checkouts")
+    gc = actions.add_parser("gc", help="remove checkouts and mirrors not used for a while (never one in use)")
+    gc.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h, 0 for all unused")
+    for sub in (listing, gc):
+        sub.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
 COMMANDS = {
     "run": ("run a project (same flags as `mlflow run`)", _define_run),
     "validate": ("check a project and its parameters; start nothing", _define_validate),
     "env": ("manage the environment store", _define_env),
     "runs": ("list, inspect, follow and cancel runs (the local ledger)", _define_runs),
+    "cache": ("manage the git project cache", _define_cache),
 }
 
 
@@ -141,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _env(args)
         if args.command == "runs":
             return _runs(args)
+        if args.command == "cache":
+            return _cache(args)
         return _validate(args)
     except RunnerError as exc:
         if getattr(args, "debug", False):
@@ -296,6 +309,33 @@ def _runs(args: argparse.Namespace) -> int:
         return 0
     record = runs.cancel(ledger, args.run_id)
     _say(f"run {record.id}: {record.status}")
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    import time
+
+    from runner.envs.admin import human_age, parse_duration
+    from runner.sources import cache
+
+    if args.cache_command == "gc":
+        result = cache.gc(parse_duration(args.older_than))
+        sys.stdout.write(
+            f"removed {result.checkouts_removed} checkout(s) and {result.mirrors_removed} mirror(s); "
+            f"kept {result.checkouts_in_use} checkout(s) in use and {result.mirrors_kept} mirror(s)\n"
+        )
+        return 0
+    now = time.time()
+    mirrors, checkouts = cache.list_mirrors(), cache.list_checkouts()
+    if not mirrors and not checkouts:
+        _say("the git cache is empty")
+        return 0
+    sys.stdout.write(f"{'MIRROR':<14}{'LAST USED':<12}URL\n")
+    for mirror in sorted(mirrors, key=lambda m: -m.last_used):
+        sys.stdout.write(f"{'-':<14}{human_age(now - mirror.last_used):<12}{mirror.url}\n")
+    sys.stdout.write(f"{'CHECKOUT':<14}{'LAST USED':<12}URL\n")
+    for item in sorted(checkouts, key=lambda c: -c.last_used):
+        sys.stdout.write(f"{item.commit[:12]:<14}{human_age(now - item.last_used):<12}{item.url}\n")
     return 0
 
 

@@ -10,6 +10,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
     from typing import Mapping
 
+    from runner.sources import ProjectDir
+
 
 def report(
     uri: str,
@@ -19,20 +21,33 @@ def report(
     env_manager: str | None,
 ) -> tuple[list[str], list[str]]:
     """(lines describing what would run, problems found). Creates and starts nothing."""
-    from runner import api
+    from runner.sources import fetch
+
+    try:
+        source = fetch(uri, version, Path.cwd())
+    except RunnerError as exc:
+        return [], list(exc.problems)
+    try:
+        return _report(source, entry_point, parameters, env_manager)
+    finally:
+        source.release()
+
+
+def _report(
+    source: ProjectDir, entry_point: str, parameters: Mapping[str, str], env_manager: str | None,
+) -> tuple[list[str], list[str]]:
     from runner.envs import choose_manager, manager_module
     from runner.project.envfiles import load_env_file
     from runner.project.spec import load_project
-    from runner.sources import fetch
 
     lines: list[str] = []
     problems: list[str] = []
     try:
-        source = fetch(api._absolute_uri(uri, Path.cwd()), version)
         project = load_project(source.path)
     except RunnerError as exc:
         return lines, list(exc.problems)
-
+    if source.commit:
+        lines.append(f"source: {source.uri} at {source.commit[:12]}" + (" (uncommitted changes)" if source.dirty else ""))
     lines.append(f"project: {project.directory}" + (f" ({project.name})" if project.name else ""))
     lines.extend(f"warning: {w}" for w in project.warnings)
     for entry in project.entry_points.values():

@@ -113,8 +113,9 @@ def test_invalid_spec_is_one_line_with_file_and_line(make_project, cli):
 def test_features_of_later_issues_fail_clearly(make_project, cli):
     root = make_project("entry_points:\n  main:\n    command: 'true'\n")
     assert_clean_error(cli("run", str(root), "-b", "databricks"), contains="backend 'databricks'")
-    assert_clean_error(cli("run", "https://user:secret@example.invalid/repo.git"), contains="git projects")
-    assert "secret" not in cli("run", "https://user:secret@example.invalid/repo.git").stderr
+    unreachable = cli("run", "https://user:secret@example.invalid/repo.git")
+    assert_clean_error(unreachable, contains="cannot reach https://example.invalid/repo.git (Could not resolve host")
+    assert "secret" not in unreachable.stderr
     assert_clean_error(cli("run", str(root), "-c", "{not json"), contains="--backend-config")
 
 

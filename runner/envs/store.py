@@ -49,12 +49,18 @@ class Lease:
     """A shared lock on one environment, held while a run uses it."""
 
     def __init__(self, fd: int | None):
+        import threading
+
         self._fd = fd
+        self._lock = threading.Lock()
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        # Idempotent and thread-safe: a run's end (another thread) and an error
+        # path may both release; the descriptor must be closed exactly once.
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 class Store:
@@ -136,7 +142,7 @@ class Store:
         # directory can go.
         self._remove_leftovers(final.name)
         if final.exists():
-            _remove_tree(final, self.root)
+            remove_tree(final, self.root)
         # The builder creates `tmp` itself (installers refuse an existing directory).
         tmp = self.root / f".tmp-{final.name}-{os.getpid()}-{os.urandom(3).hex()}"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -150,15 +156,15 @@ class Store:
             _fsync_dir_entries(meta_dir)
             (meta_dir / COMPLETE).write_text("")  # written last
             os.rename(tmp, final)
-            _append_history(self.root, f"{time.time():.3f} built {final.name} pid={os.getpid()}")
+            append_history(self.root, f"{time.time():.3f} built {final.name} pid={os.getpid()}")
         except BaseException:
             if os.path.lexists(tmp):
-                _remove_tree(tmp, self.root)
+                remove_tree(tmp, self.root)
             raise
 
     def _remove_leftovers(self, name: str) -> None:
         for entry in self.root.glob(f".tmp-{name}-*"):
-            _remove_tree(entry, self.root)
+            remove_tree(entry, self.root)
 
     # -- inspection and removal ------------------------------------------------
     def list(self) -> list[StoredEnv]:
@@ -201,7 +207,7 @@ class Store:
                 os.rename(env.path, trash)
             except FileNotFoundError:
                 return True
-            _remove_tree(trash, self.root)
+            remove_tree(trash, self.root)
             return True
         finally:
             os.close(fd)
@@ -223,14 +229,14 @@ class Store:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a build of that key is running now
-                _remove_tree(entry, self.root)
+                remove_tree(entry, self.root)
                 leftovers += 1
             finally:
                 os.close(fd)
         return removed, in_use, leftovers
 
 
-def _append_history(root: Path, line: str) -> None:
+def append_history(root: Path, line: str) -> None:
     """One line per published build (`envs/.builds.log`): an audit trail of what was built when."""
     try:
         with open(root / ".builds.log", "a", encoding="utf-8") as handle:
@@ -270,7 +276,7 @@ def _fsync_dir_entries(directory: Path) -> None:
             os.close(fd)
 
 
-def _remove_tree(path: Path, root: Path) -> None:
+def remove_tree(path: Path, root: Path) -> None:
     import shutil
 
     # Never follow a path out of the store, whatever the directory holds.

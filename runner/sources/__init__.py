@@ -1,19 +1,32 @@
-"""Fetch a project: a local directory now, git repositories with their issue.
+"""Fetch a project: a local directory, or a git repository through the cache.
 
 `fetch(uri, version) -> ProjectDir` gives the local directory to run in and
-the provenance to record.
+the provenance to record:
+
+- a git URL (https, http, ssh, scp-like, git, file) is fetched into the cache
+  (`sources.cache`) and run from a read-only checkout of the commit;
+- a local directory runs in place, with its commit, branch and uncommitted
+  changes recorded when it is in a git working copy;
+- a local repository with `--version` is checked out into the cache from the
+  repository, which is only read;
+- a local bare repository is fetched from like a URL.
 """
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
-from runner.errors import NotAvailableError, ProjectError
+from runner.errors import ProjectError, UsageError
 from runner.project.paths import resolve_inside
 
-_GIT_URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.IGNORECASE)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+    from runner.envs.store import Lease
+    from runner.sources.urls import GitRemote
 
 
 @dataclass(frozen=True)
@@ -24,6 +37,20 @@ class ProjectDir:
     repo_url: str | None = None
     branch: str | None = None
     dirty: bool | None = None
+    # Held while the project is in use: a cached checkout is not removed under a run.
+    lease: Lease | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def source_name(self) -> str:
+        """`mlflow.source.name`: a fetched repository's URL (with its #subdir), or the
+        origin of a local working copy, as MLflow records them; else the path."""
+        if self.lease is not None or self.repo_url is None:
+            return self.uri
+        return self.repo_url
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
 
 
 def split_subdirectory(uri: str) -> tuple[str, str]:
@@ -31,32 +58,109 @@ def split_subdirectory(uri: str) -> tuple[str, str]:
     return base, subdir
 
 
-def fetch(uri: str, version: str | None = None) -> ProjectDir:
+def fetch(
+    uri: str,
+    version: str | None = None,
+    cwd: Path | None = None,
+    *,
+    notify: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ProjectDir:
+    """The project at `uri` (relative paths from `cwd`), at `version` if given."""
     base, subdir = split_subdirectory(uri)
-    if _GIT_URL.match(base):
-        raise NotAvailableError(
-            f"git projects ({redact_url(base)}) are not available in this version",
-            hint="clone the repository yourself and run the local directory",
-        )
-    root = Path(os.path.expanduser(base or ".")).absolute()
-    if not root.exists():
+    local = Path(cwd or Path.cwd()) / os.path.expanduser(base or ".")
+    if not os.path.lexists(local):
+        from runner.sources import urls
+
+        if urls.is_git_url(base):
+            parsed = urls.parse(base)
+            if parsed.version is not None and version is not None and parsed.version != version:
+                raise UsageError(
+                    f"the URL names version {parsed.version!r} and --version names {version!r}",
+                    hint="give the version once",
+                )
+            return _from_cache(
+                parsed.remote, version or parsed.version, _join(parsed.subdir, subdir),
+                _shown(parsed.remote.url, parsed, subdir), notify, progress,
+            )
         raise ProjectError(f"project {base!r} does not exist", hint="check the path (relative to the current directory)")
+    root = local.absolute()
     if not root.is_dir():
         raise ProjectError(f"project {base!r} is not a directory", hint="give the directory that holds MLproject")
+    from runner.sources import local as working_copy
+
+    shown = str(root) + (f"#{subdir}" if subdir else "")
+    if working_copy.is_bare_repository(root):
+        from runner.sources import urls
+
+        return _from_cache(urls.local_remote(str(root)), version, subdir, shown, notify, progress)
+    top = working_copy.repository_top(root)
     if version is not None:
-        raise NotAvailableError(
-            "--version for a local directory needs git support, not available in this version",
-            hint="check out the version yourself, or leave out --version",
-        )
-    path = root
-    if subdir:
-        try:
-            path = resolve_inside(root, subdir, "subdirectory")
-        except ValueError as exc:
-            raise ProjectError(str(exc), hint="#subdir must name a directory inside the project") from None
-        if not path.is_dir():
-            raise ProjectError(f"subdirectory {subdir!r} does not exist in {base or '.'}")
-    return ProjectDir(path, uri)
+        if top is None:
+            raise ProjectError(
+                f"--version needs a git repository, and {base or '.'} is not in one",
+                hint="leave out --version to run the directory as it is",
+            )
+        from runner.sources import urls
+
+        inside = root.relative_to(top).as_posix()
+        return _from_cache(urls.local_remote(str(top)), version, _join("" if inside == "." else inside, subdir),
+                           shown, notify, progress)
+    path = _subdirectory(root, subdir, base or ".")
+    state = working_copy.inspect(top) if top is not None else None
+    if state is None:
+        return ProjectDir(path, shown)
+    origin = state.origin_url
+    if origin is not None and "@" in origin:  # (the URL module is only imported when needed)
+        from runner.sources import urls
+
+        origin = urls.without_credentials(origin)
+    return ProjectDir(path, shown, state.commit, origin, state.branch, state.dirty)
+
+
+def _from_cache(
+    remote: GitRemote, version: str | None, subdir: str, shown: str, notify, progress,
+) -> ProjectDir:
+    from runner.sources import cache
+
+    _check_subdirectory_text(subdir)  # before any network: these can never be inside
+    checkout = cache.checkout(remote, version, notify=notify, progress=progress)
+    try:
+        path = _subdirectory(checkout.tree, subdir, f"{remote.url} at {checkout.commit[:12]}")
+    except BaseException:
+        checkout.lease.release()
+        raise
+    return ProjectDir(path, shown, checkout.commit, remote.url, checkout.branch, None, checkout.lease)
+
+
+def _subdirectory(root: Path, subdir: str, where: str) -> Path:
+    if not subdir:
+        return root
+    try:
+        path = resolve_inside(root, subdir, "subdirectory")
+    except ValueError as exc:
+        raise ProjectError(str(exc), hint="#subdir must name a directory inside the project") from None
+    if not path.is_dir():
+        raise ProjectError(f"subdirectory {subdir!r} does not exist in {where}", hint="check the part after '#'")
+    return path
+
+
+def _check_subdirectory_text(subdir: str) -> None:
+    normalized = os.path.normpath(subdir) if subdir else ""
+    if subdir.startswith("/") or normalized == ".." or normalized.startswith("../") or "\0" in subdir:
+        raise ProjectError(f"subdirectory {subdir!r} leads outside the project",
+                           hint="#subdir must name a directory inside the repository")
+
+
+def _join(first: str, second: str) -> str:
+    parts = [part for part in (first, second) if part]
+    return str(PurePosixPath(*parts)) if parts else ""
+
+
+def _shown(url: str, parsed, subdir: str) -> str:
+    # The project as the user named it, credentials removed, for messages and records.
+    full = _join(parsed.subdir, subdir)
+    return url + (f"#{full}" if full else "")
 
 
 def redact_url(url: str) -> str:

@@ -134,6 +134,7 @@ def project_tags(
     git_commit: str | None = None,
     repo_url: str | None = None,
     branch: str | None = None,
+    dirty: bool | None = None,
 ) -> dict[str, str]:
     tags = {
         "mlflow.user": _user(),
@@ -155,6 +156,8 @@ def project_tags(
     if branch:
         tags["mlflow.source.git.branch"] = branch
         tags["mlflow.gitBranchName"] = branch
+    if dirty is not None:  # a local working copy: did the code differ from the commit?
+        tags["mlproject.source.git.dirty"] = "true" if dirty else "false"
     parent = os.environ.get("MLFLOW_RUN_ID")
     if parent:  # started from inside a run (a workflow step): a child of it
         tags["mlflow.parentRunId"] = parent

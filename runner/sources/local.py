@@ -1,0 +1,67 @@
+"""A project on this machine: where its git repository is, and what state it is in.
+
+Only read: the user's working copy, HEAD, branches and remotes are never changed.
+"""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class WorkingCopy:
+    commit: str | None
+    branch: str | None
+    dirty: bool | None
+    origin_url: str | None
+
+
+def repository_top(path: Path) -> Path | None:
+    """The top of the git working copy holding `path`, found without running git."""
+    for candidate in (path, *path.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return None
+
+
+def is_bare_repository(path: Path) -> bool:
+    return (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir() and not (path / ".git").exists()
+
+
+def inspect(top: Path) -> WorkingCopy | None:
+    """Commit, branch, uncommitted changes and origin of a working copy (None if git cannot tell).
+
+    Both questions go to git at once: this is on the warm path of every local run.
+    """
+    from runner.sources.git import git_env
+
+    env = git_env()
+    try:
+        status = subprocess.Popen(
+            ["git", "--no-optional-locks", "status", "--porcelain=v2", "--branch", "-z"], cwd=top, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        origin = subprocess.Popen(
+            ["git", "config", "--get", "remote.origin.url"], cwd=top, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        return None  # no git on this machine: the run goes on without provenance
+    status_out, _ = status.communicate()
+    origin_out, _ = origin.communicate()
+    if status.returncode != 0:
+        return None  # e.g. a repository git refuses to read (owned by another user)
+    commit = branch = None
+    dirty = False
+    for entry in status_out.decode(errors="replace").split("\0"):
+        if entry.startswith("# branch.oid "):
+            value = entry[len("# branch.oid "):]
+            commit = value if value != "(initial)" else None
+        elif entry.startswith("# branch.head "):
+            value = entry[len("# branch.head "):]
+            branch = value if value != "(detached)" else None
+        elif entry and not entry.startswith("#"):
+            dirty = True
+    url = origin_out.decode(errors="replace").strip() if origin.returncode == 0 else ""
+    return WorkingCopy(commit, branch, dirty, url or None)
