@@ -146,8 +146,11 @@ class GitDaemon:
 class _AuthHandler(SimpleHTTPRequestHandler):
     credentials = ""
     requests_seen: list[str]
+    stall: threading.Event | None = None  # when set up, requests wait until it is set
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.stall is not None:
+            self.stall.wait(60)
         expected = "Basic " + base64.b64encode(self.credentials.encode()).decode()
         if self.headers.get("Authorization") != expected:
             self.send_response(401)
@@ -170,16 +173,20 @@ class HttpServer:
     port: int = 0
     server: ThreadingHTTPServer | None = None
     requests_seen: list[str] | None = None
+    stall: threading.Event | None = None  # a server that accepts and never answers (until set)
 
     def start(self) -> None:
         seen: list[str] = []
-        handler = type("Handler", (_AuthHandler,), {"credentials": f"{self.username}:{self.password}", "requests_seen": seen})
+        handler = type("Handler", (_AuthHandler,), {"credentials": f"{self.username}:{self.password}",
+                                                    "requests_seen": seen, "stall": self.stall})
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), functools.partial(handler, directory=str(self.root)))
         self.port = self.server.server_address[1]
         self.requests_seen = seen
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
+        if self.stall is not None:
+            self.stall.set()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

@@ -9,12 +9,14 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -186,6 +188,36 @@ def _assert_nowhere(secret: str, outputs: list[str], roots: list[Path]) -> None:
                     continue
                 assert needle not in path.read_bytes(), path
                 assert secret not in str(path)
+
+
+def test_interrupted_clone_leaves_nothing_behind(demo, mlproject_home, _work_in_tmp):
+    server = HttpServer(demo.bare.parent.parent, "alice", PASSWORD, stall=threading.Event())
+    server.start()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "runner", "run", server.url("org/demo.git"), "--env-manager", "local"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        mirrors = mlproject_home / "git" / "mirrors"
+        deadline = time.monotonic() + 30
+        while not list(mirrors.glob(".tmp-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the clone has started (and is stalled by the server)
+        assert list(mirrors.glob(".tmp-*")), "the clone did not start"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        server.stop()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert not list(mirrors.iterdir()) or {p.name for p in mirrors.iterdir()} <= {".locks"}
+    leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and str(server.port) in _cmdline(pid)]
+    assert not leftovers, leftovers
+    assert runs_in(_work_in_tmp / "mlflow.db") == 0 and ledger_rows(mlproject_home) == 0
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 # -- git daemon: offline second runs, concurrency ------------------------------------------
