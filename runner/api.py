@@ -159,12 +159,13 @@ def run(
 
 def _track_and_launch(the_plan: Plan, tracking_plan, experiment_name, experiment_id, run_id, run_name, synchronous,
                       stream_output, notify, progress, on_submitted) -> SubmittedRun:
-    from runner.envs import plan_environment
+    from runner.envs import plan_environment, resolve_before_run
     from runner.tracking.session import project_tags, start_tracking
 
     for warning in the_plan.project.warnings:
         notify(f"warning: {warning}")
     planned = plan_environment(the_plan.env_manager, the_plan.project, notify)
+    resolve_before_run(planned, progress)
     invocation = the_plan.invocation
     from runner.tracking import downloads
 

@@ -32,6 +32,7 @@ _MODULES = {
     "local": "runner.envs.local",
     "uv": "runner.envs.uv",
     "virtualenv": "runner.envs.virtualenv",
+    "conda": "runner.envs.conda",
 }
 
 
@@ -45,6 +46,7 @@ class Environment:
     path_prepend: tuple[str, ...] = ()
     set_vars: Mapping[str, str] = field(default_factory=dict)
     unset_vars: tuple[str, ...] = ()
+    activation_scripts: tuple[str, ...] = ()  # sourced before the command (conda's activate.d)
 
     def apply(self, base: Mapping[str, str]) -> dict[str, str]:
         env = dict(base)
@@ -58,7 +60,14 @@ class Environment:
     def argv(self, command: str, env: Mapping[str, str]) -> list[str]:
         # bash as MLflow uses it (pipes and redirections in commands keep working).
         shell = which("bash", env.get("PATH")) or which("bash", os.defpath) or "/bin/sh"
-        return [shell, "-c", command]
+        if not self.activation_scripts:
+            return [shell, "-c", command]
+        import shlex
+
+        # The scripts run in the command's own shell, as after `conda activate`;
+        # the command itself arrives as an argument, untouched by this wrapper.
+        sourced = "".join(f". {shlex.quote(script)}\n" for script in self.activation_scripts)
+        return [shell, "-c", f'{sourced}eval "$1"', "mlproject-activate", command]
 
 
 @dataclass(frozen=True)
@@ -125,8 +134,6 @@ def manager_module(name: str):
     module_name = _MODULES.get(name)
     if module_name is None:
         hint = "run in the current Python environment with --env-manager local"
-        if name == "conda":
-            hint = "use the pip part of conda.yaml with --env-manager uv, or run with --env-manager local"
         raise NotAvailableError(f"the {name} environment manager is not available in this version", hint=hint)
     return importlib.import_module(module_name)
 
@@ -148,6 +155,19 @@ def plan_environment(manager_name: str, project: Project, notify: Callable[[str]
     """Everything that can be wrong with an environment before building it (versions, specs)."""
     module = manager_module(manager_name)
     return Planned(manager_name, module, module.plan(project, notify))
+
+
+def resolve_before_run(planned: Planned, progress: Callable[[str], None] | None = None) -> None:
+    """A manager that can find its spec unsatisfiable before building (conda's solve)
+    does so now, before a run exists; an environment already built needs nothing."""
+    resolve = getattr(planned.module, "resolve", None)
+    if resolve is None or planned.plan is None:
+        return
+    from runner.envs.store import Store
+
+    store = Store()
+    if not store.is_complete(store.path_of(planned.manager, planned.plan.key)):
+        resolve(planned.plan, progress)
 
 
 def existing(planned: Planned) -> Prepared | None:

@@ -73,13 +73,13 @@ def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
     for label, requirements in (("build dependencies", contents.build_requirements), ("dependencies", contents.requirements)):
         if not requirements.lines:
             continue
-        args = _requirement_args(meta, label.replace(" ", "-"), requirements)
+        args = requirement_args(meta, label.replace(" ", "-"), requirements)
         run_step([uv, "pip", "install", "--python", python, *args], f"installing {label}", env=env, log=log, progress=progress)
     (meta / "packages.txt").write_text("".join(line + "\n" for line in installed_packages(tmp)))
     relocate(tmp, tmp, final)
 
 
-def _requirement_args(meta: Path, name: str, requirements) -> list[str]:
+def requirement_args(meta: Path, name: str, requirements) -> list[str]:
     req_file = meta / f"{name}.txt"
     req_file.write_text("\n".join(requirements.lines) + "\n")
     args = ["-r", str(req_file)]

@@ -14,7 +14,7 @@ from runner import home
 from runner.envs import EnvPlan, pythonenv
 from runner.envs.build import relocate, run_step
 from runner.envs.installed import installed_packages
-from runner.envs.uv import _requirement_args
+from runner.envs.uv import requirement_args
 
 NAME = "virtualenv"
 
@@ -43,7 +43,7 @@ def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
     for label, requirements in (("build dependencies", contents.build_requirements), ("dependencies", contents.requirements)):
         if not requirements.lines:
             continue
-        args = _requirement_args(meta, label.replace(" ", "-"), requirements)
+        args = requirement_args(meta, label.replace(" ", "-"), requirements)
         run_step([python, "-m", "pip", "install", *args], f"installing {label} with pip", env=env, log=log, progress=progress)
     (meta / "packages.txt").write_text("".join(line + "\n" for line in installed_packages(tmp)))
     relocate(tmp, tmp, final)
