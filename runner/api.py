@@ -126,6 +126,7 @@ def run(
     notify: Notify | None = None,
     progress: Notify | None = None,
     on_submitted: Callable[[SubmittedRun], None] | None = None,
+    locked: bool = False,
 ) -> SubmittedRun:
     """Run an MLflow project; the arguments are those of `mlflow.projects.run`.
 
@@ -151,20 +152,20 @@ def run(
     the_plan = plan(uri, entry_point, version, parameters, env_manager, caller_cwd, notify=notify, progress=progress)
     try:
         return _track_and_launch(the_plan, tracking_plan, experiment_name, experiment_id, run_id, run_name, synchronous,
-                                 stream_output, notify, progress, on_submitted)
+                                 stream_output, notify, progress, on_submitted, locked)
     except BaseException:
         the_plan.source.release()  # once launched, the run's end releases it
         raise
 
 
 def _track_and_launch(the_plan: Plan, tracking_plan, experiment_name, experiment_id, run_id, run_name, synchronous,
-                      stream_output, notify, progress, on_submitted) -> SubmittedRun:
+                      stream_output, notify, progress, on_submitted, locked) -> SubmittedRun:
     from runner.envs import plan_environment, resolve_before_run
     from runner.tracking.session import project_tags, start_tracking
 
     for warning in the_plan.project.warnings:
         notify(f"warning: {warning}")
-    planned = plan_environment(the_plan.env_manager, the_plan.project, notify)
+    planned = plan_environment(the_plan.env_manager, the_plan.project, notify, locked)
     resolve_before_run(planned, progress)
     invocation = the_plan.invocation
     from runner.tracking import downloads
@@ -346,6 +347,28 @@ def prepare_environment(
             hint=f"build it with `mlproject env build {uri}`",
         )
     return found
+
+
+def lock(
+    uri: str,
+    platforms: list[str] | tuple[str, ...] | None = None,
+    *,
+    notify: Notify | None = None,
+    progress: Notify | None = None,
+) -> Path:
+    """Solve a conda project for each platform and write conda-lock.yml next to its conda.yaml."""
+    from runner.envs import conda, condalock
+
+    source = fetch(uri, None, Path.cwd(), notify=notify, progress=progress)
+    try:
+        if source.lease is not None:
+            raise UsageError("mlproject lock writes next to conda.yaml: give a local project directory",
+                             hint="clone the repository, lock it, and commit conda-lock.yml")
+        project = load_project(source.path)
+        plan_ = conda.plan(project, notify)
+        return condalock.write(plan_.contents, list(platforms or [conda.platform_name()]), progress)
+    finally:
+        source.release()
 
 
 def cli_parameters(items: list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -58,6 +58,7 @@ def _define_run(run: argparse.ArgumentParser) -> None:
     run.add_argument("--run-id", default=None, help="continue this existing MLflow run")
     run.add_argument("--run-name", default=None)
     run.add_argument("--build-image", action="store_true", help="docker: bake the project into an image")
+    run.add_argument("--locked", action="store_true", help="conda: install only from a current conda-lock.yml")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -103,6 +104,13 @@ def _define_runs(runs: argparse.ArgumentParser) -> None:
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _define_lock(lock: argparse.ArgumentParser) -> None:
+    lock.add_argument("uri", help="a local project directory with a conda.yaml")
+    lock.add_argument("--platform", action="append", default=[], metavar="PLATFORM",
+                      help="linux-64, linux-aarch64, osx-64, osx-arm64, win-64 (repeatable; default: this machine's)")
+    lock.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
 def _define_cache(cache: argparse.ArgumentParser) -> None:
     actions = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser, prog="mlproject cache")
     actions.required = True
@@ -119,6 +127,7 @@ COMMANDS = {
     "env": ("manage the environment store", _define_env),
     "runs": ("list, inspect, follow and cancel runs (the local ledger)", _define_runs),
     "cache": ("manage the git project cache", _define_cache),
+    "lock": ("solve a conda project for each platform and write conda-lock.yml", _define_lock),
 }
 
 
@@ -154,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _runs(args)
         if args.command == "cache":
             return _cache(args)
+        if args.command == "lock":
+            return _lock(args)
         return _validate(args)
     except RunnerError as exc:
         if getattr(args, "debug", False):
@@ -205,6 +216,7 @@ def _run(args: argparse.Namespace) -> int:
             notify=_say,
             progress=terminal_progress(),
             on_submitted=active.append,
+            locked=args.locked,
         )
         while not submitted.done:
             submitted.wait(0.25)
@@ -309,6 +321,15 @@ def _runs(args: argparse.Namespace) -> int:
         return 0
     record = runs.cancel(ledger, args.run_id)
     _say(f"run {record.id}: {record.status}")
+    return 0
+
+
+def _lock(args: argparse.Namespace) -> int:
+    from runner import api
+    from runner.envs.build import terminal_progress
+
+    path = api.lock(args.uri, args.platform, notify=_say, progress=terminal_progress())
+    _say(f"wrote {path}")
     return 0
 
 

@@ -197,3 +197,109 @@ def test_seed_tutorial_conda_yaml_unchanged(cli, channel, make_project):
     result = cli("run", str(root))
     assert result.returncode == 0, result.stderr
     assert "1.16.0" in result.stdout
+
+
+# -- conda-lock.yml ------------------------------------------------------------------------
+@pytest.fixture
+def own_channel(channel_root, tmp_path, monkeypatch) -> Path:
+    """A private copy of the channel, as `conda-forge`, that a test may publish to."""
+    import shutil
+
+    root = tmp_path / "channels"
+    shutil.copytree(channel_root / "conda-forge", root / "conda-forge")
+    monkeypatch.setenv("CONDARC", str(condarc(tmp_path / "condarc-own", channel_alias=f"file://{root}")))
+    return root / "conda-forge"
+
+
+def _publish_helper_3(channel_dir: Path) -> None:
+    from condachannel import Package, PackageFile, index, write_package
+
+    write_package(Package("helper", "3.0", files=[PackageFile("share/helper/VERSION", b"3.0\n")]), channel_dir)
+    index(channel_dir)
+
+
+LOCKED = """
+channels: [conda-forge]
+dependencies:
+  - python=3.11
+  - pyhello
+  - helper
+  - pip:
+    - six==1.16.0
+"""
+SHOW = "cat $CONDA_PREFIX/share/helper/VERSION && python -c 'import six, pyhello; print(\"six\", six.__version__)'"
+
+
+def test_lock_then_install_exactly_from_it(cli, own_channel, make_project, mlproject_home):
+    root = conda_project(make_project, LOCKED, SHOW)
+    result = cli("lock", str(root))
+    assert result.returncode == 0, result.stderr
+    lock = yaml_load(root / "conda-lock.yml")
+    assert lock["version"] == 1 and list(lock["metadata"]["content_hash"]) == ["linux-64"]
+    by_name = {p["name"]: p for p in lock["package"]}
+    assert by_name["helper"]["version"] == "2.0" and by_name["six"]["manager"] == "pip"
+    assert by_name["python"]["hash"]["md5"] and by_name["six"]["hash"]["sha256"]
+    _publish_helper_3(own_channel)  # a solve would now pick helper 3.0; the lock keeps 2.0
+    locked = cli("run", str(root), "--locked")
+    assert locked.returncode == 0, locked.stderr
+    assert locked.stdout.splitlines()[0] == "2.0" and "six 1.16.0" in locked.stdout
+    assert "stale" not in locked.stderr
+    (root / "conda-lock.yml").unlink()
+    solved = cli("run", str(root))
+    assert solved.returncode == 0 and solved.stdout.splitlines()[0] == "3.0", solved.stderr
+
+
+def test_stale_or_missing_lock(cli, own_channel, make_project):
+    root = conda_project(make_project, LOCKED, SHOW)
+    assert cli("lock", str(root)).returncode == 0
+    (root / "conda.yaml").write_text(LOCKED.replace("  - helper\n", "  - helper\n  - greeter\n"))
+    stale = cli("run", str(root))
+    assert stale.returncode == 0, stale.stderr
+    assert "warning: conda-lock.yml is stale" in stale.stderr
+    assert_clean_error(cli("run", str(root), "--locked"), 2, "--locked: conda-lock.yml is stale")
+    (root / "conda-lock.yml").unlink()
+    assert_clean_error(cli("run", str(root), "--locked"), 2, "no conda-lock.yml")
+    # Reordering and comments are not changes: the lock stays current.
+    assert cli("lock", str(root)).returncode == 0
+    text = (root / "conda.yaml").read_text().replace("  - pyhello\n  - helper\n", "  - helper   # reordered\n  - pyhello\n")
+    (root / "conda.yaml").write_text("# a comment\n" + text)
+    current = cli("run", str(root), "--locked")
+    assert current.returncode == 0 and "stale" not in current.stderr, current.stderr
+
+
+def test_lock_for_several_platforms(cli, channel, make_project):
+    root = conda_project(make_project, "channels: [conda-forge]\ndependencies: [datalib=1.0]\n", "true")
+    result = cli("lock", str(root), "--platform", "linux-64", "--platform", "osx-arm64")
+    assert result.returncode == 0, result.stderr
+    lock = yaml_load(root / "conda-lock.yml")
+    assert sorted(lock["metadata"]["content_hash"]) == ["linux-64", "osx-arm64"]
+    assert {(p["platform"], p["name"]) for p in lock["package"]} == {
+        (platform, name) for platform in ("linux-64", "osx-arm64") for name in ("datalib", "helper")
+    }
+    # python is only in the channel for linux-64: the other platform's solve says so.
+    other = conda_project(make_project, "channels: [conda-forge]\ndependencies: [python=3.11]\n", "true")
+    assert_clean_error(cli("lock", str(other), "--platform", "osx-arm64"), 2, "for osx-arm64")
+
+
+def test_conda_lock_tool_renders_our_lock(cli, channel, make_project, tmp_path):
+    """The PyPI conda-lock tool reads the file we write (its `render` command)."""
+    from runner.envs.uv import uv_binary
+
+    root = conda_project(make_project, LOCKED, SHOW)
+    assert cli("lock", str(root)).returncode == 0
+    venv = tmp_path / "conda-lock-venv"
+    subprocess.run([uv_binary(), "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    installed = subprocess.run([uv_binary(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "conda-lock"],
+                               capture_output=True, text=True)
+    assert installed.returncode == 0, f"conda-lock could not be installed from the package index: {installed.stderr}"
+    rendered = subprocess.run([str(venv / "bin" / "conda-lock"), "render", "-k", "explicit", "--platform", "linux-64",
+                               "conda-lock.yml"], cwd=root, capture_output=True, text=True)
+    assert rendered.returncode == 0, rendered.stderr
+    explicit = (root / "conda-linux-64.lock").read_text()
+    assert "@EXPLICIT" in explicit and "python-3.11" in explicit and "# pip six @ " in explicit
+
+
+def yaml_load(path: Path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())

@@ -151,9 +151,19 @@ class Planned:
         return self.plan.key if self.plan is not None else None
 
 
-def plan_environment(manager_name: str, project: Project, notify: Callable[[str], None] | None = None) -> Planned:
-    """Everything that can be wrong with an environment before building it (versions, specs)."""
+def plan_environment(
+    manager_name: str, project: Project, notify: Callable[[str], None] | None = None, locked: bool = False,
+) -> Planned:
+    """Everything that can be wrong with an environment before building it (versions, specs).
+
+    `locked`: install only from the project's lock file (conda-lock.yml); a missing or
+    stale lock is an error."""
     module = manager_module(manager_name)
+    if locked:
+        if manager_name != "conda":
+            raise UsageError("--locked applies to conda environments (conda-lock.yml)",
+                             hint="a uv.lock project is always installed exactly (uv sync --frozen)")
+        return Planned(manager_name, module, module.plan(project, notify, locked=True))
     return Planned(manager_name, module, module.plan(project, notify))
 
 

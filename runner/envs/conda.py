@@ -40,7 +40,8 @@ class CondaContents:
     platform: str
     variables: dict[str, str]
     has_python: bool
-    records: list[Any] | None = field(default=None, repr=False)  # the solve, once done
+    locked: list[Any] | None = None  # the LockedPackages of conda-lock.yml for this platform, when it is current
+    records: list[Any] | None = field(default=None, repr=False)  # the solve (or the lock's records), once done
 
 
 def platform_name() -> str:
@@ -73,7 +74,7 @@ def describe(project: Project) -> str:
     return plan(project, None).summary
 
 
-def plan(project: Project, notify: Callable[[str], None] | None = None) -> EnvPlan:
+def plan(project: Project, notify: Callable[[str], None] | None = None, locked: bool = False) -> EnvPlan:
     from runner.envs import condachannels
     from runner.envs.pythonenv import _index_settings
     from runner.project.envfiles import load_conda_env
@@ -125,7 +126,40 @@ def plan(project: Project, notify: Callable[[str], None] | None = None) -> EnvPl
         f", {len(pip.lines)} pip requirement line(s)" if pip.lines else ""
     )
     meta = {"project": str(project.directory), "source": env.path.name}
+    lock = _current_lock(contents, notify, locked)
+    if lock is not None:
+        from runner.envs import condalock
+
+        contents.locked = lock.for_platform(contents.platform)
+        # Installed exactly from the lock: the key is the lock's files for this platform.
+        description = {"recipe": RECIPE, "manager": NAME, "platform": contents.platform,
+                       "virtual": description["virtual"], "lock": condalock.key_material(lock, contents.platform)}
+        summary = f"conda: {len(contents.locked)} package(s) from {condalock.LOCK_NAME}"
+        meta["source"] = condalock.LOCK_NAME
     return EnvPlan(NAME, description, summary, meta, contents)
+
+
+def _current_lock(contents: CondaContents, notify, locked: bool):
+    """conda-lock.yml next to conda.yaml when it was made from conda.yaml as it is now."""
+    from runner.envs import condalock
+
+    path = condalock.lock_path(contents.env_file)
+    if not path.is_file():
+        if locked:
+            raise EnvironmentBuildError(f"--locked: there is no {condalock.LOCK_NAME} next to {contents.env_file.name}",
+                                        hint="write one with `mlproject lock PROJECT`")
+        return None
+    lock = condalock.read(path)
+    platform = contents.platform
+    if lock.content_hash.get(platform) == condalock.content_hash(contents, platform) and lock.for_platform(platform):
+        return lock
+    reason = (f"{condalock.LOCK_NAME} is stale: {contents.env_file.name} changed since it was written"
+              if platform in lock.content_hash else f"{condalock.LOCK_NAME} has no packages for {platform}")
+    if locked:
+        raise EnvironmentBuildError(f"--locked: {reason}", hint=f"update it with `mlproject lock PROJECT --platform {platform}`")
+    if notify is not None:
+        notify(f"warning: {reason}; solving instead (update it with `mlproject lock`)")
+    return None
 
 
 def _spec_name(spec: str) -> str:
@@ -142,12 +176,18 @@ def resolve(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> Non
     contents: CondaContents = plan.contents
     if contents.records is not None:
         return
+    if contents.locked is not None:
+        from runner.envs import condalock
+
+        contents.records = condalock.conda_records(contents, contents.locked)
+        return
     if progress is not None:
         progress(f"solving {len(contents.specs)} conda spec(s)")
-    contents.records = _solve(contents)
+    contents.records = solve_for(contents, contents.platform)
 
 
-def _solve(contents: CondaContents) -> list[Any]:
+def solve_for(contents: CondaContents, platform: str) -> list[Any]:
+    """Solve for `platform`: this machine's virtual packages, or that platform's usual ones."""
     import asyncio
     import datetime
 
@@ -162,28 +202,43 @@ def _solve(contents: CondaContents) -> list[Any]:
                 sources=list(contents.channels),
                 specs=list(contents.specs),
                 gateway=gateway,
-                platforms=[contents.platform, "noarch"],
-                virtual_packages=rattler.VirtualPackage.detect(),
+                platforms=[platform, "noarch"],
+                virtual_packages=_virtual_packages(platform, contents.platform),
                 timeout=datetime.timedelta(seconds=timeout),
                 channel_priority=rattler.ChannelPriority.Strict,
             )
         )
     except exceptions.SolverError as exc:
-        raise _solve_error(str(exc), contents, timeout) from None
+        raise _solve_error(str(exc), contents, timeout, platform) from None
     except (exceptions.FetchRepoDataError, exceptions.GatewayError, exceptions.InvalidChannelError) as exc:
         raise _channel_error(str(exc), contents) from None
     except exceptions.InvalidMatchSpecError as exc:
         raise EnvironmentBuildError(f"{contents.env_file.name}: invalid match spec: {_first_line(str(exc))}") from None
 
 
+def _virtual_packages(platform: str, this_platform: str) -> list[Any]:
+    import rattler
+
+    if platform == this_platform:
+        return rattler.VirtualPackage.detect()
+    # Another platform: the virtual packages conda-lock assumes for it by default.
+    system = platform.split("-", 1)[0]
+    defaults = {"linux": [("__unix", "0"), ("__linux", "5.10"), ("__glibc", "2.17")],
+                "osx": [("__unix", "0"), ("__osx", "11.0" if platform.endswith("arm64") else "10.15")],
+                "win": [("__win", "0")]}.get(system, [])
+    return [rattler.GenericVirtualPackage(rattler.PackageName(name), rattler.Version(version), rattler.BuildString("0")) for name, version in defaults]
+
+
 def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())
 
 
-def _solve_error(text: str, contents: CondaContents, timeout: float) -> EnvironmentBuildError:
+def _solve_error(text: str, contents: CondaContents, timeout: float, platform: str) -> EnvironmentBuildError:
     from runner.envs.condachannels import redact
 
     where = ", ".join(redact(c) for c in contents.channels)
+    if platform != contents.platform:
+        where += f" for {platform}"
     lowered = text.lower()
     if "timed out" in lowered or "timeout" in lowered or "cancelled" in lowered:
         return EnvironmentBuildError(
@@ -262,7 +317,7 @@ def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
     meta = tmp / ".mlproject"
     meta.mkdir(exist_ok=True)
     lines = sorted(f"{r.name.normalized}=={r.version}={r.build} ({_channel_of(r)})" for r in records)
-    if contents.pip.lines:
+    if contents.pip.lines or (contents.locked and any(p.manager == "pip" for p in contents.locked)):
         _install_pip(contents, tmp, final, meta, progress)
         from runner.envs.installed import installed_packages
 
@@ -284,7 +339,13 @@ def _install_pip(contents: CondaContents, tmp: Path, final: Path, meta: Path, pr
     python = tmp / "bin" / "python"
     if not python.exists():
         raise EnvironmentBuildError("the conda environment has no bin/python for its pip: list")
-    args = requirement_args(meta, "pip", contents.pip)
+    if contents.locked is not None:  # exactly the locked files, each checked against its hash
+        from runner.envs import condalock
+
+        (meta / "pip-locked.txt").write_text("\n".join(condalock.pip_requirement_lines(contents.locked)) + "\n")
+        args = ["--no-deps", "--require-hashes", "-r", str(meta / "pip-locked.txt")]
+    else:
+        args = requirement_args(meta, "pip", contents.pip)
     run_step([uv_binary(), "pip", "install", "--python", str(python), *args], "installing the pip: list",
              env=uv_env(), log=meta / "build.log", progress=progress)
     relocate(tmp, tmp, final)  # console scripts uv wrote name the temporary path

@@ -1,0 +1,249 @@
+"""`conda-lock.yml`: lock a conda environment per platform, and install exactly from it.
+
+The file is conda-lock's own format (version 1), so the conda-lock tool reads
+it (`conda-lock render`, `conda-lock install`). `metadata.content_hash` holds,
+per platform, the hash of what the lock was made from (channels, specs, the pip
+list and the files it names): a lock whose hash no longer matches conda.yaml is
+stale. conda packages come from rattler's solve; the pip list is locked by
+`uv pip compile --format pylock.toml` for that platform and Python.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.errors import EnvironmentBuildError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+    from runner.envs.conda import CondaContents
+
+LOCK_NAME = "conda-lock.yml"
+_UV_PLATFORMS = {
+    "linux-64": "x86_64-unknown-linux-gnu", "linux-aarch64": "aarch64-unknown-linux-gnu",
+    "osx-64": "x86_64-apple-darwin", "osx-arm64": "aarch64-apple-darwin", "win-64": "x86_64-pc-windows-msvc",
+}
+_WHEEL_HINTS = {
+    "linux-64": ("x86_64",), "linux-aarch64": ("aarch64",), "osx-64": ("x86_64", "universal2"),
+    "osx-arm64": ("arm64", "universal2"), "win-64": ("win_amd64",),
+}
+
+
+@dataclass(frozen=True)
+class LockedPackage:
+    name: str
+    version: str
+    manager: str  # "conda" or "pip"
+    url: str
+    sha256: str | None
+    md5: str | None
+    build: str | None
+
+
+@dataclass(frozen=True)
+class Lock:
+    path: Path
+    content_hash: dict[str, str]  # platform -> hash of what the lock was made from
+    by_platform: dict[str, tuple[LockedPackage, ...]]
+
+    def for_platform(self, platform: str) -> list[LockedPackage]:
+        return list(self.by_platform.get(platform, ()))
+
+
+def content_hash(contents: CondaContents, platform: str) -> str:
+    from runner.envs.condachannels import redact
+
+    material = {
+        "platform": platform,
+        "channels": [redact(url) for url in contents.channels],
+        "specs": sorted(contents.specs),
+        "pip": contents.pip.key_material(),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def lock_path(env_file: Path) -> Path:
+    return env_file.parent / LOCK_NAME
+
+
+def read(path: Path) -> Lock:
+    from runner.project.yamlfile import parse
+
+    try:
+        data = parse(path.read_text(encoding="utf-8"), path.name)
+    except OSError as exc:
+        raise EnvironmentBuildError(f"{path.name} cannot be read: {exc.strerror}") from None
+    if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("package"), list):
+        raise EnvironmentBuildError(f"{path.name} is not a conda-lock version 1 file", hint="write it again with `mlproject lock`")
+    metadata = data.get("metadata") or {}
+    index: dict[str, list[LockedPackage]] = {}
+    for entry in data["package"]:
+        hashes = entry.get("hash") or {}
+        package = LockedPackage(str(entry["name"]), str(entry["version"]), entry.get("manager", "conda"), entry["url"],
+                                hashes.get("sha256"), hashes.get("md5"), entry.get("build"))
+        index.setdefault(entry.get("platform", ""), []).append(package)
+    return Lock(path, dict(metadata.get("content_hash") or {}), {k: tuple(v) for k, v in index.items()})
+
+
+def key_material(lock: Lock, platform: str) -> list[str]:
+    """What an environment installed from the lock is: exactly these files."""
+    return sorted(f"{p.manager} {p.url} {p.sha256 or p.md5}" for p in lock.for_platform(platform))
+
+
+# -- installing from a lock ---------------------------------------------------------
+def conda_records(contents: CondaContents, packages: list[LockedPackage]) -> list[Any]:
+    """The channels' own records for the locked files (no solve); each checked against its hash."""
+    import asyncio
+
+    import rattler
+
+    from runner import home
+
+    wanted = [p for p in packages if p.manager == "conda"]
+    gateway = rattler.Gateway(cache_dir=home.subdir("cache") / "conda-repodata")
+    try:
+        found = asyncio.run(gateway.query(list(contents.channels), [contents.platform, "noarch"],
+                                          sorted({p.name for p in wanted}), recursive=False))
+    except Exception as exc:  # noqa: BLE001 (rattler's error types vary by channel kind)
+        from runner.envs.conda import _channel_error
+
+        raise _channel_error(str(exc), contents) from None
+    by_url = {str(record.url): record for channel_records in found for record in channel_records}
+    records = []
+    for package in wanted:
+        record = by_url.get(package.url)
+        if record is None:
+            raise EnvironmentBuildError(
+                f"{LOCK_NAME}: {package.name} {package.version} ({package.url}) is no longer in its channel",
+                hint="lock again with `mlproject lock`",
+            )
+        actual = (record.sha256.hex() if record.sha256 else None, record.md5.hex() if record.md5 else None)
+        if (package.sha256 and package.sha256 != actual[0]) or (package.md5 and package.md5 != actual[1]):
+            raise EnvironmentBuildError(
+                f"{LOCK_NAME}: {package.name} {package.version} in the channel differs from the locked file (hash mismatch)",
+                hint="the channel changed a published package; lock again with `mlproject lock` if that is expected",
+            )
+        records.append(record)
+    return records
+
+
+def pip_requirement_lines(packages: list[LockedPackage]) -> list[str]:
+    return [f"{p.name} @ {p.url} --hash=sha256:{p.sha256}" for p in packages if p.manager == "pip"]
+
+
+# -- writing a lock --------------------------------------------------------------------
+def write(contents: CondaContents, platforms: list[str], progress: Callable[[str], None] | None = None) -> Path:
+    from runner.envs.conda import solve_for
+    from runner.envs.condachannels import redact
+    from runner.version import __version__
+
+    entries: list[dict] = []
+    hashes = {}
+    for platform in platforms:
+        if progress is not None:
+            progress(f"solving for {platform}")
+        records = solve_for(contents, platform)
+        hashes[platform] = content_hash(contents, platform)
+        python = None
+        for record in sorted(records, key=lambda r: r.name.normalized):
+            name = record.name.normalized
+            if name == "python":
+                python = str(record.version)
+            entries.append({
+                "name": name,
+                "version": str(record.version),
+                "manager": "conda",
+                "platform": platform,
+                "dependencies": _dependencies(record.depends),
+                "url": str(record.url),
+                "hash": {"md5": record.md5.hex() if record.md5 else "", "sha256": record.sha256.hex() if record.sha256 else None},
+                "build": str(record.build),
+                "category": "main",
+                "optional": False,
+            })
+        if contents.pip.lines:
+            if python is None:
+                raise EnvironmentBuildError("the pip: list needs python among the dependencies")
+            entries.extend(_lock_pip(contents, platform, python, progress))
+    document = {
+        "version": 1,
+        "metadata": {
+            "content_hash": hashes,
+            "channels": [{"url": redact(url), "used_env_vars": []} for url in contents.channels],
+            "platforms": list(platforms),
+            "sources": [contents.env_file.name],
+            "custom_metadata": {"generator": f"mlproject-runner {__version__}"},
+        },
+        "package": entries,
+    }
+    import yaml
+
+    path = lock_path(contents.env_file)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(document, sort_keys=False, width=1000))
+    os.replace(tmp, path)
+    return path
+
+
+def _dependencies(depends: list[str]) -> dict[str, str]:
+    result = {}
+    for spec in depends:
+        name, _, constraint = spec.partition(" ")
+        result[name] = constraint.strip()
+    return result
+
+
+def _lock_pip(contents: CondaContents, platform: str, python: str, progress) -> list[dict]:
+    import tempfile
+
+    from runner.envs.build import run_step
+    from runner.envs.uv import requirement_args, uv_binary, uv_env
+
+    if platform not in _UV_PLATFORMS:
+        raise EnvironmentBuildError(f"cannot lock the pip: list for platform {platform}")
+    version = ".".join(python.split(".")[:2])
+    with tempfile.TemporaryDirectory(prefix="mlproject-lock-") as tmp:
+        work = Path(tmp)
+        args = [arg for arg in requirement_args(work, "pip", contents.pip) if arg != "-r"]  # compile takes the file itself
+        out = work / "pylock.toml"
+        run_step([uv_binary(), "pip", "compile", *args, "--format", "pylock.toml", "--python-version", version,
+                  "--python-platform", _UV_PLATFORMS[platform], "--quiet", "-o", str(out)],
+                 f"locking the pip: list for {platform}", env=uv_env(), progress=progress)
+        import tomllib
+
+        data = tomllib.loads(out.read_text())
+    entries = []
+    for package in data.get("packages", []):
+        artifact = _pick_wheel(package.get("wheels") or [], platform, version) or package.get("sdist")
+        if not artifact:
+            raise EnvironmentBuildError(f"the pip lock of {package.get('name')} names no file to install")
+        entries.append({
+            "name": package["name"],
+            "version": str(package["version"]),
+            "manager": "pip",
+            "platform": platform,
+            "dependencies": {},
+            "url": artifact["url"],
+            "hash": {"sha256": artifact["hashes"]["sha256"]},
+            "category": "main",
+            "optional": False,
+        })
+    return entries
+
+
+def _pick_wheel(wheels: list[dict], platform: str, python: str) -> dict | None:
+    tag = "cp" + python.replace(".", "")
+    hints = _WHEEL_HINTS.get(platform, ())
+
+    def score(wheel: dict) -> tuple[int, int]:
+        name = wheel["url"].rsplit("/", 1)[-1]
+        fits = name.endswith("-none-any.whl") or any(hint in name for hint in hints)
+        return (1 if fits else 0, 1 if f"-{tag}-" in name else 0)
+
+    best = max(wheels, key=score, default=None)
+    return best if best is not None and score(best)[0] else None
