@@ -9,7 +9,8 @@ conda-build and rattler-build write them) and indexes them with
   conflict (`datalib 2` needs `helper >=2`, `tool` needs `helper <1.5`);
 - `greeter`, whose script carries a prefix placeholder and which has an
   `etc/conda/activate.d` script;
-- `pyhello`, a noarch: python package (files under site-packages/);
+- `pyhello`, a noarch: python package (files under site-packages/), and `pip`
+  itself as one (with its console script), as published conda.yaml files list it;
 - `python`, made from an interpreter on this machine (a pyenv build): its
   absolute RUNPATH patched to `$ORIGIN/../lib`, the original prefix declared as
   a text placeholder in the files that carry it, so it installs anywhere.
@@ -50,6 +51,7 @@ class Package:
     files: list[PackageFile] = field(default_factory=list)
     subdir: str = "noarch"
     noarch: str | None = "generic"
+    entry_points: list[str] = field(default_factory=list)  # noarch: python console scripts
 
     @property
     def stem(self) -> str:
@@ -102,7 +104,8 @@ def write_package(pkg: Package, channel: Path) -> Path:
     if has_prefix:
         info.append(("info/has_prefix", "".join(f"{line}\n" for line in has_prefix).encode(), None, 0o644))
     if pkg.noarch == "python":
-        info.append(("info/link.json", json.dumps({"noarch": {"type": "python"}, "package_metadata_version": 1}).encode(), None, 0o644))
+        noarch = {"type": "python", **({"entry_points": pkg.entry_points} if pkg.entry_points else {})}
+        info.append(("info/link.json", json.dumps({"noarch": noarch, "package_metadata_version": 1}).encode(), None, 0o644))
     members = [(item.path, item.data, item.target, item.mode) for item in pkg.files]
     out = channel / pkg.subdir / f"{pkg.stem}.conda"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +136,23 @@ def noarch_packages() -> list[Package]:
         _text("site-packages/pyhello/__init__.py", "def greet(who):\n    return f'hello {who} from a conda package'\n"),
     ]))
     return packages
+
+
+def pip_package() -> Package:
+    """`pip` as a noarch: python conda package, from the pip of the interpreter running the tests."""
+    import pip
+
+    source = Path(pip.__file__).parent
+    site = source.parent
+    files = []
+    for directory in [source, *site.glob(f"pip-{pip.__version__}.dist-info")]:
+        for dirpath, dirnames, filenames in os.walk(directory):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            for name in filenames:
+                full = Path(dirpath, name)
+                files.append(PackageFile(f"site-packages/{full.relative_to(site).as_posix()}", full.read_bytes()))
+    return Package("pip", pip.__version__, build="py_0", depends=["python >=3.8"], noarch="python", files=files,
+                   entry_points=["pip = pip._internal.cli.main:main"])
 
 
 _SKIP_DIRS = {"test", "tests", "site-packages", "idlelib", "tkinter", "turtledemo", "ensurepip", "__pycache__",
@@ -202,6 +222,7 @@ def build_channel(channel: Path, with_python: bool = True) -> Path:
     (channel / "linux-64").mkdir(parents=True, exist_ok=True)
     for pkg in noarch_packages():
         write_package(pkg, channel)
+    write_package(pip_package(), channel)
     if with_python:
         write_package(python_package(), channel)
     index(channel)

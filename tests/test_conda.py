@@ -175,27 +175,25 @@ def test_eight_concurrent_first_runs_build_once(channel, make_project, mlproject
     assert not list((mlproject_home / "envs").glob(".tmp-*"))
 
 
-def test_seed_tutorial_conda_yaml_unchanged(cli, channel, make_project):
-    """MLflow's sklearn_elasticnet_wine-style conda.yaml, as published (conda-forge,
-    a pinned python, a pip list), resolved against the local channel via channel_alias."""
+def test_seed_tutorial_conda_yaml(cli, channel_root, make_project, tmp_path, monkeypatch):
+    """The salary tutorial's conda.yaml as such projects publish it (the `defaults`
+    channel, python, pip, a pip: list), python pinned to one this machine has, and
+    `defaults` pointed at the local channel by a .condarc."""
+    monkeypatch.setenv("CONDARC", str(condarc(tmp_path / "rc", default_channels=[f"file://{channel_root / 'conda-forge'}"])))
     conda_yaml = textwrap.dedent("""
-        name: tutorial
+        name: salary
         channels:
-          - conda-forge
+          - defaults
         dependencies:
           - python=3.11
-          - pip<=23.3
+          - pip
           - pip:
             - six==1.16.0
     """)
-    # pip itself is not in the local channel: the published file needs it, so it says so clearly...
-    root = conda_project(make_project, conda_yaml, "python -c 'import six; print(six.__version__)'")
-    result = cli("run", str(root))
-    assert_clean_error(result, 2, "no package pip")
-    # ...and without the pip line (rattler needs no pip to install the pip: list) it runs.
-    root = conda_project(make_project, conda_yaml.replace("  - pip<=23.3\n", ""), "python -c 'import six; print(six.__version__)'")
+    root = conda_project(make_project, conda_yaml, "pip --version && python -c 'import six; print(six.__version__)'")
     result = cli("run", str(root))
     assert result.returncode == 0, result.stderr
+    assert re.search(r"^pip \S+ from \S+/envs/conda-\S+/lib/python3.11/site-packages/pip", result.stdout, re.M), result.stdout
     assert "1.16.0" in result.stdout
 
 

@@ -196,6 +196,7 @@ def solve_for(contents: CondaContents, platform: str) -> list[Any]:
 
     timeout = float(os.environ.get("MLPROJECT_CONDA_SOLVE_TIMEOUT") or SOLVE_TIMEOUT)
     gateway = rattler.Gateway(cache_dir=home.subdir("cache") / "conda-repodata")
+    error: EnvironmentBuildError | None = None
     try:
         return asyncio.run(
             rattler.solve(
@@ -209,11 +210,16 @@ def solve_for(contents: CondaContents, platform: str) -> list[Any]:
             )
         )
     except exceptions.SolverError as exc:
-        raise _solve_error(str(exc), contents, timeout, platform) from None
+        error = _solve_error(str(exc), contents, timeout, platform)
     except (exceptions.FetchRepoDataError, exceptions.GatewayError, exceptions.InvalidChannelError) as exc:
-        raise _channel_error(str(exc), contents) from None
+        error = _channel_error(str(exc), contents)
     except exceptions.InvalidMatchSpecError as exc:
-        raise EnvironmentBuildError(f"{contents.env_file.name}: invalid match spec: {_first_line(str(exc))}") from None
+        error = EnvironmentBuildError(f"{contents.env_file.name}: invalid match spec: {_first_line(str(exc))}")
+    finally:
+        # The gateway owns a runtime with threads: drop it here, not when the error's
+        # traceback is freed at interpreter exit (a native thread then outlives Python).
+        del gateway
+    raise error
 
 
 def _virtual_packages(platform: str, this_platform: str) -> list[Any]:

@@ -106,13 +106,18 @@ def conda_records(contents: CondaContents, packages: list[LockedPackage]) -> lis
 
     wanted = [p for p in packages if p.manager == "conda"]
     gateway = rattler.Gateway(cache_dir=home.subdir("cache") / "conda-repodata")
+    failure = None
     try:
         found = asyncio.run(gateway.query(list(contents.channels), [contents.platform, "noarch"],
                                           sorted({p.name for p in wanted}), recursive=False))
     except Exception as exc:  # noqa: BLE001 (rattler's error types vary by channel kind)
+        failure = str(exc)
+    finally:
+        del gateway  # its runtime's threads must not outlive the interpreter (see conda.solve_for)
+    if failure is not None:
         from runner.envs.conda import _channel_error
 
-        raise _channel_error(str(exc), contents) from None
+        raise _channel_error(failure, contents)
     by_url = {str(record.url): record for channel_records in found for record in channel_records}
     records = []
     for package in wanted:
