@@ -82,6 +82,9 @@ def test_conda_project_end_to_end(cli, channel, make_project, mlproject_home, _w
     # The placeholder in greeter's script names the final prefix, not the temporary build.
     assert f"greeter lives in {prefix}/share/greeter" in result.stdout
     assert f"activated {prefix}/share/greeter {prefix}" in result.stdout  # activate.d ran, CONDA_PREFIX set
+    # Files come hard-linked from the package cache in the store (a patched file is a copy).
+    assert os.stat(Path(prefix) / "lib" / "python3.11" / "os.py").st_nlink >= 2
+    assert os.stat(Path(prefix) / "bin" / "greet").st_nlink == 1
     packages = (Path(prefix) / ".mlproject" / "packages.txt").read_text()
     assert "python==3.11" in packages and "greeter==1.0=0" in packages and "six==1.16.0 (pip)" in packages
     assert channel in packages
