@@ -151,21 +151,22 @@ def run(
 
     the_plan = plan(uri, entry_point, version, parameters, env_manager, caller_cwd, notify=notify, progress=progress)
     try:
+        env_options = {"locked": locked, "build_image": build_image, "docker_args": dict(docker_args or {})}
         return _track_and_launch(the_plan, tracking_plan, experiment_name, experiment_id, run_id, run_name, synchronous,
-                                 stream_output, notify, progress, on_submitted, locked)
+                                 stream_output, notify, progress, on_submitted, env_options)
     except BaseException:
         the_plan.source.release()  # once launched, the run's end releases it
         raise
 
 
 def _track_and_launch(the_plan: Plan, tracking_plan, experiment_name, experiment_id, run_id, run_name, synchronous,
-                      stream_output, notify, progress, on_submitted, locked) -> SubmittedRun:
+                      stream_output, notify, progress, on_submitted, env_options) -> SubmittedRun:
     from runner.envs import plan_environment, resolve_before_run
     from runner.tracking.session import project_tags, start_tracking
 
     for warning in the_plan.project.warnings:
         notify(f"warning: {warning}")
-    planned = plan_environment(the_plan.env_manager, the_plan.project, notify, locked)
+    planned = plan_environment(the_plan.env_manager, the_plan.project, notify, **env_options)
     resolve_before_run(planned, progress)
     invocation = the_plan.invocation
     from runner.tracking import downloads
@@ -267,6 +268,8 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, synchronous: bool, 
     environment = prepared.environment
     if environment.prefix is not None:
         tracked.artifacts.append((environment.prefix / ".mlproject" / "packages.txt", "environment"))
+    if environment.run_tags:
+        tracked.set_tags(dict(environment.run_tags))
 
     child_env = environment.apply(os.environ)
     child_env.update(tracked.child_env())
@@ -280,6 +283,8 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, synchronous: bool, 
             reason = f"stopped by signal {submitted.cancel_signal}" if outcome.status == "KILLED" else None
             end(outcome.status, outcome.exit_code, reason)
         finally:
+            if environment.container is not None:  # gone even if its launcher was killed
+                environment.container.cleanup(run_id)
             prepared.release()
             the_plan.source.release()
             _remove_inputs(inputs_dir)

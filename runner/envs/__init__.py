@@ -33,6 +33,7 @@ _MODULES = {
     "uv": "runner.envs.uv",
     "virtualenv": "runner.envs.virtualenv",
     "conda": "runner.envs.conda",
+    "docker": "runner.envs.docker",
 }
 
 
@@ -47,6 +48,8 @@ class Environment:
     set_vars: Mapping[str, str] = field(default_factory=dict)
     unset_vars: tuple[str, ...] = ()
     activation_scripts: tuple[str, ...] = ()  # sourced before the command (conda's activate.d)
+    container: Any = None  # runs the command in a container instead (docker.ContainerLauncher)
+    run_tags: Mapping[str, str] = field(default_factory=dict)  # tags the run gets (the docker image)
 
     def apply(self, base: Mapping[str, str]) -> dict[str, str]:
         env = dict(base)
@@ -58,6 +61,8 @@ class Environment:
         return env
 
     def argv(self, command: str, env: Mapping[str, str]) -> list[str]:
+        if self.container is not None:
+            return self.container.argv(command, env)
         # bash as MLflow uses it (pipes and redirections in commands keep working).
         shell = which("bash", env.get("PATH")) or which("bash", os.defpath) or "/bin/sh"
         if not self.activation_scripts:
@@ -152,19 +157,23 @@ class Planned:
 
 
 def plan_environment(
-    manager_name: str, project: Project, notify: Callable[[str], None] | None = None, locked: bool = False,
+    manager_name: str, project: Project, notify: Callable[[str], None] | None = None, **options: Any,
 ) -> Planned:
     """Everything that can be wrong with an environment before building it (versions, specs).
 
-    `locked`: install only from the project's lock file (conda-lock.yml); a missing or
-    stale lock is an error."""
+    `options` are what some managers take: `locked` (conda: install only from a
+    current conda-lock.yml), `build_image` and `docker_args` (docker). A manager is
+    given only the options set, and an option it does not know is a usage error."""
     module = manager_module(manager_name)
-    if locked:
-        if manager_name != "conda":
-            raise UsageError("--locked applies to conda environments (conda-lock.yml)",
-                             hint="a uv.lock project is always installed exactly (uv sync --frozen)")
-        return Planned(manager_name, module, module.plan(project, notify, locked=True))
-    return Planned(manager_name, module, module.plan(project, notify))
+    given = {name: value for name, value in options.items() if value}
+    unknown = [name for name in given if name not in getattr(module, "OPTIONS", ())]
+    if unknown:
+        flags = {"locked": "--locked", "build_image": "--build-image", "docker_args": "-A/--docker-args"}
+        raise UsageError(
+            f"{', '.join(flags.get(name, name) for name in unknown)} does not apply to the {manager_name} environment manager",
+            hint="--locked is for conda projects; --build-image and -A for docker_env projects",
+        )
+    return Planned(manager_name, module, module.plan(project, notify, **given))
 
 
 def resolve_before_run(planned: Planned, progress: Callable[[str], None] | None = None) -> None:

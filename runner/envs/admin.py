@@ -87,14 +87,43 @@ def show(key: str) -> list[str]:
 
 def remove(key: str) -> str:
     env = find_one(key)
+    images = _built_images([env])
     if not Store().remove(env):
         raise UsageError(f"environment {env.name} is in use by a running project", hint="wait for the run to end")
+    _remove_images(images, [env])
     return env.name
+
+
+def _built_images(envs: list[StoredEnv]) -> dict[str, dict]:
+    """The image records of docker entries (read before the entries go)."""
+    import json
+
+    records = {}
+    for env in envs:
+        if env.kind == "docker":
+            try:
+                records[env.name] = json.loads((env.path / META_DIR / "image.json").read_text())
+            except (OSError, ValueError):
+                continue
+    return records
+
+
+def _remove_images(records: dict[str, dict], removed: list[StoredEnv]) -> None:
+    # A built image belongs to its entry: it goes with it.
+    if not records:
+        return
+    from runner.envs.docker import remove_image
+
+    for env in removed:
+        if env.name in records:
+            remove_image(records[env.name])
 
 
 def gc(older_than: str) -> list[str]:
     store = Store()
+    images = _built_images(store.list())
     removed, in_use, leftovers = store.gc(parse_duration(older_than))
+    _remove_images(images, removed)
     lines = [f"removed {env.name} ({human_size(env.meta.get('size', 0))}, {env.meta.get('project', '?')})" for env in removed]
     lines += [f"kept {env.name}: in use" for env in in_use]
     if leftovers:

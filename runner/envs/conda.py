@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 NAME = "conda"
 RECIPE = "conda-1"  # bump when the way environments are built changes
 SOLVE_TIMEOUT = 300.0
+OPTIONS = ("locked",)
 
 
 @dataclass
