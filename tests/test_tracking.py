@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import assert_clean_error
+from conftest import assert_clean_error, free_port
 
 LOGGER = """
 name: logger
@@ -35,40 +34,6 @@ with mlflow.start_run() as run:
 print("logged", given, os.environ["MLFLOW_EXPERIMENT_ID"])
 sys.exit(int(sys.argv[3]))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` with a sqlite backend and proxied artifacts."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root}/server.db", "--artifacts-destination", str(root / "artifacts"),
-         "--workers", "1"],
-        stdout=open(root / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("mlflow server exited: " + (root / "server.log").read_text()[-2000:]) from None
-            time.sleep(0.3)
-    else:
-        raise RuntimeError("mlflow server did not start in 120 s: " + (root / "server.log").read_text()[-2000:])
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
 
 
 def _run_info(client: MlflowClient, run_id: str):
@@ -273,7 +238,7 @@ def test_rest_run_with_environment_logs_package_list(make_project, cli, mlflow_s
 def test_server_down_at_start_is_a_clear_error_and_starts_nothing(make_project, cli, _work_in_tmp, tmp_path):
     marker = tmp_path / "ran"
     root = make_project(f"entry_points:\n  main:\n    command: 'touch {marker}'\n")
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     result = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp, env={"MLFLOW_TRACKING_URI": dead})
     assert_clean_error(result, contains="cannot reach the MLflow tracking server")
     assert not marker.exists()
@@ -292,7 +257,7 @@ def test_credentials_never_recorded(make_project, cli, mlflow_server, _work_in_t
     for path in mlproject_home.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
-    dead = f"http://alice:{secret}@127.0.0.1:{_free_port()}"
+    dead = f"http://alice:{secret}@127.0.0.1:{free_port()}"
     failed = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp, env={"MLFLOW_TRACKING_URI": dead})
     assert failed.returncode == 2 and secret not in failed.stderr
 
@@ -322,7 +287,7 @@ def _stop_server(proc: subprocess.Popen) -> None:
 def test_server_down_at_the_end_is_retried(make_project, cli, tmp_path, _work_in_tmp):
     root_dir = tmp_path / "server"
     root_dir.mkdir()
-    port = _free_port()
+    port = free_port()
     server = _start_server(root_dir, port)
     url = f"http://127.0.0.1:{port}"
     project = make_project("entry_points:\n  main:\n    command: 'echo started; sleep 4; echo done'\n")

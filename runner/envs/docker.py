@@ -243,7 +243,7 @@ def remove_image(meta: dict) -> None:
     from runner.envs import dockerapi
 
     try:
-        dockerapi.sdk_client().images.remove(tag, noprune=False)
+        dockerapi.sdk_client().images.remove(tag, force=True, noprune=False)
     except Exception:  # noqa: BLE001 (no daemon, or an image a container still uses: it is kept)
         pass
 

@@ -1,0 +1,190 @@
+"""docker_env projects against a real Docker daemon started by the fixture (tests/dockerd.py),
+with a locally made base image. Runs go through the real CLI."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import assert_clean_error
+from dockerd import BASE_IMAGE, Daemon
+
+# The host's mlflow, mounted into the container for the tracking tests (same Python minor version).
+SITE_PACKAGES = str(Path(mlflow.__file__).resolve().parents[1])
+
+
+@pytest.fixture(scope="session")
+def daemon():
+    server = Daemon()
+    server.start()
+    try:
+        server.load_base_image()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _docker_host(daemon, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", daemon.host)
+
+
+SHOW_PY = """
+import json, os, sys
+print(json.dumps({"args": sys.argv[1:], "cwd": os.getcwd(), "greeting": os.environ.get("GREETING"),
+                  "copied": os.environ.get("COPIED_VAR"), "run": os.environ.get("MLFLOW_RUN_ID"),
+                  "files": sorted(os.listdir("."))}))
+sys.exit(int(os.environ.get("EXIT_WITH", "0")))
+"""
+
+
+def docker_project(make_project, extra_env: str = "", volumes: str = "", command: str = "python3 show.py {msg}",
+                   files: dict | None = None, image: str = BASE_IMAGE):
+    mlproject = (
+        "name: docker-demo\n"
+        "docker_env:\n"
+        f"  image: {image}\n"
+        f"  environment: [[\"GREETING\", \"hi there\"]{extra_env}]\n"
+        + (f"  volumes: [{volumes}]\n" if volumes else "")
+        + "entry_points:\n  main:\n    parameters:\n      msg: {type: string, default: plain}\n"
+        f"    command: \"{command}\"\n"
+    )
+    return make_project(mlproject, {"show.py": SHOW_PY, **(files or {})})
+
+
+def shown(result) -> dict:
+    import json
+
+    line = next(line for line in result.stdout.splitlines() if line.startswith("{"))
+    return json.loads(line)
+
+
+def run_id_of(result) -> str:
+    return re.search(r"run with ID '([0-9a-f]{32})'", result.stderr).group(1)
+
+
+def tags_of(run_id: str, db: Path) -> dict[str, str]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("select key, value from tags where run_uuid = ?", (run_id,)).fetchall())
+
+
+def test_mounted_code_parameters_and_environment(cli, daemon, make_project, _work_in_tmp):
+    root = docker_project(make_project, extra_env=', "COPIED_VAR"')
+    tricky = "it's \"quoted\"; echo INJECTED $(id) `id` && exit 7"
+    result = cli("run", str(root), "-P", f"msg={tricky}", env={"COPIED_VAR": "from the host"})
+    assert result.returncode == 0, result.stderr
+    seen = shown(result)
+    assert seen["args"] == [tricky]  # one argument, exactly: nothing of it ran
+    assert not any(line.startswith("INJECTED") for line in result.stdout.splitlines())
+    assert seen["cwd"] == "/mlflow/projects/code" and "show.py" in seen["files"]
+    assert seen["greeting"] == "hi there" and seen["copied"] == "from the host"
+    run_id = run_id_of(result)
+    assert seen["run"] == run_id
+    tags = tags_of(run_id, _work_in_tmp / "mlflow.db")
+    assert tags["mlflow.docker.image.uri"] == BASE_IMAGE and tags["mlflow.docker.image.id"].startswith("sha256:")
+    assert tags["mlflow.project.env"] == "docker"
+    assert daemon.containers() == []
+
+
+def test_missing_host_variable_fails_before_anything(cli, daemon, make_project, _work_in_tmp, mlproject_home):
+    root = docker_project(make_project, extra_env=', "NOT_SET_ANYWHERE"')
+    result = cli("run", str(root))
+    assert_clean_error(result, 2, "NOT_SET_ANYWHERE")
+    with sqlite3.connect(_work_in_tmp / "mlflow.db") as conn:
+        assert conn.execute("select count(*) from runs").fetchone()[0] == 0
+
+
+def test_built_image_is_reused_and_rebuilt_on_change(cli, daemon, make_project, _work_in_tmp, mlproject_home):
+    root = docker_project(make_project, files={".dockerignore": "secret.txt\n", "secret.txt": "not in the image\n"})
+    first = cli("run", str(root), "--build-image", "-P", "msg=one")
+    assert first.returncode == 0, first.stderr
+    seen = shown(first)
+    assert "show.py" in seen["files"] and "secret.txt" not in seen["files"]
+    uri = tags_of(run_id_of(first), _work_in_tmp / "mlflow.db")["mlflow.docker.image.uri"]
+    assert re.fullmatch(r"docker-demo:[0-9a-f]{12}", uri)
+    second = cli("run", str(root), "--build-image", "-P", "msg=two")
+    assert second.returncode == 0 and shown(second)["args"] == ["two"]
+    assert tags_of(run_id_of(second), _work_in_tmp / "mlflow.db")["mlflow.docker.image.uri"] == uri  # reused
+    assert len((mlproject_home / "envs" / ".builds.log").read_text().splitlines()) == 1
+    (root / "show.py").write_text(SHOW_PY.replace("json.dumps({", "json.dumps({\"changed\": True, "))
+    third = cli("run", str(root), "--build-image")
+    assert third.returncode == 0 and shown(third).get("changed") is True
+    assert tags_of(run_id_of(third), _work_in_tmp / "mlflow.db")["mlflow.docker.image.uri"] != uri
+    # env list shows them; env gc removes the entries and the built images.
+    assert "docker" in cli("env", "list").stdout
+    assert cli("env", "gc", "--older-than", "0").returncode == 0
+    assert daemon.docker("images", "-q", "docker-demo").stdout.strip() == ""
+
+
+def test_volumes_docker_args_and_exit_code(cli, daemon, make_project, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "input.txt").write_text("volume content\n")
+    root = docker_project(make_project, volumes=f"'{data}:/data:ro'", command="cat /data/input.txt && echo MEM=$LIMITED && python3 show.py {msg}")
+    result = cli("run", str(root), "-A", "env=LIMITED=yes", "-A", "memory=256m", "-A", "init", env={"EXIT_WITH": "0"})
+    assert result.returncode == 0, result.stderr
+    assert "volume content" in result.stdout and "MEM=yes" in result.stdout
+    failing = docker_project(make_project, command="echo failing && exit 3")
+    result = cli("run", str(failing))
+    assert result.returncode == 3 and "failing" in result.stdout
+    assert_clean_error(cli("run", str(root), "-A", "no-such-option=1"), 2, "not a docker run option")
+    assert daemon.containers() == []
+
+
+def test_tracking_from_inside_to_sqlite_and_to_a_server(cli, daemon, make_project, _work_in_tmp, mlflow_server):
+    log_py = "import mlflow\nwith mlflow.start_run():\n    mlflow.log_metric('inside', 42.0)\nprint('logged')\n"
+    root = make_project(
+        "name: tracked\n"
+        "docker_env:\n"
+        f"  image: {BASE_IMAGE}\n"
+        f"  volumes: ['{SITE_PACKAGES}:/opt/site:ro']\n"
+        "  environment: [[\"PYTHONPATH\", \"/opt/site\"]]\n"
+        "entry_points:\n  main:\n    command: python3 log.py\n",
+        {"log.py": log_py},
+    )
+    result = cli("run", str(root))  # the default ./mlflow.db, bind-mounted into the container
+    assert result.returncode == 0, result.stderr
+    run = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id_of(result))
+    assert run.data.metrics["inside"] == 42.0 and run.info.status == "FINISHED"
+    result = cli("run", str(root), env={"MLFLOW_TRACKING_URI": mlflow_server})  # a server on 127.0.0.1
+    assert result.returncode == 0, result.stderr
+    run = MlflowClient(mlflow_server).get_run(run_id_of(result))
+    assert run.data.metrics["inside"] == 42.0 and run.info.status == "FINISHED"
+
+
+def test_cancel_stops_and_removes_the_container(daemon, make_project, _work_in_tmp):
+    root = docker_project(make_project, command="echo started && sleep 120")
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any("Up" in c for c in daemon.containers()):
+        time.sleep(0.2)
+    assert any("Up" in c for c in daemon.containers()), "the container did not start"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    deadline = time.monotonic() + 30
+    while daemon.containers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert daemon.containers() == []
+    run_id = run_id_of(subprocess.CompletedProcess([], 0, out, err))
+    with sqlite3.connect(_work_in_tmp / "mlflow.db") as conn:
+        status = conn.execute("select status from runs where run_uuid = ?", (run_id,)).fetchone()[0]
+    assert status == "KILLED"
+
+
+def test_base_image_neither_local_nor_pullable(cli, daemon, make_project, _work_in_tmp):
+    root = docker_project(make_project, image="example.invalid/nothing:here")
+    result = cli("run", str(root), timeout=120)
+    assert_clean_error(result, 2, "neither on the Docker daemon nor pullable")
+    with sqlite3.connect(_work_in_tmp / "mlflow.db") as conn:
+        assert conn.execute("select count(*) from runs").fetchone()[0] == 0
