@@ -1,13 +1,16 @@
 """`--env-manager conda`: conda environments with no conda installed.
 
-The conda packages are solved and installed in-process with py-rattler: the
-machine's virtual packages, a solve timeout, the package cache inside the store
-(so files hard-link), the environment installed into the store's temporary
-directory with every prefix-patched file already pointing at the final path.
-The `pip:` list is then installed with uv into the environment's own Python.
+The conda packages are solved and installed with py-rattler, no conda binary:
+the machine's virtual packages, a solve timeout, the package cache inside the
+store (so files hard-link), the environment installed into the store's
+temporary directory with every prefix-patched file already pointing at the
+final path. The `pip:` list is then installed with uv into the environment's
+own Python.
 
-rattler costs ~100 ms to import, so it is imported only to solve or build: the
-key is computed from the env file's text, and a warm run never imports it.
+rattler runs in short-lived worker processes (condaworker.py): its native
+threads can outlive a call and crash an interpreter at exit, and it costs
+~100 ms to import. The key is computed from the env file's text, so a warm run
+starts no worker at all.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ class CondaContents:
     variables: dict[str, str]
     has_python: bool
     locked: list[Any] | None = None  # the LockedPackages of conda-lock.yml for this platform, when it is current
-    records: list[Any] | None = field(default=None, repr=False)  # the solve (or the lock's records), once done
+    records: list[dict] | None = field(default=None, repr=False)  # the solve (or the lock's records), once done
 
 
 def platform_name() -> str:
@@ -171,69 +174,66 @@ def _spec_name(spec: str) -> str:
     return match.group(1).lower() if match else ""
 
 
-# -- solving and installing (rattler imported only here) --------------------------
+# -- solving and installing (in a py-rattler worker process: runner.envs.condaworker) ----
 def resolve(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> None:
-    """Solve now, before a run exists: an unsatisfiable spec creates nothing."""
+    """Solve now, before a run exists: an unsatisfiable spec creates nothing.
+    With a current lock, check instead that the channels still have its files."""
     contents: CondaContents = plan.contents
     if contents.records is not None:
         return
     if contents.locked is not None:
-        from runner.envs import condalock
-
-        contents.records = condalock.conda_records(contents, contents.locked)
+        packages = [p for p in contents.locked if p.manager == "conda"]
+        contents.records = _worker("match", contents, {"packages": [_locked_dict(p) for p in packages]})
         return
     if progress is not None:
         progress(f"solving {len(contents.specs)} conda spec(s)")
     contents.records = solve_for(contents, contents.platform)
 
 
-def solve_for(contents: CondaContents, platform: str) -> list[Any]:
+def solve_for(contents: CondaContents, platform: str) -> list[dict]:
     """Solve for `platform`: this machine's virtual packages, or that platform's usual ones."""
-    import asyncio
-    import datetime
-
-    import rattler
-    from rattler import exceptions
-
     timeout = float(os.environ.get("MLPROJECT_CONDA_SOLVE_TIMEOUT") or SOLVE_TIMEOUT)
-    gateway = rattler.Gateway(cache_dir=home.subdir("cache") / "conda-repodata")
-    error: EnvironmentBuildError | None = None
+    return _worker("solve", contents, {"specs": list(contents.specs), "platform": platform,
+                                       "this_platform": contents.platform, "timeout": timeout})
+
+
+def _locked_dict(package) -> dict:
+    return {"name": package.name, "url": package.url, "sha256": package.sha256, "md5": package.md5}
+
+
+def _worker(action: str, contents: CondaContents, request: dict) -> Any:
+    """Run one py-rattler action in runner.envs.condaworker; its answer, or the error it names."""
+    import json
+
+    from runner.subprocesses import capture
+
+    request = {"action": action, "channels": list(contents.channels), "platform": request.get("platform", contents.platform),
+               "cache_dir": str(home.subdir("cache") / "conda-repodata"), **request}
     try:
-        return asyncio.run(
-            rattler.solve(
-                sources=list(contents.channels),
-                specs=list(contents.specs),
-                gateway=gateway,
-                platforms=[platform, "noarch"],
-                virtual_packages=_virtual_packages(platform, contents.platform),
-                timeout=datetime.timedelta(seconds=timeout),
-                channel_priority=rattler.ChannelPriority.Strict,
-            )
-        )
-    except exceptions.SolverError as exc:
-        error = _solve_error(str(exc), contents, timeout, platform)
-    except (exceptions.FetchRepoDataError, exceptions.GatewayError, exceptions.InvalidChannelError) as exc:
-        error = _channel_error(str(exc), contents)
-    except exceptions.InvalidMatchSpecError as exc:
-        error = EnvironmentBuildError(f"{contents.env_file.name}: invalid match spec: {_first_line(str(exc))}")
-    finally:
-        # The gateway owns a runtime with threads: drop it here, not when the error's
-        # traceback is freed at interpreter exit (a native thread then outlives Python).
-        del gateway
-    raise error
+        code, out, err = capture([sys.executable, "-m", "runner.envs.condaworker"], input=json.dumps(request),
+                                 merge_stderr=False)
+    except OSError as exc:
+        raise EnvironmentBuildError(f"cannot start the conda worker: {exc.strerror}") from None
+    try:
+        answer = json.loads(out)
+    except ValueError:
+        raise EnvironmentBuildError(
+            f"the conda worker failed ({action}, exit code {code})", details=err.strip()[-4000:] or None,
+        ) from None
+    if "ok" in answer:
+        return answer["ok"]
+    kind, text = answer["error"]["kind"], answer["error"]["text"]
+    if kind == "solver":
+        raise _solve_error(text, contents, request.get("timeout", SOLVE_TIMEOUT), request["platform"])
+    if kind == "channel":
+        raise _channel_error(text, contents)
+    if kind == "matchspec":
+        raise EnvironmentBuildError(f"{contents.env_file.name}: invalid match spec: {_first_line(text)}")
+    if kind == "lock":
+        from runner.envs.condalock import LOCK_NAME
 
-
-def _virtual_packages(platform: str, this_platform: str) -> list[Any]:
-    import rattler
-
-    if platform == this_platform:
-        return rattler.VirtualPackage.detect()
-    # Another platform: the virtual packages conda-lock assumes for it by default.
-    system = platform.split("-", 1)[0]
-    defaults = {"linux": [("__unix", "0"), ("__linux", "5.10"), ("__glibc", "2.17")],
-                "osx": [("__unix", "0"), ("__osx", "11.0" if platform.endswith("arm64") else "10.15")],
-                "win": [("__win", "0")]}.get(system, [])
-    return [rattler.GenericVirtualPackage(rattler.PackageName(name), rattler.Version(version), rattler.BuildString("0")) for name, version in defaults]
+        raise EnvironmentBuildError(f"{LOCK_NAME}: {text}", hint="lock again with `mlproject lock` if the channel changed")
+    raise EnvironmentBuildError(f"conda {action} failed: {_first_line(text)}")
 
 
 def _first_line(text: str) -> str:
@@ -299,44 +299,30 @@ def _channel_error(text: str, contents: CondaContents) -> EnvironmentBuildError:
 
 
 def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
-    import asyncio
-
-    import rattler
-
     contents: CondaContents = plan.contents
     resolve(plan, progress)
     records = contents.records
     if progress is not None:
         progress(f"installing {len(records)} conda package(s)")
-    try:
-        asyncio.run(
-            rattler.install(
-                records,
-                target_prefix=tmp,
-                cache_dir=home.subdir("cache") / "conda-pkgs",
-                show_progress=False,
-                execute_link_scripts=False,
-                alternative_target_prefix=final,  # patched files name where it will live
-            )
-        )
-    except Exception as exc:  # noqa: BLE001 (rattler raises several unrelated types)
-        raise EnvironmentBuildError(f"installing the conda packages failed: {_first_line(str(exc))}") from None
+    packages = [{"name": r["name"], "url": r["url"], "sha256": r["sha256"], "md5": r["md5"]} for r in records]
+    _worker("install", contents, {"packages": packages, "target": str(tmp), "final": str(final),
+                                  "pkgs_dir": str(home.subdir("cache") / "conda-pkgs")})
     meta = tmp / ".mlproject"
     meta.mkdir(exist_ok=True)
-    lines = sorted(f"{r.name.normalized}=={r.version}={r.build} ({_channel_of(r)})" for r in records)
+    lines = sorted(f"{r['name']}=={r['version']}={r['build']} ({_channel_of(r)})" for r in records)
     if contents.pip.lines or (contents.locked and any(p.manager == "pip" for p in contents.locked)):
         _install_pip(contents, tmp, final, meta, progress)
         from runner.envs.installed import installed_packages
 
-        conda_names = {r.name.normalized for r in records}
+        conda_names = {r["name"] for r in records}
         lines += [f"{line} (pip)" for line in installed_packages(tmp) if line.split("==")[0].lower() not in conda_names]
     (meta / "packages.txt").write_text("".join(line + "\n" for line in lines))
 
 
-def _channel_of(record) -> str:
+def _channel_of(record: dict) -> str:
     from runner.envs.condachannels import redact
 
-    return redact(str(record.url).rsplit("/", 2)[0])
+    return redact(record["url"].rsplit("/", 2)[0])
 
 
 def _install_pip(contents: CondaContents, tmp: Path, final: Path, meta: Path, progress) -> None:

@@ -19,7 +19,7 @@ from runner.errors import EnvironmentBuildError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Callable
 
     from runner.envs.conda import CondaContents
 
@@ -95,48 +95,7 @@ def key_material(lock: Lock, platform: str) -> list[str]:
     return sorted(f"{p.manager} {p.url} {p.sha256 or p.md5}" for p in lock.for_platform(platform))
 
 
-# -- installing from a lock ---------------------------------------------------------
-def conda_records(contents: CondaContents, packages: list[LockedPackage]) -> list[Any]:
-    """The channels' own records for the locked files (no solve); each checked against its hash."""
-    import asyncio
-
-    import rattler
-
-    from runner import home
-
-    wanted = [p for p in packages if p.manager == "conda"]
-    gateway = rattler.Gateway(cache_dir=home.subdir("cache") / "conda-repodata")
-    failure = None
-    try:
-        found = asyncio.run(gateway.query(list(contents.channels), [contents.platform, "noarch"],
-                                          sorted({p.name for p in wanted}), recursive=False))
-    except Exception as exc:  # noqa: BLE001 (rattler's error types vary by channel kind)
-        failure = str(exc)
-    finally:
-        del gateway  # its runtime's threads must not outlive the interpreter (see conda.solve_for)
-    if failure is not None:
-        from runner.envs.conda import _channel_error
-
-        raise _channel_error(failure, contents)
-    by_url = {str(record.url): record for channel_records in found for record in channel_records}
-    records = []
-    for package in wanted:
-        record = by_url.get(package.url)
-        if record is None:
-            raise EnvironmentBuildError(
-                f"{LOCK_NAME}: {package.name} {package.version} ({package.url}) is no longer in its channel",
-                hint="lock again with `mlproject lock`",
-            )
-        actual = (record.sha256.hex() if record.sha256 else None, record.md5.hex() if record.md5 else None)
-        if (package.sha256 and package.sha256 != actual[0]) or (package.md5 and package.md5 != actual[1]):
-            raise EnvironmentBuildError(
-                f"{LOCK_NAME}: {package.name} {package.version} in the channel differs from the locked file (hash mismatch)",
-                hint="the channel changed a published package; lock again with `mlproject lock` if that is expected",
-            )
-        records.append(record)
-    return records
-
-
+# -- installing from a lock (the records come from conda.resolve through the worker) ----
 def pip_requirement_lines(packages: list[LockedPackage]) -> list[str]:
     return [f"{p.name} @ {p.url} --hash=sha256:{p.sha256}" for p in packages if p.manager == "pip"]
 
@@ -155,19 +114,18 @@ def write(contents: CondaContents, platforms: list[str], progress: Callable[[str
         records = solve_for(contents, platform)
         hashes[platform] = content_hash(contents, platform)
         python = None
-        for record in sorted(records, key=lambda r: r.name.normalized):
-            name = record.name.normalized
-            if name == "python":
-                python = str(record.version)
+        for record in sorted(records, key=lambda r: r["name"]):
+            if record["name"] == "python":
+                python = record["version"]
             entries.append({
-                "name": name,
-                "version": str(record.version),
+                "name": record["name"],
+                "version": record["version"],
                 "manager": "conda",
                 "platform": platform,
-                "dependencies": _dependencies(record.depends),
-                "url": str(record.url),
-                "hash": {"md5": record.md5.hex() if record.md5 else "", "sha256": record.sha256.hex() if record.sha256 else None},
-                "build": str(record.build),
+                "dependencies": _dependencies(record["depends"]),
+                "url": record["url"],
+                "hash": {"md5": record["md5"] or "", "sha256": record["sha256"]},
+                "build": record["build"],
                 "category": "main",
                 "optional": False,
             })
