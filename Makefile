@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench lint clean
+.PHONY: setup run run-example test bench lint clean
 
 setup: $(STAMP)
 
@@ -17,11 +17,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m compileall -q runner >/dev/null
 	touch $(STAMP)
 
-# The example in a uv environment built from its python_env.yaml (once; later runs reuse it).
-run: setup
-	$(BIN)/mlproject run example_projects/quickstart -P rows=5 -P scale=2.5
-	$(BIN)/mlproject runs list --limit 3
-	@echo "Runs are tracked in ./mlflow.db: look at them with  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+# The wine example on the embedded defaults: a uv environment built from its
+# python_env.yaml (once; later runs reuse it) and the local sqlite store ./mlflow.db.
+RUN_DIR ?= .
+run: setup run-example
+
+run-example:
+	cd $(RUN_DIR) && $(CURDIR)/$(BIN)/mlproject run $(CURDIR)/example_projects/sklearn_elasticnet_wine -P alpha=0.5
+	cd $(RUN_DIR) && $(CURDIR)/$(BIN)/mlproject runs list --limit 1
+	@echo "The run and its metrics and model are in $(abspath $(RUN_DIR))/mlflow.db; look at them with:"
+	@echo "  $(CURDIR)/$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUN_DIR))/mlflow.db"
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -273,6 +273,9 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, synchronous: bool, 
 
     child_env = environment.apply(os.environ)
     child_env.update(tracked.child_env())
+    if tracked.context is not None and tracked.context.artifact_uri:
+        # Where the run's artifacts go: a container must be able to write there too.
+        child_env["MLPROJECT_ARTIFACT_URI"] = tracked.context.artifact_uri
     # Output goes through a pipe to be teed; keep Python children streaming live.
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     # Lets a later invocation recognise this run's processes if the runner dies.

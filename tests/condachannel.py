@@ -156,7 +156,7 @@ def pip_package() -> Package:
 
 
 _SKIP_DIRS = {"test", "tests", "site-packages", "idlelib", "tkinter", "turtledemo", "ensurepip", "__pycache__",
-              "lib2to3", "pydoc_data", "unittest"}
+              "lib2to3", "pydoc_data"}  # (unittest stays: numpy and scipy import it)
 
 
 def python_package(version_prefix: str = "3.11") -> Package:

@@ -151,3 +151,28 @@ def mlflow_server(tmp_path_factory):
     yield url
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def channel_root(tmp_path_factory) -> Path:
+    """A directory of channels: `conda-forge` (so unmodified projects resolve it
+    through channel_alias) holding the test packages."""
+    from condachannel import build_channel
+
+    root = tmp_path_factory.mktemp("conda-channels")
+    build_channel(root / "conda-forge")
+    return root
+
+
+@pytest.fixture(scope="session")
+def daemon():
+    """A private dockerd (tests/dockerd.py) with the locally made base image loaded."""
+    from dockerd import Daemon
+
+    server = Daemon()
+    server.start()
+    try:
+        server.load_base_image()
+        yield server
+    finally:
+        server.stop()

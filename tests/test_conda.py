@@ -13,22 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from condachannel import build_channel, condarc
+from condachannel import condarc
 from conftest import assert_clean_error
 
 COMMAND = (
     "python -c 'import pyhello, sys; print(pyhello.greet(\"conda\")); print(\"prefix\", sys.prefix)'"
     " && greet && echo \"activated $GREETER_HOME $CONDA_PREFIX\""
 )
-
-
-@pytest.fixture(scope="session")
-def channel_root(tmp_path_factory) -> Path:
-    """A directory of channels: `conda-forge` (so unmodified projects resolve it
-    through channel_alias) holding the test packages."""
-    root = tmp_path_factory.mktemp("conda-channels")
-    build_channel(root / "conda-forge")
-    return root
 
 
 @pytest.fixture

@@ -16,21 +16,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import assert_clean_error
-from dockerd import BASE_IMAGE, Daemon
+from dockerd import BASE_IMAGE
 
 # The host's mlflow, mounted into the container for the tracking tests (same Python minor version).
 SITE_PACKAGES = str(Path(mlflow.__file__).resolve().parents[1])
-
-
-@pytest.fixture(scope="session")
-def daemon():
-    server = Daemon()
-    server.start()
-    try:
-        server.load_base_image()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)

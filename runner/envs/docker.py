@@ -271,7 +271,7 @@ class ContainerLauncher:
             volumes.append(f"{self.project_dir}:{CODE_DIR}:ro")
         tracking_uri = env.get("MLFLOW_TRACKING_URI", "")
         mounts, network = _tracking_access(tracking_uri)
-        volumes += mounts
+        volumes += mounts + _artifact_mounts(env.get("MLPROJECT_ARTIFACT_URI", ""), env.get("MLFLOW_RUN_ID", ""), mounts)
         forward = [name for name in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID",
                                      "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                                      "MLFLOW_TRACKING_INSECURE_TLS", "MLPROJECT_RUN_ID") if name in env]
@@ -308,6 +308,27 @@ def _tracking_access(uri: str) -> tuple[list[str], str | None]:
             (urlparse(uri).hostname or "").startswith("127."):
         return [], "host"  # the server listens on the host's loopback
     return [], None  # docker's default network (or none, where the daemon has no bridge)
+
+
+def _artifact_mounts(artifact_uri: str, run_id: str, already: list[str]) -> list[str]:
+    """A local artifact root (the experiment's directory: MLflow 3 also writes logged
+    models beside the runs) mounted at its own path, unless a tracking mount covers it."""
+    from urllib.parse import unquote, urlparse
+
+    if artifact_uri.startswith("file:"):
+        path = unquote(urlparse(artifact_uri).path)
+    elif artifact_uri.startswith("/"):
+        path = artifact_uri
+    else:
+        return []
+    suffix = f"/{run_id}/artifacts"
+    root = path[: -len(suffix)] if run_id and path.endswith(suffix) else os.path.dirname(path)
+    for mount in already:
+        source = mount.split(":", 1)[0]
+        if root == source or root.startswith(source.rstrip("/") + "/"):
+            return []
+    os.makedirs(root, exist_ok=True)  # docker would create a missing one owned by root
+    return [f"{root}:{root}:rw"]
 
 
 def activate(plan: EnvPlan, prefix: Path) -> Environment:
