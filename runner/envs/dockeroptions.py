@@ -42,17 +42,17 @@ def check(docker_args: Mapping[str, str | bool]) -> list[tuple[str, str | bool]]
         option = name.lstrip("-")
         if option not in _OPTIONS:
             known = ", ".join(sorted(k for k in _OPTIONS if len(k) > 1))
-            raise UsageError(f"-A {name}: not a docker run option mlproject can pass on", hint=f"supported: {known}")
+            raise UsageError(f"-A {name!r}: not a docker run option mlproject can pass on", hint=f"supported: {known}")
         kind = _OPTIONS[option][1]
         if kind == "flag" and value is not True and str(value).lower() not in ("true", "1"):
-            raise UsageError(f"-A {name}: a flag takes no value", hint=f"write -A {option}")
+            raise UsageError(f"-A {name!r}: a flag takes no value", hint=f"write -A {option}")
         if kind != "flag" and value is True:
-            raise UsageError(f"-A {name}: needs a value", hint=f"write -A {option}=VALUE")
+            raise UsageError(f"-A {name!r}: needs a value", hint=f"write -A {option}=VALUE")
         if kind in ("int", "cpus"):
             try:
                 float(value) if kind == "cpus" else int(value)
             except ValueError:
-                raise UsageError(f"-A {name}={value}: not a number") from None
+                raise UsageError(f"-A {name}={value!r}: not a number") from None
         result.append((option, value))
     return result
 

@@ -44,7 +44,12 @@ def parse(text: str, display_name: str) -> Any:
             hint="check the indentation and quoting around that line",
         ) from None
     except yaml.YAMLError as exc:
-        raise SpecValidationError(f"{display_name}: invalid YAML: {exc}") from None
+        # A reader error (a control character, bad encoding) has no mark, only a position.
+        position = getattr(exc, "position", None)
+        line = f":{text.count(chr(10), 0, position) + 1}" if isinstance(position, int) else ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise SpecValidationError(f"{display_name}{line}: invalid YAML: {first}",
+                                  hint="the file must be UTF-8 text without control characters") from None
 
 
 def _node_at(text: str, path: Sequence[Any]) -> tuple[yaml.Node | None, yaml.Node | None]:
