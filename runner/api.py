@@ -189,18 +189,24 @@ def _track_and_launch(the_plan: Plan, tracking_plan, experiment_name, experiment
         ),
         params={**invocation.texts, **invocation.extra},
     )
-    # From here on a run exists: every way out ends it.
+    # From here on a run exists: every way out ends it. Until the ledger has it, a
+    # note names it, so that even a SIGKILL here leaves it to be ended later.
+    from runner.tracking import pending, redact
+
+    note = pending.note(tracked.run_id, redact(tracking_plan.uri)) if tracked.run_id else None
     try:
-        return _launch(the_plan, planned, tracked, tracking_plan, synchronous, stream_output, notify, progress, on_submitted)
+        return _launch(the_plan, planned, tracked, tracking_plan, synchronous, stream_output, notify, progress, on_submitted,
+                       note)
     except BaseException as exc:
         # Normally ended already (finish() is idempotent); this covers an interrupt
         # or failure between the run's creation and the ledger taking over.
         tracked.finish("FAILED" if isinstance(exc, Exception) else "KILLED", notify)
+        pending.clear(note)
         raise
 
 
 def _launch(the_plan: Plan, planned, tracked, tracking_plan, synchronous: bool, stream_output: bool, notify, progress,
-            on_submitted) -> SubmittedRun:
+            on_submitted, note) -> SubmittedRun:
     from runner.envs import realize
     from runner.errors import RunnerError
     from runner.tracking import redact
@@ -237,6 +243,9 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, synchronous: bool, 
             tracking_uri=redact(tracking_plan.uri) if tracked.run_id else None,
         )
     )
+    from runner.tracking import pending
+
+    pending.clear(note)  # the ledger has the run now
     tracked.artifacts.append((submitted.log_path, None))
 
     def end(status: str, exit_code: int | None, reason: str | None) -> None:

@@ -34,26 +34,28 @@ def reconcile(ledger: Ledger) -> list[RunRecord]:
             stop_group(record.pgid, 2.0)
         ledger.finish(record.id, "FAILED", record.exit_code, RUNNER_DIED)
         record.status, record.reason = "FAILED", RUNNER_DIED
-        _end_in_tracking(record)
+        if record.tracking_run_id and record.tracking_uri:
+            end_in_tracking(record.tracking_run_id, record.tracking_uri)
         ended.append(record)
+    from runner.tracking import pending
+
+    pending.reconcile()  # runs created in tracking whose runner died before the ledger had them
     return ended
 
 
-def _end_in_tracking(record: RunRecord) -> None:
-    """End the orphan's MLflow run too; best effort (the ledger already has the truth)."""
-    if not (record.tracking_run_id and record.tracking_uri):
-        return
+def end_in_tracking(tracking_run_id: str, tracking_uri: str) -> None:
+    """End an orphan's MLflow run FAILED; best effort (the ledger already has the truth)."""
     from runner.sources import redact_url
     from runner.tracking import open_tracker
     from runner.tracking.common import retry
 
-    uri = record.tracking_uri
+    uri = tracking_uri
     current = os.environ.get("MLFLOW_TRACKING_URI")
     if current and redact_url(current) == uri:
         uri = current  # the stored form has its credentials masked
     try:
         tracker = open_tracker(uri)
-        retry(lambda: tracker.end(record.tracking_run_id, "FAILED"), "ending an orphaned run", budget_seconds=5)
+        retry(lambda: tracker.end(tracking_run_id, "FAILED"), "ending an orphaned run", budget_seconds=5)
     except Exception:  # noqa: BLE001 - never let a dead run's tracking block a new run
         pass
 
