@@ -366,6 +366,28 @@ def docker_reuse(args: argparse.Namespace, work: Path) -> str:
     return table("Docker project, second run of an unchanged --build-image project", [baseline, reused], baseline, note)
 
 
+def ledger_listing(args: argparse.Namespace, work: Path) -> str:
+    """1,000 finished runs in the ledger: `mlproject runs list` over all of them (target: under a second)."""
+    home = work / "home"
+    fill = ("import os, sys; sys.path.insert(0, {repo!r}); os.environ['MLPROJECT_HOME'] = {home!r}\n"
+            "from runner.tracking.ledger import Ledger, RunRecord\n"
+            "ledger = Ledger()\n"
+            "for i in range(1000):\n"
+            "    rid = os.urandom(16).hex()\n"
+            "    ledger.start(RunRecord(rid, '/p', '/p', 'main', 'true', 'local', '/dev/null', {{'i': str(i)}}))\n"
+            "    ledger.finish(rid, 'FINISHED', 0)\n").format(repo=str(Path(__file__).resolve().parents[1]), home=str(home))
+    subprocess.run([sys.executable, "-c", fill], check=True)
+    env = {**os.environ, "MLPROJECT_HOME": str(home)}
+    rows = [
+        measure("mlproject runs list --limit 1000", mlproject_command() + ["runs", "list", "--limit", "1000"], args.repeat, work, env),
+        measure("mlproject runs list --limit 1000 --json", mlproject_command() + ["runs", "list", "--limit", "1000", "--json"],
+                args.repeat, work, env),
+    ]
+    worst = max(row.median for row in rows)
+    note = f"Target: 1,000 runs listed in under a second. Measured {worst * 1000:.0f} ms: {'meets' if worst < 1 else 'MISSES'}."
+    return table("Ledger with 1,000 runs", rows, rows[0], note)
+
+
 SCENARIOS = {
     "trivial_local": trivial_local,
     "python_env_warm": python_env_warm,
@@ -375,6 +397,7 @@ SCENARIOS = {
     "git_cached": git_cached,
     "conda_env": conda_env,
     "docker_reuse": docker_reuse,
+    "ledger_listing": ledger_listing,
 }
 
 
