@@ -1,0 +1,43 @@
+"""Resource faults: a store on a small tmpfs that fills up during an environment build."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from conftest import assert_clean_error
+
+
+@pytest.fixture
+def small_store(tmp_path, monkeypatch):
+    """MLPROJECT_HOME on a 40 MB tmpfs (the uv download cache lives in it too)."""
+    mount_point = tmp_path / "small-store"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        raise AssertionError(f"cannot mount a tmpfs for the disk-full test (needs root): {mounted.stderr.strip()}")
+    monkeypatch.setenv("MLPROJECT_HOME", str(mount_point))
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_disk_full_during_a_build_fails_clearly_and_leaves_the_store_usable(small_store, make_project, cli, _work_in_tmp):
+    big = make_project("name: big\npython_env: python_env.yaml\nentry_points:\n  main:\n    command: 'true'\n",
+                       {"python_env.yaml": "python: '3.11'\ndependencies: [numpy==2.4.6, pandas==3.1.1, scipy==1.17.1]\n"})
+    result = cli("run", str(big), timeout=600)
+    assert_clean_error(result, 2, "environment build failed")
+    assert "No space left on device" in result.stderr or "no space" in result.stderr.lower(), result.stderr[-2000:]
+    envs = small_store / "envs"
+    assert not list(envs.glob(".tmp-*")), list(envs.glob(".tmp-*"))
+    assert not [p for p in envs.glob("uv-*")], "no half-made environment may be published"
+    runs = cli("runs", "list", "--json")
+    assert runs.returncode == 0 and '"FAILED"' in runs.stdout  # the run was ended, not left RUNNING
+    # The store is still usable: a small environment builds and runs.
+    small = make_project("name: small\npython_env: python_env.yaml\nentry_points:\n  main:\n"
+                         "    command: \"python -c 'import six; print(six.__version__)'\"\n",
+                         {"python_env.yaml": "python: '3.11'\ndependencies: [six==1.16.0]\n"})
+    cli("env", "gc", "--older-than", "0")  # frees the download cache the failed build filled
+    ok = cli("run", str(small), timeout=600)
+    assert ok.returncode == 0, ok.stderr
+    assert "1.16.0" in ok.stdout
