@@ -28,3 +28,13 @@ def resolve_inside(root: Path, relative: str, what: str) -> Path:
     if not is_within(real_root, target):
         raise ValueError(f"{what} {relative!r} leads outside the project")
     return target
+
+
+def project_path(root: Path, relative: str, what: str, hint: str) -> Path:
+    """resolve_inside, with a path that leaves the project reported as a ProjectError."""
+    from runner.errors import ProjectError
+
+    try:
+        return resolve_inside(root, relative, what)
+    except ValueError as exc:
+        raise ProjectError(str(exc), hint=hint) from None

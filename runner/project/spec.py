@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import ProjectError, SpecValidationError
-from runner.project.paths import resolve_inside
+from runner.project.paths import project_path, resolve_inside
 from runner.project.schema import load_document
 
 TYPE_CHECKING = False
@@ -192,10 +192,7 @@ def _infer_entry_point(root: Path, name: str) -> EntryPoint | None:
     ext = os.path.splitext(name)[1]
     if ext not in _SCRIPT_RUNNERS:
         return None
-    try:
-        script = resolve_inside(root, name, "entry point")
-    except ValueError as exc:
-        raise ProjectError(str(exc), hint="entry point scripts must be inside the project") from None
+    script = project_path(root, name, "entry point", "entry point scripts must be inside the project")
     if not script.is_file():
         raise ProjectError(
             f"entry point {name!r}: no such file in the project",

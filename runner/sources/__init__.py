@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from runner.errors import ProjectError, UsageError
-from runner.project.paths import resolve_inside
+from runner.project.paths import project_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -136,10 +136,7 @@ def _from_cache(
 def _subdirectory(root: Path, subdir: str, where: str) -> Path:
     if not subdir:
         return root
-    try:
-        path = resolve_inside(root, subdir, "subdirectory")
-    except ValueError as exc:
-        raise ProjectError(str(exc), hint="#subdir must name a directory inside the project") from None
+    path = project_path(root, subdir, "subdirectory", "#subdir must name a directory inside the project")
     if not path.is_dir():
         raise ProjectError(f"subdirectory {subdir!r} does not exist in {where}", hint="check the part after '#'")
     return path
