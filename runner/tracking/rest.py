@@ -86,7 +86,8 @@ class RestTracker:
             except ValueError:
                 message, code = payload[:200].decode(errors="replace"), ""
             error = TrackingError(
-                f"MLflow tracking server at {redact(self.uri)} refused {endpoint} (HTTP {response.status}): {message}",
+                f"MLflow tracking server at {redact(self.uri)} refused {endpoint} (HTTP {response.status})"
+                + (f": {message}" if message.strip() else ""),
                 hint="check the tracking credentials" if response.status in (401, 403) else None,
             )
             error.error_code = code  # type: ignore[attr-defined]
