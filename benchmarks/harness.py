@@ -111,3 +111,35 @@ def table(title: str, rows: list[Timing], baseline: Timing, target_note: str = "
 
 def peak_rss_self_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def wait_until_idle(session_id: int, quiet_ms: float = 30.0, window: float = 1.0, limit: float = 90.0) -> float:
+    """Wait until the processes of a session use under `quiet_ms` of CPU per `window` seconds.
+
+    `mlflow server` starts a uvicorn worker and several job consumers that burn
+    both cores for seconds after its port opens; timing requests then measures
+    the server's start-up, not its answers. Returns the seconds waited."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu_ms() -> float:
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == session_id:  # field 6 of stat: the session id
+                total += int(fields[11]) + int(fields[12])  # utime + stime, in ticks
+        return total * 1000 / tick
+
+    started = time.monotonic()
+    before = cpu_ms()
+    while time.monotonic() - started < limit:
+        time.sleep(window)
+        after = cpu_ms()
+        if after - before < quiet_ms:
+            break
+        before = after
+    return time.monotonic() - started

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BENCH_DIR, Timing, measure, mlflow_python, mlproject_command, table  # noqa: E402
+from harness import BENCH_DIR, Timing, measure, mlflow_python, mlproject_command, table, wait_until_idle  # noqa: E402
 
 TRIVIAL_MLPROJECT = """
 name: trivial
@@ -207,6 +207,8 @@ def tracking_overhead(args: argparse.Namespace, work: Path) -> str:
                 break
             except OSError:
                 _time.sleep(0.3)
+        settled = wait_until_idle(server.pid)
+        print(f"   mlflow server idle after {settled:.1f} s", file=sys.stderr)
         ours = mlproject_command() + ["run", str(project), "--env-manager", "local"]
         baseline = measure("bare command (`true`)", ["bash", "-c", "true"], args.repeat, work, base_env)
         sqlite_env = {**base_env, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/store.db"}

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from conftest import assert_clean_error
+from trackingproxy import FaultyProxy
 
 
 @pytest.fixture
@@ -45,73 +46,12 @@ def test_disk_full_during_a_build_fails_clearly_and_leaves_the_store_usable(smal
 
 
 # -- a tracking server that fails or stalls: a fault-injecting proxy in front of a real one --
-class _FaultyProxy:
-    """Forwards to a real `mlflow server`; answers 503 to the first `fail[endpoint]` calls of
-    an endpoint, and delays every call of `delay[endpoint]` by that many seconds."""
-
-    def __init__(self, upstream: str, fail: dict[str, int] | None = None, delay: dict[str, float] | None = None):
-        import http.client
-        import threading
-        import time
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        from urllib.parse import urlparse
-
-        target = urlparse(upstream)
-        remaining = dict(fail or {})
-        delays = dict(delay or {})
-        lock = threading.Lock()
-        self.seen: list[tuple[str, int]] = []
-        seen = self.seen
-
-        class Handler(BaseHTTPRequestHandler):
-            def _forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                endpoint = self.path.split("?", 1)[0].rsplit("/mlflow/", 1)[-1]
-                time.sleep(delays.get(endpoint, 0))
-                with lock:
-                    failing = remaining.get(endpoint, 0) > 0
-                    if failing:
-                        remaining[endpoint] -= 1
-                if failing:
-                    seen.append((endpoint, 503))
-                    self.send_response(503)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                connection.request(self.command, self.path, body=body or None, headers=headers)
-                response = connection.getresponse()
-                payload = response.read()
-                seen.append((endpoint, response.status))
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PUT = _forward  # noqa: N815 (http.server's naming)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _project(make_project):
     return make_project("name: t\nentry_points:\n  main:\n    command: 'echo ran'\n")
 
 
 def test_tracking_server_refusing_the_run_starts_nothing(make_project, cli, mlflow_server, mlproject_home):
-    proxy = _FaultyProxy(mlflow_server, fail={"runs/create": 1})
+    proxy = FaultyProxy(mlflow_server, fail={"runs/create": 1})
     try:
         result = cli("run", str(_project(make_project)), "--env-manager", "local", env={"MLFLOW_TRACKING_URI": proxy.url})
     finally:
@@ -125,7 +65,7 @@ def test_tracking_server_refusing_the_run_starts_nothing(make_project, cli, mlfl
 def test_tracking_server_failing_at_the_end_is_retried(make_project, cli, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    proxy = _FaultyProxy(mlflow_server, fail={"runs/update": 2}, delay={"runs/create": 1.0})  # slow, then failing
+    proxy = FaultyProxy(mlflow_server, fail={"runs/update": 2}, delay={"runs/create": 1.0})  # slow, then failing
     try:
         result = cli("run", str(_project(make_project)), "--env-manager", "local", env={"MLFLOW_TRACKING_URI": proxy.url})
     finally:

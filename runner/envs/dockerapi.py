@@ -2,46 +2,35 @@
 
 The docker SDK costs ~130 ms to import; a warm run of a built image only needs
 to read an image's ID and, after the run, make sure its container is gone. Those
-two calls go straight to `DOCKER_HOST` (a unix socket or plain tcp) with
-http.client. Everything else (pulls, builds, running containers) uses the SDK.
+two calls go straight to `DOCKER_HOST` (a unix socket or plain tcp) with the
+runner's small HTTP client. Everything else (pulls, builds, running containers)
+uses the SDK.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import socket
 from urllib.parse import quote
 
 from runner.errors import EnvironmentBuildError
+from runner.httpwire import Connection, Endpoint, unix_endpoint
 
 _API = "/v1.41"  # Docker 20.10 and later
 _DEFAULT_SOCKET = "/var/run/docker.sock"
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
 
 
 def daemon_address() -> str:
     return os.environ.get("DOCKER_HOST") or f"unix://{_DEFAULT_SOCKET}"
 
 
-def _connection(timeout: float = 30.0) -> http.client.HTTPConnection | None:
+def _connection(timeout: float = 30.0) -> Connection | None:
     """A connection to the daemon, or None when only the SDK can reach it (TLS, ssh)."""
     address = daemon_address()
     if address.startswith("unix://"):
-        return _UnixConnection(address[len("unix://"):], timeout)
+        return Connection(unix_endpoint(address[len("unix://"):]), timeout)
     if address.startswith("tcp://") and not os.environ.get("DOCKER_TLS_VERIFY"):
         host, _, port = address[len("tcp://"):].rstrip("/").partition(":")
-        return http.client.HTTPConnection(host, int(port or 2375), timeout=timeout)
+        return Connection(Endpoint(host, int(port or 2375)), timeout)
     return None
 
 
@@ -51,9 +40,8 @@ def request(method: str, path: str, timeout: float = 30.0) -> tuple[int, dict | 
     if connection is None:
         return None
     try:
-        connection.request(method, _API + path)
-        response = connection.getresponse()
-        body = response.read()
+        response = connection.request(method, _API + path)
+        body = response.body
     except OSError as exc:
         raise unreachable(exc) from None
     finally:

@@ -51,17 +51,14 @@ class RestTracker:
 
     # -- transport ---------------------------------------------------------------
     def _connection(self):
-        import http.client
+        from runner.httpwire import Connection, Endpoint
 
-        if self._scheme == "https":
-            import ssl
-
-            if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-                context = ssl._create_unverified_context()
-            else:
-                context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
-            return http.client.HTTPSConnection(self._host, self._port, timeout=_TIMEOUT, context=context)
-        return http.client.HTTPConnection(self._host, self._port, timeout=_TIMEOUT)
+        endpoint = Endpoint(
+            self._host, self._port, tls=self._scheme == "https",
+            insecure=os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true",
+            ca_file=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None,
+        )
+        return Connection(endpoint, _TIMEOUT)
 
     def _call(self, method: str, endpoint: str, body: dict | None = None, query: dict | None = None,
               raw: bytes | None = None, content_type: str = "application/json") -> dict:
@@ -70,21 +67,30 @@ class RestTracker:
         headers = dict(self._headers)
         if data is not None:
             headers["Content-Type"] = content_type
+        if self._conn is None:
+            self._conn = self._connection()
         try:
-            response, payload = self._send(method, path, data, headers)
+            response = self._conn.request(method, path, data, headers)
         except OSError as exc:
-            reason = getattr(exc, "strerror", None) or exc.__class__.__name__
+            reason = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
+            tls = type(exc).__module__ == "ssl"
+            if tls:
+                reason = reason.split(" (_ssl.c:", 1)[0]
             raise TrackingError(
                 f"cannot reach the MLflow tracking server at {redact(self.uri)}: {reason}",
-                hint="is the server running? check MLFLOW_TRACKING_URI",
+                hint="trust its certificate with MLFLOW_TRACKING_SERVER_CERT_PATH=<ca.pem> "
+                     "(or, unverified, MLFLOW_TRACKING_INSECURE_TLS=true)" if tls
+                else "is the server running? check MLFLOW_TRACKING_URI",
             ) from None
+        payload = response.body
         if response.status >= 400:
             try:
                 detail = json.loads(payload)
                 message = detail.get("message") or detail.get("error_code") or str(detail)
                 code = detail.get("error_code", "")
-            except ValueError:
+            except (ValueError, AttributeError):
                 message, code = payload[:200].decode(errors="replace"), ""
+            message = " ".join(str(message).split())[:300]  # one line, even from an HTML error page
             error = TrackingError(
                 f"MLflow tracking server at {redact(self.uri)} refused {endpoint} (HTTP {response.status})"
                 + (f": {message}" if message.strip() else ""),
@@ -93,30 +99,13 @@ class RestTracker:
             error.error_code = code  # type: ignore[attr-defined]
             error.status = response.status  # type: ignore[attr-defined]
             raise error
-        return json.loads(payload) if payload else {}
-
-    def _send(self, method: str, path: str, data: bytes | None, headers: dict):
-        """One request on a kept-alive connection; a connection the server closed is reopened once."""
-        import http.client
-
-        for attempt in (1, 2):
-            fresh = self._conn is None
-            if fresh:
-                self._conn = self._connection()
-            try:
-                self._conn.request(method, path, body=data, headers=headers)
-                response = self._conn.getresponse()
-                return response, response.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.CannotSendRequest):
-                self._conn.close()
-                self._conn = None
-                if fresh or attempt == 2:
-                    raise
-            except OSError:
-                self._conn.close()
-                self._conn = None
-                raise
-        raise AssertionError("unreachable")
+        try:
+            return json.loads(payload) if payload else {}
+        except ValueError:
+            raise TrackingError(
+                f"the MLflow tracking server at {redact(self.uri)} answered {endpoint} with something other than JSON",
+                hint="is MLFLOW_TRACKING_URI the tracking server's address?",
+            ) from None
 
     def clone(self) -> RestTracker:
         """The same server and credentials on a connection of its own (for parallel requests)."""

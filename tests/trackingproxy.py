@@ -1,0 +1,85 @@
+"""A proxy in front of a real `mlflow server` that injects faults, optionally over TLS."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 and its key, made with the openssl command."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+class FaultyProxy:
+    """Forwards to a real `mlflow server`; answers 503 to the first `fail[endpoint]` calls of
+    an endpoint, and delays every call of `delay[endpoint]` by that many seconds. With `tls`
+    (a certificate and key file), it serves HTTPS."""
+
+    def __init__(self, upstream: str, fail: dict[str, int] | None = None, delay: dict[str, float] | None = None,
+                 tls: tuple[Path, Path] | None = None):
+        import http.client
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlparse
+
+        target = urlparse(upstream)
+        remaining = dict(fail or {})
+        delays = dict(delay or {})
+        lock = threading.Lock()
+        self.seen: list[tuple[str, int]] = []
+        seen = self.seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                endpoint = self.path.split("?", 1)[0].rsplit("/mlflow/", 1)[-1]
+                time.sleep(delays.get(endpoint, 0))
+                with lock:
+                    failing = remaining.get(endpoint, 0) > 0
+                    if failing:
+                        remaining[endpoint] -= 1
+                if failing:
+                    seen.append((endpoint, 503))
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                connection.request(self.command, self.path, body=body or None, headers=headers)
+                response = connection.getresponse()
+                payload = response.read()
+                seen.append((endpoint, response.status))
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = _forward  # noqa: N815 (http.server's naming)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
