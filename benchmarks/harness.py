@@ -59,6 +59,20 @@ def measure(
     return timing
 
 
+def measure_interleaved(specs: list[tuple[str, list[str], dict[str, str]]], repeat: int, cwd: Path) -> list[Timing]:
+    """Like `measure` for several commands, taken in turns (A B C A B C ...).
+
+    When two medians are subtracted, a drift of the machine's load during the
+    measurement then moves both the same way instead of favouring one."""
+    timings = [Timing(label) for label, _, _ in specs]
+    for _ in range(repeat):
+        for timing, (label, argv, env) in zip(timings, specs):
+            one = measure(label, argv, 1, cwd, env)
+            timing.seconds.extend(one.seconds)
+            timing.peak_rss_mb = max(timing.peak_rss_mb, one.peak_rss_mb)
+    return timings
+
+
 def mlflow_python() -> Path | None:
     """A private virtualenv with mlflow==3.17.2, built once (uv) and reused."""
     venv = BENCH_DIR / ".venv-mlflow"

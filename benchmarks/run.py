@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BENCH_DIR, Timing, measure, mlflow_python, mlproject_command, table, wait_until_idle  # noqa: E402
+from harness import BENCH_DIR, Timing, measure, measure_interleaved, mlflow_python, mlproject_command, table, wait_until_idle  # noqa: E402
 
 TRIVIAL_MLPROJECT = """
 name: trivial
@@ -215,12 +215,11 @@ def tracking_overhead(args: argparse.Namespace, work: Path) -> str:
         measure("warm-up (creates the store)", ours, 2, work, sqlite_env)
         rest_env = {**base_env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
         measure("warm-up", ours, 2, work, rest_env)
-        rows = [
-            baseline,
-            measure("mlproject run, untracked (MLPROJECT_NO_TRACKING=1)", ours, args.repeat, work, {**base_env, "MLPROJECT_NO_TRACKING": "1"}),
-            measure("mlproject run, sqlite store exists (direct writes)", ours, args.repeat, work, sqlite_env),
-            measure("mlproject run, REST tracking server", ours, args.repeat, work, rest_env),
-        ]
+        rows = [baseline] + measure_interleaved([
+            ("mlproject run, untracked (MLPROJECT_NO_TRACKING=1)", ours, {**base_env, "MLPROJECT_NO_TRACKING": "1"}),
+            ("mlproject run, sqlite store exists (direct writes)", ours, sqlite_env),
+            ("mlproject run, REST tracking server", ours, rest_env),
+        ], args.repeat * 2, work)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait()

@@ -162,7 +162,7 @@ def run(
 def _track_and_launch(the_plan: Plan, tracking_plan, experiment_name, experiment_id, run_id, run_name, synchronous,
                       stream_output, notify, progress, on_submitted, env_options) -> SubmittedRun:
     from runner.envs import plan_environment, resolve_before_run
-    from runner.tracking.session import project_tags, start_tracking
+    from runner.tracking.session import begin_tracking, project_tags
 
     for warning in the_plan.project.warnings:
         notify(f"warning: {warning}")
@@ -177,26 +177,51 @@ def _track_and_launch(the_plan: Plan, tracking_plan, experiment_name, experiment
 
         tracking_plan.library = BackgroundImport()
     source = the_plan.source
-    tracked = start_tracking(
-        tracking_plan,
-        experiment_name=experiment_name,
-        experiment_id=experiment_id,
-        run_id=run_id,
-        run_name=run_name,
-        tags=project_tags(
-            source.source_name, invocation.entry_point, the_plan.env_manager, planned.key,
-            source.commit, source.repo_url, source.branch, source.dirty,
-        ),
-        params={**invocation.texts, **invocation.extra},
+    tags = project_tags(
+        source.source_name, invocation.entry_point, the_plan.env_manager, planned.key,
+        source.commit, source.repo_url, source.branch, source.dirty,
     )
-    # From here on a run exists: every way out ends it. Until the ledger has it, a
-    # note names it, so that even a SIGKILL here leaves it to be ended later.
     from runner.tracking import pending, redact
+    from runner.tracking.ledger import Ledger
+    from runner.tracking.runs import reconcile
 
-    note = pending.note(tracked.run_id, redact(tracking_plan.uri)) if tracked.run_id else None
+    # Before the creation is sent, a note names this attempt and the run carries it
+    # as a tag: a SIGKILL anywhere from here leaves a run that can be found and ended.
+    note = None
+    if tracking_plan.uri is not None:
+        from runner.tracking.common import experiment_choice
+
+        attempt = pending.new_attempt()
+        tags[pending.ATTEMPT_TAG] = attempt
+        note = pending.note(attempt, redact(tracking_plan.uri), *experiment_choice(experiment_name, experiment_id), run_id)
     try:
-        return _launch(the_plan, planned, tracked, tracking_plan, synchronous, stream_output, notify, progress, on_submitted,
-                       note)
+        created = begin_tracking(tracking_plan, experiment_name=experiment_name, experiment_id=experiment_id, run_id=run_id,
+                                 run_name=run_name, tags=tags, params={**invocation.texts, **invocation.extra})
+    except BaseException as exc:
+        _settle_note(note, exc)
+        raise
+    # While a tracking server creates the run: open the ledger, settle what dead runners left.
+    try:
+        ledger = Ledger()
+        orphans = reconcile(ledger)
+    except BaseException as exc:
+        try:
+            created().finish("FAILED" if isinstance(exc, Exception) else "KILLED", notify)
+            pending.clear(note)
+        except BaseException:  # noqa: BLE001 - the note stays; the next invocation ends the run
+            pass
+        raise
+    try:
+        tracked = created()
+    except BaseException as exc:
+        ledger.close()
+        _settle_note(note, exc)
+        raise
+    for orphan in orphans:
+        notify(f"note: run {orphan.id} had lost its runner; recorded as FAILED")
+    try:
+        return _launch(the_plan, planned, tracked, tracking_plan, ledger, synchronous, stream_output, notify, progress,
+                       on_submitted, note)
     except BaseException as exc:
         # Normally ended already (finish() is idempotent); this covers an interrupt
         # or failure between the run's creation and the ledger taking over.
@@ -205,13 +230,21 @@ def _track_and_launch(the_plan: Plan, tracking_plan, experiment_name, experiment
         raise
 
 
-def _launch(the_plan: Plan, planned, tracked, tracking_plan, synchronous: bool, stream_output: bool, notify, progress,
-            on_submitted, note) -> SubmittedRun:
+def _settle_note(note, exc: BaseException) -> None:
+    """After a failed creation: the note goes unless the server may have created the run anyway
+    (sent but unanswered, or interrupted while waiting); then the next invocation ends it."""
+    from runner.tracking import pending
+
+    if isinstance(exc, Exception) and not getattr(exc, "outcome_unknown", False):
+        pending.clear(note)
+
+
+def _launch(the_plan: Plan, planned, tracked, tracking_plan, ledger, synchronous: bool, stream_output: bool, notify,
+            progress, on_submitted, note) -> SubmittedRun:
     from runner.envs import realize
     from runner.errors import RunnerError
     from runner.tracking import redact
-    from runner.tracking.ledger import Ledger, RunRecord
-    from runner.tracking.runs import reconcile
+    from runner.tracking.ledger import RunRecord
 
     # The MLflow run ID when tracked (one ID everywhere); otherwise one of the same
     # form. A continued MLflow run (--run-id) is a new attempt in the ledger.
@@ -224,9 +257,6 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, synchronous: bool, 
 
     invocation = the_plan.invocation
     command = invocation.command
-    ledger = Ledger()
-    for orphan in reconcile(ledger):
-        notify(f"note: run {orphan.id} had lost its runner; recorded as FAILED")
     ledger.start(
         RunRecord(
             id=run_id,
@@ -249,12 +279,17 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, synchronous: bool, 
     tracked.artifacts.append((submitted.log_path, None))
 
     def end(status: str, exit_code: int | None, reason: str | None) -> None:
-        # The ledger first: the outcome is never lost, even if tracking is down.
+        # The ledger first: the outcome is never lost, even if tracking is down. Until
+        # the row says the MLflow run was ended, a later invocation will end it there.
         try:
             ledger.finish(run_id, status, exit_code, reason)
-            ledger.close()
         finally:
-            tracked.finish(status, notify)
+            try:
+                tracked.finish(status, notify)
+                if tracked.end_recorded:
+                    ledger.tracking_ended(run_id)
+            finally:
+                ledger.close()
 
     from runner.tracking import downloads
 

@@ -31,6 +31,7 @@ class Response:
     status: int
     headers: dict[str, str]  # names lower-cased; a repeated header keeps its last value
     body: bytes
+    version: str = "HTTP/1.1"
 
 
 @dataclass
@@ -69,33 +70,49 @@ class Connection:
                 self._reader = None
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Response:
-        head = [f"{method} {path} HTTP/1.1", f"Host: {self.endpoint.host_header}"]
-        for name, value in (headers or {}).items():
-            if "\r" in name + value or "\n" in name + value:
-                raise ValueError(f"header {name!r} contains a line break")
-            head.append(f"{name}: {value}")
-        if body is not None or method in ("POST", "PUT", "PATCH"):
-            head.append(f"Content-Length: {len(body or b'')}")
-        message = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        message = _message(self.endpoint, method, path, body, headers)
         for attempt in (1, 2):
             reused = self._sock is not None
-            if not reused:
-                self._open()
+            self._send(message)
             try:
-                self._sock.sendall(message)  # type: ignore[union-attr]
-                response = self._read(method)
+                return self.receive(method)
             except (Disconnected, BrokenPipeError, ConnectionResetError):
-                self.close()
                 if reused and attempt == 1:
                     continue  # the server dropped the idle connection: once more on a new one
                 raise
-            except BaseException:
-                self.close()
-                raise
-            if response.headers.get("connection", "").lower() == "close":
-                self.close()
-            return response
         raise AssertionError("unreachable")
+
+    def send(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> None:
+        """Send a request without waiting for the answer (read it later with `receive`).
+
+        The server works on it meanwhile. Raises only if the request could not be
+        sent, so the caller knows the server never saw it."""
+        self._send(_message(self.endpoint, method, path, body, headers))
+
+    def receive(self, method: str) -> Response:
+        """The answer to the request sent last; an error here leaves its outcome unknown."""
+        if self._sock is None:
+            raise Disconnected("no request is waiting for an answer")
+        try:
+            response = self._read(method)
+        except BaseException:
+            self.close()
+            raise
+        connection = response.headers.get("connection", "").lower()
+        if connection == "close" or (response.version == "HTTP/1.0" and connection != "keep-alive"):
+            self.close()
+        return response
+
+    def _send(self, message: bytes) -> None:
+        if self._sock is not None and _dropped(self._sock):
+            self.close()  # closed by the server while idle: a new connection, not a lost request
+        if self._sock is None:
+            self._open()
+        try:
+            self._sock.sendall(message)  # type: ignore[union-attr]
+        except BaseException:
+            self.close()
+            raise
 
     def _open(self) -> None:
         endpoint = self.endpoint
@@ -108,7 +125,9 @@ class Connection:
                 sock.close()
                 raise
         else:
-            sock = socket.create_connection((endpoint.host, endpoint.port or (443 if endpoint.tls else 80)), self.timeout)
+            # An ASCII host goes as bytes: a str would make getaddrinfo import the idna codec (~1 ms).
+            host = endpoint.host.encode("ascii") if endpoint.host.isascii() else endpoint.host
+            sock = socket.create_connection((host, endpoint.port or (443 if endpoint.tls else 80)), self.timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if endpoint.tls:
                 sock = _wrap_tls(sock, endpoint)
@@ -130,9 +149,9 @@ class Connection:
             if status != 100:  # an interim "100 Continue" precedes the real answer
                 break
         if method == "HEAD" or status in (204, 304):
-            return Response(status, headers, b"")
+            return Response(status, headers, b"", version)
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            return Response(status, headers, _chunked(reader))
+            return Response(status, headers, _chunked(reader), version)
         if "content-length" in headers:
             try:
                 length = int(headers["content-length"])
@@ -141,10 +160,45 @@ class Connection:
             body = reader.read(length)
             if len(body) != length:
                 raise Disconnected("the connection closed in the middle of the answer")
-            return Response(status, headers, body)
+            return Response(status, headers, body, version)
         body = reader.read()  # no length given: the body runs until the server closes
         headers["connection"] = "close"
-        return Response(status, headers, body)
+        return Response(status, headers, body, version)
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """Whether an idle connection was closed by the peer.
+
+    An idle HTTP connection has nothing to read, so a readable one was closed,
+    unless what arrived is TLS housekeeping (a TLS 1.3 session ticket)."""
+    import select
+
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        timeout = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            tls = hasattr(sock, "pending")
+            return not (sock.recv(1) if tls else sock.recv(1, socket.MSG_PEEK))
+        finally:
+            sock.settimeout(timeout)
+    except (BlockingIOError, InterruptedError):
+        return False  # only TLS records, no data: still open
+    except (OSError, ValueError) as exc:
+        return "WantRead" not in type(exc).__name__
+
+
+def _message(endpoint: Endpoint, method: str, path: str, body: bytes | None, headers: dict[str, str] | None) -> bytes:
+    head = [f"{method} {path} HTTP/1.1", f"Host: {endpoint.host_header}"]
+    for name, value in (headers or {}).items():
+        if "\r" in name + value or "\n" in name + value:
+            raise ValueError(f"header {name!r} contains a line break")
+        head.append(f"{name}: {value}")
+    if body is not None or method in ("POST", "PUT", "PATCH"):
+        head.append(f"Content-Length: {len(body or b'')}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
 def _line(reader, first: bool = False) -> bytes:

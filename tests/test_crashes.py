@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from conftest import pid_alive
+from conftest import free_port, pid_alive
 
 
 def _ledger_statuses(home) -> list[tuple[str, str, str | None]]:
@@ -76,21 +76,87 @@ def test_sigkill_at_random_moments(make_project, mlproject_home, _work_in_tmp, c
     assert listing.returncode == 0 and "uv" in listing.stdout
 
 
+def _dead_runners_note(attempt: str, uri: str, run_id: str | None = None):
+    """A pending note as a runner writes it before sending the run's creation, from a runner that died."""
+    from runner.tracking import pending
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    note = pending.note(attempt, uri, None, "0", run_id)
+    data = json.loads(note.read_text())
+    data["pid"] = dead.pid
+    note.write_text(json.dumps(data))
+    return note
+
+
 def test_run_created_in_tracking_but_not_in_the_ledger_is_ended(mlproject_home, _work_in_tmp, cli):
-    """The narrowest window: the MLflow run exists, the runner is killed before the ledger has it."""
+    """The narrowest window: the creation was sent, the runner was killed before it read the
+    answer (so it never knew the run's ID). The run is found by its attempt tag and ended."""
     from mlflow.tracking import MlflowClient
 
     from runner.tracking import pending
 
     uri = f"sqlite:///{_work_in_tmp / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run = client.create_run("0")
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    note = pending.note(run.info.run_id, uri)
-    data = json.loads(note.read_text())
-    data["pid"] = dead.pid  # written by a runner that has since died
-    note.write_text(json.dumps(data))
+    orphan = client.create_run("0", tags={pending.ATTEMPT_TAG: "a1" * 12})
+    bystander = client.create_run("0", tags={pending.ATTEMPT_TAG: "b2" * 12})  # another runner's, alive
+    known = client.create_run("0")  # a continued run (--run-id): the note names it
+    notes = [_dead_runners_note("a1" * 12, uri), _dead_runners_note("c3" * 12, uri, known.info.run_id)]
     assert cli("runs", "list", env={"MLFLOW_TRACKING_URI": uri}).returncode == 0  # any invocation reconciles
-    assert client.get_run(run.info.run_id).info.status == "FAILED"
+    assert client.get_run(orphan.info.run_id).info.status == "FAILED"
+    assert client.get_run(known.info.run_id).info.status == "FAILED"
+    assert client.get_run(bystander.info.run_id).info.status == "RUNNING"
+    assert not any(note.exists() for note in notes)
+
+
+def test_run_created_over_rest_whose_answer_was_lost_is_ended(mlproject_home, mlflow_server, cli, tmp_path):
+    """The same window against a tracking server: found with runs/search by the attempt tag.
+    While the server is unreachable the note is kept for a later invocation."""
+    from mlflow.tracking import MlflowClient
+
+    from runner.tracking import pending
+
+    client = MlflowClient(mlflow_server)
+    orphan = client.create_run("0", tags={pending.ATTEMPT_TAG: "d4" * 12})
+    note = _dead_runners_note("d4" * 12, mlflow_server)
+    down = f"http://127.0.0.1:{free_port()}"
+    unreachable = _dead_runners_note("e5" * 12, down)
+    assert cli("runs", "list").returncode == 0
+    assert client.get_run(orphan.info.run_id).info.status == "FAILED"
     assert not note.exists()
+    assert unreachable.exists(), "a note whose server is down must wait for the next invocation"
+
+
+def test_sigkill_while_a_slow_server_creates_the_run(make_project, mlproject_home, mlflow_server, cli):
+    """SIGKILL lands while a slow tracking server is still answering the run's creation (or
+    before it even forwarded it): the next invocation still finds every such run and ends it."""
+    from mlflow.tracking import MlflowClient
+
+    from runner.tracking import pending
+    from trackingproxy import FaultyProxy
+
+    project = make_project("name: t\nentry_points:\n  main:\n    command: 'sleep 0.3'\n")
+    experiment = f"crash-{os.urandom(4).hex()}"
+    proxy = FaultyProxy(mlflow_server, delay={"runs/create": 0.6})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": proxy.url}
+    rng = random.Random(int(os.environ.get("MLPROJECT_CRASH_SEED", "20261121")))
+    try:
+        for _ in range(6):
+            proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(project), "--env-manager", "local",
+                                     "--experiment-name", experiment], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.3, 1.2))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        time.sleep(1.0)  # the proxy's last delayed creation reaches the server
+        assert cli("runs", "list", env={"MLFLOW_TRACKING_URI": proxy.url}).returncode == 0
+    finally:
+        proxy.close()
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert runs, "no run was created at all: the timing needs adjusting"
+    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+    for note in (mlproject_home / "pending").glob("*.json"):  # kept only for creations never sent
+        attempt = json.loads(note.read_text())["attempt"]
+        assert not [r for r in runs if r.data.tags.get(pending.ATTEMPT_TAG) == attempt], note.read_text()

@@ -74,3 +74,30 @@ def test_tracking_server_failing_at_the_end_is_retried(make_project, cli, mlflow
     assert ("runs/update", 503) in proxy.seen and proxy.seen.count(("runs/update", 200)) >= 1
     run_id = re.search(r"run with ID '([0-9a-f]{32})'", result.stderr).group(1)
     assert MlflowClient(mlflow_server).get_run(run_id).info.status == "FINISHED"
+
+
+def test_tracking_end_that_never_got_through_is_completed_by_a_later_invocation(make_project, cli, mlflow_server):
+    """The server refuses the end for longer than the retry budget: the run's outcome stays in the
+    ledger, and the next invocation of any command ends the MLflow run with it."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    proxy = FaultyProxy(mlflow_server, fail={"runs/update": 1000})
+    try:
+        env = {"MLFLOW_TRACKING_URI": proxy.url, "MLPROJECT_TRACKING_RETRY_SECONDS": "1"}
+        result = cli("run", str(_project(make_project)), "--env-manager", "local", env=env)
+        assert result.returncode == 0, result.stderr  # the command succeeded; tracking is warned about
+        assert "warning: tracking:" in result.stderr
+        run_id = re.search(r"run with ID '([0-9a-f]{32})'", result.stderr).group(1)
+        client = MlflowClient(mlflow_server)
+        assert client.get_run(run_id).info.status == "RUNNING"
+        [record] = json.loads(cli("runs", "list", "--json", env=env).stdout)  # still refused: kept for later
+        assert record["status"] == "FINISHED" and record["tracking_ended"] == 0
+        proxy.fail.clear()  # the server accepts again
+        assert cli("runs", "list", env=env).returncode == 0
+        assert client.get_run(run_id).info.status == "FINISHED"
+        [record] = json.loads(cli("runs", "list", "--json", env=env).stdout)
+        assert record["tracking_ended"] == 1
+    finally:
+        proxy.close()

@@ -28,7 +28,7 @@ class FaultyProxy:
         from urllib.parse import urlparse
 
         target = urlparse(upstream)
-        remaining = dict(fail or {})
+        remaining = self.fail = dict(fail or {})  # change it to change what fails from now on
         delays = dict(delay or {})
         lock = threading.Lock()
         self.seen: list[tuple[str, int]] = []

@@ -8,7 +8,10 @@
                                     the background while the environment is prepared)
 
 Every tracker has the same few methods: start(request) -> RunContext,
-end(run_id, status), log_artifact(run_id, path, artifact_path).
+end(run_id, status), log_artifact(run_id, path, artifact_path), and
+find_running(experiment, key, value) for the runs a dead runner left. The REST
+tracker also has begin(request), which sends the creation and returns a
+function that waits for it.
 """
 from __future__ import annotations
 
@@ -111,13 +114,15 @@ def way_to(uri: str) -> str:
     return "library"
 
 
-def open_tracker(uri: str, library_import=None, way: str | None = None):
-    """The tracker for `uri` (`way` as decided by way_to, computed when not given)."""
+def open_tracker(uri: str, library_import=None, way: str | None = None, timeout: float | None = None):
+    """The tracker for `uri` (`way` as decided by way_to, computed when not given).
+
+    `timeout` bounds each request to a tracking server (MLPROJECT_HTTP_TIMEOUT otherwise)."""
     way = way or way_to(uri)
     if way == "rest":
         from runner.tracking.rest import RestTracker
 
-        return RestTracker(uri)
+        return RestTracker(uri, timeout)
     if way == "sqlite":
         from runner.tracking.sqlite_direct import SqliteTracker
 

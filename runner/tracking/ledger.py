@@ -4,6 +4,9 @@ WAL mode and a busy timeout make it safe for many runs writing at once. A row
 is written when the command starts and completed when it ends; a runner that
 was killed (SIGKILL, power loss) leaves a RUNNING row whose runner process is
 gone, which the next invocation notices and ends as FAILED (`reconcile`).
+A tracked run's row also says whether its MLflow run was ended: one whose
+runner died, or whose tracking server stayed down, before the end reached
+tracking is ended there by a later invocation.
 """
 from __future__ import annotations
 
@@ -16,12 +19,14 @@ from pathlib import Path
 
 from runner import home
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _COLUMNS = (
     "id", "tracking_run_id", "tracking_uri", "project_uri", "project_dir", "git_commit", "entry_point",
     "parameters", "env_manager", "env_key", "command", "status", "exit_code", "reason", "start_time",
-    "end_time", "log_path", "runner_pid", "runner_start", "pgid",
+    "end_time", "log_path", "runner_pid", "runner_start", "pgid", "tracking_ended",
 )
+# How long a tracking server may stay unreachable before a run's end there is given up.
+_TRACKING_END_WINDOW = 7 * 24 * 3600
 
 
 @dataclass
@@ -46,6 +51,7 @@ class RunRecord:
     runner_pid: int = 0
     runner_start: int | None = None  # the runner process's start time: a reused PID is not it
     pgid: int | None = None
+    tracking_ended: int | None = None  # tracked runs: 0 until the MLflow run was ended, then 1
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in _COLUMNS}
@@ -81,15 +87,23 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS runs ("
-                "id TEXT PRIMARY KEY, tracking_run_id TEXT, tracking_uri TEXT, project_uri TEXT, project_dir TEXT,"
-                " git_commit TEXT, entry_point TEXT, parameters TEXT, env_manager TEXT, env_key TEXT, command TEXT,"
-                " status TEXT NOT NULL, exit_code INTEGER, reason TEXT, start_time REAL NOT NULL, end_time REAL,"
-                " log_path TEXT, runner_pid INTEGER, runner_start INTEGER, pgid INTEGER)"
-            )
-            self._db.execute("CREATE INDEX IF NOT EXISTS runs_by_start ON runs (start_time)")
-            self._db.execute("CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status)")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]  # again, under the lock
+            if version < 1:
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS runs ("
+                    "id TEXT PRIMARY KEY, tracking_run_id TEXT, tracking_uri TEXT, project_uri TEXT, project_dir TEXT,"
+                    " git_commit TEXT, entry_point TEXT, parameters TEXT, env_manager TEXT, env_key TEXT, command TEXT,"
+                    " status TEXT NOT NULL, exit_code INTEGER, reason TEXT, start_time REAL NOT NULL, end_time REAL,"
+                    " log_path TEXT, runner_pid INTEGER, runner_start INTEGER, pgid INTEGER)"
+                )
+                self._db.execute("CREATE INDEX IF NOT EXISTS runs_by_start ON runs (start_time)")
+                self._db.execute("CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status)")
+            if version < 2:
+                self._db.execute("ALTER TABLE runs ADD COLUMN tracking_ended INTEGER")
+                # Runs still going (or orphaned) when the ledger was upgraded will need their end.
+                self._db.execute("UPDATE runs SET tracking_ended = 0 WHERE status = 'RUNNING' AND tracking_run_id IS NOT NULL")
+                self._db.execute("CREATE INDEX IF NOT EXISTS runs_not_ended_in_tracking ON runs (end_time)"
+                                 " WHERE tracking_ended = 0")
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._db.execute("COMMIT")
         except BaseException:
@@ -103,6 +117,8 @@ class Ledger:
         record.start_time = record.start_time or time.time()
         record.runner_pid = record.runner_pid or os.getpid()
         record.runner_start = record.runner_start or _process_start_ticks(record.runner_pid)
+        if record.tracking_run_id and record.tracking_ended is None:
+            record.tracking_ended = 0
         values = record.as_dict()
         values["parameters"] = json.dumps(record.parameters)
         self._db.execute(
@@ -118,6 +134,17 @@ class Ledger:
             "UPDATE runs SET status = ?, exit_code = ?, reason = ?, end_time = ? WHERE id = ? AND status = 'RUNNING'",
             (status, exit_code, reason, time.time(), run_id),
         )
+
+    def tracking_ended(self, run_id: str) -> None:
+        self._db.execute("UPDATE runs SET tracking_ended = 1 WHERE id = ?", (run_id,))
+
+    def not_ended_in_tracking(self) -> list[RunRecord]:
+        """Ended rows whose MLflow run was not ended, and whose runner is gone (recent ones only)."""
+        rows = self._db.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE tracking_ended = 0 AND status != 'RUNNING' AND end_time > ?",
+            (time.time() - _TRACKING_END_WINDOW,),
+        ).fetchall()
+        return [r for r in map(_record, rows) if not process_is(r.runner_pid, r.runner_start)]
 
     def get(self, id_prefix: str) -> list[RunRecord]:
         rows = self._db.execute(

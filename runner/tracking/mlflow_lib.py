@@ -96,5 +96,21 @@ class LibraryTracker:
         client = self.client()
         self._call("tagging the run", lambda: [client.set_tag(run_id, k, v) for k, v in tags.items()])
 
+    def find_running(self, experiment_name: str | None, experiment_id: str | None, key: str, value: str) -> list[str]:
+        """IDs of the RUNNING runs tagged key=value."""
+        client = self._call("connecting", self.client)
+
+        def search() -> list[str]:
+            name, chosen = experiment_choice(experiment_name, experiment_id)
+            if chosen is None:
+                found = client.get_experiment_by_name(name)
+                if found is None:
+                    return []
+                chosen = found.experiment_id
+            runs = client.search_runs([str(chosen)], filter_string=f"tags.`{key}` = '{value.replace(chr(39), '')}'")
+            return [run.info.run_id for run in runs if run.info.status == "RUNNING"]
+
+        return self._call("searching runs", search)
+
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
         self._call("logging an artifact", lambda: self.client().log_artifact(run_id, str(path), artifact_path))

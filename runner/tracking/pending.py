@@ -1,26 +1,43 @@
-"""Tracking runs created but not yet in the ledger: the gap a SIGKILL can fall into.
+"""Tracking runs being created but not yet in the ledger: the gap a SIGKILL can fall into.
 
 The MLflow run is created before the ledger records it (the ledger's ID is the
-run's). A runner killed in between would leave the MLflow run RUNNING with
-nothing to say it was ever started. So right after the run is created, a small
-note names it (`$MLPROJECT_HOME/pending/<run id>.json`, with the runner's PID);
-once the ledger holds the run, the note goes. `reconcile` (run by every
-invocation) ends the tracking run of any note whose runner is gone.
+run's), and its creation is sent before its answer is read. A runner killed in
+between would leave an MLflow run RUNNING with nothing to say it was started.
+So before the creation is sent, a small note names the attempt
+(`$MLPROJECT_HOME/pending/<attempt>.json`, with the runner's PID), and the run
+is created with the tag `mlproject.attempt=<attempt>`. Once the ledger holds the
+run, the note goes. `reconcile` (run by every invocation) settles the notes of
+runners that are gone: it finds their runs by the tag and ends them FAILED.
 """
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from runner import home
 from runner.tracking.ledger import _process_start_ticks, process_is
 
+ATTEMPT_TAG = "mlproject.attempt"
+# A note whose tracking store stays unreachable this long is given up on.
+_GIVE_UP_SECONDS = 7 * 24 * 3600
+# A creation sent by a runner that then died may reach the store after the runner is
+# gone; until a note is this old, finding no run does not yet mean there is none.
+_IN_FLIGHT_SECONDS = 300
 
-def note(run_id: str, tracking_uri: str) -> Path:
-    path = home.subdir("pending") / f"{run_id}.json"
-    home.save_json(path, {"run_id": run_id, "tracking_uri": tracking_uri, "pid": os.getpid(),
-                          "start_ticks": _process_start_ticks(os.getpid())})
+
+def new_attempt() -> str:
+    return os.urandom(12).hex()
+
+
+def note(attempt: str, tracking_uri: str, experiment_name: str | None, experiment_id: str | None,
+         run_id: str | None = None) -> Path:
+    """Written before the run's creation is sent; `tracking_uri` is already redacted."""
+    path = home.subdir("pending") / f"{attempt}.json"
+    home.save_json(path, {"attempt": attempt, "run_id": run_id, "tracking_uri": tracking_uri,
+                          "experiment_name": experiment_name, "experiment_id": experiment_id,
+                          "pid": os.getpid(), "start_ticks": _process_start_ticks(os.getpid()), "written": time.time()})
     return path
 
 
@@ -33,13 +50,16 @@ def clear(path: Path | None) -> None:
 
 
 def reconcile() -> list[str]:
-    """End, FAILED, the tracking runs of notes whose runner died; returns their run IDs."""
-    from runner.tracking.runs import end_in_tracking
+    """End, FAILED, the tracking runs of notes whose runner died; returns their run IDs.
+
+    A note whose store cannot be reached now is kept for the next invocation."""
+    from runner.errors import TrackingError
+    from runner.tracking.runs import tracker_for
 
     directory = home.home() / "pending"
     if not directory.is_dir():
         return []
-    ended = []
+    ended: list[str] = []
     for path in directory.glob("*.json"):
         try:
             data = json.loads(path.read_text())
@@ -47,7 +67,19 @@ def reconcile() -> list[str]:
             continue
         if process_is(int(data.get("pid", 0)), data.get("start_ticks")):
             continue  # its runner is alive: the run is being started right now
-        end_in_tracking(data["run_id"], data["tracking_uri"])
+        age = time.time() - float(data.get("written", 0))
+        try:
+            tracker = tracker_for(data["tracking_uri"], quick=True)
+            run_ids = [data["run_id"]] if data.get("run_id") else tracker.find_running(
+                data.get("experiment_name"), data.get("experiment_id"), ATTEMPT_TAG, data["attempt"])
+            for run_id in run_ids:
+                tracker.end(run_id, "FAILED")
+        except (TrackingError, KeyError):
+            if age < _GIVE_UP_SECONDS:
+                continue
+            run_ids = []
+        if not run_ids and age < _IN_FLIGHT_SECONDS and data["tracking_uri"].startswith(("http://", "https://")):
+            continue  # the creation may still be on its way (a slow server or proxy): look again later
         clear(path)
-        ended.append(data["run_id"])
+        ended.extend(run_ids)
     return ended

@@ -15,12 +15,17 @@ from runner.errors import TrackingError
 from runner.tracking import RunContext, StartRequest, redact
 from runner.tracking.common import experiment_choice, now_ms
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
 _TIMEOUT = float(os.environ.get("MLPROJECT_HTTP_TIMEOUT", "15"))
 
 
 class RestTracker:
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, timeout: float | None = None):
         self.uri = uri.rstrip("/")
+        self._timeout = timeout or _TIMEOUT
         parts = urlsplit(self.uri)
         self._scheme = parts.scheme
         self._host = parts.hostname or "localhost"
@@ -58,10 +63,15 @@ class RestTracker:
             insecure=os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true",
             ca_file=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None,
         )
-        return Connection(endpoint, _TIMEOUT)
+        return Connection(endpoint, self._timeout)
 
     def _call(self, method: str, endpoint: str, body: dict | None = None, query: dict | None = None,
               raw: bytes | None = None, content_type: str = "application/json") -> dict:
+        return self._send(method, endpoint, body, query, raw, content_type, wait=True)
+
+    def _send(self, method: str, endpoint: str, body: dict | None = None, query: dict | None = None,
+              raw: bytes | None = None, content_type: str = "application/json", wait: bool = False):
+        """Send a call; with `wait`, its JSON answer, otherwise a function that waits for it."""
         path = self._base + endpoint + (f"?{urlencode(query)}" if query else "")
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         headers = dict(self._headers)
@@ -70,18 +80,37 @@ class RestTracker:
         if self._conn is None:
             self._conn = self._connection()
         try:
-            response = self._conn.request(method, path, data, headers)
+            if wait:
+                return self._answer(endpoint, self._conn.request(method, path, data, headers))
+            self._conn.send(method, path, data, headers)
         except OSError as exc:
-            reason = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
-            tls = type(exc).__module__ == "ssl"
-            if tls:
-                reason = reason.split(" (_ssl.c:", 1)[0]
-            raise TrackingError(
-                f"cannot reach the MLflow tracking server at {redact(self.uri)}: {reason}",
-                hint="trust its certificate with MLFLOW_TRACKING_SERVER_CERT_PATH=<ca.pem> "
-                     "(or, unverified, MLFLOW_TRACKING_INSECURE_TLS=true)" if tls
-                else "is the server running? check MLFLOW_TRACKING_URI",
-            ) from None
+            raise self._unreachable(exc, sent=False) from None
+
+        def answer() -> dict:
+            try:
+                response = self._conn.receive(method)
+            except OSError as exc:
+                raise self._unreachable(exc, sent=True) from None
+            return self._answer(endpoint, response)
+
+        return answer
+
+    def _unreachable(self, exc: OSError, sent: bool) -> TrackingError:
+        reason = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
+        tls = type(exc).__module__ == "ssl"
+        if tls:
+            reason = reason.split(" (_ssl.c:", 1)[0]
+        error = TrackingError(
+            f"cannot reach the MLflow tracking server at {redact(self.uri)}: {reason}",
+            hint="trust its certificate with MLFLOW_TRACKING_SERVER_CERT_PATH=<ca.pem> "
+                 "(or, unverified, MLFLOW_TRACKING_INSECURE_TLS=true)" if tls
+            else "is the server running? check MLFLOW_TRACKING_URI",
+        )
+        # Sent but unanswered: the server may have acted on it (a run may exist).
+        error.outcome_unknown = sent  # type: ignore[attr-defined]
+        return error
+
+    def _answer(self, endpoint: str, response) -> dict:
         payload = response.body
         if response.status >= 400:
             try:
@@ -129,20 +158,28 @@ class RestTracker:
         return str(created["experiment_id"])
 
     def start(self, request: StartRequest) -> RunContext:
+        return self.begin(request)()
+
+    def begin(self, request: StartRequest) -> Callable[[], RunContext]:
+        """Send the run's creation and return a function that completes the start.
+
+        The server creates the run while the caller prepares the rest of the
+        launch; only then is its answer read (and the parameters logged)."""
         if request.existing_run_id:
             run = self._call("GET", "/api/2.0/mlflow/runs/get", query={"run_id": request.existing_run_id})["run"]
             info = run["info"]
             self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": info["run_id"], "status": "RUNNING"})
-            run_id, experiment_id, artifact_uri = info["run_id"], str(info["experiment_id"]), info.get("artifact_uri", "")
-            tags = request.tags
-        else:
-            experiment_id = self._experiment_id(request.experiment_name, request.experiment_id)
-            body = {"experiment_id": experiment_id, "start_time": now_ms(),
-                    "tags": [{"key": k, "value": v} for k, v in request.tags.items()]}
-            if request.run_name:
-                body["run_name"] = request.run_name
-            info = self._call("POST", "/api/2.0/mlflow/runs/create", body)["run"]["info"]
-            run_id, artifact_uri, tags = info["run_id"], info.get("artifact_uri", ""), {}
+            return lambda: self._log_start(info, request, request.tags)
+        experiment_id = self._experiment_id(request.experiment_name, request.experiment_id)
+        body = {"experiment_id": experiment_id, "start_time": now_ms(),
+                "tags": [{"key": k, "value": v} for k, v in request.tags.items()]}
+        if request.run_name:
+            body["run_name"] = request.run_name
+        created = self._send("POST", "/api/2.0/mlflow/runs/create", body)
+        return lambda: self._log_start(created()["run"]["info"], request, {})
+
+    def _log_start(self, info: dict, request: StartRequest, tags: dict[str, str]) -> RunContext:
+        run_id, experiment_id, artifact_uri = info["run_id"], str(info["experiment_id"]), info.get("artifact_uri", "")
         params = [{"key": k, "value": v} for k, v in request.params.items()]
         tag_list = [{"key": k, "value": v} for k, v in tags.items()]
         for i in range(0, max(len(params), len(tag_list), 1), 100):
@@ -150,6 +187,22 @@ class RestTracker:
             if chunk["params"] or chunk["tags"]:
                 self._call("POST", "/api/2.0/mlflow/runs/log-batch", chunk)
         return RunContext(run_id, experiment_id, self._plain_uri, artifact_uri, self._credential_env)
+
+    def find_running(self, experiment_name: str | None, experiment_id: str | None, key: str, value: str) -> list[str]:
+        """IDs of the RUNNING runs tagged key=value (a run whose creation's answer was lost)."""
+        name, experiment_id = experiment_choice(experiment_name, experiment_id)
+        if experiment_id is None:
+            try:
+                found = self._call("GET", "/api/2.0/mlflow/experiments/get-by-name", query={"experiment_name": name})
+            except TrackingError as exc:
+                if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                    return []
+                raise
+            experiment_id = str(found["experiment"]["experiment_id"])
+        escaped = value.replace("'", "")  # our values are hex; never let one break the filter
+        answer = self._call("POST", "/api/2.0/mlflow/runs/search", {
+            "experiment_ids": [experiment_id], "filter": f"tags.`{key}` = '{escaped}'", "max_results": 50})
+        return [run["info"]["run_id"] for run in answer.get("runs", []) if run["info"].get("status") == "RUNNING"]
 
     def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
         self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": status, "end_time": end_time_ms or now_ms()})

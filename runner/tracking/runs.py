@@ -27,37 +27,55 @@ def _group_is_ours(pgid: int, run_id: str) -> bool:
 
 
 def reconcile(ledger: Ledger) -> list[RunRecord]:
-    """End the runs whose runner died: stop what they left running, mark them FAILED."""
+    """End the runs whose runner died: stop what they left running, mark them FAILED; and end
+    in tracking every run whose end has not reached it yet. Returns the orphans."""
     ended = []
     for record in ledger.orphans():
         if record.pgid and group_alive(record.pgid) and _group_is_ours(record.pgid, record.id):
             stop_group(record.pgid, 2.0)
         ledger.finish(record.id, "FAILED", record.exit_code, RUNNER_DIED)
         record.status, record.reason = "FAILED", RUNNER_DIED
-        if record.tracking_run_id and record.tracking_uri:
-            end_in_tracking(record.tracking_run_id, record.tracking_uri)
         ended.append(record)
+    unreachable: set[str] = set()  # one failed attempt per store and invocation is enough
+    for record in ledger.not_ended_in_tracking():
+        if record.tracking_uri in unreachable:
+            continue
+        if end_in_tracking(record.tracking_run_id, record.tracking_uri, record.status):
+            ledger.tracking_ended(record.id)
+        else:
+            unreachable.add(record.tracking_uri)
     from runner.tracking import pending
 
     pending.reconcile()  # runs created in tracking whose runner died before the ledger had them
     return ended
 
 
-def end_in_tracking(tracking_run_id: str, tracking_uri: str) -> None:
-    """End an orphan's MLflow run FAILED; best effort (the ledger already has the truth)."""
+def tracker_for(tracking_uri: str, quick: bool = False):
+    """A tracker for a URI as the ledger stores it (redacted): the current MLFLOW_TRACKING_URI,
+    credentials and all, when it is the same store. `quick`: a short network timeout."""
     from runner.sources import redact_url
     from runner.tracking import open_tracker
-    from runner.tracking.common import retry
 
     uri = tracking_uri
     current = os.environ.get("MLFLOW_TRACKING_URI")
     if current and redact_url(current) == uri:
         uri = current  # the stored form has its credentials masked
+    return open_tracker(uri, timeout=3.0 if quick else None)
+
+
+def end_in_tracking(tracking_run_id: str | None, tracking_uri: str | None, status: str = "FAILED") -> bool:
+    """End a run whose runner is gone in MLflow, once, quickly; False if the store could not be reached."""
+    from runner.errors import TrackingError
+
+    if not tracking_run_id or not tracking_uri:
+        return True
     try:
-        tracker = open_tracker(uri)
-        retry(lambda: tracker.end(tracking_run_id, "FAILED"), "ending an orphaned run", budget_seconds=5)
-    except Exception:  # noqa: BLE001 - never let a dead run's tracking block a new run
-        pass
+        tracker_for(tracking_uri, quick=True).end(tracking_run_id, status)
+    except TrackingError:
+        return False
+    except Exception:  # noqa: BLE001 - a dead run's tracking must never block a new run
+        return False
+    return True
 
 
 def find(ledger: Ledger, run_id: str) -> RunRecord:

@@ -57,6 +57,7 @@ class TrackedRun:
     continued: bool = False  # an existing MLflow run (--run-id)
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
     ended: bool = False
+    end_recorded: bool = False  # the tracking store has the run's end
 
     @property
     def run_id(self) -> str | None:
@@ -94,6 +95,7 @@ class TrackedRun:
         uploading.start()
         try:
             retry(lambda: self.tracker.end(self.context.run_id, status), "ending the run")  # type: ignore[union-attr]
+            self.end_recorded = True
         except TrackingError as exc:
             problems.append(str(exc))
         finally:
@@ -109,7 +111,7 @@ class TrackedRun:
         return clone() if clone is not None else self.tracker
 
 
-def start_tracking(
+def begin_tracking(
     plan: TrackingPlan,
     *,
     experiment_name: str | None,
@@ -118,12 +120,21 @@ def start_tracking(
     run_name: str | None,
     tags: dict[str, str],
     params: dict[str, str],
-) -> TrackedRun:
+) -> Callable[[], TrackedRun]:
+    """Start creating the run; the returned function waits for it.
+
+    Over REST the creation is sent at once and answered while the caller does
+    the rest of its preparation; other stores create the run here."""
     if plan.uri is None:
-        return TrackedRun(None, None)
+        return lambda: TrackedRun(None, None)
     tracker = open_tracker(plan.uri, plan.library, plan.way)
     request = StartRequest(experiment_name, experiment_id, run_name, tags, params, run_id)
-    return TrackedRun(tracker, tracker.start(request), continued=run_id is not None)
+    begin = getattr(tracker, "begin", None)
+    if begin is not None:
+        created = begin(request)
+        return lambda: TrackedRun(tracker, created(), continued=run_id is not None)
+    tracked = TrackedRun(tracker, tracker.start(request), continued=run_id is not None)
+    return lambda: tracked
 
 
 def project_tags(

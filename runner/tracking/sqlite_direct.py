@@ -164,6 +164,19 @@ class SqliteTracker:
         finally:
             db.close()
 
+    def find_running(self, experiment_name: str | None, experiment_id: str | None, key: str, value: str) -> list[str]:
+        """IDs of the RUNNING runs tagged key=value (the experiment does not narrow a unique tag)."""
+        db = self._db()
+        try:
+            rows = db.execute(
+                "SELECT runs.run_uuid FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid"
+                " WHERE tags.key = ? AND tags.value = ? AND runs.status = 'RUNNING'", (key, value)).fetchall()
+        except sqlite3.Error as exc:
+            raise TrackingError(f"cannot read the MLflow store {self.uri}: {exc}") from None
+        finally:
+            db.close()
+        return [row[0] for row in rows]
+
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
         from runner.tracking.artifacts import copy_local
 
