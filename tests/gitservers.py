@@ -260,3 +260,60 @@ def _ensure_git_account() -> None:
                         "--shell", "/bin/sh", "git"], check=True)
     # A locked account ("!") may not log in even with a key when PAM is off; "*" may.
     subprocess.run(["usermod", "-p", "*", "git"], check=True)
+
+
+# -- a connection that dies mid-transfer ------------------------------------------------
+class CuttingRelay:
+    """A TCP relay on loopback in front of a server; while `cut_after` is set, each connection
+    is closed once that many bytes went from the server to the client: the server "dies"
+    in the middle of a transfer. Set `cut_after = None` to let transfers complete."""
+
+    def __init__(self, upstream_port: int, cut_after: int | None):
+        import socket
+
+        self.upstream_port = upstream_port
+        self.cut_after = cut_after
+        self.cuts = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            limit = self.cut_after
+            threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, limit), daemon=True).start()
+
+    def _pipe(self, source, target, limit: int | None) -> None:
+        import socket
+
+        sent = 0
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if limit is not None and sent + len(data) >= limit:
+                    target.sendall(data[: max(0, limit - sent)])
+                    self.cuts += 1
+                    break
+                target.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()

@@ -405,3 +405,46 @@ def test_runs_from_threads_share_one_checkout(demo, mlproject_home, _work_in_tmp
     for thread in threads:
         thread.join(120)
     assert not errors and results == [0, 0, 0, 0]
+
+
+def test_server_dying_mid_clone_fails_clearly_and_leaves_nothing(tmp_path, mlproject_home, _work_in_tmp, cli):
+    """The git server's connection drops after 64 KiB of a ~3 MB pack: one clear error, no
+    half-made mirror or checkout, no run; once the server is back, the same URL runs."""
+    from gitservers import CuttingRelay
+
+    repo = make_demo_repo(tmp_path / "big")
+    (repo.work / "weights.bin").write_bytes(os.urandom(3 * 1024 * 1024))  # incompressible
+    git("add", "-A", cwd=repo.work)
+    git("commit", "-q", "-m", "weights", cwd=repo.work)
+    git("push", "-q", str(repo.bare), "main", cwd=repo.work)
+    server = GitDaemon(repo.bare.parent.parent, free_port(), tmp_path / "daemon.log")
+    server.start()
+    relay = CuttingRelay(server.port, cut_after=64 * 1024)
+    url = f"git://127.0.0.1:{relay.port}/org/demo.git"
+    try:
+        result = cli("run", url, "-P", "who=relay", "--env-manager", "local")
+        assert relay.cuts >= 1, "the transfer was not cut: the pack is too small"
+        assert_clean_error(result, 2, "was lost during the transfer")
+        mirrors = mlproject_home / "git" / "mirrors"
+        assert not list(mirrors.glob(".tmp-*")) and not [p for p in mirrors.glob("*") if p.name != ".locks"]
+        checkouts = mlproject_home / "git" / "checkouts"
+        assert not checkouts.exists() or not [p for p in checkouts.iterdir() if p.name != ".locks"]
+        assert runs_in(_work_in_tmp / "mlflow.db") == 0 and ledger_rows(mlproject_home) == 0
+        relay.cut_after = None  # the server is reachable again
+        again = cli("run", url, "-P", "who=relay", "--env-manager", "local")
+        assert again.returncode == 0, again.stderr
+        assert "version two: relay" in again.stdout
+        # A fetch of the default branch cut the same way: the branch as fetched before runs, with a warning.
+        (repo.work / "more.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+        git("add", "-A", cwd=repo.work)
+        git("commit", "-q", "-m", "more weights", cwd=repo.work)
+        git("push", "-q", str(repo.bare), "main", cwd=repo.work)
+        relay.cut_after = 64 * 1024
+        cached = cli("run", url, "-P", "who=cached", "--env-manager", "local")
+        assert cached.returncode == 0, cached.stderr
+        assert "warning: the connection to" in cached.stderr and "as fetched before" in cached.stderr
+        assert "version two: cached" in cached.stdout
+        assert not list((mlproject_home / "git" / "mirrors").glob(".tmp-*"))
+    finally:
+        relay.close()
+        server.stop()

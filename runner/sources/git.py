@@ -47,6 +47,12 @@ _UNREACHABLE = re.compile(
     r"connection closed by|connection reset|name or service not known",
     re.IGNORECASE,
 )
+# The transfer started and then the connection went (a server that died or a network that dropped).
+_DROPPED = re.compile(
+    r"early eof|invalid index-pack output|index-pack failed|hung up unexpectedly|unexpected disconnect|"
+    r"rpc failed|transfer closed with outstanding read data|the remote end hung up",
+    re.IGNORECASE,
+)
 _AUTH = re.compile(
     r"authentication failed|could not read username|could not read password|terminal prompts disabled|"
     r"permission denied \(|permission denied, please try again|host key verification failed|"
@@ -150,6 +156,14 @@ def explain(stderr: str, what: str, remote: GitRemote | None) -> GitCommandError
         line = re.sub(r"(://)[^/@\s]*@", r"\1", line)  # any userinfo git echoes back
         return re.sub(r"^unable to access '[^']*': ", "", line)
 
+    dropped = [line for line in lines if _DROPPED.search(line)]
+    if dropped and not any(_AUTH.search(line) for line in lines):
+        # Usable like an unreachable server: a branch fetched before still runs, with a warning.
+        failure = GitFailure("unreachable", cleaned(dropped[0]))
+        return GitCommandError(
+            f"the connection to {where} was lost during the transfer ({failure.detail})", failure,
+            hint="nothing partial was kept; run again once the server is reachable",
+        )
     for kind, pattern in (("auth", _AUTH), ("unreachable", _UNREACHABLE), ("not-a-repository", _NOT_A_REPOSITORY)):
         matching = [line for line in lines if pattern.search(line)]
         if not matching:
