@@ -262,6 +262,32 @@ def test_credentials_never_recorded(make_project, cli, mlflow_server, _work_in_t
     assert failed.returncode == 2 and secret not in failed.stderr
 
 
+def test_tracking_settings_secrets_never_recorded(make_project, cli, mlflow_server, _work_in_tmp, mlproject_home, tmp_path):
+    """A token and a password given as MLflow's settings (environment variables): in nothing a run
+    writes: output, ledger, notes, logs, the store, tags, parameters, or the run's artifacts."""
+    root = make_project(LOGGER, {"log.py": LOG_PY})
+    token, password = "t0ken-Zq81x", "pa55-Yw27k"
+    settings = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_TRACKING_TOKEN": token,
+                "MLFLOW_TRACKING_USERNAME": "bob", "MLFLOW_TRACKING_PASSWORD": password}
+    result = cli("run", str(root), "--env-manager", "local", "-P", "alpha=0.3", cwd=_work_in_tmp, env=settings)
+    assert result.returncode == 0, result.stderr
+    run_id = _run_id(result.stderr)
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(run_id)
+    assert run.data.metrics  # the project logged into the run with the same settings
+    downloaded = Path(client.download_artifacts(run_id, "", str(tmp_path / "artifacts")))
+    written = [p for base in (mlproject_home, _work_in_tmp, downloaded) for p in base.rglob("*") if p.is_file()]
+    assert any(p.name == "output.log" for p in written)
+    for secret in (token, password):
+        assert secret not in json.dumps(run.data.tags) + json.dumps(run.data.params)
+        assert secret not in result.stdout + result.stderr
+        for path in written:
+            assert secret.encode() not in path.read_bytes(), path
+    failed = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp,
+                 env={**settings, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    assert failed.returncode == 2 and token not in failed.stderr and password not in failed.stderr
+
+
 def _start_server(root: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
