@@ -148,6 +148,12 @@ def mlflow_server(tmp_path_factory):
             time.sleep(0.3)
     else:
         raise RuntimeError("mlflow server did not start in 120 s: " + (root / "server.log").read_text()[-2000:])
+    # Its job consumers keep both cores busy for seconds after the port opens; tests that
+    # start many runs at once would otherwise meet a server still starting (pool timeouts).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from harness import wait_until_idle
+
+    wait_until_idle(proc.pid, limit=60)
     yield url
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)

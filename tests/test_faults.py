@@ -1,6 +1,7 @@
 """Resource faults: a store on a small tmpfs that fills up during an environment build."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 
@@ -51,15 +52,39 @@ def _project(make_project):
 
 
 def test_tracking_server_refusing_the_run_starts_nothing(make_project, cli, mlflow_server, mlproject_home):
-    proxy = FaultyProxy(mlflow_server, fail={"runs/create": 1})
+    proxy = FaultyProxy(mlflow_server, fail={"runs/create": 1000})
     try:
-        result = cli("run", str(_project(make_project)), "--env-manager", "local", env={"MLFLOW_TRACKING_URI": proxy.url})
+        result = cli("run", str(_project(make_project)), "--env-manager", "local",
+                     env={"MLFLOW_TRACKING_URI": proxy.url, "MLPROJECT_TRACKING_RETRY_SECONDS": "1"})
     finally:
         proxy.close()
     assert_clean_error(result, 2, "refused /api/2.0/mlflow/runs/create (HTTP 503)")
     assert result.stderr.splitlines()[0].endswith("(HTTP 503)")  # no dangling ": " when the server says nothing
+    assert proxy.seen.count(("runs/create", 503)) >= 2  # asked again before giving up
     assert "ran" not in result.stdout
     assert not (mlproject_home / "ledger.db").exists() or '"id"' not in cli("runs", "list", "--json").stdout
+    assert not list((mlproject_home / "pending").glob("*.json"))  # refused: nothing to look for later
+
+
+def test_tracking_server_failing_under_load_is_asked_again_without_duplicates(make_project, cli, mlflow_server):
+    """503s to the experiment lookup and the creation are retried; a creation the server made but
+    whose answer was lost is found by its attempt tag, not made twice."""
+    from mlflow.tracking import MlflowClient
+
+    experiment = f"load-{os.urandom(4).hex()}"
+    proxy = FaultyProxy(mlflow_server, fail={"experiments/get-by-name": 2}, lose={"runs/create": 1})
+    try:
+        result = cli("run", str(_project(make_project)), "--env-manager", "local", "--experiment-name", experiment,
+                     env={"MLFLOW_TRACKING_URI": proxy.url})
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stderr
+    assert ("runs/create", -200) in proxy.seen and ("runs/search", 200) in proxy.seen
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED", [(r.info.run_id, r.info.status) for r in runs]
+    run_id = re.search(r"run with ID '([0-9a-f]{32})'", result.stderr).group(1)
+    assert runs[0].info.run_id == run_id
 
 
 def test_tracking_server_failing_at_the_end_is_retried(make_project, cli, mlflow_server):

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from conftest import assert_clean_error, pid_alive
 
@@ -88,23 +91,36 @@ def test_logs_follow_until_the_end(make_project, cli):
     assert runner.wait(timeout=10) == 0
 
 
-def test_fifty_parallel_runs_none_lost(make_project, cli, _work_in_tmp):
+@pytest.mark.parametrize("store", ["sqlite", "rest"])
+def test_fifty_parallel_runs_none_lost(store, make_project, cli, _work_in_tmp, mlproject_home, request):
     root = make_project("entry_points:\n  main:\n    parameters:\n      i: int\n    command: 'echo {i}'\n")
+    env = dict(os.environ)
+    extra: list[str] = []
+    uri = f"sqlite:///{_work_in_tmp / 'mlflow.db'}"
+    if store == "rest":
+        uri = request.getfixturevalue("mlflow_server")
+        env["MLFLOW_TRACKING_URI"] = uri
+        extra = ["--experiment-name", f"fifty-{os.urandom(4).hex()}"]
     procs = [
-        subprocess.Popen([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local", "-P", f"i={i}"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        subprocess.Popen([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local", "-P", f"i={i}", *extra],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         for i in range(50)
     ]
-    assert [p.wait(timeout=120) for p in procs] == [0] * 50
+    failures = [err for err in (p.communicate(timeout=180)[1].decode() for p in procs) if "succeeded" not in err]
+    assert [p.returncode for p in procs] == [0] * 50, failures[:3]
     records = _runs(cli)
     assert len(records) == 50
     assert sorted(int(r["parameters"]["i"]) for r in records) == list(range(50))
     assert {r["status"] for r in records} == {"FINISHED"}
+    assert {r["tracking_ended"] for r in records} == {1}
     from mlflow.tracking import MlflowClient
 
-    tracked = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").search_runs(["0"], max_results=100)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(extra[1]).experiment_id if extra else "0"
+    tracked = client.search_runs([experiment], max_results=100)
     assert len(tracked) == 50 and {r.info.status for r in tracked} == {"FINISHED"}
     assert {r.info.run_id for r in tracked} == {r["tracking_run_id"] for r in records}
+    assert not list((mlproject_home / "pending").glob("*.json"))
 
 
 def test_thousand_runs_list_quickly(mlproject_home, cli):

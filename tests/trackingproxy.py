@@ -16,11 +16,12 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
 
 class FaultyProxy:
     """Forwards to a real `mlflow server`; answers 503 to the first `fail[endpoint]` calls of
-    an endpoint, and delays every call of `delay[endpoint]` by that many seconds. With `tls`
-    (a certificate and key file), it serves HTTPS."""
+    an endpoint, and delays every call of `delay[endpoint]` by that many seconds. `lose[endpoint]`
+    calls are forwarded (the server acts on them) but answered 503: the answer is lost. With
+    `tls` (a certificate and key file), it serves HTTPS."""
 
     def __init__(self, upstream: str, fail: dict[str, int] | None = None, delay: dict[str, float] | None = None,
-                 tls: tuple[Path, Path] | None = None):
+                 tls: tuple[Path, Path] | None = None, lose: dict[str, int] | None = None):
         import http.client
         import threading
         import time
@@ -30,6 +31,7 @@ class FaultyProxy:
         target = urlparse(upstream)
         remaining = self.fail = dict(fail or {})  # change it to change what fails from now on
         delays = dict(delay or {})
+        losing = dict(lose or {})
         lock = threading.Lock()
         self.seen: list[tuple[str, int]] = []
         seen = self.seen
@@ -54,6 +56,16 @@ class FaultyProxy:
                 connection.request(self.command, self.path, body=body or None, headers=headers)
                 response = connection.getresponse()
                 payload = response.read()
+                with lock:
+                    lost = losing.get(endpoint, 0) > 0
+                    if lost:
+                        losing[endpoint] -= 1
+                if lost:
+                    seen.append((endpoint, -response.status))  # done upstream, answered 503
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 seen.append((endpoint, response.status))
                 self.send_response(response.status)
                 for key, value in response.getheaders():

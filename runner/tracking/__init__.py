@@ -21,6 +21,10 @@ from pathlib import Path
 
 from runner.errors import TrackingError
 
+# Every run the runner creates carries this tag, whose value is written down before the
+# creation is sent: a run whose creation's answer was lost can be found by it.
+ATTEMPT_TAG = "mlproject.attempt"
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
@@ -117,7 +121,8 @@ def way_to(uri: str) -> str:
 def open_tracker(uri: str, library_import=None, way: str | None = None, timeout: float | None = None):
     """The tracker for `uri` (`way` as decided by way_to, computed when not given).
 
-    `timeout` bounds each request to a tracking server (MLPROJECT_HTTP_TIMEOUT otherwise)."""
+    `timeout` bounds each request to a tracking server (otherwise MLPROJECT_HTTP_TIMEOUT,
+    else MLFLOW_HTTP_REQUEST_TIMEOUT, else 120 s as MLflow)."""
     way = way or way_to(uri)
     if way == "rest":
         from runner.tracking.rest import RestTracker

@@ -78,8 +78,7 @@ class LibraryTracker:
             else:
                 name, experiment_id = experiment_choice(request.experiment_name, request.experiment_id)
                 if experiment_id is None:
-                    found = client.get_experiment_by_name(name)
-                    experiment_id = found.experiment_id if found else client.create_experiment(name)
+                    experiment_id = _experiment_by_name(client, name)
                 run = client.create_run(experiment_id=str(experiment_id), tags=request.tags, run_name=request.run_name)
                 tags = []
             params = [Param(k, v) for k, v in request.params.items()]
@@ -114,3 +113,18 @@ class LibraryTracker:
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
         self._call("logging an artifact", lambda: self.client().log_artifact(run_id, str(path), artifact_path))
+
+
+def _experiment_by_name(client, name: str) -> str:
+    """The experiment's ID, created if missing (another run creating it at the same moment is fine)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id

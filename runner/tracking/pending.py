@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from runner import home
+from runner.tracking import ATTEMPT_TAG  # noqa: F401 - re-exported: the tag that finds a run
 from runner.tracking.ledger import _process_start_ticks, process_is
 
-ATTEMPT_TAG = "mlproject.attempt"
 # A note whose tracking store stays unreachable this long is given up on.
 _GIVE_UP_SECONDS = 7 * 24 * 3600
 # A creation sent by a runner that then died may reach the store after the runner is

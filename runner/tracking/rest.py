@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit
 
 from runner.errors import TrackingError
-from runner.tracking import RunContext, StartRequest, redact
+from runner.tracking import ATTEMPT_TAG, RunContext, StartRequest, redact
 from runner.tracking.common import experiment_choice, now_ms
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
-_TIMEOUT = float(os.environ.get("MLPROJECT_HTTP_TIMEOUT", "15"))
+# As MLflow's own client: MLFLOW_HTTP_REQUEST_TIMEOUT, 120 s by default. A server
+# that many runs start against at once can take seconds to answer each.
+_TIMEOUT = float(os.environ.get("MLPROJECT_HTTP_TIMEOUT") or os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or "120")
 
 
 class RestTracker:
@@ -66,8 +69,12 @@ class RestTracker:
         return Connection(endpoint, self._timeout)
 
     def _call(self, method: str, endpoint: str, body: dict | None = None, query: dict | None = None,
-              raw: bytes | None = None, content_type: str = "application/json") -> dict:
-        return self._send(method, endpoint, body, query, raw, content_type, wait=True)
+              raw: bytes | None = None, content_type: str = "application/json", transient_retry: bool = True) -> dict:
+        """One call, answered. A busy or overloaded server (429, 5xx) is asked again with backoff
+        for a bounded time, as MLflow's own client does; every call sent this way is idempotent."""
+        if not transient_retry:
+            return self._send(method, endpoint, body, query, raw, content_type, wait=True)
+        return _retrying_transient(lambda: self._send(method, endpoint, body, query, raw, content_type, wait=True))
 
     def _send(self, method: str, endpoint: str, body: dict | None = None, query: dict | None = None,
               raw: bytes | None = None, content_type: str = "application/json", wait: bool = False):
@@ -154,7 +161,14 @@ class RestTracker:
         except TrackingError as exc:
             if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
                 raise
-        created = self._call("POST", "/api/2.0/mlflow/experiments/create", {"name": name})
+        try:
+            created = self._call("POST", "/api/2.0/mlflow/experiments/create", {"name": name})
+        except TrackingError as exc:
+            if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS" and "already exists" not in exc.message:
+                raise
+            # Another run created it between our lookup and our creation: use theirs.
+            found = self._call("GET", "/api/2.0/mlflow/experiments/get-by-name", query={"experiment_name": name})
+            return str(found["experiment"]["experiment_id"])
         return str(created["experiment_id"])
 
     def start(self, request: StartRequest) -> RunContext:
@@ -175,8 +189,28 @@ class RestTracker:
                 "tags": [{"key": k, "value": v} for k, v in request.tags.items()]}
         if request.run_name:
             body["run_name"] = request.run_name
-        created = self._send("POST", "/api/2.0/mlflow/runs/create", body)
-        return lambda: self._log_start(created()["run"]["info"], request, {})
+        answer = self._send("POST", "/api/2.0/mlflow/runs/create", body)
+        attempt = request.tags.get(ATTEMPT_TAG)
+
+        def created() -> dict:
+            nonlocal answer
+            try:
+                return answer()["run"]["info"]
+            except TrackingError as exc:
+                if not _transient(exc):
+                    raise
+            # The server failed under load. Unless the run exists after all (found by this
+            # attempt's tag), create it again, with backoff, for a bounded time.
+            def again() -> dict:
+                found = self.find_running(None, experiment_id, ATTEMPT_TAG, attempt) if attempt else []
+                if found:
+                    return self._call("GET", "/api/2.0/mlflow/runs/get", query={"run_id": found[0]})["run"]["info"]
+                return self._call("POST", "/api/2.0/mlflow/runs/create", {**body, "start_time": now_ms()},
+                                  transient_retry=False)["run"]["info"]
+
+            return _retrying_transient(again, first_delay=0.25)
+
+        return lambda: self._log_start(created(), request, {})
 
     def _log_start(self, info: dict, request: StartRequest, tags: dict[str, str]) -> RunContext:
         run_id, experiment_id, artifact_uri = info["run_id"], str(info["experiment_id"]), info.get("artifact_uri", "")
@@ -205,7 +239,9 @@ class RestTracker:
         return [run["info"]["run_id"] for run in answer.get("runs", []) if run["info"].get("status") == "RUNNING"]
 
     def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
-        self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": status, "end_time": end_time_ms or now_ms()})
+        # The caller retries the end as a whole (any failure, for its own budget).
+        self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": status, "end_time": end_time_ms or now_ms()},
+                   transient_retry=False)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self._call("POST", "/api/2.0/mlflow/runs/log-batch",
@@ -227,3 +263,35 @@ def _unquote(text: str) -> str:
     from urllib.parse import unquote
 
     return unquote(text)
+
+
+_TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
+
+
+# MLflow's server answers 400 BAD_REQUEST when its own database is overloaded (a sqlite
+# store with many writers: its connection pool times out, or the file stays locked).
+_OVERLOADED = re.compile(r"QueuePool limit|database is locked|connection timed out", re.IGNORECASE)
+
+
+def _transient(exc: TrackingError) -> bool:
+    status = getattr(exc, "status", None)
+    return status in _TRANSIENT_STATUSES or (status == 400 and bool(_OVERLOADED.search(exc.message)))
+
+
+def _retrying_transient(action: Callable[[], dict], first_delay: float = 0.0) -> dict:
+    """`action()`, again while it fails with a transient answer, within MLPROJECT_TRACKING_RETRY_SECONDS."""
+    import time
+
+    budget = float(os.environ.get("MLPROJECT_TRACKING_RETRY_SECONDS", "60"))
+    deadline = time.monotonic() + budget
+    delay = 0.25
+    if first_delay:
+        time.sleep(first_delay)
+    while True:
+        try:
+            return action()
+        except TrackingError as exc:
+            if not _transient(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 4.0)

@@ -76,6 +76,12 @@ class SqliteTracker:
         stamp = now_ms()
         db.execute("BEGIN IMMEDIATE")
         try:
+            # Another run may have created it since our lookup; the write lock settles who.
+            row = db.execute("SELECT experiment_id, artifact_location FROM experiments WHERE name = ? AND workspace = 'default'",
+                             (name,)).fetchone()
+            if row is not None:
+                db.execute("COMMIT")
+                return str(row[0]), row[1]
             cursor = db.execute(
                 "INSERT INTO experiments (name, artifact_location, lifecycle_stage, creation_time, last_update_time, workspace)"
                 " VALUES (?, NULL, 'active', ?, ?, 'default')",
