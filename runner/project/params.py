@@ -130,8 +130,17 @@ def resolve(
     for name, text in list(texts.items()) + list(extra.items()):
         if "\0" in text:
             raise ParameterError(f"parameter {name!r}: value contains a NUL byte", hint="NUL cannot be passed to a program")
+        if _UNDECODABLE.search(name + text):
+            # Bytes that were not UTF-8 on the command line (Python keeps them as lone
+            # surrogates): they can be neither recorded as text nor logged to MLflow.
+            raise ParameterError(f"parameter {name.encode('utf-8', 'backslashreplace').decode()!r}: "
+                                 "the value is not valid UTF-8 text",
+                                 hint="give parameters as UTF-8 (check the terminal's or the script's encoding)")
     command = render(entry, texts, extra)
     return Invocation(entry.name, command, project.directory, values, texts, extra, remote)
+
+
+_UNDECODABLE = re.compile("[\ud800-\udfff]")
 
 
 def render(entry: EntryPoint, texts: Mapping[str, str], extra: Mapping[str, str]) -> str:

@@ -87,6 +87,12 @@ def fetch(
     root = local.absolute()
     if not root.is_dir():
         raise ProjectError(f"project {base!r} is not a directory", hint="give the directory that holds MLproject")
+    if not str(root).encode("utf-8", "surrogateescape").decode("utf-8", "replace") == str(root):
+        # A directory name in another encoding (Python keeps such bytes as lone
+        # surrogates): neither the ledger nor MLflow can record where the run came from.
+        shown_path = os.fsencode(root).decode("utf-8", "backslashreplace")
+        raise ProjectError(f"the project's path {shown_path} is not valid UTF-8",
+                           hint="rename the directory (or a parent) to a UTF-8 name")
     from runner.sources import local as working_copy
 
     shown = str(root) + (f"#{subdir}" if subdir else "")
