@@ -1,4 +1,4 @@
-"""The runner SIGKILLed at random moments (environment build, run start, the
+"""The runner SIGKILLed at random moments (git fetch, environment build, run start, the
 command, the run's end), many times: afterwards no half-made environment is
 reused, the next run succeeds, every started run is ended in the ledger and in
 tracking, and nothing the killed runs started is left running.
@@ -160,3 +160,46 @@ def test_sigkill_while_a_slow_server_creates_the_run(make_project, mlproject_hom
     for note in (mlproject_home / "pending").glob("*.json"):  # kept only for creations never sent
         attempt = json.loads(note.read_text())["attempt"]
         assert not [r for r in runs if r.data.tags.get(pending.ATTEMPT_TAG) == attempt], note.read_text()
+
+
+def test_sigkill_during_git_fetches(tmp_path, mlproject_home, _work_in_tmp, cli):
+    """SIGKILL while a git project is cloned, checked out or run (its repository holds a 24 MB
+    file, so clones take a while): afterwards the next run succeeds from a sound mirror and
+    checkout, and no half-made one is in use."""
+    from gitservers import git, make_demo_repo
+
+    repo = make_demo_repo(tmp_path / "repo")
+    (repo.work / "weights.bin").write_bytes(os.urandom(24 * 1024 * 1024))
+    git("add", "-A", cwd=repo.work)
+    git("commit", "-q", "-m", "weights", cwd=repo.work)
+    git("push", "-q", str(repo.bare), "main", cwd=repo.work)
+    url = repo.bare.as_uri()
+    rng = random.Random(int(os.environ.get("MLPROJECT_CRASH_SEED", "20261121")))
+    kills = 0
+    for attempt in range(10):
+        if attempt % 3 == 0:  # a cold cache again: kills land in clones, not only in runs
+            cli("cache", "gc", "--older-than", "0")
+        proc = subprocess.Popen([sys.executable, "-m", "runner", "run", url, "-P", "who=crash", "--env-manager", "local"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.6))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 5, f"only {kills} of 10 runs were still going when killed: the timing needs adjusting"
+    result = cli("run", url, "-P", "who=after", "--env-manager", "local")
+    assert result.returncode == 0, result.stderr
+    assert "version two: after" in result.stdout
+    statuses = _ledger_statuses(mlproject_home)
+    assert all(status != "RUNNING" for _, status, _ in statuses), statuses
+    with sqlite3.connect(_work_in_tmp / "mlflow.db") as conn:
+        assert conn.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0] == 0
+    # What a run uses is complete: the mirror passes git's own check, the checkout is at the commit.
+    mirrors = [p for p in (mlproject_home / "git" / "mirrors").iterdir() if not p.name.startswith(".")]
+    for mirror in mirrors:
+        git("fsck", "--no-progress", "--connectivity-only", cwd=mirror)
+    listing = cli("cache", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert cli("cache", "gc", "--older-than", "0").returncode == 0  # and what the kills left can be removed
+    leftovers = [p.name for p in (mlproject_home / "git").rglob(".tmp-*")]
+    assert leftovers == [], leftovers
