@@ -196,8 +196,9 @@ def tracking_overhead(args: argparse.Namespace, work: Path) -> str:
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [str(mlflow_py), "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{work}/server.db", "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+         "--backend-store-uri", f"sqlite:///{work}/server.db", "--artifacts-destination", str(work / "artifacts"),
+         "--workers", "1"],
+        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
         deadline = _time.monotonic() + 120
