@@ -181,9 +181,7 @@ def _track_and_launch(the_plan: Plan, tracking_plan, experiment_name, experiment
         source.source_name, invocation.entry_point, the_plan.env_manager, planned.key,
         source.commit, source.repo_url, source.branch, source.dirty,
     )
-    from runner.tracking import pending, redact
-    from runner.tracking.ledger import Ledger
-    from runner.tracking.runs import reconcile
+    from runner.tracking import ATTEMPT_TAG, pending, redact
 
     # Before the creation is sent, a note names this attempt and the run carries it
     # as a tag: a SIGKILL anywhere from here leaves a run that can be found and ended.
@@ -192,7 +190,7 @@ def _track_and_launch(the_plan: Plan, tracking_plan, experiment_name, experiment
         from runner.tracking.common import experiment_choice
 
         attempt = pending.new_attempt()
-        tags[pending.ATTEMPT_TAG] = attempt
+        tags[ATTEMPT_TAG] = attempt
         note = pending.note(attempt, redact(tracking_plan.uri), *experiment_choice(experiment_name, experiment_id), run_id)
     try:
         created = begin_tracking(tracking_plan, experiment_name=experiment_name, experiment_id=experiment_id, run_id=run_id,
@@ -200,8 +198,12 @@ def _track_and_launch(the_plan: Plan, tracking_plan, experiment_name, experiment
     except BaseException as exc:
         _settle_note(note, exc)
         raise
-    # While a tracking server creates the run: open the ledger, settle what dead runners left.
+    # While a tracking server creates the run: import and open the ledger (sqlite3 and
+    # all), settle what dead runners left.
     try:
+        from runner.tracking.ledger import Ledger
+        from runner.tracking.runs import reconcile
+
         ledger = Ledger()
         orphans = reconcile(ledger)
     except BaseException as exc:

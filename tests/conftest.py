@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gitservers import free_port  # noqa: F401 - shared with the tests that import it from here
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -112,14 +114,6 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in (b"Z", b"X")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def serve_connections(handle) -> socket.socket:
+    """A listener on a free loopback port whose every connection goes to `handle(conn)` in a
+    thread of its own, until the listener is closed."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener
+
+
 def wait_for_port(port: int, what: str, proc: subprocess.Popen | None = None, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -269,31 +286,19 @@ class CuttingRelay:
     in the middle of a transfer. Set `cut_after = None` to let transfers complete."""
 
     def __init__(self, upstream_port: int, cut_after: int | None):
-        import socket
-
         self.upstream_port = upstream_port
         self.cut_after = cut_after
         self.cuts = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = serve_connections(self._relay)
         self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
-        import socket
-
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            limit = self.cut_after
-            threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, limit), daemon=True).start()
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        limit = self.cut_after
+        threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
+        self._pipe(upstream, client, limit)
 
     def _pipe(self, source, target, limit: int | None) -> None:
-        import socket
-
         sent = 0
         try:
             while True:

@@ -38,6 +38,22 @@ def _processes_of(run_ids: set[str]) -> list[int]:
     return found
 
 
+def _crash_rng() -> random.Random:
+    return random.Random(int(os.environ.get("MLPROJECT_CRASH_SEED", "20261121")))
+
+
+def _run_and_kill(args: list[str], rng: random.Random, low: float, high: float, env: dict | None = None) -> bool:
+    """Start `mlproject <args>`, SIGKILL it after a random low..high s; True if it was still going."""
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(low, high))
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
 def test_sigkill_at_random_moments(make_project, mlproject_home, _work_in_tmp, cli):
     root = make_project(
         "name: crashy\npython_env: python_env.yaml\nentry_points:\n  main:\n"
@@ -45,18 +61,12 @@ def test_sigkill_at_random_moments(make_project, mlproject_home, _work_in_tmp, c
         {"python_env.yaml": "python: '3.11'\ndependencies: [six==1.16.0]\n"},
     )
     assert cli("env", "build", str(root)).returncode == 0  # warms uv's cache: builds below take ~0.3-1 s
-    rng = random.Random(int(os.environ.get("MLPROJECT_CRASH_SEED", "20261121")))
+    rng = _crash_rng()
     kills = 0
     for attempt in range(14):
         if attempt % 2 == 0:  # every other attempt rebuilds, so kills also land inside builds
             cli("env", "gc", "--older-than", "0")
-        proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=False)
-        time.sleep(rng.uniform(0.05, 1.2))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        kills += _run_and_kill(["run", str(root)], rng, 0.05, 1.2)
     assert kills >= 7, f"only {kills} of 14 runs were still going when killed: the timing needs adjusting"
 
     result = cli("run", str(root))  # reconciles every orphan before it starts
@@ -139,16 +149,10 @@ def test_sigkill_while_a_slow_server_creates_the_run(make_project, mlproject_hom
     experiment = f"crash-{os.urandom(4).hex()}"
     proxy = FaultyProxy(mlflow_server, delay={"runs/create": 0.6})
     env = {**os.environ, "MLFLOW_TRACKING_URI": proxy.url}
-    rng = random.Random(int(os.environ.get("MLPROJECT_CRASH_SEED", "20261121")))
+    rng = _crash_rng()
     try:
         for _ in range(6):
-            proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(project), "--env-manager", "local",
-                                     "--experiment-name", experiment], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.3, 1.2))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            _run_and_kill(["run", str(project), "--env-manager", "local", "--experiment-name", experiment], rng, 0.3, 1.2, env)
         time.sleep(1.0)  # the proxy's last delayed creation reaches the server
         assert cli("runs", "list", env={"MLFLOW_TRACKING_URI": proxy.url}).returncode == 0
     finally:
@@ -174,18 +178,12 @@ def test_sigkill_during_git_fetches(tmp_path, mlproject_home, _work_in_tmp, cli)
     git("commit", "-q", "-m", "weights", cwd=repo.work)
     git("push", "-q", str(repo.bare), "main", cwd=repo.work)
     url = repo.bare.as_uri()
-    rng = random.Random(int(os.environ.get("MLPROJECT_CRASH_SEED", "20261121")))
+    rng = _crash_rng()
     kills = 0
     for attempt in range(10):
         if attempt % 3 == 0:  # a cold cache again: kills land in clones, not only in runs
             cli("cache", "gc", "--older-than", "0")
-        proc = subprocess.Popen([sys.executable, "-m", "runner", "run", url, "-P", "who=crash", "--env-manager", "local"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, 0.6))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        kills += _run_and_kill(["run", url, "-P", "who=crash", "--env-manager", "local"], rng, 0.05, 0.6)
     assert kills >= 5, f"only {kills} of 10 runs were still going when killed: the timing needs adjusting"
     result = cli("run", url, "-P", "who=after", "--env-manager", "local")
     assert result.returncode == 0, result.stderr

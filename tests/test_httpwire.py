@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 
 import pytest
 
 from conftest import assert_clean_error
+from gitservers import serve_connections
 from runner.httpwire import Connection, Disconnected, Endpoint, ProtocolError
 from trackingproxy import FaultyProxy, self_signed_certificate
 
@@ -24,20 +24,11 @@ class ScriptedServer:
         self.close_after = set(close_after)
         self.requests: list[bytes] = []
         self.connections = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = serve_connections(self._handle)
         self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
+        self.connections += 1
         with conn:
             buffer = b""
             while True:

@@ -9,7 +9,9 @@ from runner.errors import TrackingError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable
+    from typing import Callable, TypeVar
+
+    T = TypeVar("T")
 
 
 def now_ms() -> int:
@@ -44,18 +46,24 @@ def random_run_name() -> str:
     return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}-{random.randint(0, 999)}"
 
 
-def retry(action: Callable[[], None], what: str, budget_seconds: float | None = None) -> None:
-    """Run `action`, retrying with backoff on TrackingError for a bounded time."""
+def retry(action: Callable[[], T], what: str, budget_seconds: float | None = None,
+          when: Callable[[TrackingError], bool] | None = None) -> T:
+    """`action()`, again with backoff while it fails with a TrackingError (one that `when`
+    accepts, if given), for MLPROJECT_TRACKING_RETRY_SECONDS (60) or `budget_seconds`."""
     if budget_seconds is None:
         budget_seconds = float(os.environ.get("MLPROJECT_TRACKING_RETRY_SECONDS", "60"))
     deadline = time.monotonic() + budget_seconds
     delay = 0.25
     while True:
         try:
-            action()
-            return
-        except TrackingError:
-            if time.monotonic() + delay > deadline:
+            return action()
+        except TrackingError as exc:
+            if (when is not None and not when(exc)) or time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def tag_filter(key: str, value: str) -> str:
+    """An MLflow search filter for runs tagged key=value (values are ours: quotes are dropped)."""
+    return f"tags.`{key}` = '{value.replace(chr(39), '')}'"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import home
+from runner.processes import process_is, start_ticks
 
 SCHEMA_VERSION = 2
 _COLUMNS = (
@@ -55,22 +56,6 @@ class RunRecord:
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in _COLUMNS}
-
-
-def _process_start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return int(handle.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def process_is(pid: int, start_ticks: int | None) -> bool:
-    """True if `pid` is alive and is the same process (not a reused PID)."""
-    current = _process_start_ticks(pid)
-    if current is None:
-        return False
-    return start_ticks is None or current == start_ticks
 
 
 class Ledger:
@@ -116,7 +101,7 @@ class Ledger:
     def start(self, record: RunRecord) -> None:
         record.start_time = record.start_time or time.time()
         record.runner_pid = record.runner_pid or os.getpid()
-        record.runner_start = record.runner_start or _process_start_ticks(record.runner_pid)
+        record.runner_start = record.runner_start or start_ticks(record.runner_pid)
         if record.tracking_run_id and record.tracking_ended is None:
             record.tracking_ended = 0
         values = record.as_dict()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from runner.errors import TrackingError
 from runner.tracking import RunContext, StartRequest, redact
-from runner.tracking.common import experiment_choice, now_ms
+from runner.tracking.common import experiment_choice, now_ms, tag_filter
 
 
 @contextlib.contextmanager
@@ -106,7 +106,7 @@ class LibraryTracker:
                 if found is None:
                     return []
                 chosen = found.experiment_id
-            runs = client.search_runs([str(chosen)], filter_string=f"tags.`{key}` = '{value.replace(chr(39), '')}'")
+            runs = client.search_runs([str(chosen)], filter_string=tag_filter(key, value))
             return [run.info.run_id for run in runs if run.info.status == "RUNNING"]
 
         return self._call("searching runs", search)

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from runner import home
-from runner.tracking import ATTEMPT_TAG  # noqa: F401 - re-exported: the tag that finds a run
-from runner.tracking.ledger import _process_start_ticks, process_is
+from runner.tracking import ATTEMPT_TAG
+from runner.processes import process_is, start_ticks
 
 # A note whose tracking store stays unreachable this long is given up on.
 _GIVE_UP_SECONDS = 7 * 24 * 3600
@@ -37,7 +37,7 @@ def note(attempt: str, tracking_uri: str, experiment_name: str | None, experimen
     path = home.subdir("pending") / f"{attempt}.json"
     home.save_json(path, {"attempt": attempt, "run_id": run_id, "tracking_uri": tracking_uri,
                           "experiment_name": experiment_name, "experiment_id": experiment_id,
-                          "pid": os.getpid(), "start_ticks": _process_start_ticks(os.getpid()), "written": time.time()})
+                          "pid": os.getpid(), "start_ticks": start_ticks(os.getpid()), "written": time.time()})
     return path
 
 

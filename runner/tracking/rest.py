@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit
 
 from runner.errors import TrackingError
 from runner.tracking import ATTEMPT_TAG, RunContext, StartRequest, redact
-from runner.tracking.common import experiment_choice, now_ms
+from runner.tracking.common import experiment_choice, now_ms, retry, tag_filter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -74,7 +75,8 @@ class RestTracker:
         for a bounded time, as MLflow's own client does; every call sent this way is idempotent."""
         if not transient_retry:
             return self._send(method, endpoint, body, query, raw, content_type, wait=True)
-        return _retrying_transient(lambda: self._send(method, endpoint, body, query, raw, content_type, wait=True))
+        return retry(lambda: self._send(method, endpoint, body, query, raw, content_type, wait=True), endpoint,
+                     when=_transient)
 
     def _send(self, method: str, endpoint: str, body: dict | None = None, query: dict | None = None,
               raw: bytes | None = None, content_type: str = "application/json", wait: bool = False):
@@ -155,21 +157,29 @@ class RestTracker:
         name, experiment_id = experiment_choice(name, experiment_id)
         if experiment_id is not None:
             return str(experiment_id)
-        try:
-            found = self._call("GET", "/api/2.0/mlflow/experiments/get-by-name", query={"experiment_name": name})
-            return str(found["experiment"]["experiment_id"])
-        except TrackingError as exc:
-            if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
-                raise
+        found = self._find_experiment(name)
+        if found is not None:
+            return found
         try:
             created = self._call("POST", "/api/2.0/mlflow/experiments/create", {"name": name})
         except TrackingError as exc:
             if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS" and "already exists" not in exc.message:
                 raise
             # Another run created it between our lookup and our creation: use theirs.
-            found = self._call("GET", "/api/2.0/mlflow/experiments/get-by-name", query={"experiment_name": name})
-            return str(found["experiment"]["experiment_id"])
+            theirs = self._find_experiment(name)
+            if theirs is None:
+                raise
+            return theirs
         return str(created["experiment_id"])
+
+    def _find_experiment(self, name: str) -> str | None:
+        try:
+            found = self._call("GET", "/api/2.0/mlflow/experiments/get-by-name", query={"experiment_name": name})
+        except TrackingError as exc:
+            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        return str(found["experiment"]["experiment_id"])
 
     def start(self, request: StartRequest) -> RunContext:
         return self.begin(request)()
@@ -193,7 +203,6 @@ class RestTracker:
         attempt = request.tags.get(ATTEMPT_TAG)
 
         def created() -> dict:
-            nonlocal answer
             try:
                 return answer()["run"]["info"]
             except TrackingError as exc:
@@ -208,7 +217,8 @@ class RestTracker:
                 return self._call("POST", "/api/2.0/mlflow/runs/create", {**body, "start_time": now_ms()},
                                   transient_retry=False)["run"]["info"]
 
-            return _retrying_transient(again, first_delay=0.25)
+            time.sleep(0.25)
+            return retry(again, "creating the run", when=_transient)
 
         return lambda: self._log_start(created(), request, {})
 
@@ -226,16 +236,11 @@ class RestTracker:
         """IDs of the RUNNING runs tagged key=value (a run whose creation's answer was lost)."""
         name, experiment_id = experiment_choice(experiment_name, experiment_id)
         if experiment_id is None:
-            try:
-                found = self._call("GET", "/api/2.0/mlflow/experiments/get-by-name", query={"experiment_name": name})
-            except TrackingError as exc:
-                if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-                    return []
-                raise
-            experiment_id = str(found["experiment"]["experiment_id"])
-        escaped = value.replace("'", "")  # our values are hex; never let one break the filter
+            experiment_id = self._find_experiment(name)
+            if experiment_id is None:
+                return []
         answer = self._call("POST", "/api/2.0/mlflow/runs/search", {
-            "experiment_ids": [experiment_id], "filter": f"tags.`{key}` = '{escaped}'", "max_results": 50})
+            "experiment_ids": [experiment_id], "filter": tag_filter(key, value), "max_results": 50})
         return [run["info"]["run_id"] for run in answer.get("runs", []) if run["info"].get("status") == "RUNNING"]
 
     def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
@@ -276,22 +281,3 @@ _OVERLOADED = re.compile(r"QueuePool limit|database is locked|connection timed o
 def _transient(exc: TrackingError) -> bool:
     status = getattr(exc, "status", None)
     return status in _TRANSIENT_STATUSES or (status == 400 and bool(_OVERLOADED.search(exc.message)))
-
-
-def _retrying_transient(action: Callable[[], dict], first_delay: float = 0.0) -> dict:
-    """`action()`, again while it fails with a transient answer, within MLPROJECT_TRACKING_RETRY_SECONDS."""
-    import time
-
-    budget = float(os.environ.get("MLPROJECT_TRACKING_RETRY_SECONDS", "60"))
-    deadline = time.monotonic() + budget
-    delay = 0.25
-    if first_delay:
-        time.sleep(first_delay)
-    while True:
-        try:
-            return action()
-        except TrackingError as exc:
-            if not _transient(exc) or time.monotonic() + delay > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 4.0)

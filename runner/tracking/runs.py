@@ -8,7 +8,8 @@ from dataclasses import asdict
 
 from runner.errors import UsageError
 from runner.launch import group_alive, group_members, stop_group
-from runner.tracking.ledger import Ledger, RunRecord, process_is
+from runner.processes import process_is
+from runner.tracking.ledger import Ledger, RunRecord
 
 RUNNER_DIED = "the runner process ended without recording an outcome (killed?)"
 
@@ -65,14 +66,10 @@ def tracker_for(tracking_uri: str, quick: bool = False):
 
 def end_in_tracking(tracking_run_id: str | None, tracking_uri: str | None, status: str = "FAILED") -> bool:
     """End a run whose runner is gone in MLflow, once, quickly; False if the store could not be reached."""
-    from runner.errors import TrackingError
-
     if not tracking_run_id or not tracking_uri:
         return True
     try:
         tracker_for(tracking_uri, quick=True).end(tracking_run_id, status)
-    except TrackingError:
-        return False
     except Exception:  # noqa: BLE001 - a dead run's tracking must never block a new run
         return False
     return True

@@ -61,10 +61,7 @@ class SqliteTracker:
             if row is None:
                 raise TrackingError(f"no MLflow experiment with ID {experiment_id!r} in {self.uri}")
         else:
-            row = db.execute(
-                "SELECT experiment_id, artifact_location, lifecycle_stage FROM experiments WHERE name = ? AND workspace = 'default'",
-                (name,),
-            ).fetchone()
+            row = _experiment_named(db, name)
             if row is None:
                 return self._create_experiment(db, name)
         if row[2] != "active":
@@ -77,8 +74,7 @@ class SqliteTracker:
         db.execute("BEGIN IMMEDIATE")
         try:
             # Another run may have created it since our lookup; the write lock settles who.
-            row = db.execute("SELECT experiment_id, artifact_location FROM experiments WHERE name = ? AND workspace = 'default'",
-                             (name,)).fetchone()
+            row = _experiment_named(db, name)
             if row is not None:
                 db.execute("COMMIT")
                 return str(row[0]), row[1]
@@ -188,6 +184,14 @@ class SqliteTracker:
 
         name = path.name if artifact_path is None else f"{artifact_path.strip('/')}/{path.name}"
         copy_local(artifact_uri, path, name)
+
+
+def _experiment_named(db: sqlite3.Connection, name: str) -> tuple | None:
+    """(experiment_id, artifact_location, lifecycle_stage) of the experiment called `name`."""
+    return db.execute(
+        "SELECT experiment_id, artifact_location, lifecycle_stage FROM experiments WHERE name = ? AND workspace = 'default'",
+        (name,),
+    ).fetchone()
 
 
 def _check_sizes(request: StartRequest) -> None:
