@@ -205,13 +205,12 @@ class Mirror:
             _remove(leftover, self.root)
         tmp = self.root / f".tmp-{self.path.name}-{os.getpid()}-{os.urandom(3).hex()}"
         try:
+            # Checkouts borrow this mirror's objects: git must never prune them.
             run_git(
-                ["clone", "--bare", "--quiet", "--", self.remote.url, str(tmp)],
+                ["clone", "--bare", "--quiet", "--config", "gc.auto=0", "--config", "gc.pruneExpire=never",
+                 "--", self.remote.url, str(tmp)],
                 remote=self.remote, what=f"cloning {self.remote.url}", progress=progress,
             )
-            # Checkouts borrow this mirror's objects: git must never prune them.
-            run_git(["config", "gc.auto", "0"], cwd=tmp)
-            run_git(["config", "gc.pruneExpire", "never"], cwd=tmp)
             if self.remote.local:  # a bare clone leaves out the remote-tracking branches
                 self._fetch(progress, tmp)
             (tmp / _FETCHED_MARKER).write_text("")
