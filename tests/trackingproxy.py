@@ -15,13 +15,14 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
 
 
 class FaultyProxy:
-    """Forwards to a real `mlflow server`; answers 503 to the first `fail[endpoint]` calls of
-    an endpoint, and delays every call of `delay[endpoint]` by that many seconds. `lose[endpoint]`
+    """Forwards to a real `mlflow server`; answers 503 (or `failure`: a status and body) to the
+    first `fail[endpoint]` calls of an endpoint, and delays every call of `delay[endpoint]` by that many seconds. `lose[endpoint]`
     calls are forwarded (the server acts on them) but answered 503: the answer is lost. With
     `tls` (a certificate and key file), it serves HTTPS."""
 
     def __init__(self, upstream: str, fail: dict[str, int] | None = None, delay: dict[str, float] | None = None,
-                 tls: tuple[Path, Path] | None = None, lose: dict[str, int] | None = None):
+                 tls: tuple[Path, Path] | None = None, lose: dict[str, int] | None = None,
+                 failure: tuple[int, bytes] = (503, b"")):
         import http.client
         import threading
         import time
@@ -46,10 +47,11 @@ class FaultyProxy:
                     if failing:
                         remaining[endpoint] -= 1
                 if failing:
-                    seen.append((endpoint, 503))
-                    self.send_response(503)
-                    self.send_header("Content-Length", "0")
+                    seen.append((endpoint, failure[0]))
+                    self.send_response(failure[0])
+                    self.send_header("Content-Length", str(len(failure[1])))
                     self.end_headers()
+                    self.wfile.write(failure[1])
                     return
                 connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
