@@ -298,6 +298,7 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, ledger, synchronous
     inputs_dir = run_dir / "inputs"
     prepared = None
     try:
+        tracked.record_start()  # a refusal here ends the run FAILED, in the ledger and in tracking
         prepared = realize(planned, progress)
         if invocation.remote:
             local = downloads.download(invocation.remote, inputs_dir, tracking_plan.uri, tracking_plan.library)

@@ -66,6 +66,28 @@ def test_tracking_server_refusing_the_run_starts_nothing(make_project, cli, mlfl
     assert not list((mlproject_home / "pending").glob("*.json"))  # refused: nothing to look for later
 
 
+def test_tracking_server_refusing_the_parameters_fails_the_run_it_made(make_project, cli, mlflow_server):
+    """Refused after the run was created: nothing starts, and the run is ended FAILED in
+    MLflow and in the ledger, not left RUNNING."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    proxy = FaultyProxy(mlflow_server, fail={"runs/log-batch": 1000})
+    try:
+        project = make_project("entry_points:\n  main:\n    parameters:\n      n: int\n    command: 'echo ran {n}'\n")
+        result = cli("run", str(project), "--env-manager", "local", "-P", "n=3",
+                     env={"MLFLOW_TRACKING_URI": proxy.url, "MLPROJECT_TRACKING_RETRY_SECONDS": "1"})
+    finally:
+        proxy.close()
+    assert_clean_error(result, 2, "refused /api/2.0/mlflow/runs/log-batch (HTTP 503)")
+    assert "ran" not in result.stdout
+    [row] = json.loads(cli("runs", "list", "--json").stdout)
+    assert row["status"] == "FAILED", row
+    run = MlflowClient(mlflow_server).get_run(row["tracking_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["mlproject.attempt"], run.info
+
+
 def test_tracking_server_failing_under_load_is_asked_again_without_duplicates(make_project, cli, mlflow_server):
     """503s to the experiment lookup and the creation are retried; a creation the server made but
     whose answer was lost is found by its attempt tag, not made twice."""

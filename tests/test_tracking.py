@@ -185,7 +185,9 @@ def test_direct_sqlite_writes_match_the_library(tmp_path):
     for name in (None, "new-exp"):
         request = StartRequest(name, None, "same-name", tags, params)
         ours = SqliteTracker(uri, db).start(request)
+        SqliteTracker(uri, db).record_start(request, ours.run_id)
         theirs = LibraryTracker(uri).start(request)
+        LibraryTracker(uri).record_start(request, theirs.run_id)
         a, b = client.get_run(ours.run_id), client.get_run(theirs.run_id)
         assert a.info.experiment_id == b.info.experiment_id
         for field in ("status", "lifecycle_stage", "user_id", "run_name", "end_time"):

@@ -7,8 +7,8 @@
         anything else               LibraryTracker (the mlflow package, imported in
                                     the background while the environment is prepared)
 
-Every tracker has the same few methods: start(request) -> RunContext,
-end(run_id, status), log_artifact(run_id, path, artifact_path), and
+Every tracker has the same few methods: start(request) -> RunContext (the run
+exists), record_start(request, run_id) (its parameters), end(run_id, status), log_artifact(run_id, path, artifact_path), and
 find_running(experiment, key, value) for the runs a dead runner left. The REST
 tracker also has begin(request), which sends the creation and returns a
 function that waits for it.
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
         uri: str
 
         def start(self, request: StartRequest) -> RunContext: ...
+
+        def record_start(self, request: StartRequest, run_id: str) -> None: ...
 
         def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None: ...
 

@@ -69,24 +69,33 @@ class LibraryTracker:
         client = self._call("connecting", self.client)
 
         def create() -> RunContext:
-            from mlflow.entities import Param, RunStatus, RunTag
+            from mlflow.entities import RunStatus
 
             if request.existing_run_id:
                 run = client.get_run(request.existing_run_id)
                 client.update_run(run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-                tags = [RunTag(k, v) for k, v in request.tags.items() if k != "mlflow.runName"]
             else:
                 name, experiment_id = experiment_choice(request.experiment_name, request.experiment_id)
                 if experiment_id is None:
                     experiment_id = _experiment_by_name(client, name)
                 run = client.create_run(experiment_id=str(experiment_id), tags=request.tags, run_name=request.run_name)
-                tags = []
-            params = [Param(k, v) for k, v in request.params.items()]
-            if params or tags:
-                client.log_batch(run.info.run_id, params=params, tags=tags)
             return RunContext(run.info.run_id, str(run.info.experiment_id), self.uri, run.info.artifact_uri)
 
         return self._call("creating the run", create)
+
+    def record_start(self, request: StartRequest, run_id: str) -> None:
+        """Log the parameters (and a continued run's tags: a new run got them at creation)."""
+        client = self.client()
+
+        def log() -> None:
+            from mlflow.entities import Param, RunTag
+
+            params = [Param(k, v) for k, v in request.params.items()]
+            tags = [RunTag(k, v) for k, v in request.tags.items() if k != "mlflow.runName"] if request.existing_run_id else []
+            if params or tags:
+                client.log_batch(run_id, params=params, tags=tags)
+
+        self._call("logging the parameters", log)
 
     def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
         self._call("ending the run", lambda: self.client().set_terminated(run_id, status, end_time_ms or now_ms()))

@@ -188,12 +188,13 @@ class RestTracker:
         """Send the run's creation and return a function that completes the start.
 
         The server creates the run while the caller prepares the rest of the
-        launch; only then is its answer read (and the parameters logged)."""
+        launch; only then is its answer read. The parameters follow in
+        record_start, once the ledger has the run."""
         if request.existing_run_id:
             run = self._call("GET", "/api/2.0/mlflow/runs/get", query={"run_id": request.existing_run_id})["run"]
             info = run["info"]
             self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": info["run_id"], "status": "RUNNING"})
-            return lambda: self._log_start(info, request, request.tags)
+            return lambda: self._context(info)
         experiment_id = self._experiment_id(request.experiment_name, request.experiment_id)
         body = {"experiment_id": experiment_id, "start_time": now_ms(),
                 "tags": [{"key": k, "value": v} for k, v in request.tags.items()]}
@@ -220,17 +221,21 @@ class RestTracker:
             time.sleep(0.25)
             return retry(again, "creating the run", when=_transient)
 
-        return lambda: self._log_start(created(), request, {})
+        return lambda: self._context(created())
 
-    def _log_start(self, info: dict, request: StartRequest, tags: dict[str, str]) -> RunContext:
-        run_id, experiment_id, artifact_uri = info["run_id"], str(info["experiment_id"]), info.get("artifact_uri", "")
+    def _context(self, info: dict) -> RunContext:
+        return RunContext(info["run_id"], str(info["experiment_id"]), self._plain_uri, info.get("artifact_uri", ""),
+                          self._credential_env)
+
+    def record_start(self, request: StartRequest, run_id: str) -> None:
+        """Log the parameters (and a continued run's tags: a new run got them at creation)."""
         params = [{"key": k, "value": v} for k, v in request.params.items()]
+        tags = request.tags if request.existing_run_id else {}
         tag_list = [{"key": k, "value": v} for k, v in tags.items()]
         for i in range(0, max(len(params), len(tag_list), 1), 100):
             chunk = {"run_id": run_id, "params": params[i:i + 100], "tags": tag_list[i:i + 100]}
             if chunk["params"] or chunk["tags"]:
                 self._call("POST", "/api/2.0/mlflow/runs/log-batch", chunk)
-        return RunContext(run_id, experiment_id, self._plain_uri, artifact_uri, self._credential_env)
 
     def find_running(self, experiment_name: str | None, experiment_id: str | None, key: str, value: str) -> list[str]:
         """IDs of the RUNNING runs tagged key=value (a run whose creation's answer was lost)."""

@@ -55,6 +55,7 @@ class TrackedRun:
     tracker: object | None
     context: RunContext | None
     continued: bool = False  # an existing MLflow run (--run-id)
+    request: StartRequest | None = None  # what record_start() logs once the ledger has the run
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
     ended: bool = False
     end_recorded: bool = False  # the tracking store has the run's end
@@ -65,6 +66,12 @@ class TrackedRun:
 
     def child_env(self) -> dict[str, str]:
         return self.context.child_env() if self.context else {}
+
+    def record_start(self) -> None:
+        """Log the parameters. Separate from the creation so that a failure here, with the
+        run already made, ends it FAILED through the ledger like any other failure."""
+        if self.context is not None and self.request is not None:
+            self.tracker.record_start(self.request, self.context.run_id)  # type: ignore[union-attr]
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.context is not None and tags:
@@ -132,8 +139,8 @@ def begin_tracking(
     begin = getattr(tracker, "begin", None)
     if begin is not None:
         created = begin(request)
-        return lambda: TrackedRun(tracker, created(), continued=run_id is not None)
-    tracked = TrackedRun(tracker, tracker.start(request), continued=run_id is not None)
+        return lambda: TrackedRun(tracker, created(), continued=run_id is not None, request=request)
+    tracked = TrackedRun(tracker, tracker.start(request), continued=run_id is not None, request=request)
     return lambda: tracked
 
 

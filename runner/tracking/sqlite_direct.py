@@ -124,6 +124,9 @@ class SqliteTracker:
         finally:
             db.close()
 
+    def record_start(self, request: StartRequest, run_id: str) -> None:
+        """Nothing left: start() wrote the parameters in the creation's own transaction."""
+
     def _continue(self, db: sqlite3.Connection, request: StartRequest) -> RunContext:
         row = db.execute(
             "SELECT experiment_id, artifact_uri, lifecycle_stage FROM runs WHERE run_uuid = ?", (request.existing_run_id,)
