@@ -304,6 +304,8 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, ledger, synchronous
             local = downloads.download(invocation.remote, inputs_dir, tracking_plan.uri, tracking_plan.library)
             invocation = invocation.localize(the_plan.project.entry_point(invocation.entry_point), local)
             command = invocation.command
+        if prepared.environment.run_tags:
+            tracked.set_tags(dict(prepared.environment.run_tags))
     except BaseException as exc:
         interrupted = not isinstance(exc, Exception)
         reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
@@ -315,8 +317,6 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, ledger, synchronous
     environment = prepared.environment
     if environment.prefix is not None:
         tracked.artifacts.append((environment.prefix / ".mlproject" / "packages.txt", "environment"))
-    if environment.run_tags:
-        tracked.set_tags(dict(environment.run_tags))
 
     child_env = environment.apply(os.environ)
     child_env.update(tracked.child_env())
