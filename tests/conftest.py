@@ -44,9 +44,16 @@ def _work_in_tmp(tmp_path, monkeypatch, empty_mlflow_db):
     # already created (tests of store creation remove it first).
     import shutil
 
+    import sqlite3
+
     work = tmp_path / "cwd"
     work.mkdir()
     shutil.copyfile(empty_mlflow_db, work / "mlflow.db")
+    # MLflow puts the Default experiment's artifacts in ./mlruns/0 of the directory where it
+    # made the store: here, as if it had been made in this test's directory, not the checkout.
+    with sqlite3.connect(work / "mlflow.db") as db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(work / "mlruns" / "0"),))
+    db.close()
     monkeypatch.chdir(work)
     return work
 
