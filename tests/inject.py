@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gitservers import CuttingRelay  # noqa: E402
-from trackingproxy import FaultyProxy, self_signed_certificate  # noqa: E402
+from trackingproxy import POOL_EXHAUSTED, FaultyProxy, self_signed_certificate  # noqa: E402
 
 
 def _pairs(items: list[str], kind: type) -> dict:
@@ -35,10 +35,12 @@ def main() -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     proxy = sub.add_parser("tracking-proxy", help="a proxy in front of an MLflow server that fails, loses or delays calls")
     proxy.add_argument("--upstream", required=True, help="the real server, e.g. http://127.0.0.1:5000")
-    proxy.add_argument("--fail", action="append", default=[], metavar="ENDPOINT=N", help="answer 503 to the first N calls")
+    proxy.add_argument("--fail", action="append", default=[], metavar="ENDPOINT=N", help="answer 503 (or see --overloaded) to the first N calls")
     proxy.add_argument("--lose", action="append", default=[], metavar="ENDPOINT=N",
                        help="forward the first N calls, then answer 503 (the server acted; the answer is lost)")
     proxy.add_argument("--delay", action="append", default=[], metavar="ENDPOINT=SECONDS", help="hold every call")
+    proxy.add_argument("--overloaded", action="store_true",
+                       help="fail with the 400 'QueuePool limit reached' of an overloaded MLflow server, not 503")
     proxy.add_argument("--tls", action="store_true", help="serve HTTPS with a throwaway certificate")
     relay = sub.add_parser("cut-relay", help="a TCP relay that drops each connection after some bytes")
     relay.add_argument("--upstream-port", type=int, required=True)
@@ -48,7 +50,8 @@ def main() -> int:
     if args.what == "tracking-proxy":
         certificate = self_signed_certificate(Path(tempfile.mkdtemp())) if args.tls else None
         server = FaultyProxy(args.upstream, fail=_pairs(args.fail, int), delay=_pairs(args.delay, float),
-                             lose=_pairs(args.lose, int), tls=certificate)
+                             lose=_pairs(args.lose, int), tls=certificate,
+                             failure=POOL_EXHAUSTED if args.overloaded else (503, b""))
         print(f"MLFLOW_TRACKING_URI={server.url}")
         if certificate is not None:
             print(f"MLFLOW_TRACKING_SERVER_CERT_PATH={certificate[0]}")

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from conftest import assert_clean_error
-from trackingproxy import FaultyProxy
+from trackingproxy import POOL_EXHAUSTED, FaultyProxy
 
 
 @pytest.fixture
@@ -109,17 +109,12 @@ def test_tracking_server_failing_under_load_is_asked_again_without_duplicates(ma
     assert runs[0].info.run_id == run_id
 
 
-# What MLflow's sqlite-backed server answered when 50 parallel runs exhausted its connection pool.
-_POOL_EXHAUSTED = (400, b'{"error_code": "INVALID_PARAMETER_VALUE", "message": "(sqlalchemy.exc.TimeoutError) '
-                        b'QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00"}')
-
-
 def test_tracking_server_out_of_connections_is_asked_again(make_project, cli, mlflow_server):
     """An overloaded server's 400 "QueuePool limit reached" is asked again, unlike other 400s."""
     from mlflow.tracking import MlflowClient
 
     proxy = FaultyProxy(mlflow_server, fail={"runs/create": 1, "runs/log-batch": 2, "runs/update": 1},
-                        failure=_POOL_EXHAUSTED)
+                        failure=POOL_EXHAUSTED)
     try:
         project = make_project("entry_points:\n  main:\n    parameters:\n      n: int\n    command: 'echo {n}'\n")
         result = cli("run", str(project), "--env-manager", "local", "-P", "n=3", env={"MLFLOW_TRACKING_URI": proxy.url})

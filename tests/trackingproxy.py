@@ -14,6 +14,11 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+# What MLflow's sqlite-backed server answered when 50 parallel runs exhausted its connection pool.
+POOL_EXHAUSTED = (400, b'{"error_code": "INVALID_PARAMETER_VALUE", "message": "(sqlalchemy.exc.TimeoutError) '
+                       b'QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00"}')
+
+
 class FaultyProxy:
     """Forwards to a real `mlflow server`; answers 503 (or `failure`: a status and body) to the
     first `fail[endpoint]` calls of an endpoint, and delays every call of `delay[endpoint]` by that many seconds. `lose[endpoint]`
@@ -77,7 +82,7 @@ class FaultyProxy:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_GET = do_POST = do_PUT = _forward  # noqa: N815 (http.server's naming)
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward  # noqa: N815 (http.server's naming; MLflow uses all five)
 
             def log_message(self, *args) -> None:
                 pass
