@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import assert_clean_error, free_port
@@ -139,18 +140,38 @@ def test_sigkilled_runner_ends_failed_on_next_invocation(make_project, cli, _wor
     assert client.get_run(run.info.run_id).info.status == "FAILED"
 
 
-def test_experiment_name_created_and_run_id_continued(make_project, cli, _work_in_tmp):
+@pytest.mark.parametrize("store", ["sqlite", "rest", "library"])
+def test_experiment_name_created_and_run_id_continued(store, make_project, cli, _work_in_tmp, request):
+    """Through each of the three trackers: direct sqlite writes, REST, the mlflow library (a file store)."""
     root = make_project(LOGGER, {"log.py": LOG_PY})
-    first = cli("run", str(root), "--env-manager", "local", "--experiment-name", "team-exp", "--run-name", "mine", cwd=_work_in_tmp)
+    env, uri = {}, f"sqlite:///{_work_in_tmp / 'mlflow.db'}"
+    if store == "library":
+        uri = (_work_in_tmp / "filestore").as_uri()
+        env = {"MLFLOW_TRACKING_URI": uri}
+        request.getfixturevalue("monkeypatch").setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.x's opt-in
+    if store == "rest":
+        uri = request.getfixturevalue("mlflow_server")
+        env = {"MLFLOW_TRACKING_URI": uri}
+    experiment_name = f"team-exp-{os.urandom(4).hex()}"
+    first = cli("run", str(root), "--env-manager", "local", "--experiment-name", experiment_name, "--run-name", "mine",
+                "-P", "alpha=0.25", cwd=_work_in_tmp, env=env)
     assert first.returncode == 0, first.stderr
-    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("team-exp")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(experiment_name)
     run_id = _run_id(first.stderr)
     run = client.get_run(run_id)
     assert run.info.experiment_id == experiment.experiment_id and run.info.run_name == "mine"
-    again = cli("run", str(root), "--env-manager", "local", "--run-id", run_id, cwd=_work_in_tmp)
+    again = cli("run", str(root), "--env-manager", "local", "--run-id", run_id, "-P", "alpha=0.25", cwd=_work_in_tmp, env=env)
     assert again.returncode == 0, again.stderr
     assert _run_id(again.stderr) == run_id
+    continued = client.get_run(run_id)
+    assert continued.info.status == "FINISHED" and continued.data.params["alpha"] == "0.25"
+    # The continuation's own attempt tag replaced the first one's (its tags are logged on the run).
+    assert continued.data.tags["mlproject.attempt"] != run.data.tags["mlproject.attempt"]
+    # MLflow keeps a parameter's first value: a different one is refused before the run is touched.
+    changed = cli("run", str(root), "--env-manager", "local", "--run-id", run_id, "-P", "alpha=0.75", cwd=_work_in_tmp, env=env)
+    assert_clean_error(changed, 2, f"run {run_id} already has parameter alpha='0.25', not '0.75'")
+    assert "logged" not in changed.stdout
     assert client.get_run(run_id).info.status == "FINISHED"
 
 

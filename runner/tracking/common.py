@@ -64,6 +64,15 @@ def retry(action: Callable[[], T], what: str, budget_seconds: float | None = Non
             delay = min(delay * 2, 5.0)
 
 
+def refuse_changed_params(run_id: str, existing: dict[str, str], params: dict[str, str]) -> None:
+    """A continued run (--run-id) keeps its parameters: MLflow refuses a new value for one,
+    so say so before the run is touched."""
+    for key, value in params.items():
+        if key in existing and existing[key] != value:
+            raise TrackingError(f"run {run_id} already has parameter {key}={existing[key]!r}, not {value!r}",
+                                hint="MLflow keeps a parameter's first value; leave out --run-id to start a new run")
+
+
 def tag_filter(key: str, value: str) -> str:
     """An MLflow search filter for runs tagged key=value (values are ours: quotes are dropped)."""
     return f"tags.`{key}` = '{value.replace(chr(39), '')}'"

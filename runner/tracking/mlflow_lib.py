@@ -7,7 +7,7 @@ from pathlib import Path
 
 from runner.errors import TrackingError
 from runner.tracking import RunContext, StartRequest, redact
-from runner.tracking.common import experiment_choice, now_ms, tag_filter
+from runner.tracking.common import experiment_choice, now_ms, refuse_changed_params, tag_filter
 
 
 @contextlib.contextmanager
@@ -73,6 +73,7 @@ class LibraryTracker:
 
             if request.existing_run_id:
                 run = client.get_run(request.existing_run_id)
+                refuse_changed_params(run.info.run_id, dict(run.data.params), request.params)
                 client.update_run(run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             else:
                 name, experiment_id = experiment_choice(request.experiment_name, request.experiment_id)

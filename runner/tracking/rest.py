@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from runner.errors import TrackingError
 from runner.tracking import ATTEMPT_TAG, RunContext, StartRequest, redact
-from runner.tracking.common import experiment_choice, now_ms, retry, tag_filter
+from runner.tracking.common import experiment_choice, now_ms, refuse_changed_params, retry, tag_filter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -193,6 +193,8 @@ class RestTracker:
         if request.existing_run_id:
             run = self._call("GET", "/api/2.0/mlflow/runs/get", query={"run_id": request.existing_run_id})["run"]
             info = run["info"]
+            existing = {p["key"]: p.get("value", "") for p in run.get("data", {}).get("params", [])}
+            refuse_changed_params(info["run_id"], existing, request.params)
             self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": info["run_id"], "status": "RUNNING"})
             return lambda: self._context(info)
         experiment_id = self._experiment_id(request.experiment_name, request.experiment_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from runner.errors import TrackingError
 from runner.tracking import RunContext, StartRequest
-from runner.tracking.common import experiment_choice, now_ms, random_run_name
+from runner.tracking.common import experiment_choice, now_ms, random_run_name, refuse_changed_params
 
 # alembic revision -> the MLflow release it was verified with
 VERIFIED_SCHEMAS = {"dc11669786a5": "3.17.2"}
@@ -133,19 +133,17 @@ class SqliteTracker:
         ).fetchone()
         if row is None or row[2] != "active":
             raise TrackingError(f"no active MLflow run {request.existing_run_id!r} in {self.uri}", hint="check --run-id")
-        db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")  # the parameters are read inside it: no other writer in between
         try:
             db.execute("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?", (request.existing_run_id,))
             db.executemany(
                 "INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
                 [(k, v, request.existing_run_id) for k, v in request.tags.items() if k != "mlflow.runName"],
             )
-            for key, value in request.params.items():
-                existing = db.execute("SELECT value FROM params WHERE key = ? AND run_uuid = ?", (key, request.existing_run_id)).fetchone()
-                if existing is None:
-                    db.execute("INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?)", (key, value, request.existing_run_id))
-                elif existing[0] != value:
-                    raise TrackingError(f"run {request.existing_run_id} already has parameter {key}={existing[0]!r}, not {value!r}")
+            existing = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (request.existing_run_id,)))
+            refuse_changed_params(request.existing_run_id, existing, request.params)
+            db.executemany("INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?)",
+                           [(k, v, request.existing_run_id) for k, v in request.params.items() if k not in existing])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
