@@ -8,10 +8,11 @@
                                     the background while the environment is prepared)
 
 Every tracker has the same few methods: start(request) -> RunContext (the run
-exists), record_start(request, run_id) (its parameters), end(run_id, status), log_artifact(run_id, path, artifact_path), and
-find_running(experiment, key, value) for the runs a dead runner left. The REST
-tracker also has begin(request), which sends the creation and returns a
-function that waits for it.
+exists), record_start(request, run_id) (its parameters), end(run_id, status),
+log_artifact(run_id, path, artifact_path), and find_running(experiment, key,
+value) for the runs a dead runner left. The REST tracker also has
+begin(request), which sends the creation and returns a function that waits
+for it.
 """
 from __future__ import annotations
 
