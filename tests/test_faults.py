@@ -83,7 +83,7 @@ def test_tracking_server_refusing_the_parameters_fails_the_run_it_made(make_proj
     assert_clean_error(result, 2, "refused /api/2.0/mlflow/runs/log-batch (HTTP 503)")
     assert "ran" not in result.stdout
     [row] = json.loads(cli("runs", "list", "--json").stdout)
-    assert row["status"] == "FAILED", row
+    assert row["status"] == "FAILED" and "runs/log-batch (HTTP 503)" in row["reason"], row
     run = MlflowClient(mlflow_server).get_run(row["tracking_run_id"])
     assert run.info.status == "FAILED" and run.data.tags["mlproject.attempt"], run.info
 
