@@ -125,8 +125,8 @@ def pid_alive(pid: int) -> bool:
 
 # With MLflow's default SQLAlchemy pool (5 + 10 connections), 50 parallel runs made the
 # sqlite-backed server stop answering for 30 s (the pool's timeout) and then answer
-# 400 "QueuePool limit ... reached" (2 of 3 runs of the fifty-runs test here, and a CI
-# failure); with a larger pool, none in 4. A server meant for 50 parallel runs is sized for
+# 400 "QueuePool limit ... reached" (seen here and in a CI failure); with a larger pool,
+# no stall in 7 runs. A server meant for 50 parallel runs is sized for
 # them; the runner's handling of that answer is tested through the proxy (test_faults.py).
 SERVER_POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "20", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "80"}
 
