@@ -48,7 +48,9 @@ def test_disk_full_during_a_build_fails_clearly_and_leaves_the_store_usable(smal
 
 # -- a tracking server that fails or stalls: a fault-injecting proxy in front of a real one --
 def _project(make_project):
-    return make_project("name: t\nentry_points:\n  main:\n    command: 'echo ran'\n")
+    """A project with one parameter, so that a run also logs parameters (`runs/log-batch`)."""
+    return make_project("name: t\nentry_points:\n  main:\n    parameters:\n      n: {type: int, default: 1}\n"
+                        "    command: 'echo ran {n}'\n")
 
 
 def test_tracking_server_refusing_the_run_starts_nothing(make_project, cli, mlflow_server, mlproject_home):
@@ -75,8 +77,7 @@ def test_tracking_server_refusing_the_parameters_fails_the_run_it_made(make_proj
 
     proxy = FaultyProxy(mlflow_server, fail={"runs/log-batch": 1000})
     try:
-        project = make_project("entry_points:\n  main:\n    parameters:\n      n: int\n    command: 'echo ran {n}'\n")
-        result = cli("run", str(project), "--env-manager", "local", "-P", "n=3",
+        result = cli("run", str(_project(make_project)), "--env-manager", "local", "-P", "n=3",
                      env={"MLFLOW_TRACKING_URI": proxy.url, "MLPROJECT_TRACKING_RETRY_SECONDS": "1"})
     finally:
         proxy.close()
@@ -116,8 +117,7 @@ def test_tracking_server_out_of_connections_is_asked_again(make_project, cli, ml
     proxy = FaultyProxy(mlflow_server, fail={"runs/create": 1, "runs/log-batch": 2, "runs/update": 1},
                         failure=POOL_EXHAUSTED)
     try:
-        project = make_project("entry_points:\n  main:\n    parameters:\n      n: int\n    command: 'echo {n}'\n")
-        result = cli("run", str(project), "--env-manager", "local", "-P", "n=3", env={"MLFLOW_TRACKING_URI": proxy.url})
+        result = cli("run", str(_project(make_project)), "--env-manager", "local", "-P", "n=3", env={"MLFLOW_TRACKING_URI": proxy.url})
     finally:
         proxy.close()
     assert result.returncode == 0, result.stderr

@@ -51,6 +51,10 @@ class StartRequest:
     params: dict[str, str]
     existing_run_id: str | None = None  # --run-id: continue this run
 
+    def tags_for_existing_run(self) -> dict[str, str]:
+        """The tags a continued run is given (a new run gets them all at creation); its name stays as it was."""
+        return {k: v for k, v in self.tags.items() if k != "mlflow.runName"}
+
 
 @dataclass(frozen=True)
 class RunContext:

@@ -92,7 +92,7 @@ class LibraryTracker:
             from mlflow.entities import Param, RunTag
 
             params = [Param(k, v) for k, v in request.params.items()]
-            tags = [RunTag(k, v) for k, v in request.tags.items() if k != "mlflow.runName"] if request.existing_run_id else []
+            tags = [RunTag(k, v) for k, v in request.tags_for_existing_run().items()] if request.existing_run_id else []
             if params or tags:
                 client.log_batch(run_id, params=params, tags=tags)
 

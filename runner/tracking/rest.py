@@ -232,7 +232,7 @@ class RestTracker:
     def record_start(self, request: StartRequest, run_id: str) -> None:
         """Log the parameters (and a continued run's tags: a new run got them at creation)."""
         params = [{"key": k, "value": v} for k, v in request.params.items()]
-        tags = request.tags if request.existing_run_id else {}
+        tags = request.tags_for_existing_run() if request.existing_run_id else {}
         tag_list = [{"key": k, "value": v} for k, v in tags.items()]
         for i in range(0, max(len(params), len(tag_list), 1), 100):
             chunk = {"run_id": run_id, "params": params[i:i + 100], "tags": tag_list[i:i + 100]}

@@ -54,11 +54,15 @@ def plan_tracking(cwd: Path, experiment_name: str | None, experiment_id: str | N
 class TrackedRun:
     tracker: object | None
     context: RunContext | None
-    continued: bool = False  # an existing MLflow run (--run-id)
     request: StartRequest | None = None  # what record_start() logs once the ledger has the run
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
     ended: bool = False
     end_recorded: bool = False  # the tracking store has the run's end
+
+    @property
+    def continued(self) -> bool:
+        """An existing MLflow run (--run-id)."""
+        return self.request is not None and self.request.existing_run_id is not None
 
     @property
     def run_id(self) -> str | None:
@@ -139,8 +143,8 @@ def begin_tracking(
     begin = getattr(tracker, "begin", None)
     if begin is not None:
         created = begin(request)
-        return lambda: TrackedRun(tracker, created(), continued=run_id is not None, request=request)
-    tracked = TrackedRun(tracker, tracker.start(request), continued=run_id is not None, request=request)
+        return lambda: TrackedRun(tracker, created(), request=request)
+    tracked = TrackedRun(tracker, tracker.start(request), request=request)
     return lambda: tracked
 
 

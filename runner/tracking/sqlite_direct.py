@@ -138,7 +138,7 @@ class SqliteTracker:
             db.execute("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?", (request.existing_run_id,))
             db.executemany(
                 "INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
-                [(k, v, request.existing_run_id) for k, v in request.tags.items() if k != "mlflow.runName"],
+                [(k, v, request.existing_run_id) for k, v in request.tags_for_existing_run().items()],
             )
             existing = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (request.existing_run_id,)))
             refuse_changed_params(request.existing_run_id, existing, request.params)
