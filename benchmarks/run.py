@@ -63,7 +63,7 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 
 def _uv() -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from runner.envs.uv import uv_binary
+    from runner.envs.python.uv import uv_binary
 
     return uv_binary()
 

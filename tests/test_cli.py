@@ -99,8 +99,8 @@ def test_usage_errors_are_one_line(make_project, cli, tmp_path):
     assert_clean_error(cli("run", str(root), "-e", "nope", "--env-manager", "local"), contains="entry point 'nope' not found")
     assert_clean_error(cli("run", str(root), "--env-manager", "bogus", "-P", "name=a"), contains="--env-manager 'bogus'")
     assert_clean_error(cli("run", str(tmp_path / "missing")), contains="does not exist")
-    assert_clean_error(cli("run", str(root), "--no-such-flag"), contains="unrecognized arguments")
-    assert_clean_error(cli("run"), contains="the following arguments are required: uri")
+    assert_clean_error(cli("run", str(root), "--no-such-flag"), contains="No such option '--no-such-flag'")
+    assert_clean_error(cli("run"), contains="Missing argument 'URI'")
 
 
 def test_invalid_spec_is_one_line_with_file_and_line(make_project, cli):

@@ -275,7 +275,7 @@ def test_lock_for_several_platforms(cli, channel, make_project):
 
 def test_conda_lock_tool_renders_our_lock(cli, channel, make_project, tmp_path):
     """The PyPI conda-lock tool reads the file we write (its `render` command)."""
-    from runner.envs.uv import uv_binary
+    from runner.envs.python.uv import uv_binary
 
     root = conda_project(make_project, LOCKED, SHOW)
     assert cli("lock", str(root)).returncode == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_clean_error
-from runner.envs import pythonenv
+from runner.envs.python import spec as pythonenv
 from runner.project.spec import load_project
 
 SIX_PROJECT = """
@@ -154,7 +154,7 @@ def test_virtualenv_manager(make_project, cli, mlproject_home):
 
 
 def test_uv_lock_project_uses_uv_sync(make_project, cli, mlproject_home):
-    from runner.envs.uv import uv_binary
+    from runner.envs.python.uv import uv_binary
 
     root = make_project(
         "entry_points:\n  main:\n    command: \"python -c 'import six; print(six.__version__)'\"\n",

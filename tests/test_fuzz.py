@@ -92,7 +92,7 @@ def test_parameter_values(tmp_path_factory, value, kind):
 @given(items=st.lists(st.text(max_size=40), max_size=6))
 def test_docker_args(items):
     from runner import api
-    from runner.envs import dockeroptions
+    from runner.envs.docker import options as dockeroptions
 
     try:
         dockeroptions.check(api.parse_docker_args(items))

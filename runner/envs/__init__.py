@@ -30,10 +30,10 @@ if TYPE_CHECKING:
 MANAGERS = ("local", "virtualenv", "uv", "conda", "docker")
 _MODULES = {
     "local": "runner.envs.local",
-    "uv": "runner.envs.uv",
-    "virtualenv": "runner.envs.virtualenv",
-    "conda": "runner.envs.conda",
-    "docker": "runner.envs.docker",
+    "uv": "runner.envs.python.uv",
+    "virtualenv": "runner.envs.python.virtualenv",
+    "conda": "runner.envs.conda.manager",
+    "docker": "runner.envs.docker.manager",
 }
 
 
@@ -130,7 +130,7 @@ def choose_manager(project: Project, requested: str | None) -> str:
 def check_manager_name(requested: str | None) -> None:
     if requested is not None and requested not in MANAGERS:
         raise UsageError(
-            f"--env-manager {requested!r} is not one of {', '.join(MANAGERS[:-1])}",
+            f"--env-manager {requested!r} is not one of {', '.join(MANAGERS)}",
             hint="for example --env-manager uv",
         )
 

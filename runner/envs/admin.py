@@ -112,7 +112,7 @@ def _remove_images(records: dict[str, dict], removed: list[StoredEnv]) -> None:
     # A built image belongs to its entry: it goes with it.
     if not records:
         return
-    from runner.envs.docker import remove_image
+    from runner.envs.docker.manager import remove_image
 
     for env in removed:
         if env.name in records:
@@ -138,7 +138,7 @@ def _trim_caches(older_than: float) -> str:
     import subprocess
 
     from runner import home
-    from runner.envs.uv import uv_binary, uv_env
+    from runner.envs.python.uv import uv_binary, uv_env
 
     cache = home.home() / "cache"
     pruned = "download caches: "

@@ -144,6 +144,16 @@ def open_tracker(uri: str, library_import=None, way: str | None = None, timeout:
     return LibraryTracker(uri, library_import)
 
 
+def tracker_for(tracking_uri: str, quick: bool = False):
+    """A tracker for a URI as the ledger stores it (redacted): the current MLFLOW_TRACKING_URI,
+    credentials and all, when it is the same store. `quick`: a short network timeout."""
+    uri = tracking_uri
+    current = os.environ.get("MLFLOW_TRACKING_URI")
+    if current and redact(current) == uri:
+        uri = current  # the stored form has its credentials masked
+    return open_tracker(uri, timeout=3.0 if quick else None)
+
+
 class BackgroundImport:
     """Import mlflow in a thread so its ~2.5 s overlaps the environment preparation."""
 

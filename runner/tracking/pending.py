@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from runner import home
-from runner.tracking import ATTEMPT_TAG
+from runner.tracking import ATTEMPT_TAG, tracker_for
 from runner.processes import process_is, start_ticks
 
 # A note whose tracking store stays unreachable this long is given up on.
@@ -54,7 +54,6 @@ def reconcile() -> list[str]:
 
     A note whose store cannot be reached now is kept for the next invocation."""
     from runner.errors import TrackingError
-    from runner.tracking.runs import tracker_for
 
     directory = home.home() / "pending"
     if not directory.is_dir():

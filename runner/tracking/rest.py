@@ -60,7 +60,7 @@ class RestTracker:
 
     # -- transport ---------------------------------------------------------------
     def _connection(self):
-        from runner.httpwire import Connection, Endpoint
+        from runner.tracking.connection import Connection, Endpoint
 
         endpoint = Endpoint(
             self._host, self._port, tls=self._scheme == "https",
@@ -88,23 +88,25 @@ class RestTracker:
             headers["Content-Type"] = content_type
         if self._conn is None:
             self._conn = self._connection()
+        from runner.tracking.connection import TransportError
+
         try:
             if wait:
                 return self._answer(endpoint, self._conn.request(method, path, data, headers))
             self._conn.send(method, path, data, headers)
-        except OSError as exc:
+        except TransportError as exc:
             raise self._unreachable(exc, sent=False) from None
 
         def answer() -> dict:
             try:
-                response = self._conn.receive(method)
-            except OSError as exc:
+                response = self._conn.receive()
+            except TransportError as exc:
                 raise self._unreachable(exc, sent=True) from None
             return self._answer(endpoint, response)
 
         return answer
 
-    def _unreachable(self, exc: OSError, sent: bool) -> TrackingError:
+    def _unreachable(self, exc: Exception, sent: bool) -> TrackingError:
         reason = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
         tls = type(exc).__module__ == "ssl"
         if tls:

@@ -51,24 +51,13 @@ def reconcile(ledger: Ledger) -> list[RunRecord]:
     return ended
 
 
-def tracker_for(tracking_uri: str, quick: bool = False):
-    """A tracker for a URI as the ledger stores it (redacted): the current MLFLOW_TRACKING_URI,
-    credentials and all, when it is the same store. `quick`: a short network timeout."""
-    from runner.sources import redact_url
-    from runner.tracking import open_tracker
-
-    uri = tracking_uri
-    current = os.environ.get("MLFLOW_TRACKING_URI")
-    if current and redact_url(current) == uri:
-        uri = current  # the stored form has its credentials masked
-    return open_tracker(uri, timeout=3.0 if quick else None)
-
-
 def end_in_tracking(tracking_run_id: str | None, tracking_uri: str | None, status: str = "FAILED") -> bool:
     """End a run whose runner is gone in MLflow, once, quickly; False if the store could not be reached."""
     if not tracking_run_id or not tracking_uri:
         return True
     try:
+        from runner.tracking import tracker_for
+
         tracker_for(tracking_uri, quick=True).end(tracking_run_id, status)
     except Exception:  # noqa: BLE001 - a dead run's tracking must never block a new run
         return False

@@ -15,15 +15,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.envs.conda.contents import LOCK_NAME, CondaContents
 from runner.errors import EnvironmentBuildError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
-    from runner.envs.conda import CondaContents
 
-LOCK_NAME = "conda-lock.yml"
 _UV_PLATFORMS = {
     "linux-64": "x86_64-unknown-linux-gnu", "linux-aarch64": "aarch64-unknown-linux-gnu",
     "osx-64": "x86_64-apple-darwin", "osx-arm64": "aarch64-apple-darwin", "win-64": "x86_64-pc-windows-msvc",
@@ -56,7 +55,7 @@ class Lock:
 
 
 def content_hash(contents: CondaContents, platform: str) -> str:
-    from runner.envs.condachannels import redact
+    from runner.envs.conda.channels import redact
 
     material = {
         "platform": platform,
@@ -102,8 +101,8 @@ def pip_requirement_lines(packages: list[LockedPackage]) -> list[str]:
 
 # -- writing a lock --------------------------------------------------------------------
 def write(contents: CondaContents, platforms: list[str], progress: Callable[[str], None] | None = None) -> Path:
-    from runner.envs.conda import solve_for
-    from runner.envs.condachannels import redact
+    from runner.envs.conda.solve import solve_for
+    from runner.envs.conda.channels import redact
     from runner.version import __version__
 
     entries: list[dict] = []
@@ -165,7 +164,7 @@ def _lock_pip(contents: CondaContents, platform: str, python: str, progress) -> 
     import tempfile
 
     from runner.envs.build import run_step
-    from runner.envs.uv import requirement_args, uv_binary, uv_env
+    from runner.envs.python.uv import requirement_args, uv_binary, uv_env
 
     if platform not in _UV_PLATFORMS:
         raise EnvironmentBuildError(f"cannot lock the pip: list for platform {platform}")

@@ -7,7 +7,7 @@ temporary directory with every prefix-patched file already pointing at the
 final path. The `pip:` list is then installed with uv into the environment's
 own Python.
 
-rattler runs in short-lived worker processes (condaworker.py): its native
+rattler runs in short-lived worker processes (worker.py, through solve.py): its native
 threads can outlive a call and crash an interpreter at exit, and it costs
 ~100 ms to import. The key is computed from the env file's text, so a warm run
 starts no worker at all.
@@ -15,47 +15,23 @@ starts no worker at all.
 from __future__ import annotations
 
 import os
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import home
 from runner.envs import Environment, EnvPlan
-from runner.envs.requirements import Requirements, collect
+from runner.envs.conda.contents import LOCK_NAME, CondaContents, platform_name
+from runner.envs.conda.solve import locked_dict, solve_for, worker
+from runner.envs.python.requirements import Requirements, collect
 from runner.errors import EnvironmentBuildError
 from runner.project.spec import Project
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Callable
 
 NAME = "conda"
 RECIPE = "conda-1"  # bump when the way environments are built changes
-SOLVE_TIMEOUT = 300.0
 OPTIONS = ("locked",)
-
-
-@dataclass
-class CondaContents:
-    env_file: Path
-    channels: tuple[str, ...]  # URLs, in priority order
-    specs: tuple[str, ...]  # match specs, channel names resolved to URLs
-    pip: Requirements
-    platform: str
-    variables: dict[str, str]
-    has_python: bool
-    locked: list[Any] | None = None  # the LockedPackages of conda-lock.yml for this platform, when it is current
-    records: list[dict] | None = field(default=None, repr=False)  # the solve (or the lock's records), once done
-
-
-def platform_name() -> str:
-    machine = os.uname().machine
-    arch = {"x86_64": "64", "amd64": "64", "aarch64": "aarch64", "arm64": "aarch64", "ppc64le": "ppc64le",
-            "s390x": "s390x", "i686": "32"}.get(machine, machine)
-    system = "osx" if sys.platform == "darwin" else "linux"
-    if system == "osx" and arch == "aarch64":
-        arch = "arm64"
-    return f"{system}-{arch}"
 
 
 def _virtual_packages_key() -> dict[str, str]:
@@ -79,8 +55,8 @@ def describe(project: Project) -> str:
 
 
 def plan(project: Project, notify: Callable[[str], None] | None = None, locked: bool = False) -> EnvPlan:
-    from runner.envs import condachannels
-    from runner.envs.pythonenv import _index_settings
+    from runner.envs.conda import channels as condachannels
+    from runner.envs.python.spec import _index_settings
     from runner.project.envfiles import load_conda_env
 
     env = project.env
@@ -132,33 +108,33 @@ def plan(project: Project, notify: Callable[[str], None] | None = None, locked: 
     meta = {"project": str(project.directory), "source": env.path.name}
     lock = _current_lock(contents, notify, locked)
     if lock is not None:
-        from runner.envs import condalock
+        from runner.envs.conda import lock as condalock
 
         contents.locked = lock.for_platform(contents.platform)
         # Installed exactly from the lock: the key is the lock's files for this platform.
         description = {"recipe": RECIPE, "manager": NAME, "platform": contents.platform,
                        "virtual": description["virtual"], "lock": condalock.key_material(lock, contents.platform)}
-        summary = f"conda: {len(contents.locked)} package(s) from {condalock.LOCK_NAME}"
-        meta["source"] = condalock.LOCK_NAME
+        summary = f"conda: {len(contents.locked)} package(s) from {LOCK_NAME}"
+        meta["source"] = LOCK_NAME
     return EnvPlan(NAME, description, summary, meta, contents)
 
 
 def _current_lock(contents: CondaContents, notify, locked: bool):
     """conda-lock.yml next to conda.yaml when it was made from conda.yaml as it is now."""
-    from runner.envs import condalock
+    from runner.envs.conda import lock as condalock
 
     path = condalock.lock_path(contents.env_file)
     if not path.is_file():
         if locked:
-            raise EnvironmentBuildError(f"--locked: there is no {condalock.LOCK_NAME} next to {contents.env_file.name}",
+            raise EnvironmentBuildError(f"--locked: there is no {LOCK_NAME} next to {contents.env_file.name}",
                                         hint="write one with `mlproject lock PROJECT`")
         return None
     lock = condalock.read(path)
     platform = contents.platform
     if lock.content_hash.get(platform) == condalock.content_hash(contents, platform) and lock.for_platform(platform):
         return lock
-    reason = (f"{condalock.LOCK_NAME} is stale: {contents.env_file.name} changed since it was written"
-              if platform in lock.content_hash else f"{condalock.LOCK_NAME} has no packages for {platform}")
+    reason = (f"{LOCK_NAME} is stale: {contents.env_file.name} changed since it was written"
+              if platform in lock.content_hash else f"{LOCK_NAME} has no packages for {platform}")
     if locked:
         raise EnvironmentBuildError(f"--locked: {reason}", hint=f"update it with `mlproject lock PROJECT --platform {platform}`")
     if notify is not None:
@@ -174,7 +150,7 @@ def _spec_name(spec: str) -> str:
     return match.group(1).lower() if match else ""
 
 
-# -- solving and installing (in a py-rattler worker process: runner.envs.condaworker) ----
+# -- solving and installing (in a py-rattler worker process: runner.envs.conda.worker) ----
 def resolve(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> None:
     """Solve now, before a run exists: an unsatisfiable spec creates nothing.
     With a current lock, check instead that the channels still have its files."""
@@ -183,119 +159,11 @@ def resolve(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> Non
         return
     if contents.locked is not None:
         packages = [p for p in contents.locked if p.manager == "conda"]
-        contents.records = _worker("match", contents, {"packages": [_locked_dict(p) for p in packages]})
+        contents.records = worker("match", contents, {"packages": [locked_dict(p) for p in packages]})
         return
     if progress is not None:
         progress(f"solving {len(contents.specs)} conda spec(s)")
     contents.records = solve_for(contents, contents.platform)
-
-
-def solve_for(contents: CondaContents, platform: str) -> list[dict]:
-    """Solve for `platform`: this machine's virtual packages, or that platform's usual ones."""
-    timeout = float(os.environ.get("MLPROJECT_CONDA_SOLVE_TIMEOUT") or SOLVE_TIMEOUT)
-    return _worker("solve", contents, {"specs": list(contents.specs), "platform": platform,
-                                       "this_platform": contents.platform, "timeout": timeout})
-
-
-def _locked_dict(package) -> dict:
-    return {"name": package.name, "url": package.url, "sha256": package.sha256, "md5": package.md5}
-
-
-def _worker(action: str, contents: CondaContents, request: dict) -> Any:
-    """Run one py-rattler action in runner.envs.condaworker; its answer, or the error it names."""
-    import json
-
-    from runner.subprocesses import capture
-
-    request = {"action": action, "channels": list(contents.channels), "platform": request.get("platform", contents.platform),
-               "cache_dir": str(home.subdir("cache") / "conda-repodata"), **request}
-    try:
-        code, out, err = capture([sys.executable, "-m", "runner.envs.condaworker"], input=json.dumps(request),
-                                 merge_stderr=False)
-    except OSError as exc:
-        raise EnvironmentBuildError(f"cannot start the conda worker: {exc.strerror}") from None
-    try:
-        answer = json.loads(out)
-    except ValueError:
-        raise EnvironmentBuildError(
-            f"the conda worker failed ({action}, exit code {code})", details=err.strip()[-4000:] or None,
-        ) from None
-    if "ok" in answer:
-        return answer["ok"]
-    kind, text = answer["error"]["kind"], answer["error"]["text"]
-    if kind == "solver":
-        raise _solve_error(text, contents, request.get("timeout", SOLVE_TIMEOUT), request["platform"])
-    if kind == "channel":
-        raise _channel_error(text, contents)
-    if kind == "matchspec":
-        raise EnvironmentBuildError(f"{contents.env_file.name}: invalid match spec: {_first_line(text)}")
-    if kind == "lock":
-        from runner.envs.condalock import LOCK_NAME
-
-        raise EnvironmentBuildError(f"{LOCK_NAME}: {text}", hint="lock again with `mlproject lock` if the channel changed")
-    raise EnvironmentBuildError(f"conda {action} failed: {_first_line(text)}")
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())
-
-
-def _solve_error(text: str, contents: CondaContents, timeout: float, platform: str) -> EnvironmentBuildError:
-    from runner.envs.condachannels import redact
-
-    where = ", ".join(redact(c) for c in contents.channels)
-    if platform != contents.platform:
-        where += f" for {platform}"
-    lowered = text.lower()
-    if "timed out" in lowered or "timeout" in lowered or "cancelled" in lowered:
-        return EnvironmentBuildError(
-            f"solving {contents.env_file.name} timed out after {timeout:.0f} s",
-            hint="pin versions to narrow the search, or raise MLPROJECT_CONDA_SOLVE_TIMEOUT (seconds)",
-        )
-    missing = _no_candidates(text)
-    if missing:
-        return EnvironmentBuildError(
-            f"{contents.env_file.name}: no package {missing.removesuffix(' *')} in {where}",
-            hint="check the package name and version, and the channels",
-        )
-    return EnvironmentBuildError(
-        f"{contents.env_file.name}: the dependencies cannot be satisfied together: {_conflicts(text)}",
-        hint="relax the conflicting version constraints named above",
-        details=text.strip(),
-    )
-
-
-def _conflicts(text: str) -> str:
-    """rattler's explanation tree -> `a 1.0 requires c <1.5; b 2.0 requires c >=2.0`."""
-    lines = [line.strip(" │├└─") for line in text.splitlines()]
-    found = []
-    for index, line in enumerate(lines[:-1]):
-        if line.endswith(" would require"):
-            wanted = lines[index + 1].split(", which", 1)[0].strip()
-            found.append(f"{line[: -len(' would require')]} requires {wanted}")
-    if found:
-        return "; ".join(dict.fromkeys(found))
-    return "; ".join(line for line in lines if line)[:400]
-
-
-def _no_candidates(text: str) -> str | None:
-    import re
-
-    match = re.search(r"[Nn]o candidates were found for ([^\s.]+(?: [^\s]+)?)", text)
-    if match:
-        return match.group(1).rstrip(".")
-    match = re.search(r"cannot solve the request because of: (\S+) cannot be installed because there are no viable options", text)
-    return match.group(1) if match else None
-
-
-def _channel_error(text: str, contents: CondaContents) -> EnvironmentBuildError:
-    from runner.envs.condachannels import redact
-
-    return EnvironmentBuildError(
-        f"cannot read a conda channel of {contents.env_file.name} ({', '.join(redact(c) for c in contents.channels)}): "
-        f"{redact(_first_line(text))}",
-        hint="check the channel names (and channel_alias / custom_channels in your .condarc) and the network",
-    )
 
 
 def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
@@ -305,14 +173,14 @@ def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
     if progress is not None:
         progress(f"installing {len(records)} conda package(s)")
     packages = [{"name": r["name"], "url": r["url"], "sha256": r["sha256"], "md5": r["md5"]} for r in records]
-    _worker("install", contents, {"packages": packages, "target": str(tmp), "final": str(final),
+    worker("install", contents, {"packages": packages, "target": str(tmp), "final": str(final),
                                   "pkgs_dir": str(home.subdir("cache") / "conda-pkgs")})
     meta = tmp / ".mlproject"
     meta.mkdir(exist_ok=True)
     lines = sorted(f"{r['name']}=={r['version']}={r['build']} ({_channel_of(r)})" for r in records)
     if contents.pip.lines or (contents.locked and any(p.manager == "pip" for p in contents.locked)):
         _install_pip(contents, tmp, final, meta, progress)
-        from runner.envs.installed import installed_packages
+        from runner.envs.python.installed import installed_packages
 
         conda_names = {r["name"] for r in records}
         lines += [f"{line} (pip)" for line in installed_packages(tmp) if line.split("==")[0].lower() not in conda_names]
@@ -320,20 +188,20 @@ def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
 
 
 def _channel_of(record: dict) -> str:
-    from runner.envs.condachannels import redact
+    from runner.envs.conda.channels import redact
 
     return redact(record["url"].rsplit("/", 2)[0])
 
 
 def _install_pip(contents: CondaContents, tmp: Path, final: Path, meta: Path, progress) -> None:
     from runner.envs.build import relocate, run_step
-    from runner.envs.uv import requirement_args, uv_binary, uv_env
+    from runner.envs.python.uv import requirement_args, uv_binary, uv_env
 
     python = tmp / "bin" / "python"
     if not python.exists():
         raise EnvironmentBuildError("the conda environment has no bin/python for its pip: list")
     if contents.locked is not None:  # exactly the locked files, each checked against its hash
-        from runner.envs import condalock
+        from runner.envs.conda import lock as condalock
 
         (meta / "pip-locked.txt").write_text("\n".join(condalock.pip_requirement_lines(contents.locked)) + "\n")
         args = ["--no-deps", "--require-hashes", "-r", str(meta / "pip-locked.txt")]

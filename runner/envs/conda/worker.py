@@ -1,4 +1,4 @@
-"""py-rattler in a process of its own: `python -m runner.envs.condaworker` (JSON in, JSON out).
+"""py-rattler in a process of its own: `python -m runner.envs.conda.worker` (JSON in, JSON out).
 
 rattler runs its work on native threads that outlive the call (a timed-out
 solve keeps going; repodata fetches of other subdirs finish later). An

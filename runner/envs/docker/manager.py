@@ -57,14 +57,15 @@ def describe(project: Project) -> str:
 
 def plan(project: Project, notify: Callable[[str], None] | None = None, build_image: bool = False,
          docker_args: Mapping[str, Any] | None = None) -> EnvPlan:
-    from runner.envs import dockerapi, dockeroptions
+    from runner.envs.docker import client as docker_client
+    from runner.envs.docker import options as dockeroptions
 
     docker_env = project.env.docker
     if project.env.kind != "docker_env" or docker_env is None:
         raise UsageError("--env-manager docker needs a project with docker_env in its MLproject")
     environment = _environment(docker_env.environment)  # a missing host variable fails before anything starts
     options = tuple(dockeroptions.check(docker_args or {}))
-    base_id = dockerapi.image_id(docker_env.image) or _pull(docker_env.image, notify)
+    base_id = docker_client.image_id(docker_env.image) or _pull(docker_env.image, notify)
     volumes = tuple(_absolute_volume(item, project.directory) for item in docker_env.volumes)
     contents = DockerContents(project.name or "", project.directory, docker_env.image, base_id, build_image, volumes,
                               environment, options)
@@ -102,9 +103,9 @@ def _absolute_volume(volume: str, project_dir: Path) -> str:
 
 
 def _pull(image: str, notify) -> str:
-    from runner.envs import dockerapi
+    from runner.envs.docker import client as docker_client
 
-    client = dockerapi.sdk_client()
+    client = docker_client.sdk_client()
     import docker
 
     if notify is not None:
@@ -200,7 +201,7 @@ def _build_image(contents: DockerContents, key: str, tag: str) -> str:
     import io
     import tarfile
 
-    from runner.envs import dockerapi
+    from runner.envs.docker import client as docker_client
 
     dockerfile = (
         f"FROM {contents.base_id}\n"
@@ -219,7 +220,7 @@ def _build_image(contents: DockerContents, key: str, tag: str) -> str:
             directory.type = tarfile.DIRTYPE
             tar.addfile(directory)
     context.seek(0)
-    client = dockerapi.sdk_client()
+    client = docker_client.sdk_client()
     import docker
 
     try:
@@ -240,10 +241,10 @@ def remove_image(meta: dict) -> None:
     tag = meta.get("tag")
     if not tag:
         return
-    from runner.envs import dockerapi
+    from runner.envs.docker import client as docker_client
 
     try:
-        dockerapi.sdk_client().images.remove(tag, force=True, noprune=False)
+        docker_client.sdk_client().images.remove(tag, force=True, noprune=False)
     except Exception:  # noqa: BLE001 (no daemon, or an image a container still uses: it is kept)
         pass
 
@@ -282,12 +283,12 @@ class ContainerLauncher:
             "network": network, "workdir": CODE_DIR, "options": [list(pair) for pair in self.options],
             "grace": max(1.0, kill_grace() - 1.0),
         }
-        return [sys.executable, "-m", "runner.envs.dockerrun", json.dumps(spec)]
+        return [sys.executable, "-m", "runner.envs.docker.run", json.dumps(spec)]
 
     def cleanup(self, run_id: str) -> None:
-        from runner.envs import dockerapi
+        from runner.envs.docker import client as docker_client
 
-        dockerapi.remove_container(container_name(run_id))
+        docker_client.remove_container(container_name(run_id))
 
 
 def container_name(run_id: str) -> str:

@@ -1,4 +1,4 @@
-"""The process that runs one container for a run: `python -m runner.envs.dockerrun SPEC`.
+"""The process that runs one container for a run: `python -m runner.envs.docker.run SPEC`.
 
 It is the run's command as far as the launcher knows: started in the run's
 process group, its output teed to the terminal and the run's log, its exit code
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
         from docker.errors import APIError, DockerException, ImageNotFound
     except ImportError:
         return _fail("the docker SDK is not installed (pip install docker)")
-    from runner.envs.dockeroptions import sdk_arguments
+    from runner.envs.docker.options import sdk_arguments
 
     environment = dict(spec["environment"])
     environment.update({name: os.environ[name] for name in spec["forward"] if name in os.environ})

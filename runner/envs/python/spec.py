@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.envs import Environment, EnvPlan
-from runner.envs.python import Interpreter, discover, find
-from runner.envs.requirements import Requirements, collect
+from runner.envs.python.interpreters import Interpreter, discover, find
+from runner.envs.python.requirements import Requirements, collect
 from runner.errors import EnvironmentBuildError
 from runner.project.spec import Project
 

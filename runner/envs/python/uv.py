@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 from runner import home
-from runner.envs import EnvPlan, pythonenv
+from runner.envs import EnvPlan
+from runner.envs.python import spec as pythonenv
 from runner.envs.build import relocate, run_step
-from runner.envs.installed import installed_packages
+from runner.envs.python.installed import installed_packages
 from runner.errors import EnvironmentBuildError
 
 NAME = "uv"

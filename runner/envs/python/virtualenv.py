@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 from runner import home
-from runner.envs import EnvPlan, pythonenv
+from runner.envs import EnvPlan
+from runner.envs.python import spec as pythonenv
 from runner.envs.build import relocate, run_step
-from runner.envs.installed import installed_packages
-from runner.envs.uv import requirement_args
+from runner.envs.python.installed import installed_packages
+from runner.envs.python.uv import requirement_args
 
 NAME = "virtualenv"
 

@@ -1,0 +1,38 @@
+"""What a conda environment must contain, as planned from conda.yaml (or a current lock)."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.envs.python.requirements import Requirements
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+LOCK_NAME = "conda-lock.yml"
+
+
+@dataclass
+class CondaContents:
+    env_file: Path
+    channels: tuple[str, ...]  # URLs, in priority order
+    specs: tuple[str, ...]  # match specs, channel names resolved to URLs
+    pip: Requirements
+    platform: str
+    variables: dict[str, str]
+    has_python: bool
+    locked: list[Any] | None = None  # the LockedPackages of conda-lock.yml for this platform, when it is current
+    records: list[dict] | None = field(default=None, repr=False)  # the solve (or the lock's records), once done
+
+
+def platform_name() -> str:
+    machine = os.uname().machine
+    arch = {"x86_64": "64", "amd64": "64", "aarch64": "aarch64", "arm64": "aarch64", "ppc64le": "ppc64le",
+            "s390x": "s390x", "i686": "32"}.get(machine, machine)
+    system = "osx" if sys.platform == "darwin" else "linux"
+    if system == "osx" and arch == "aarch64":
+        arch = "arm64"
+    return f"{system}-{arch}"
