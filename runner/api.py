@@ -1,9 +1,15 @@
 """run(): the one pipeline behind both the CLI and the Python API.
 
-    URI --sources.fetch--> ProjectDir --project.load--> Project
-        --params.resolve--> Invocation --envs.plan_environment--> Planned
-        --tracking--> run opened --envs.realize--> Environment
-        --launch--> SubmittedRun --wait--> run ended
+A RunRequest (the arguments of `mlflow.projects.run`) goes down these stages,
+each a function below, in this order:
+
+    submit:            check the request; plan the tracking (an mlflow import starts now)
+    plan:              URI --sources.fetch--> ProjectDir --project.load--> Project
+                           --params.resolve--> Invocation
+    _plan_environment: --envs.plan_environment--> Planned (a conda solve happens here)
+    _open_run:         --tracking--> the MLflow run and the ledger, opened together
+    _launch:           --envs.realize--> Environment --launch.start--> SubmittedRun
+                           --wait--> the run ended, in the ledger and in tracking
 """
 from __future__ import annotations
 
@@ -22,6 +28,10 @@ from runner.sources import ProjectDir, fetch
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
     from typing import Any, Callable, Mapping
+
+    from runner.envs import Planned
+    from runner.tracking.ledger import Ledger
+    from runner.tracking.session import TrackedRun, TrackingPlan
 
 BACKENDS = ("local",)
 
@@ -103,6 +113,40 @@ def parse_backend_config(value: str | Mapping[str, Any] | None) -> dict[str, Any
     return parsed
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """What the caller asked for: the arguments of `mlflow.projects.run` and a few of ours.
+
+    It flows through the pipeline unchanged; each stage reads what it needs."""
+
+    uri: str = "."
+    entry_point: str = "main"
+    version: str | None = None
+    parameters: Mapping[str, Any] | None = None
+    docker_args: Mapping[str, Any] | None = None
+    experiment_name: str | None = None
+    experiment_id: str | None = None
+    backend: str = "local"
+    backend_config: str | Mapping[str, Any] | None = None
+    storage_dir: str | None = None
+    synchronous: bool = True
+    run_id: str | None = None
+    run_name: str | None = None
+    env_manager: str | None = None
+    build_image: bool = False
+    docker_auth: Mapping[str, Any] | None = None
+    cwd: str | os.PathLike[str] | None = None  # relative URIs and path parameters are taken from here
+    stream_output: bool = True
+    locked: bool = False  # conda: install only from a current conda-lock.yml
+
+    def caller_cwd(self) -> Path:
+        return Path(self.cwd).absolute() if self.cwd is not None else Path.cwd()
+
+    def env_options(self) -> dict[str, Any]:
+        """The options some environment managers take (see envs.plan_environment)."""
+        return {"locked": self.locked, "build_image": self.build_image, "docker_args": dict(self.docker_args or {})}
+
+
 def run(
     uri: str = ".",
     entry_point: str = "main",
@@ -133,70 +177,116 @@ def run(
     Returns a SubmittedRun. With `synchronous=True` (the default) it waits and,
     as MLflow does, raises RunFailedError if the run did not finish successfully.
     """
+    request = RunRequest(uri, entry_point, version, parameters, docker_args, experiment_name, experiment_id, backend,
+                         backend_config, storage_dir, synchronous, run_id, run_name, env_manager, build_image,
+                         docker_auth, cwd, stream_output, locked)
+    return submit(request, notify=notify, progress=progress, on_submitted=on_submitted)
+
+
+@dataclass
+class _Run:
+    """One run on its way down the pipeline: the request and what each stage made of it."""
+
+    request: RunRequest
+    tracking: TrackingPlan
+    plan: Plan
+    notify: Notify
+    progress: Notify | None
+    environment: Planned | None = None  # decided, not built yet
+    tracked: TrackedRun | None = None  # the MLflow run, once created
+    ledger: Ledger | None = None
+    note: Path | None = None  # names the run until the ledger has it (see tracking.pending)
+
+
+def submit(
+    request: RunRequest,
+    *,
+    notify: Notify | None = None,
+    progress: Notify | None = None,
+    on_submitted: Callable[[SubmittedRun], None] | None = None,
+) -> SubmittedRun:
+    """The pipeline: check the request, plan the tracking, fetch and load the project, plan its
+    environment, open the run, prepare, launch. Nothing is created before the run is opened,
+    and from then on every way out ends it."""
     from runner.envs import check_manager_name
     from runner.tracking.session import plan_tracking
 
     notify = notify or _default_notify
-    check_manager_name(env_manager)
-    backend = backend or "local"
-    if backend not in BACKENDS:
-        raise NotAvailableError(f"backend {backend!r} is not available", hint="use the local backend (-b local)")
-    parse_backend_config(backend_config)
-    caller_cwd = Path(cwd).absolute() if cwd is not None else Path.cwd()
+    check_manager_name(request.env_manager)
+    if (request.backend or "local") not in BACKENDS:
+        raise NotAvailableError(f"backend {request.backend!r} is not available", hint="use the local backend (-b local)")
+    parse_backend_config(request.backend_config)
+    caller_cwd = request.caller_cwd()
     # Decided first: when the mlflow library is needed, its import runs in the
     # background while the project and environment are prepared.
-    tracking_plan = plan_tracking(caller_cwd, experiment_name, experiment_id, run_id)
-    if tracking_plan.note:
-        notify(tracking_plan.note)
-
-    the_plan = plan(uri, entry_point, version, parameters, env_manager, caller_cwd, notify=notify, progress=progress)
+    tracking = plan_tracking(caller_cwd, request.experiment_name, request.experiment_id, request.run_id)
+    if tracking.note:
+        notify(tracking.note)
+    the_plan = plan(request.uri, request.entry_point, request.version, request.parameters, request.env_manager,
+                    caller_cwd, notify=notify, progress=progress)
+    state = _Run(request, tracking, the_plan, notify, progress)
     try:
-        env_options = {"locked": locked, "build_image": build_image, "docker_args": dict(docker_args or {})}
-        return _track_and_launch(the_plan, tracking_plan, experiment_name, experiment_id, run_id, run_name, synchronous,
-                                 stream_output, notify, progress, on_submitted, env_options)
+        _plan_environment(state)
+        _open_run(state)
     except BaseException:
         the_plan.source.release()  # once launched, the run's end releases it
         raise
+    try:
+        return _launch(state, on_submitted)
+    except BaseException as exc:
+        # Normally ended already (finish() is idempotent); this covers an interrupt
+        # or failure between the run's creation and the ledger taking over.
+        from runner.tracking import pending
+
+        the_plan.source.release()
+        state.tracked.finish("FAILED" if isinstance(exc, Exception) else "KILLED", notify)
+        pending.clear(state.note)
+        raise
 
 
-def _track_and_launch(the_plan: Plan, tracking_plan, experiment_name, experiment_id, run_id, run_name, synchronous,
-                      stream_output, notify, progress, on_submitted, env_options) -> SubmittedRun:
+def _plan_environment(state: _Run) -> None:
+    """Everything about the environment that can fail before a run exists (a conda solve)."""
     from runner.envs import plan_environment, resolve_before_run
-    from runner.tracking.session import begin_tracking, project_tags
-
-    for warning in the_plan.project.warnings:
-        notify(f"warning: {warning}")
-    planned = plan_environment(the_plan.env_manager, the_plan.project, notify, **env_options)
-    resolve_before_run(planned, progress)
-    invocation = the_plan.invocation
     from runner.tracking import downloads
 
-    downloads.require(invocation.remote)
-    if invocation.remote and tracking_plan.library is None:
+    for warning in state.plan.project.warnings:
+        state.notify(f"warning: {warning}")
+    state.environment = plan_environment(state.plan.env_manager, state.plan.project, state.notify,
+                                         **state.request.env_options())
+    resolve_before_run(state.environment, state.progress)
+    remote = state.plan.invocation.remote
+    downloads.require(remote)
+    if remote and state.tracking.library is None:
         from runner.tracking import BackgroundImport
 
-        tracking_plan.library = BackgroundImport()
-    source = the_plan.source
+        state.tracking.library = BackgroundImport()
+
+
+def _open_run(state: _Run) -> None:
+    """Create the run in tracking and open the ledger, settling what dead runners left."""
+    from runner.tracking import ATTEMPT_TAG, pending, redact
+    from runner.tracking.session import begin_tracking, project_tags
+
+    request, source, invocation = state.request, state.plan.source, state.plan.invocation
     tags = project_tags(
-        source.source_name, invocation.entry_point, the_plan.env_manager, planned.key,
+        source.source_name, invocation.entry_point, state.plan.env_manager, state.environment.key,
         source.commit, source.repo_url, source.branch, source.dirty,
     )
-    from runner.tracking import ATTEMPT_TAG, pending, redact
-
     # Before the creation is sent, a note names this attempt and the run carries it
     # as a tag: a SIGKILL anywhere from here leaves a run that can be found and ended.
-    note = None
-    if tracking_plan.uri is not None:
+    if state.tracking.uri is not None:
         from runner.tracking.common import experiment_choice
 
         attempt = pending.new_attempt()
         tags[ATTEMPT_TAG] = attempt
-        note = pending.note(attempt, redact(tracking_plan.uri), *experiment_choice(experiment_name, experiment_id), run_id)
+        state.note = pending.note(attempt, redact(state.tracking.uri),
+                                  *experiment_choice(request.experiment_name, request.experiment_id), request.run_id)
     try:
-        created = begin_tracking(tracking_plan, experiment_name=experiment_name, experiment_id=experiment_id, run_id=run_id,
-                                 run_name=run_name, tags=tags, params={**invocation.texts, **invocation.extra})
+        created = begin_tracking(state.tracking, experiment_name=request.experiment_name,
+                                 experiment_id=request.experiment_id, run_id=request.run_id, run_name=request.run_name,
+                                 tags=tags, params={**invocation.texts, **invocation.extra})
     except BaseException as exc:
-        _settle_note(note, exc)
+        _settle_note(state.note, exc)
         raise
     # While a tracking server creates the run: import and open the ledger (sqlite3 and
     # all), settle what dead runners left.
@@ -208,28 +298,20 @@ def _track_and_launch(the_plan: Plan, tracking_plan, experiment_name, experiment
         orphans = reconcile(ledger)
     except BaseException as exc:
         try:
-            created().finish("FAILED" if isinstance(exc, Exception) else "KILLED", notify)
-            pending.clear(note)
+            created().finish("FAILED" if isinstance(exc, Exception) else "KILLED", state.notify)
+            pending.clear(state.note)
         except BaseException:  # noqa: BLE001 - the note stays; the next invocation ends the run
             pass
         raise
     try:
-        tracked = created()
+        state.tracked = created()
     except BaseException as exc:
         ledger.close()
-        _settle_note(note, exc)
+        _settle_note(state.note, exc)
         raise
+    state.ledger = ledger
     for orphan in orphans:
-        notify(f"note: run {orphan.id} had lost its runner; recorded as FAILED")
-    try:
-        return _launch(the_plan, planned, tracked, tracking_plan, ledger, synchronous, stream_output, notify, progress,
-                       on_submitted, note)
-    except BaseException as exc:
-        # Normally ended already (finish() is idempotent); this covers an interrupt
-        # or failure between the run's creation and the ledger taking over.
-        tracked.finish("FAILED" if isinstance(exc, Exception) else "KILLED", notify)
-        pending.clear(note)
-        raise
+        state.notify(f"note: run {orphan.id} had lost its runner; recorded as FAILED")
 
 
 def _settle_note(note, exc: BaseException) -> None:
@@ -241,13 +323,15 @@ def _settle_note(note, exc: BaseException) -> None:
         pending.clear(note)
 
 
-def _launch(the_plan: Plan, planned, tracked, tracking_plan, ledger, synchronous: bool, stream_output: bool, notify,
-            progress, on_submitted, note) -> SubmittedRun:
+def _launch(state: _Run, on_submitted: Callable[[SubmittedRun], None] | None) -> SubmittedRun:
+    """Record the run in the ledger, prepare its environment and inputs, start its command."""
     from runner.envs import realize
     from runner.errors import RunnerError
-    from runner.tracking import redact
+    from runner.tracking import downloads, pending, redact
     from runner.tracking.ledger import RunRecord
 
+    the_plan, tracked, ledger, notify = state.plan, state.tracked, state.ledger, state.notify
+    planned, tracking_plan, progress = state.environment, state.tracking, state.progress
     # The MLflow run ID when tracked (one ID everywhere); otherwise one of the same
     # form. A continued MLflow run (--run-id) is a new attempt in the ledger.
     run_id = (None if tracked.continued else tracked.run_id) or os.urandom(16).hex()
@@ -275,9 +359,7 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, ledger, synchronous
             tracking_uri=redact(tracking_plan.uri) if tracked.run_id else None,
         )
     )
-    from runner.tracking import pending
-
-    pending.clear(note)  # the ledger has the run now
+    pending.clear(state.note)  # the ledger has the run now
     tracked.artifacts.append((submitted.log_path, None))
 
     def end(status: str, exit_code: int | None, reason: str | None) -> None:
@@ -292,8 +374,6 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, ledger, synchronous
                     ledger.tracking_ended(run_id)
             finally:
                 ledger.close()
-
-    from runner.tracking import downloads
 
     inputs_dir = run_dir / "inputs"
     prepared = None
@@ -347,14 +427,14 @@ def _launch(the_plan: Plan, planned, tracked, tracking_plan, ledger, synchronous
             environment.argv(command, child_env),
             invocation.cwd,
             child_env,
-            echo=stream_output,
+            echo=state.request.stream_output,
             on_started=lambda pgid: ledger.set_process(run_id, pgid),
             on_finish=on_finish,
         )
     except BaseException:
         prepared.release()
         raise
-    if synchronous:
+    if state.request.synchronous:
         if not submitted.wait():
             raise RunFailedError(
                 f"run {run_id} {submitted.get_status().lower()} (exit code {submitted.exit_code})",
@@ -412,7 +492,9 @@ def lock(
     progress: Notify | None = None,
 ) -> Path:
     """Solve a conda project for each platform and write conda-lock.yml next to its conda.yaml."""
-    from runner.envs import conda, condalock
+    from runner.envs.conda import lock as condalock
+    from runner.envs.conda import manager as conda
+    from runner.envs.conda.contents import platform_name
 
     source = fetch(uri, None, Path.cwd(), notify=notify, progress=progress)
     try:
@@ -421,7 +503,7 @@ def lock(
                              hint="clone the repository, lock it, and commit conda-lock.yml")
         project = load_project(source.path)
         plan_ = conda.plan(project, notify)
-        return condalock.write(plan_.contents, list(platforms or [conda.platform_name()]), progress)
+        return condalock.write(plan_.contents, list(platforms or [platform_name()]), progress)
     finally:
         source.release()
 
