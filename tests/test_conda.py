@@ -273,22 +273,47 @@ def test_lock_for_several_platforms(cli, channel, make_project):
     assert_clean_error(cli("lock", str(other), "--platform", "osx-arm64"), 2, "for osx-arm64")
 
 
-def test_conda_lock_tool_renders_our_lock(cli, channel, make_project, tmp_path):
-    """The PyPI conda-lock tool reads the file we write (its `render` command)."""
+@pytest.fixture(scope="module")
+def conda_lock_tool(tmp_path_factory) -> Path:
+    """The PyPI conda-lock package in a virtualenv of its own (it pulls ~60 packages: not ours to carry)."""
     from runner.envs.python.uv import uv_binary
 
-    root = conda_project(make_project, LOCKED, SHOW)
-    assert cli("lock", str(root)).returncode == 0
-    venv = tmp_path / "conda-lock-venv"
+    venv = tmp_path_factory.mktemp("conda-lock") / "venv"
     subprocess.run([uv_binary(), "venv", "-q", "--python", sys.executable, str(venv)], check=True)
     installed = subprocess.run([uv_binary(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "conda-lock"],
                                capture_output=True, text=True)
     assert installed.returncode == 0, f"conda-lock could not be installed from the package index: {installed.stderr}"
-    rendered = subprocess.run([str(venv / "bin" / "conda-lock"), "render", "-k", "explicit", "--platform", "linux-64",
+    return venv / "bin"
+
+
+def test_conda_lock_tool_renders_our_lock(cli, channel, make_project, conda_lock_tool):
+    """The PyPI conda-lock tool reads the file we write (its `render` command)."""
+    root = conda_project(make_project, LOCKED, SHOW)
+    assert cli("lock", str(root)).returncode == 0
+    rendered = subprocess.run([str(conda_lock_tool / "conda-lock"), "render", "-k", "explicit", "--platform", "linux-64",
                                "conda-lock.yml"], cwd=root, capture_output=True, text=True)
     assert rendered.returncode == 0, rendered.stderr
     explicit = (root / "conda-linux-64.lock").read_text()
     assert "@EXPLICIT" in explicit and "python-3.11" in explicit and "# pip six @ " in explicit
+
+
+def test_lock_written_by_conda_lock_installs_with_locked(cli, own_channel, make_project, conda_lock_tool):
+    """A conda-lock.yml made by conda-lock's own writer (and content hash) installs exactly, with --locked."""
+    root = conda_project(make_project, "channels: [conda-forge]\ndependencies: [python=3.11, helper, pyhello]\n",
+                         "cat $CONDA_PREFIX/share/helper/VERSION && python -c 'import pyhello; print(pyhello.greet(1))'")
+    tool = Path(__file__).parent / "condalock_tool.py"
+    written = subprocess.run([str(conda_lock_tool / "python"), str(tool), str(own_channel), str(root / "conda.yaml"),
+                              "python=3.11", "helper=1.5", "pyhello"], capture_output=True, text=True)
+    assert written.returncode == 0, written.stderr
+    lock = yaml_load(root / "conda-lock.yml")
+    assert lock["version"] == 1 and lock["metadata"]["content_hash"]["linux-64"]
+    locked = cli("run", str(root), "--locked")
+    assert locked.returncode == 0, locked.stderr
+    assert locked.stdout.splitlines()[0] == "1.5"  # the lock's helper, where a solve picks 2.0
+    assert "note: conda-lock.yml was not written by mlproject" in locked.stderr
+    solved = cli("run", str(root))
+    assert solved.returncode == 0 and solved.stdout.splitlines()[0] == "2.0", solved.stderr
+    assert "warning: conda-lock.yml was not written by mlproject" in solved.stderr
 
 
 def yaml_load(path: Path):

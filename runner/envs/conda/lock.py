@@ -17,6 +17,7 @@ from pathlib import Path
 
 from runner.envs.conda.contents import LOCK_NAME, CondaContents
 from runner.errors import EnvironmentBuildError
+from runner.progress import step
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,6 +50,13 @@ class Lock:
     path: Path
     content_hash: dict[str, str]  # platform -> hash of what the lock was made from
     by_platform: dict[str, tuple[LockedPackage, ...]]
+    generator: str | None = None  # "mlproject-runner X" for ours; conda-lock writes none
+
+    @property
+    def ours(self) -> bool:
+        """Whether its content hash is ours: conda-lock hashes its own parse of the env file, which
+        only conda-lock can recompute, so another tool's lock cannot be checked for staleness."""
+        return (self.generator or "").startswith("mlproject-runner")
 
     def for_platform(self, platform: str) -> list[LockedPackage]:
         return list(self.by_platform.get(platform, ()))
@@ -86,7 +94,9 @@ def read(path: Path) -> Lock:
         package = LockedPackage(str(entry["name"]), str(entry["version"]), entry.get("manager", "conda"), entry["url"],
                                 hashes.get("sha256"), hashes.get("md5"), entry.get("build"))
         index.setdefault(entry.get("platform", ""), []).append(package)
-    return Lock(path, dict(metadata.get("content_hash") or {}), {k: tuple(v) for k, v in index.items()})
+    generator = (metadata.get("custom_metadata") or {}).get("generator")
+    return Lock(path, dict(metadata.get("content_hash") or {}), {k: tuple(v) for k, v in index.items()},
+                str(generator) if generator else None)
 
 
 def key_material(lock: Lock, platform: str) -> list[str]:
@@ -108,9 +118,8 @@ def write(contents: CondaContents, platforms: list[str], progress: Callable[[str
     entries: list[dict] = []
     hashes = {}
     for platform in platforms:
-        if progress is not None:
-            progress(f"solving for {platform}")
-        records = solve_for(contents, platform)
+        with step(progress, f"solving for {platform}"):
+            records = solve_for(contents, platform)
         hashes[platform] = content_hash(contents, platform)
         python = None
         for record in sorted(records, key=lambda r: r["name"]):

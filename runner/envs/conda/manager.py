@@ -131,6 +131,17 @@ def _current_lock(contents: CondaContents, notify, locked: bool):
         return None
     lock = condalock.read(path)
     platform = contents.platform
+    if not lock.ours and lock.for_platform(platform):
+        # Written by conda-lock: installed as it is when asked for, as `conda-lock install` does.
+        if locked:
+            if notify is not None:
+                notify(f"note: {LOCK_NAME} was not written by mlproject (conda-lock?): whether "
+                       f"{contents.env_file.name} changed since cannot be checked; installing it as it is")
+            return lock
+        if notify is not None:
+            notify(f"warning: {LOCK_NAME} was not written by mlproject, so whether it is current cannot be checked; "
+                   "solving instead (--locked installs it as it is)")
+        return None
     if lock.content_hash.get(platform) == condalock.content_hash(contents, platform) and lock.for_platform(platform):
         return lock
     reason = (f"{LOCK_NAME} is stale: {contents.env_file.name} changed since it was written"
@@ -161,20 +172,22 @@ def resolve(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> Non
         packages = [p for p in contents.locked if p.manager == "conda"]
         contents.records = worker("match", contents, {"packages": [locked_dict(p) for p in packages]})
         return
-    if progress is not None:
-        progress(f"solving {len(contents.specs)} conda spec(s)")
-    contents.records = solve_for(contents, contents.platform)
+    from runner.progress import step
+
+    with step(progress, f"solving {len(contents.specs)} conda spec(s)"):
+        contents.records = solve_for(contents, contents.platform)
 
 
 def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
     contents: CondaContents = plan.contents
     resolve(plan, progress)
     records = contents.records
-    if progress is not None:
-        progress(f"installing {len(records)} conda package(s)")
+    from runner.progress import step
+
     packages = [{"name": r["name"], "url": r["url"], "sha256": r["sha256"], "md5": r["md5"]} for r in records]
-    worker("install", contents, {"packages": packages, "target": str(tmp), "final": str(final),
-                                  "pkgs_dir": str(home.subdir("cache") / "conda-pkgs")})
+    with step(progress, f"installing {len(records)} conda package(s)"):
+        worker("install", contents, {"packages": packages, "target": str(tmp), "final": str(final),
+                                      "pkgs_dir": str(home.subdir("cache") / "conda-pkgs")})
     meta = tmp / ".mlproject"
     meta.mkdir(exist_ok=True)
     lines = sorted(f"{r['name']}=={r['version']}={r['build']} ({_channel_of(r)})" for r in records)
