@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run run-example test stress bench lint clean
+.PHONY: setup system-packages run run-example test stress bench lint clean
 
 setup: $(STAMP)
 
@@ -27,8 +27,33 @@ run-example:
 	cd $(RUN_DIR) && $(CURDIR)/$(BIN)/mlproject runs list --limit 1
 	@echo "The run and its metrics and model are in $(abspath $(RUN_DIR))/mlflow.db; look at them with:"
 	@echo "  $(CURDIR)/$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUN_DIR))/mlflow.db"
+	@echo "The mlproject command is $(CURDIR)/$(BIN)/mlproject; to have it on your PATH:"
+	@echo "  source $(CURDIR)/$(BIN)/activate     (this shell), or: uv tool install $(CURDIR)   (or pipx install)"
 
-test: setup
+# What the tests take from the system, each for a real component they start themselves:
+# git and sshd (git servers on loopback), docker.io and mmdebstrap (a private dockerd and
+# its base image), openssl (a certificate for the HTTPS tracking tests). Installed with
+# apt-get when missing and run as root; otherwise the exact command to run is printed.
+system-packages:
+	@missing=""; \
+	command -v git >/dev/null || missing="$$missing git"; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	command -v ssh-keygen >/dev/null || missing="$$missing openssh-client"; \
+	[ -x /usr/sbin/dockerd ] || missing="$$missing docker.io"; \
+	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "error: the tests need these system packages:$$missing"; \
+		echo "hint: sudo apt-get update && sudo apt-get install -y$$missing"; \
+		exit 2; \
+	fi; \
+	echo "== apt-get install$$missing (once; about 1-2 minutes)"; \
+	start=$$(date +%s); \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null; \
+	echo "== system packages installed in $$(( $$(date +%s) - start )) s"
+
+test: setup system-packages
 	$(BIN)/python -m pytest -q -m "not stress" tests
 
 # Load and fault tests too heavy for every CI run (see docs/reliability.md).
