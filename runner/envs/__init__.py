@@ -211,9 +211,10 @@ def realize(planned: Planned, progress: Callable[[str], None] | None = None) -> 
     store = Store()
 
     def build(tmp: Path, final: Path) -> None:
-        if progress is not None:
-            progress(f"building environment {manager_name}-{plan.key[:12]} ({plan.summary})")
-        module.build(plan, tmp, final, progress)
+        from runner.progress import step
+
+        with step(progress, f"building environment {manager_name}-{plan.key[:12]} ({plan.summary})"):
+            module.build(plan, tmp, final, progress)
 
     def waiting() -> None:
         if progress is not None:

@@ -1,17 +1,18 @@
 """Running installer commands during an environment build.
 
-Output is captured (and kept for the error message); on a terminal each step
-is announced, off a terminal the build is silent. An interrupted build stops
+Output is captured (and kept for the error message and the build log); each
+step is shown through runner.progress (live with its elapsed time on a
+terminal, start and end lines elsewhere). An interrupted build stops
 its installer's whole process group before the error propagates, so the store
 can remove the temporary directory with nothing still writing into it.
 """
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from runner.errors import EnvironmentBuildError
+from runner.progress import step
 from runner.subprocesses import capture
 
 TYPE_CHECKING = False
@@ -20,18 +21,6 @@ if TYPE_CHECKING:
 
 
 _TAIL_LINES = 40
-
-
-def terminal_progress() -> Callable[[str], None] | None:
-    """A progress printer for a terminal, or None when stderr is not one."""
-    if not sys.stderr.isatty():
-        return None
-
-    def show(message: str) -> None:
-        sys.stderr.write(f"  {message}\n")
-        sys.stderr.flush()
-
-    return show
 
 
 def run_step(
@@ -44,22 +33,23 @@ def run_step(
     progress: Callable[[str], None] | None = None,
 ) -> str:
     """Run one build step; return its output, or raise EnvironmentBuildError with it."""
-    if progress is not None:
-        progress(label)
-    try:
-        returncode, text, _ = capture(argv, env=env, cwd=cwd)
-    except OSError as exc:
-        raise EnvironmentBuildError(f"{label}: cannot start {argv[0]}: {exc.strerror}") from None
-    if log is not None:
-        with open(log, "a", encoding="utf-8") as handle:
-            handle.write(f"$ {' '.join(argv)}\n{text}\n")
-    if returncode != 0:
-        tail = "\n".join(text.rstrip().splitlines()[-_TAIL_LINES:])
-        raise EnvironmentBuildError(
-            f"environment build failed: {label} (exit code {returncode})",
-            hint="the installer's output is shown above",
-            details=tail,
-        )
+    with step(progress, label):  # a raise in here shows the step as failed
+        try:
+            returncode, text, _ = capture(argv, env=env, cwd=cwd)
+        except OSError as exc:
+            raise EnvironmentBuildError(f"{label}: cannot start {argv[0]}: {exc.strerror}") from None
+        if log is not None:
+            with open(log, "a", encoding="utf-8") as handle:
+                handle.write(f"$ {' '.join(argv)}\n{text}\n")
+        if returncode != 0:
+            tail = "\n".join(text.rstrip().splitlines()[-_TAIL_LINES:])
+            error = EnvironmentBuildError(
+                f"environment build failed: {label} (exit code {returncode})",
+                hint="the installer's output is shown above",
+                details=tail,
+            )
+            error.output = f"$ {' '.join(argv)}\n{text}"  # type: ignore[attr-defined] - all of it, for the run's log
+            raise error
     return text
 
 

@@ -126,18 +126,21 @@ def run_git(
     input: str | None = None,
 ) -> str:
     """Run `git args`; return stdout. On failure raise GitCommandError naming `what`."""
-    if progress is not None and what is not None:
-        progress(what)
+    from contextlib import nullcontext
+
+    from runner.progress import step
+
     argv = ["git"]
     for item in config:
         argv += ["-c", item]
     argv += list(args)
-    try:
-        code, out, err = capture(argv, env=git_env(remote), cwd=cwd, merge_stderr=False, input=input)
-    except FileNotFoundError:
-        raise ProjectError("git is not installed", hint="install git (Debian: apt-get install git)") from None
-    if code != 0:
-        raise explain(err, what or f"git {args[0]}", remote)
+    with step(progress, what) if what is not None else nullcontext():
+        try:
+            code, out, err = capture(argv, env=git_env(remote), cwd=cwd, merge_stderr=False, input=input)
+        except FileNotFoundError:
+            raise ProjectError("git is not installed", hint="install git (Debian: apt-get install git)") from None
+        if code != 0:
+            raise explain(err, what or f"git {args[0]}", remote)
     return out
 
 

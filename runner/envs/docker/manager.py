@@ -190,9 +190,10 @@ def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
     record = {"image": contents.image, "image_id": contents.base_id}
     if contents.build:
         tag = contents.tag(plan.key)
-        if progress is not None:
-            progress(f"building image {tag} FROM {contents.image}")
-        record.update({"tag": tag, "built_id": _build_image(contents, plan.key, tag)})
+        from runner.progress import step
+
+        with step(progress, f"building image {tag} FROM {contents.image}"):
+            record.update({"tag": tag, "built_id": _build_image(contents, plan.key, tag)})
     (meta / "image.json").write_text(json.dumps(record, indent=2))
     (meta / "packages.txt").write_text(f"image {record.get('tag', contents.image)} {record.get('built_id', contents.base_id)}\n")
 
