@@ -85,7 +85,7 @@ def mlflow_python() -> Path | None:
         return None
     print(f"building the comparison environment (mlflow=={MLFLOW_VERSION}) once...", file=sys.stderr)
     shutil.rmtree(venv, ignore_errors=True)
-    subprocess.run([uv, "venv", "-q", "-p", sys.executable, str(venv)], check=True)
+    subprocess.run([uv, "venv", "-q", "--clear", "-p", sys.executable, str(venv)], check=True)
     subprocess.run(
         [uv, "pip", "install", "-q", "--python", str(python), "--compile-bytecode", f"mlflow=={MLFLOW_VERSION}"],
         check=True,

@@ -48,8 +48,10 @@ def trivial_local(args: argparse.Namespace, work: Path) -> str:
             measure("warm-up", theirs, 1, work, env)
             rows.append(measure("mlflow run --env-manager local", theirs, args.mlflow_repeat, work, env))
         overhead = (rows[1].median - baseline.median) * 1000
-        verdict = "meets" if overhead <= 100 and rows[1].peak_rss_mb <= 60 else "MISSES"
-        note = f"Target: overhead <= 100 ms and peak RSS <= 60 MB. Measured {overhead:.1f} ms, {rows[1].peak_rss_mb:.1f} MB: {verdict}."
+        ratio = rows[2].median / rows[1].median if len(rows) > 2 and rows[2].seconds else None
+        verdict = "meets" if overhead <= 100 and rows[1].peak_rss_mb <= 40 and (ratio is None or ratio >= 30) else "MISSES"
+        note = (f"Target: overhead <= 100 ms, peak RSS <= 40 MB, at least 30x faster than mlflow run. Measured "
+                f"{overhead:.1f} ms, {rows[1].peak_rss_mb:.1f} MB" + (f", {ratio:.0f}x" if ratio else "") + f": {verdict}.")
         out.append(table(f"Trivial local project, entry point `{entry}`", rows, baseline, note))
     return "\n".join(out)
 
@@ -227,8 +229,8 @@ def tracking_overhead(args: argparse.Namespace, work: Path) -> str:
     sqlite_adds = (rows[2].median - rows[1].median) * 1000
     rest_adds = (rows[3].median - rows[1].median) * 1000
     note = (f"Tracking adds, over the untracked run: sqlite {sqlite_adds:.1f} ms (target <= 100 ms: "
-            f"{'meets' if sqlite_adds <= 100 else 'MISSES'}), REST {rest_adds:.1f} ms (target <= 30 ms: "
-            f"{'meets' if rest_adds <= 30 else 'MISSES'}).")
+            f"{'meets' if sqlite_adds <= 100 else 'MISSES'}), REST {rest_adds:.1f} ms (target <= 60 ms: "
+            f"{'meets' if rest_adds <= 60 else 'MISSES'}).")
     return table("Tracking on the warm path", rows, baseline, note, reference=rows[1])
 
 
@@ -368,6 +370,25 @@ def docker_reuse(args: argparse.Namespace, work: Path) -> str:
     return table("Docker project, second run of an unchanged --build-image project", [baseline, reused], baseline, note)
 
 
+def changed_spec(args: argparse.Namespace, work: Path) -> str:
+    """`mlproject validate` of a project whose MLproject changes before every call (parsed and checked
+    against the schema each time) and of one that does not (read from the parse cache)."""
+    project = _write(work / "spec", {"MLproject": (
+        "name: spec\nentry_points:\n  main:\n    parameters:\n      alpha: {type: float, default: 0.5}\n"
+        "      data: {type: string, default: x}\n    command: \"python train.py {alpha} {data}\"\n")})
+    env = {**os.environ, "MLPROJECT_HOME": str(work / "home")}
+    ours = " ".join(mlproject_command() + ["validate", ".", "--env-manager", "local"])
+    touch = 'echo "# $EPOCHREALTIME" >> MLproject'
+    baseline = measure("bash appending a comment to MLproject", ["bash", "-c", touch], args.repeat, project, env)
+    measure("warm-up", ["bash", "-c", ours], 2, project, env)
+    rows = [baseline,
+            measure("mlproject validate, MLproject unchanged (cached parse)", ["bash", "-c", ours], args.repeat, project, env),
+            measure("mlproject validate, MLproject changed each time", ["bash", "-c", f"{touch} && {ours}"], args.repeat, project, env)]
+    adds = (rows[2].median - rows[1].median) * 1000
+    return table("A changed project file: YAML parse and schema check", rows, baseline,
+                 f"A changed file costs {adds:.0f} ms over a cached one (YAML and the schema check, once per change).")
+
+
 def ledger_listing(args: argparse.Namespace, work: Path) -> str:
     """1,000 finished runs in the ledger: `mlproject runs list` over all of them (target: under a second)."""
     home = work / "home"
@@ -400,6 +421,7 @@ SCENARIOS = {
     "conda_env": conda_env,
     "docker_reuse": docker_reuse,
     "ledger_listing": ledger_listing,
+    "changed_spec": changed_spec,
 }
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner import home
-from runner.errors import NotAvailableError, RunFailedError, UsageError
+from runner.errors import NotAvailableError, RunFailedError, RunnerError, UsageError
 from runner.launch import SubmittedRun, start
 from runner.project.params import Invocation, parse_assignments, resolve
 from runner.project.spec import Project, load_project
@@ -326,7 +326,6 @@ def _settle_note(note, exc: BaseException) -> None:
 def _launch(state: _Run, on_submitted: Callable[[SubmittedRun], None] | None) -> SubmittedRun:
     """Record the run in the ledger, prepare its environment and inputs, start its command."""
     from runner.envs import realize
-    from runner.errors import RunnerError
     from runner.tracking import downloads, pending, redact
     from runner.tracking.ledger import RunRecord
 
@@ -337,7 +336,9 @@ def _launch(state: _Run, on_submitted: Callable[[SubmittedRun], None] | None) ->
     run_id = (None if tracked.continued else tracked.run_id) or os.urandom(16).hex()
     run_dir = home.subdir("runs") / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    submitted = SubmittedRun(tracked.run_id or run_id, run_dir / "output.log")
+    context = tracked.context
+    submitted = SubmittedRun(tracked.run_id or run_id, run_dir / "output.log",
+                             redact(context.tracking_uri) if context else None, context.experiment_id if context else None)
     if on_submitted is not None:
         on_submitted(submitted)  # from here on a cancel request stops the run, even mid-start
 
@@ -393,6 +394,8 @@ def _launch(state: _Run, on_submitted: Callable[[SubmittedRun], None] | None) ->
         _remove_inputs(inputs_dir)
         if prepared is not None:
             prepared.release()
+        if isinstance(exc, RunnerError):
+            _keep_evidence(submitted, exc)
         raise
     environment = prepared.environment
     if environment.prefix is not None:
@@ -442,6 +445,18 @@ def _launch(state: _Run, on_submitted: Callable[[SubmittedRun], None] | None) ->
                 submitted.exit_code or 1,
             )
     return submitted
+
+
+def _keep_evidence(submitted: SubmittedRun, exc: RunnerError) -> None:
+    """A run that failed before its command started: its error names it, and what the installer
+    printed is in its log (`mlproject runs logs ID`), not only in the terminal's scrollback."""
+    output = getattr(exc, "output", None) or exc.details
+    if output and submitted.log_path is not None:
+        with open(submitted.log_path, "a", encoding="utf-8") as log:
+            log.write(f"{output.rstrip()}\nerror: {exc.message}\n")
+        exc.hint = f"the full output is in the run's log: mlproject runs logs {submitted.run_id}"
+    exc.message = f"run {submitted.run_id}: {exc.message}"
+    exc.problems = [exc.message]
 
 
 def _remove_inputs(inputs_dir: Path) -> None:

@@ -7,6 +7,7 @@ with 2. Shell completion: `eval "$(_MLPROJECT_COMPLETE=bash_source mlproject)"`
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -52,7 +53,7 @@ def _local_project(ctx):
     """The project named by the command line so far, if it is a local directory."""
     import os
 
-    uri = ctx.params.get("uri")
+    uri = ctx.params.get("uri") or _uri_from_command_line()
     if not uri or not os.path.isdir(uri.split("#", 1)[0]):
         return None
     from runner.project.spec import load_project
@@ -61,6 +62,26 @@ def _local_project(ctx):
         return load_project(uri.split("#", 1)[0])
     except Exception:  # noqa: BLE001 - completion never fails loudly
         return None
+
+
+def _uri_from_command_line() -> str | None:
+    """While an option still lacks its value click has not parsed the URI yet; the shell's
+    words (COMP_WORDS, set by the bash, zsh and fish scripts alike) still name it."""
+    import shlex
+
+    try:
+        words = shlex.split(os.environ.get("COMP_WORDS", ""))
+    except ValueError:
+        return None
+    takes_value = {"-e", "--entry-point", "-P", "--param-list", "-v", "--version", "--env-manager", "-A", "--docker-args",
+                   "--experiment-name", "--experiment-id", "-b", "--backend", "-c", "--backend-config", "--storage-dir",
+                   "--run-id", "--run-name"}
+    previous = ""
+    for word in words[2:]:
+        if not word.startswith("-") and previous not in takes_value and os.path.isdir(word.split("#", 1)[0]):
+            return word
+        previous = word
+    return None
 
 
 def _complete_entry_points(ctx, param, incomplete: str) -> list[str]:
@@ -180,7 +201,7 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
         backend_config: str | None, storage_dir: str | None, run_id: str | None, run_name: str | None,
         build_image: bool, locked: bool, debug: bool) -> int:
     from runner import api
-    from runner.envs.build import terminal_progress
+    from runner.progress import Progress
 
     active = []  # the SubmittedRun, once it exists
     received: list[int] = []
@@ -188,6 +209,12 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
     def on_signal(signum: int, _frame) -> None:
         received.append(signum)
         if active and active[0].launching:
+            run_id = active[0].run_id
+            # os.write: the main thread may be inside a write to sys.stderr right now.
+            if len(received) == 1:
+                os.write(2, f"stopping run {run_id} (Ctrl-C again to kill now)\n".encode())
+            elif len(received) == 2:
+                os.write(2, f"killing run {run_id} now\n".encode())
             active[0].request_cancel(signum)
         else:
             raise _Interrupted(signum)  # the command has not started: abandon the preparation
@@ -213,21 +240,40 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
             build_image=build_image,
             locked=locked,
         )
-        submitted = api.submit(request, notify=_say, progress=terminal_progress(), on_submitted=active.append)
+        submitted = api.submit(request, notify=_say, progress=Progress(), on_submitted=active.append)
         while not submitted.done:
             submitted.wait(0.25)
     except _Interrupted as interrupted:
-        _say(f"interrupted by {signal.Signals(interrupted.signum).name}")
+        name = signal.Signals(interrupted.signum).name
+        if active:  # the run exists: it was ended KILLED before its command started
+            _say(f"interrupted by {name}: run {active[0].run_id} recorded as KILLED before its command started")
+        else:
+            _say(f"interrupted by {name} before a run was created")
         return 128 + interrupted.signum
     status = submitted.get_status()
     if received:
         _say(f"=== Run (ID '{submitted.run_id}') killed by {signal.Signals(received[0]).name} ===")
-        return 128 + received[0]
-    if status == "FINISHED":
+        code = 128 + received[0]
+    elif status == "FINISHED":
         _say(f"=== Run (ID '{submitted.run_id}') succeeded ===")
-        return 0
-    _say(f"=== Run (ID '{submitted.run_id}') {status.lower()} with exit code {submitted.exit_code} ===")
-    return submitted.exit_code or 1
+        code = 0
+    else:
+        _say(f"=== Run (ID '{submitted.run_id}') {status.lower()} with exit code {submitted.exit_code} ===")
+        code = submitted.exit_code or 1
+    if sys.stderr.isatty():
+        _say(where_it_went(submitted))
+    return code
+
+
+def where_it_went(submitted) -> str:
+    """One line: where the run is recorded and how to look at it."""
+    uri, run_id = submitted.tracking_uri, submitted.run_id
+    if uri is None:
+        return f"recorded in the local ledger only; see it with: mlproject runs show {run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"tracked at {uri.rstrip('/')}/#/experiments/{submitted.experiment_id}/runs/{run_id}"
+    return (f"tracked in {uri} (experiment {submitted.experiment_id}, run {run_id}); "
+            f"see it with: mlflow ui --backend-store-uri {uri}")
 
 
 # -- validate ---------------------------------------------------------------------------------
@@ -255,10 +301,10 @@ def env() -> None:
 
 def _env_prepare(uri: str, version: str | None, env_manager: str | None, build: bool) -> int:
     from runner.api import prepare_environment
-    from runner.envs.build import terminal_progress
+    from runner.progress import Progress
 
     prepared = prepare_environment(uri, version, env_manager, notify=_say,
-                                   progress=terminal_progress() if build else None, build=build)
+                                   progress=Progress() if build else None, build=build)
     prefix = prepared.environment.prefix
     prepared.release()
     if build:
@@ -318,12 +364,13 @@ def env_rm(key: str, debug: bool) -> int:
 
 
 @env.command("gc", help="remove environments unused for a while, leftovers, and stale downloads")
-@click.option("--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h, 0 for all unused")
+@click.option("--older-than", required=True, metavar="DURATION", help="30d, 12h, 45m, 30s; 0 for all unused")
+@click.option("--dry-run", is_flag=True, help="print what would be removed and the space freed; remove nothing")
 @_debug
-def env_gc(older_than: str, debug: bool) -> int:
+def env_gc(older_than: str, dry_run: bool, debug: bool) -> int:
     from runner.envs import admin
 
-    for line in admin.gc(older_than):
+    for line in admin.gc(older_than, dry_run):
         _out(line)
     return 0
 
@@ -357,11 +404,12 @@ def runs_list(status: str | None, limit: int, as_json: bool, debug: bool) -> int
     if as_json:
         _out(json.dumps([run_records.describe(r) for r in records], indent=2))
         return 0
-    _out(f"{'RUN ID':<34}{'STATUS':<10}{'EXIT':>5}  {'STARTED':<20}{'ENTRY':<12}PROJECT")
+    entry_width = max([len("ENTRY"), *(len(r.entry_point) for r in records)]) + 2
+    _out(f"{'RUN ID':<34}{'STATUS':<10}{'EXIT':>5}  {'STARTED':<21}{'ENTRY':<{entry_width}}PROJECT")
     for r in records:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.start_time))
         code = "" if r.exit_code is None else str(r.exit_code)
-        _out(f"{r.id:<34}{r.status:<10}{code:>5}  {started:<20}{r.entry_point:<12}{r.project_uri}")
+        _out(f"{r.id:<34}{r.status:<10}{code:>5}  {started:<21}{r.entry_point:<{entry_width}}{r.project_uri}")
     return 0
 
 
@@ -373,12 +421,14 @@ def runs_show(run_id: str, as_json: bool, debug: bool) -> int:
     import json
 
     ledger, run_records = _ledger()
-    record = run_records.describe(run_records.find(ledger, run_id))
+    record = run_records.find(ledger, run_id)
     if as_json:
-        _out(json.dumps(record, indent=2))
-    else:
-        for key, value in record.items():
-            _out(f"{key}: {value}")
+        _out(json.dumps(run_records.describe(record), indent=2))
+        return 0
+    rows = run_records.summary(record)
+    width = max(len(label) for label, _ in rows) + 2
+    for label, value in rows:
+        _out(f"{label + ':':<{width}}{value}")
     return 0
 
 
@@ -444,15 +494,18 @@ def cache_list(debug: bool) -> int:
 
 
 @cache.command("gc", help="remove checkouts and mirrors not used for a while (never one in use)")
-@click.option("--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h, 0 for all unused")
+@click.option("--older-than", required=True, metavar="DURATION", help="30d, 12h, 45m, 30s; 0 for all unused")
+@click.option("--dry-run", is_flag=True, help="print what would be removed and the space freed; remove nothing")
 @_debug
-def cache_gc(older_than: str, debug: bool) -> int:
-    from runner.envs.admin import parse_duration
+def cache_gc(older_than: str, dry_run: bool, debug: bool) -> int:
+    from runner.envs.admin import human_size, parse_duration
     from runner.sources import cache as git_cache
 
-    result = git_cache.gc(parse_duration(older_than))
-    _out(f"removed {result.checkouts_removed} checkout(s) and {result.mirrors_removed} mirror(s); "
-         f"kept {result.checkouts_in_use} checkout(s) in use and {result.mirrors_kept} mirror(s)")
+    result = git_cache.gc(parse_duration(older_than), dry_run)
+    verb, freed = ("would remove", "would be freed") if dry_run else ("removed", "freed")
+    _out(f"{verb} {result.checkouts_removed} checkout(s) and {result.mirrors_removed} mirror(s); "
+         f"kept {result.checkouts_in_use} checkout(s) in use and {result.mirrors_kept} mirror(s); "
+         f"{human_size(result.freed)} {freed}" + ("; nothing was removed (--dry-run)" if dry_run else ""))
     return 0
 
 
@@ -464,9 +517,9 @@ def cache_gc(older_than: str, debug: bool) -> int:
 @_debug
 def lock(uri: str, platforms: tuple[str, ...], debug: bool) -> int:
     from runner import api
-    from runner.envs.build import terminal_progress
+    from runner.progress import Progress
 
-    path = api.lock(uri, list(platforms), notify=_say, progress=terminal_progress())
+    path = api.lock(uri, list(platforms), notify=_say, progress=Progress())
     _say(f"wrote {path}")
     return 0
 
@@ -474,12 +527,20 @@ def lock(uri: str, platforms: tuple[str, ...], debug: bool) -> int:
 # -- entry point ------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
+    if not args and "_MLPROJECT_COMPLETE" not in os.environ:  # the shell asking for completions
         with click.Context(cli, info_name="mlproject", help_option_names=["-h", "--help"]) as ctx:
             sys.stderr.write(cli.get_help(ctx) + "\n")
         return EXIT_USAGE
+    result: Any = None
     try:
-        result: Any = cli.main(args, prog_name="mlproject", standalone_mode=False)
+        result = cli.main(args, prog_name="mlproject", standalone_mode=False)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`mlproject runs list | head -1`): what it did not read is dropped
+        # quietly, and Python's own flush at exit must not complain either. A run's exit code
+        # stays its command's.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return result if isinstance(result, int) else 0
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx is not None else "mlproject"
         _print_error(exc.format_message(), f"see `{command} --help`")

@@ -155,9 +155,12 @@ class SubmittedRun:
     `cancel()`) and adds `exit_code` and `log_path`.
     """
 
-    def __init__(self, run_id: str, log_path: Path | None):
+    def __init__(self, run_id: str, log_path: Path | None, tracking_uri: str | None = None,
+                 experiment_id: str | None = None):
         self.run_id = run_id
         self.log_path = log_path
+        self.tracking_uri = tracking_uri  # where the run is tracked (credentials masked); None: the ledger only
+        self.experiment_id = experiment_id
         self.exit_code: int | None = None
         self.cancel_signal: int | None = None
         self._status = RUNNING

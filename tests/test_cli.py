@@ -179,3 +179,63 @@ def test_warm_path_skips_yaml_and_validation(make_project, mlproject_home):
     assert first.stdout.strip().endswith("0 ['jsonschema', 'yaml']"), first.stderr
     second = subprocess.run([sys.executable, "-c", probe, str(root)], capture_output=True, text=True, env=env)
     assert second.stdout.strip().endswith("0 []"), second.stderr
+
+
+def test_shell_completion_of_commands_entry_points_and_parameters(make_project, tmp_path):
+    """What bash (and zsh, fish: same protocol) gets from `_MLPROJECT_COMPLETE`, from the real command."""
+    root = make_project("name: c\nentry_points:\n  main:\n    parameters:\n      alpha: float\n"
+                        "      l1_ratio: {type: float, default: 0.1}\n    command: 'true'\n  train:\n    command: 'true'\n")
+    script = Path(sys.executable).parent / "mlproject"
+
+    def complete(words: str, shell: str = "bash") -> list[str]:
+        env = {**os.environ, "_MLPROJECT_COMPLETE": f"{shell}_complete", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1))}
+        out = subprocess.run([str(script)], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return [line.split(",", 1)[1] for line in out.stdout.splitlines() if "," in line]
+
+    for shell in ("bash", "zsh", "fish"):
+        source = subprocess.run([str(script)], env={**os.environ, "_MLPROJECT_COMPLETE": f"{shell}_source"},
+                                capture_output=True, text=True)
+        assert source.returncode == 0 and "_MLPROJECT_COMPLETE" in source.stdout, (shell, source.stderr)
+    assert complete("mlproject r") == ["run", "runs"]
+    assert complete(f"mlproject run {root} -e ") == ["main", "train"]
+    assert complete(f"mlproject run {root} -P ") == ["alpha=", "l1_ratio="]
+    assert complete(f"mlproject run -e main {root} -P l") == ["l1_ratio="]
+    assert complete(f"mlproject run {root} --env-manager c") == ["conda"]
+
+
+def test_a_run_on_a_terminal_says_where_it_went(make_project, tmp_path):
+    from terminal import run_on_terminal
+
+    root = make_project("entry_points:\n  main:\n    command: 'true'\n")
+    store = f"sqlite:///{tmp_path}/where.db"
+    tracked = run_on_terminal("run", str(root), "--env-manager", "local", env={"MLFLOW_TRACKING_URI": store})
+    assert tracked.returncode == 0, tracked.screen
+    run_id = re.search(r"run with ID '([0-9a-f]{32})'", tracked.screen).group(1)
+    assert f"tracked in {store} (experiment 0, run {run_id}); see it with: mlflow ui --backend-store-uri {store}" in tracked.screen
+    untracked = run_on_terminal("run", str(root), "--env-manager", "local", env={"MLPROJECT_NO_TRACKING": "1"})
+    assert "recorded in the local ledger only; see it with: mlproject runs show " in untracked.screen
+
+
+def test_a_reader_that_goes_away_stops_nothing(make_project, cli, mlproject_home):
+    """`mlproject run ... | head -2`: the run goes on to its end, all its output is in its log, and
+    the runner's exit code is the command's; `runs list | head -1` prints no traceback."""
+    root = make_project("entry_points:\n  main:\n    command: 'for i in $(seq 1 20000); do echo line $i; done; exit 3'\n")
+    script = Path(sys.executable).parent / "mlproject"
+    piped = subprocess.run(["bash", "-c", f'"{script}" run "{root}" --env-manager local | head -2; echo "rc=${{PIPESTATUS[0]}}" >&2'],
+                           capture_output=True, text=True, timeout=120)
+    assert piped.stdout == "line 1\nline 2\n"
+    assert "rc=3" in piped.stderr and "Traceback" not in piped.stderr, piped.stderr
+    [record] = json.loads(cli("runs", "list", "--json").stdout)
+    assert record["status"] == "FAILED" and record["exit_code"] == 3
+    assert cli("runs", "logs", record["id"]).stdout.splitlines()[-1] == "line 20000"
+    from runner.tracking.ledger import Ledger, RunRecord
+
+    ledger = Ledger()  # enough runs that the listing outgrows the pipe's buffer
+    for i in range(2000):
+        ledger.start(RunRecord(f"{i:032x}", str(root), str(root), "main", "true", "local", "/dev/null"))
+    ledger.close()
+    listed = subprocess.run(["bash", "-c", f'"{script}" runs list --limit 2000 | head -1'], capture_output=True, text=True,
+                            timeout=60)
+    assert listed.stdout.startswith("RUN ID") and listed.stderr == "", listed.stderr

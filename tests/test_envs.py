@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -186,6 +187,11 @@ def test_failed_build_reports_installer_output_and_leaves_nothing(make_project, 
     # The run was created (as MLflow does) and ended FAILED; its command never started.
     [record] = json.loads(cli("runs", "list", "--json").stdout)
     assert record["status"] == "FAILED" and record["pgid"] is None
+    # The error names the run, and the installer's whole output is in the run's log.
+    assert f"error: run {record['id']}: environment build failed" in result.stderr
+    assert f"mlproject runs logs {record['id']}" in result.stderr
+    logged = cli("runs", "logs", record["id"]).stdout
+    assert "definitely-not-a-real-package-mlpr" in logged and "$ " in logged and "pip install" in logged
 
 
 SLOW_BUILD = {
@@ -271,7 +277,36 @@ def test_env_commands(make_project, cli, mlproject_home):
     listing = cli("env", "list").stdout
     assert "uv" in listing and str(root) in listing
     assert_clean_error(cli("env", "gc", "--older-than", "soon"), contains="expected a duration")
+    unitless = cli("env", "gc", "--older-than", "30")  # 30 what? it once meant seconds and deleted this env
+    assert_clean_error(unitless, contains="--older-than '30' needs a unit")
+    assert "hint: for example --older-than 30d" in unitless.stderr
+    assert len(_envs(mlproject_home)) == 1
     assert_clean_error(cli("env", "show", "ffffffff"), contains="no environment with key")
+    dry = cli("env", "gc", "--older-than", "0", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert re.search(r"^would remove uv-\w+ \(\d+\.\d MB, .*\)$", dry.stdout, re.M), dry.stdout
+    assert re.search(r"^1 environment\(s\) would be removed, \d+\.\d MB would be freed; nothing was removed \(--dry-run\)$",
+                     dry.stdout, re.M), dry.stdout
+    assert len(_envs(mlproject_home)) == 1 and Path(path).is_dir()
+
+
+def test_env_list_sizes_add_up_to_du(make_project, cli, mlproject_home):
+    """uv hard-links files from its cache into every environment: each counts once, as du counts it."""
+    for version in ("1.16.0", "1.15.0"):
+        root = make_project(SIX_PROJECT, {"python_env.yaml": f"dependencies: [six=={version}, pip]\n"})
+        assert cli("env", "build", str(root)).returncode == 0
+    from runner.envs.admin import list_rows
+
+    rows = list_rows()
+    envs = [row.path for row in rows]
+    du = subprocess.run(["du", "-s", "-B1", *map(str, envs)], capture_output=True, text=True, check=True).stdout
+    by_du = {line.split("\t")[1]: int(line.split("\t")[0]) for line in du.splitlines()}
+    from runner.envs.store import disk_usage
+
+    ours = disk_usage(envs)
+    for env, size in zip(envs, ours):
+        assert abs(size - by_du[str(env)]) <= 64 * 1024, (env, size, by_du[str(env)])  # du also counts the directory itself
+    assert ours[1] < ours[0] / 2  # the second shares pip's files with the first
 
 
 def test_bytecode_goes_to_the_environment_not_the_project(make_project, cli, mlproject_home):
@@ -285,3 +320,24 @@ def test_bytecode_goes_to_the_environment_not_the_project(make_project, cli, mlp
     cached = [p.name for p in (env / ".pycache").rglob("*.pyc")]
     assert any(name.startswith("six.") for name in cached) and any(name.startswith("helper.") for name in cached)
     assert not (root / "__pycache__").exists()
+
+
+def test_build_progress_off_and_on_a_terminal(make_project, cli, mlproject_home):
+    """Off a terminal (a CI log): a plain line when each step starts and one when it ends, with its
+    duration. On a terminal: a live line with the elapsed time, left as `done in`."""
+    import re
+
+    from terminal import run_on_terminal
+
+    root = make_project(SIX_PROJECT, {"python_env.yaml": "python: '3.11'\nbuild_dependencies: [pip]\ndependencies: [six==1.16.0]\n"})
+    piped = cli("run", str(root), "--env-manager", "virtualenv")
+    assert piped.returncode == 0, piped.stderr
+    assert "  installing dependencies with pip ...\n" in piped.stderr
+    assert re.search(r"^  installing dependencies with pip: done in \d+\.\d s$", piped.stderr, re.M), piped.stderr
+    assert re.search(r"^  building environment virtualenv-\w{12} \(.*\): done in \d+\.\d s$", piped.stderr, re.M)
+    assert "\r" not in piped.stderr and "\033" not in piped.stderr  # nothing animated in a log
+    (root / "python_env.yaml").write_text("python: '3.11'\ndependencies: [six==1.15.0]\n")
+    live = run_on_terminal("run", str(root))
+    assert live.returncode == 0, live.screen
+    assert re.search(r"\r\033\[K  installing dependencies: done in \d+\.\d s", live.screen), live.screen
+    assert re.search(r"  [|/\\-] installing dependencies  \d+\.\d s", live.screen), live.screen

@@ -375,6 +375,10 @@ def test_cache_gc_keeps_what_a_run_uses(cli, demo, mlproject_home):
     try:
         listing = ok(cli("cache", "list")).stdout
         assert demo.v1[:12] in listing and demo.feature[:12] in listing
+        dry = ok(cli("cache", "gc", "--older-than", "0", "--dry-run"))
+        assert "would remove 1 checkout(s) and 0 mirror(s); kept 1 checkout(s) in use" in dry.stdout
+        assert "would be freed; nothing was removed (--dry-run)" in dry.stdout
+        assert demo.v1[:12] in ok(cli("cache", "list")).stdout
         result = ok(cli("cache", "gc", "--older-than", "0"))
         assert "removed 1 checkout(s) and 0 mirror(s); kept 1 checkout(s) in use" in result.stdout
         assert (held.tree / "say.py").exists()

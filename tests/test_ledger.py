@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -43,9 +44,35 @@ def test_finished_and_failed_runs_are_recorded(make_project, cli):
     assert finished["command"] == "echo hello 0.5 --extra 'x y'"
     assert finished["project_dir"] == str(ok) and finished["env_manager"] == "local"
     shown = cli("runs", "show", finished["id"][:10])
-    assert shown.returncode == 0 and "status: FINISHED" in shown.stdout
+    assert shown.returncode == 0 and re.search(r"^status: +FINISHED \(exit code 0\)$", shown.stdout, re.M), shown.stdout
+    assert re.search(r"^started: +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", shown.stdout, re.M)
+    assert re.search(r"^duration: +\d+\.\d s$", shown.stdout, re.M)
+    assert "runner_pid" not in shown.stdout and "pgid" not in shown.stdout and "tracking_ended" not in shown.stdout
     assert cli("runs", "logs", finished["id"]).stdout == "hello 0.5 --extra x y\n"
     assert_clean_error(cli("runs", "show", "nope"), contains="no run with ID")
+    assert_clean_error(cli("runs", "show", ""), contains="no run ID given")
+
+
+def test_runs_show_reads_final_params_and_metrics_from_tracking(make_project, cli, tmp_path):
+    root = make_project("entry_points:\n  main:\n    parameters:\n      alpha: float\n"
+                        "    command: \"python -c 'import mlflow; mlflow.start_run(); mlflow.log_metric(\\\"rmse\\\", 0.25)'\"\n")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/store.db"}
+    result = cli("run", str(root), "--env-manager", "local", "-P", "alpha=0.5", env=env)
+    assert result.returncode == 0, result.stderr
+    shown = cli("runs", "show", _runs(cli)[0]["id"], env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^parameters: +alpha=0.5$", shown.stdout, re.M), shown.stdout
+    assert re.search(r"^metrics: +rmse=0.25$", shown.stdout, re.M), shown.stdout
+    assert f"sqlite:///{tmp_path}/store.db" in shown.stdout
+
+
+def test_runs_list_stays_aligned_with_long_entry_points(make_project, cli):
+    root = make_project("entry_points:\n  main:\n    command: 'true'\n  a_rather_long_entry_point_name:\n    command: 'true'\n")
+    for entry in ("main", "a_rather_long_entry_point_name"):
+        assert cli("run", str(root), "-e", entry, "--env-manager", "local").returncode == 0
+    lines = cli("runs", "list").stdout.splitlines()
+    starts = {line.index(str(root)) for line in lines[1:]}
+    assert len(starts) == 1 and lines[0].index("PROJECT") in starts, lines
 
 
 def test_sigkilled_runner_is_reconciled_by_the_next_invocation(make_project, cli):

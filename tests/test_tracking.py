@@ -364,7 +364,7 @@ def test_without_mlflow_installed_runs_untracked_and_says_so(make_project, tmp_p
 
     venv = tmp_path / "bare-venv"
     subprocess.run([uv_binary(), "venv", "-q", "-p", sys.executable, str(venv)], check=True)
-    subprocess.run([uv_binary(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "PyYAML"], check=True)
+    subprocess.run([uv_binary(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "PyYAML", "click", "jsonschema"], check=True)
     (_work_in_tmp / "mlflow.db").unlink()
     project = make_project("entry_points:\n  main:\n    command: 'echo hi'\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -13,10 +13,17 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_duration(text: str) -> float:
+    """`30d`, `12h`, `45m`, `30s`, `2w`; a bare number only for 0 (everything unused): `30` alone
+    is refused, since whether it meant days or seconds decides what is deleted."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
     if not match:
-        raise UsageError(f"--older-than {text!r}: expected a duration like 30d, 12h, 90m or 0", hint="units: s, m, h, d, w")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+        raise UsageError(f"--older-than {text!r}: expected a duration like 30d, 12h, 45m or 30s",
+                         hint="units: s, m, h, d, w; 0 for everything not in use")
+    number, unit = match.groups()
+    if not unit and float(number) != 0:
+        raise UsageError(f"--older-than {text!r} needs a unit", hint=f"for example --older-than {number}d (days), "
+                         f"{number}h, {number}m or {number}s")
+    return float(number) * _UNITS[unit or "s"]
 
 
 def human_size(size: int) -> str:
@@ -46,11 +53,17 @@ class EnvRow:
 
 
 def list_rows(store: Store | None = None) -> list[EnvRow]:
+    """The environments, most recently used first. Sizes are disk use as `du` counts it: a file
+    hard-linked into several environments (from uv's or conda's cache) counts once, in the first."""
+    from runner.envs.store import disk_usage
+
     store = store or Store()
     now = time.time()
+    envs = sorted(store.list(), key=lambda e: -e.last_used)
+    sizes = disk_usage([env.path for env in envs])
     return [
-        EnvRow(env.key, env.kind, human_size(env.meta.get("size", 0)), human_age(now - env.last_used), env.meta.get("project", "?"), env.path)
-        for env in sorted(store.list(), key=lambda e: -e.last_used)
+        EnvRow(env.key, env.kind, human_size(size), human_age(now - env.last_used), env.meta.get("project", "?"), env.path)
+        for env, size in zip(envs, sizes)
     ]
 
 
@@ -119,16 +132,28 @@ def _remove_images(records: dict[str, dict], removed: list[StoredEnv]) -> None:
             remove_image(records[env.name])
 
 
-def gc(older_than: str) -> list[str]:
+def gc(older_than: str, dry_run: bool = False) -> list[str]:
+    from runner.envs.store import disk_usage
+
+    age = parse_duration(older_than)
     store = Store()
     images = _built_images(store.list())
-    removed, in_use, leftovers = store.gc(parse_duration(older_than))
-    _remove_images(images, removed)
-    lines = [f"removed {env.name} ({human_size(env.meta.get('size', 0))}, {env.meta.get('project', '?')})" for env in removed]
+    removed, in_use, leftovers = store.gc(age, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    if not dry_run:
+        _remove_images(images, removed)
+    sizes = [env.meta.get("size", 0) for env in removed] if not dry_run else disk_usage([env.path for env in removed])
+    lines = [f"{verb} {env.name} ({human_size(size)}, {env.meta.get('project', '?')})" for env, size in zip(removed, sizes)]
     lines += [f"kept {env.name}: in use" for env in in_use]
     if leftovers:
-        lines.append(f"removed {leftovers} leftover temporary build(s)")
-    lines.append(_trim_caches(parse_duration(older_than)))
+        lines.append(f"{verb} {leftovers} leftover temporary build(s)")
+    if dry_run:
+        lines.append(f"{len(removed)} environment(s) would be removed, {human_size(sum(sizes))} would be freed; "
+                     "nothing was removed (--dry-run)")
+    else:
+        lines.append(f"{len(removed)} environment(s) removed, {human_size(sum(sizes))} freed")
+    if not dry_run:
+        lines.append(_trim_caches(age))
     return lines
 
 

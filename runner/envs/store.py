@@ -212,14 +212,27 @@ class Store:
         finally:
             os.close(fd)
 
-    def gc(self, older_than: float) -> tuple[list[StoredEnv], list[StoredEnv], int]:
-        """(removed, skipped because in use, leftover temporary builds removed)."""
+    def in_use(self, env: StoredEnv) -> bool:
+        """Whether a run (or a build) holds the environment now."""
+        fd = self._open_lock(env.name)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def gc(self, older_than: float, dry_run: bool = False) -> tuple[list[StoredEnv], list[StoredEnv], int]:
+        """(removed, skipped because in use, leftover temporary builds removed); with `dry_run`,
+        what would be removed, and nothing is."""
         cutoff = time.time() - older_than
         removed, in_use = [], []
         for env in self.list():
             if env.last_used > cutoff:
                 continue
-            (removed if self.remove(env) else in_use).append(env)
+            gone = not self.in_use(env) if dry_run else self.remove(env)
+            (removed if gone else in_use).append(env)
         leftovers = 0
         for entry in self.root.glob(".tmp-*") if self.root.is_dir() else ():
             name = entry.name[len(".tmp-"):].rsplit("-", 2)[0]
@@ -229,7 +242,8 @@ class Store:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a build of that key is running now
-                remove_tree(entry, self.root)
+                if not dry_run:
+                    remove_tree(entry, self.root)
                 leftovers += 1
             finally:
                 os.close(fd)
@@ -252,16 +266,29 @@ def _touch(path: Path) -> None:
         pass
 
 
-def _tree_size(root: Path) -> int:
+def _tree_size(root: Path, seen: set[tuple[int, int]] | None = None) -> int:
+    """Disk use as `du` counts it: a file hard-linked several times (uv links from its cache,
+    conda from its package cache) counts once, in the first tree walked with the same `seen`."""
+    seen = set() if seen is None else seen
     total = 0
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + dirnames:
             try:
                 st = os.lstat(os.path.join(dirpath, name))
             except OSError:
                 continue
+            if st.st_nlink > 1 and not os.path.isdir(os.path.join(dirpath, name)):
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
             total += st.st_blocks * 512
     return total
+
+
+def disk_usage(paths: list[Path]) -> list[int]:
+    """Each tree's size, every hard-linked file counted once across all of them (as `du a b`)."""
+    seen: set[tuple[int, int]] = set()
+    return [_tree_size(path, seen) for path in paths]
 
 
 def _fsync_dir_entries(directory: Path) -> None:

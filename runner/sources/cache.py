@@ -343,19 +343,30 @@ class CacheGcResult:
     checkouts_in_use: int
     mirrors_removed: int
     mirrors_kept: int
+    freed: int = 0  # bytes, as du counts them
+    dry_run: bool = False
 
 
-def gc(older_than: float) -> CacheGcResult:
+def gc(older_than: float, dry_run: bool = False) -> CacheGcResult:
     """Remove checkouts unused for `older_than` seconds (not those in use), then
-    mirrors unused as long that no remaining checkout borrows objects from."""
+    mirrors unused as long that no remaining checkout borrows objects from.
+    With `dry_run`, count what would go and the space it holds; remove nothing."""
+    from runner.envs.store import disk_usage
+
     store = checkout_store()
-    removed, in_use, _ = store.gc(older_than)
-    borrowed = {item.mirror for item in list_checkouts(store)}
+    removed, in_use, _ = store.gc(older_than, dry_run=dry_run)
+    going = {env.path for env in removed}
+    borrowed = {item.mirror for item in list_checkouts(store) if not (dry_run and item.path in going)}
     cutoff = time.time() - older_than
     mirrors_removed = mirrors_kept = 0
+    doomed: list[Path] = [env.path for env in removed]
     for cached in list_mirrors():
         if cached.path.name in borrowed or cached.last_used > cutoff:
             mirrors_kept += 1
+            continue
+        if dry_run:
+            mirrors_removed += 1
+            doomed.append(cached.path)
             continue
         lock = cached.path.parent / ".locks" / f"{cached.path.name}.lock"
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644) if lock.parent.is_dir() else None
@@ -373,7 +384,8 @@ def gc(older_than: float) -> CacheGcResult:
         finally:
             if fd is not None:
                 os.close(fd)
-    return CacheGcResult(len(removed), len(in_use), mirrors_removed, mirrors_kept)
+    freed = sum(disk_usage(doomed)) if dry_run else sum(env.meta.get("size", 0) for env in removed)
+    return CacheGcResult(len(removed), len(in_use), mirrors_removed, mirrors_kept, freed, dry_run)
 
 
 def _last_used(mirror: Path) -> float:

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
         def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None: ...
 
+        def results(self, run_id: str) -> tuple[dict[str, str], dict[str, float]]: ...
+
 
 @dataclass(frozen=True)
 class StartRequest:

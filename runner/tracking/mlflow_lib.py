@@ -121,6 +121,11 @@ class LibraryTracker:
 
         return self._call("searching runs", search)
 
+    def results(self, run_id: str) -> tuple[dict[str, str], dict[str, float]]:
+        """The run's parameters and the last value of each metric."""
+        run = self._call("reading the run", lambda: self.client().get_run(run_id))
+        return dict(run.data.params), dict(run.data.metrics)
+
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
         self._call("logging an artifact", lambda: self.client().log_artifact(run_id, str(path), artifact_path))
 

@@ -261,6 +261,12 @@ class RestTracker:
         self._call("POST", "/api/2.0/mlflow/runs/log-batch",
                    {"run_id": run_id, "tags": [{"key": k, "value": v} for k, v in tags.items()]})
 
+    def results(self, run_id: str) -> tuple[dict[str, str], dict[str, float]]:
+        """The run's parameters and the last value of each metric."""
+        data = self._call("GET", "/api/2.0/mlflow/runs/get", query={"run_id": run_id})["run"].get("data", {})
+        return ({p["key"]: p.get("value", "") for p in data.get("params", [])},
+                {m["key"]: m.get("value") for m in data.get("metrics", [])})
+
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
         name = path.name if artifact_path is None else f"{artifact_path.strip('/')}/{path.name}"
         if artifact_uri.startswith("mlflow-artifacts:"):

@@ -65,6 +65,8 @@ def end_in_tracking(tracking_run_id: str | None, tracking_uri: str | None, statu
 
 
 def find(ledger: Ledger, run_id: str) -> RunRecord:
+    if not run_id.strip():
+        raise UsageError("no run ID given", hint="give a run ID (or its first characters); see `mlproject runs list`")
     matches = ledger.get(run_id)
     exact = [r for r in matches if run_id in (r.id, r.tracking_run_id)]
     if exact:
@@ -80,6 +82,54 @@ def describe(record: RunRecord) -> dict:
     data = asdict(record)
     data["duration"] = (record.end_time or time.time()) - record.start_time
     return data
+
+
+def summary(record: RunRecord) -> list[tuple[str, str]]:
+    """A run for a person: what ran, how it ended, when, and (when the store answers) its final
+    parameters and metrics from tracking. The ledger's bookkeeping fields are left out."""
+    status = record.status + ("" if record.exit_code is None else f" (exit code {record.exit_code})")
+    rows = [("run", record.id), ("status", status)]
+    if record.reason:
+        rows.append(("reason", record.reason))
+    rows += [("project", record.project_uri), ("entry point", record.entry_point), ("command", record.command),
+             ("environment", record.env_manager + (f" {record.env_key[:12]}" if record.env_key else ""))]
+    if record.git_commit:
+        rows.append(("git commit", record.git_commit))
+    rows.append(("started", _local_time(record.start_time)))
+    if record.end_time:
+        rows.append(("ended", _local_time(record.end_time)))
+    rows.append(("duration", human_duration((record.end_time or time.time()) - record.start_time)
+                 + ("" if record.end_time else " so far")))
+    params, metrics, note = dict(record.parameters), {}, None
+    if record.tracking_run_id and record.tracking_uri:
+        rows.append(("tracking", f"{record.tracking_uri} (run {record.tracking_run_id})"))
+        try:
+            from runner.tracking import tracker_for
+
+            params, metrics = tracker_for(record.tracking_uri, quick=True).results(record.tracking_run_id)
+        except Exception as exc:  # noqa: BLE001 - the ledger's view is still worth showing
+            note = f"(not read from tracking: {getattr(exc, 'message', None) or exc.__class__.__name__})"
+    rows.append(("parameters", ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "none"))
+    if note:
+        rows.append(("metrics", note))
+    elif record.tracking_run_id:
+        rows.append(("metrics", ", ".join(f"{k}={v:g}" for k, v in sorted(metrics.items())) or "none"))
+    rows.append(("log", record.log_path))
+    return rows
+
+
+def _local_time(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def human_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
 
 
 def cancel(ledger: Ledger, run_id: str, wait: float = 30.0) -> RunRecord:

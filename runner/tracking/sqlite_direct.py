@@ -180,6 +180,18 @@ class SqliteTracker:
             db.close()
         return [row[0] for row in rows]
 
+    def results(self, run_id: str) -> tuple[dict[str, str], dict[str, float]]:
+        """The run's parameters and the last value of each metric."""
+        db = self._db()
+        try:
+            params = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)).fetchall())
+            metrics = dict(db.execute("SELECT key, value FROM latest_metrics WHERE run_uuid = ?", (run_id,)).fetchall())
+        except sqlite3.Error as exc:
+            raise TrackingError(f"cannot read the MLflow store {self.uri}: {exc}") from None
+        finally:
+            db.close()
+        return params, metrics
+
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
         from runner.tracking.artifacts import copy_local
 
