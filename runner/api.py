@@ -77,7 +77,7 @@ def plan(
     try:
         project = load_project(source.path)
         invocation = resolve(project, entry_point, parameters, caller_cwd)
-        manager = choose_manager(project, env_manager)
+        manager = choose_manager(project, env_manager, notify)
     except BaseException:
         source.release()
         raise
@@ -90,7 +90,8 @@ def parse_docker_args(items: list[str] | tuple[str, ...] | None) -> dict[str, st
     for item in items or ():
         name, sep, value = item.partition("=")
         if not name:
-            raise UsageError(f"-A {item!r}: expected NAME=VALUE or NAME", hint="for example -A memory=2g")
+            raise UsageError(f"-A {item!r}: expected NAME=VALUE or NAME", hint="for example -A memory=2g",
+                             python_hint='for example docker_args={"memory": "2g"}')
         result[name] = value if sep else True
     return result
 
@@ -107,7 +108,8 @@ def parse_backend_config(value: str | Mapping[str, Any] | None) -> dict[str, Any
     try:
         parsed = json.loads(text)
     except ValueError:
-        raise UsageError("--backend-config: not JSON and not a JSON file", hint='for example -c \'{"key": "value"}\'') from None
+        raise UsageError("--backend-config: not JSON and not a JSON file", hint='for example -c \'{"key": "value"}\'',
+                         python_hint='for example backend_config={"key": "value"}') from None
     if not isinstance(parsed, dict):
         raise UsageError("--backend-config: expected a JSON object")
     return parsed
@@ -180,7 +182,10 @@ def run(
     request = RunRequest(uri, entry_point, version, parameters, docker_args, experiment_name, experiment_id, backend,
                          backend_config, storage_dir, synchronous, run_id, run_name, env_manager, build_image,
                          docker_auth, cwd, stream_output, locked)
-    return submit(request, notify=notify, progress=progress, on_submitted=on_submitted)
+    try:
+        return submit(request, notify=notify, progress=progress, on_submitted=on_submitted)
+    except RunnerError as exc:
+        raise exc.for_python() from None
 
 
 @dataclass
@@ -214,7 +219,8 @@ def submit(
     notify = notify or _default_notify
     check_manager_name(request.env_manager)
     if (request.backend or "local") not in BACKENDS:
-        raise NotAvailableError(f"backend {request.backend!r} is not available", hint="use the local backend (-b local)")
+        raise NotAvailableError(f"backend {request.backend!r} is not available", hint="use the local backend (-b local)",
+                                python_hint='use the local backend (backend="local")')
     parse_backend_config(request.backend_config)
     caller_cwd = request.caller_cwd()
     # Decided first: when the mlflow library is needed, its import runs in the
@@ -249,7 +255,7 @@ def _plan_environment(state: _Run) -> None:
     from runner.envs import plan_environment, resolve_before_run
     from runner.tracking import downloads
 
-    for warning in state.plan.project.warnings:
+    for warning in [*state.plan.project.warnings, *state.plan.invocation.warnings]:
         state.notify(f"warning: {warning}")
     state.environment = plan_environment(state.plan.env_manager, state.plan.project, state.notify,
                                          **state.request.env_options())
@@ -270,7 +276,7 @@ def _open_run(state: _Run) -> None:
     request, source, invocation = state.request, state.plan.source, state.plan.invocation
     tags = project_tags(
         source.source_name, invocation.entry_point, state.plan.env_manager, state.environment.key,
-        source.commit, source.repo_url, source.branch, source.dirty,
+        source.commit, source.repo_url, source.branch, source.dirty, source.branch_named,
     )
     # Before the creation is sent, a note names this attempt and the run carries it
     # as a tag: a SIGKILL anywhere from here leaves a run that can be found and ended.
@@ -284,7 +290,7 @@ def _open_run(state: _Run) -> None:
     try:
         created = begin_tracking(state.tracking, experiment_name=request.experiment_name,
                                  experiment_id=request.experiment_id, run_id=request.run_id, run_name=request.run_name,
-                                 tags=tags, params={**invocation.texts, **invocation.extra})
+                                 tags=tags, params=invocation.logged)
     except BaseException as exc:
         _settle_note(state.note, exc)
         raise
@@ -485,7 +491,7 @@ def prepare_environment(
     source = fetch(uri, version, Path.cwd(), notify=notify, progress=progress)
     try:
         project = load_project(source.path)
-        planned = plan_environment(choose_manager(project, env_manager), project, notify)
+        planned = plan_environment(choose_manager(project, env_manager, notify), project, notify)
     finally:
         source.release()  # the environment does not need the project's files once planned
     if build:

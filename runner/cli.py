@@ -195,13 +195,20 @@ class _Interrupted(BaseException):
 @click.option("--run-name", default=None)
 @click.option("--build-image", is_flag=True, help="docker: bake the project into an image")
 @click.option("--locked", is_flag=True, help="conda: install only from a current conda-lock.yml")
+@click.option("--no-conda", is_flag=True, hidden=True)  # MLflow 1.x; the tutorials still use it
 @_debug
 def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | None, env_manager: str | None,
         docker_args: tuple[str, ...], experiment_name: str | None, experiment_id: str | None, backend: str,
         backend_config: str | None, storage_dir: str | None, run_id: str | None, run_name: str | None,
-        build_image: bool, locked: bool, debug: bool) -> int:
+        build_image: bool, locked: bool, no_conda: bool, debug: bool) -> int:
     from runner import api
     from runner.progress import Progress
+
+    if no_conda:
+        if env_manager not in (None, "local"):
+            raise click.UsageError(f"--no-conda means --env-manager local; it cannot be given with --env-manager {env_manager}")
+        _say("note: --no-conda (MLflow 1.x) is taken as --env-manager local")
+        env_manager = "local"
 
     active = []  # the SubmittedRun, once it exists
     received: list[int] = []
@@ -279,17 +286,23 @@ def where_it_went(submitted) -> str:
 # -- validate ---------------------------------------------------------------------------------
 @cli.command(help="check a project and its parameters; start nothing")
 @_project_options()
+@click.option("--resolve", "resolve_environment", is_flag=True,
+              help="also resolve the environment (pip requirements, conda specs) without building it")
 @_debug
 def validate(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | None, env_manager: str | None,
-             debug: bool) -> int:
+             resolve_environment: bool, debug: bool) -> int:
     from runner import api
+    from runner.progress import Progress
     from runner.validate import report
 
-    lines, problems = report(uri, entry_point, version, api.cli_parameters(param_list), env_manager)
+    lines, problems = report(uri, entry_point, version, api.cli_parameters(param_list), env_manager,
+                             resolve_environment, Progress() if resolve_environment else None)
     for line in lines:
         _out(line)
     for problem in problems:
         sys.stderr.write(f"error: {problem}\n")
+    if problems:
+        sys.stderr.write(f"hint: {len(problems)} problem(s) above; fix them and validate again\n")
     return EXIT_USAGE if problems else 0
 
 
@@ -546,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_error(exc.format_message(), f"see `{command} --help`")
         return EXIT_USAGE
     except click.ClickException as exc:
-        _print_error(exc.format_message(), None)
+        _print_error(exc.format_message(), "see `mlproject --help`")
         return exc.exit_code
     except click.Abort:
         _say("aborted")

@@ -19,8 +19,11 @@ def report(
     version: str | None,
     parameters: Mapping[str, str],
     env_manager: str | None,
+    resolve_environment: bool = False,
+    progress=None,
 ) -> tuple[list[str], list[str]]:
-    """(lines describing what would run, problems found). Creates and starts nothing."""
+    """(lines describing what would run, problems found). Creates and starts nothing; with
+    `resolve_environment`, the environment is also resolved (not built)."""
     from runner.sources import fetch
 
     try:
@@ -28,13 +31,14 @@ def report(
     except RunnerError as exc:
         return [], list(exc.problems)
     try:
-        return _report(source, entry_point, parameters, env_manager)
+        return _report(source, entry_point, parameters, env_manager, resolve_environment, progress)
     finally:
         source.release()
 
 
 def _report(
     source: ProjectDir, entry_point: str, parameters: Mapping[str, str], env_manager: str | None,
+    resolve_environment: bool = False, progress=None,
 ) -> tuple[list[str], list[str]]:
     from runner.envs import choose_manager, manager_module
     from runner.project.envfiles import load_env_file
@@ -68,6 +72,7 @@ def _report(
         # The project is fetched and loaded once, above; the rest of api.plan() from here.
         invocation = resolve(project, entry_point, parameters, Path.cwd())
         manager = choose_manager(project, env_manager)
+        lines.extend(f"warning: {w}" for w in invocation.warnings)
         lines.append(f"entry point: {invocation.entry_point}")
         lines.append(f"command: {invocation.command}")
         lines.append(f"environment: {project.env.describe(project.directory)}")
@@ -76,6 +81,21 @@ def _report(
             lines.append(f"  {manager_module(manager).describe(project)}")
         except RunnerError as exc:
             problems.append(exc.message)
+        if resolve_environment:
+            problems.extend(_resolve(project, manager, progress, lines))
     except RunnerError as exc:
         problems.append(exc.message)
     return lines, list(dict.fromkeys(problems))
+
+
+def _resolve(project, manager: str, progress, lines: list[str]) -> list[str]:
+    from runner.envs import check_resolves, plan_environment
+
+    try:
+        check_resolves(plan_environment(manager, project), progress)
+    except RunnerError as exc:
+        if exc.details:
+            lines.extend(f"  | {line}" for line in exc.details.splitlines())
+        return [exc.message]
+    lines.append("environment: resolves")
+    return []

@@ -105,11 +105,13 @@ def cli():
 
 
 def assert_clean_error(result: Result, code: int = 2, contains: str | None = None) -> None:
-    """One `error:` line (plus an optional hint), the documented exit code, no traceback."""
+    """One `error:` line and one `hint:` line, the documented exit code, no traceback."""
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1, result.stderr
+    hint_lines = [line for line in result.stderr.splitlines() if line.startswith("hint: ")]
+    assert len(hint_lines) == 1, result.stderr
     if contains is not None:
         assert contains in error_lines[0], error_lines[0]
 

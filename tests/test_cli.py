@@ -104,8 +104,8 @@ def test_usage_errors_are_one_line(make_project, cli, tmp_path):
 
 
 def test_invalid_spec_is_one_line_with_file_and_line(make_project, cli):
-    root = make_project("name: x\nentry_points:\n  main:\n    parameters:\n      a: {type: flaot}\n    command: echo\n")
-    assert_clean_error(cli("run", str(root), "--env-manager", "local"), contains="MLproject:5: entry_points.main.parameters.a.type: 'flaot' is not one of")
+    root = make_project("name: x\nentry_points:\n  main:\n    parameters:\n      a: {type: 3}\n    command: echo\n")
+    assert_clean_error(cli("run", str(root), "--env-manager", "local"), contains="MLproject:5: entry_points.main.parameters.a.type: expected a string, got a number 3")
     bad_yaml = make_project(files={"MLproject": "entry_points:\n  main:\n    command: [unclosed\n"})
     assert_clean_error(cli("run", str(bad_yaml), "--env-manager", "local"), contains="MLproject:3: invalid YAML")
 
@@ -239,3 +239,52 @@ def test_a_reader_that_goes_away_stops_nothing(make_project, cli, mlproject_home
     listed = subprocess.run(["bash", "-c", f'"{script}" runs list --limit 2000 | head -1'], capture_output=True, text=True,
                             timeout=60)
     assert listed.stdout.startswith("RUN ID") and listed.stderr == "", listed.stderr
+
+
+def test_validate_resolve_reports_a_misspelled_requirement(make_project, cli, mlproject_home):
+    root = make_project("entry_points:\n  main:\n    command: 'true'\n",
+                        {"python_env.yaml": "python: '3.11'\ndependencies: [scikit-lern==0.0.1]\n"})
+    result = cli("validate", str(root), "--resolve")
+    assert result.returncode == 2
+    assert "error: environment build failed: resolving dependencies" in result.stderr
+    assert "scikit-lern" in result.stdout + result.stderr and "hint: 1 problem(s) above" in result.stderr
+    (root / "python_env.yaml").write_text("python: '3.11'\ndependencies: [six==1.16.0]\n")
+    good = cli("validate", str(root), "--resolve")
+    assert good.returncode == 0 and "environment: resolves" in good.stdout, good.stderr
+    assert not (mlproject_home / "envs").exists() or not [p for p in (mlproject_home / "envs").iterdir() if p.name.startswith("uv-")]
+
+
+def test_ctrl_c_twice_says_what_it_does(make_project, mlproject_home):
+    """The first Ctrl-C stops the run (TERM, a grace period) and says so; the second kills it now."""
+    import signal as signals
+
+    from terminal import run_on_terminal
+
+    root = make_project("entry_points:\n  main:\n    command: \"trap '' TERM; echo started; sleep 60\"\n")
+    pressed = []
+
+    def press(screen: str, process) -> None:
+        if "started" in screen and not pressed:
+            pressed.append(1)
+            process.send_signal(signals.SIGINT)
+        elif "Ctrl-C again to kill now" in screen and len(pressed) == 1:
+            pressed.append(2)
+            process.send_signal(signals.SIGINT)
+
+    result = run_on_terminal("run", str(root), "--env-manager", "local", env={"MLPROJECT_KILL_GRACE": "30"},
+                             on_output=press, timeout=60)
+    run_id = re.search(r"run with ID '([0-9a-f]{32})'", result.screen).group(1)
+    assert f"stopping run {run_id} (Ctrl-C again to kill now)" in result.screen
+    assert f"killing run {run_id} now" in result.screen
+    assert result.returncode == 130 and f"Run (ID '{run_id}') killed by SIGINT" in result.screen
+
+
+def test_no_conda_from_the_mlflow_1_tutorials_means_local(make_project, cli, mlproject_home):
+    root = make_project("entry_points:\n  main:\n    command: \"python -c 'import sys; print(sys.prefix)'\"\n",
+                        {"conda.yaml": "channels: [defaults]\ndependencies: [python=3.11]\n"})
+    result = cli("run", str(root), "--no-conda")
+    assert result.returncode == 0, result.stderr
+    assert "note: --no-conda (MLflow 1.x) is taken as --env-manager local" in result.stderr
+    envs = mlproject_home / "envs"
+    assert not envs.exists() or not [p for p in envs.iterdir() if not p.name.startswith(".")]  # nothing was built
+    assert_clean_error(cli("run", str(root), "--no-conda", "--env-manager", "uv"), contains="--no-conda means --env-manager local")

@@ -136,7 +136,6 @@ def test_conflict_names_the_packages_and_creates_nothing(cli, channel, make_proj
         ("channels: [conda-forge]\ndependencies: [helper=9]\n", "no package helper 9.* in"),
         ("channels: [no-such-channel]\ndependencies: [helper]\n", "cannot read a conda channel"),
         ("channels: [conda-forge]\ndependencies: ['helper >=>1']\n", "invalid match spec"),
-        ("channels: [conda-forge]\ndependencies: [helper, {pip: [six]}]\n", "needs python"),
         ("channels: [conda-forge]\ndependencies: [helper]\nsurprise: 1\n", "conda.yaml"),
     ],
 )
@@ -148,6 +147,33 @@ def test_bad_specs_are_one_clear_line(cli, channel, make_project, mlproject_home
         return
     assert_clean_error(result, 2, message)
     assert runs_in(_work_in_tmp / "mlflow.db") == 0
+    if "no-such-channel" in yaml_text:  # the way to run it offline is named
+        assert "--env-manager uv runs the project with its python and pip: list" in result.stderr
+
+
+def test_conda_yaml_without_python_solves_as_conda_would(cli, channel, make_project):
+    """mlflow/mlflow-example's form: pip and a pip: list, no python; conda brings python with pip."""
+    root = conda_project(make_project, "channels: [conda-forge]\ndependencies:\n  - helper\n  - pip\n"
+                                       "  - pip:\n    - six==1.16.0\n",
+                         "python -c 'import sys, six; print(sys.version_info[:2], six.__version__)'")
+    result = cli("run", str(root))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(3, 11) 1.16.0"
+    assert "note: conda.yaml names no python; the solve chose python 3.11" in result.stderr
+    bare = conda_project(make_project, "channels: [conda-forge]\ndependencies:\n  - pip:\n    - six==1.16.0\n",
+                         "python -c 'import six; print(six.__version__)'")
+    result = cli("run", str(bare))  # not even pip named: the pip: list brings it, as conda does
+    assert result.returncode == 0 and result.stdout.strip() == "1.16.0", result.stderr
+
+
+def test_conda_env_export_pins(cli, channel, make_project):
+    """`conda env export` writes name=version=build (and name==version): conda's own match specs."""
+    root = conda_project(make_project, "name: exported\nchannels: [conda-forge]\ndependencies:\n"
+                                       "  - python=3.11=h_local_0\n  - helper==1.5\n  - pyhello=0.1=py_0\n",
+                         "cat $CONDA_PREFIX/share/helper/VERSION")
+    result = cli("run", str(root))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1.5"
 
 
 def test_solve_timeout_is_reported(cli, channel, make_project, monkeypatch):

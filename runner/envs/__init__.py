@@ -5,6 +5,9 @@ A manager is a module with:
     build(plan, tmp_dir, final_dir, progress)  fill tmp_dir; it is renamed to final_dir afterwards
     activate(plan, prefix) -> Environment      how a command runs inside it
     describe(project) -> str                   for `mlproject validate`
+and optionally:
+    resolve(plan, progress)                    what can fail before a run exists (conda's solve)
+    check(plan, progress)                      resolve without building (`validate --resolve`)
 The key is the sha256 of the plan's canonical description. The store
 (store.py) does locking, atomic publication, listing and gc; adding a manager
 adds a module and a line in `_MODULES`, and touches nothing else.
@@ -114,14 +117,24 @@ def which(program: str, search_path: str | None) -> str | None:
     return None
 
 
-def choose_manager(project: Project, requested: str | None) -> str:
+def choose_manager(project: Project, requested: str | None, notify: Callable[[str], None] | None = None) -> str:
+    if project.env.kind == "docker_env":
+        # As under `mlflow run`: a docker_env project runs in its container whatever
+        # --env-manager says (a script passing --env-manager local for every project
+        # must not run this one on the host).
+        if requested not in (None, "docker"):
+            check_manager_name(requested)
+            if notify is not None:
+                notify(f"note: this project declares docker_env, so it runs in Docker as under mlflow run; "
+                       f"--env-manager {requested} does not apply to it")
+        return "docker"
     if requested is not None:
         check_manager_name(requested)
-        if requested == "docker" and project.env.kind != "docker_env":
-            raise UsageError("--env-manager docker needs a project with docker_env in its MLproject")
+        if requested == "docker":
+            raise UsageError("--env-manager docker needs a project with docker_env in its MLproject",
+                             hint="docker runs the image named by docker_env in MLproject; this project has none",
+                             python_hint='env_manager="docker" needs docker_env in MLproject; this project has none')
         return requested
-    if project.env.kind == "docker_env":
-        return "docker"
     if project.env.kind == "conda_env":
         return "conda"
     return "uv"
@@ -132,6 +145,7 @@ def check_manager_name(requested: str | None) -> None:
         raise UsageError(
             f"--env-manager {requested!r} is not one of {', '.join(MANAGERS)}",
             hint="for example --env-manager uv",
+            python_hint='for example env_manager="uv"',
         )
 
 
@@ -172,6 +186,7 @@ def plan_environment(
         raise UsageError(
             f"{', '.join(flags.get(name, name) for name in unknown)} does not apply to the {manager_name} environment manager",
             hint="--locked is for conda projects; --build-image and -A for docker_env projects",
+            python_hint="locked=True is for conda projects; build_image= and docker_args= for docker_env projects",
         )
     return Planned(manager_name, module, module.plan(project, notify, **given))
 
@@ -187,6 +202,14 @@ def resolve_before_run(planned: Planned, progress: Callable[[str], None] | None 
     store = Store()
     if not store.is_complete(store.path_of(planned.manager, planned.plan.key)):
         resolve(planned.plan, progress)
+
+
+def check_resolves(planned: Planned, progress: Callable[[str], None] | None = None) -> None:
+    """Resolve the planned environment without building it (`mlproject validate --resolve`):
+    pip requirements are resolved, conda specs solved; a docker image was found when planned."""
+    check = getattr(planned.module, "check", None) or getattr(planned.module, "resolve", None)
+    if check is not None and planned.plan is not None:
+        check(planned.plan, progress)
 
 
 def existing(planned: Planned) -> Prepared | None:

@@ -39,11 +39,21 @@ class Invocation:
     # `path` parameters given as remote URIs (s3://, runs:/, models:/ ...): downloaded
     # into the run's directory before the command starts (see localize()).
     remote: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. an undeclared name close to a declared one
+    # `path` parameters as the user gave them (`data/x.csv`), which MLflow logs; the command
+    # gets the absolute path (texts).
+    given_paths: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def logged(self) -> dict[str, str]:
+        """The parameters as MLflow logs them: values, with paths as given."""
+        return {**self.texts, **self.given_paths, **self.extra}
 
     def localize(self, entry: EntryPoint, local_paths: dict[str, str]) -> Invocation:
         """The same invocation with remote path parameters replaced by their downloaded copies."""
         texts = {**self.texts, **local_paths}
-        return Invocation(self.entry_point, render(entry, texts, self.extra), self.cwd, self.values, texts, self.extra, {})
+        return Invocation(self.entry_point, render(entry, texts, self.extra), self.cwd, self.values, texts, self.extra, {},
+                          self.warnings, self.given_paths)
 
 
 def parse_assignments(items: Iterable[str], flag: str = "-P") -> dict[str, str]:
@@ -101,6 +111,7 @@ def resolve(
             f"missing value for parameter{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
             f"(entry point {entry.name!r})",
             hint="give " + " ".join(f"-P {name}=VALUE" for name in missing),
+            python_hint="give parameters={" + ", ".join(f"{name!r}: ..." for name in missing) + "}",
         )
     values: dict[str, Any] = {}
     texts: dict[str, str] = {}
@@ -137,7 +148,26 @@ def resolve(
                                  "the value is not valid UTF-8 text",
                                  hint="give parameters as UTF-8 (check the terminal's or the script's encoding)")
     command = render(entry, texts, extra)
-    return Invocation(entry.name, command, project.directory, values, texts, extra, remote)
+    given_paths = {p.name: _text(p.default if given.get(p.name) is None else given[p.name])
+                   for p in entry.parameters.values() if p.type == "path" and p.name not in remote}
+    return Invocation(entry.name, command, project.directory, values, texts, extra, remote,
+                      _misspellings(extra, entry), given_paths)
+
+
+def _misspellings(extra: Mapping[str, str], entry: EntryPoint) -> list[str]:
+    """Undeclared parameters are passed on as `--name value` (as MLflow does); one that is a
+    near miss of a declared name is probably a typo that leaves the declared one at its default."""
+    if not extra or not entry.parameters:
+        return []
+    import difflib
+
+    warnings = []
+    for name in extra:
+        close = difflib.get_close_matches(name, list(entry.parameters), n=1, cutoff=0.75)
+        if close:
+            warnings.append(f"-P {name} is not a parameter of entry point {entry.name!r}, so it is passed on as "
+                            f"--{name}; did you mean {close[0]}?")
+    return warnings
 
 
 _UNDECODABLE = re.compile("[\ud800-\udfff]")

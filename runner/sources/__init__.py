@@ -39,14 +39,20 @@ class ProjectDir:
     dirty: bool | None = None
     # Held while the project is in use: a cached checkout is not removed under a run.
     lease: Lease | None = field(default=None, compare=False, repr=False)
+    work_tree: Path | None = None  # a local project inside a git working copy: its top
+    # Whether --version (or the URL) named the branch: only then does MLflow tag it
+    # mlflow.source.git.branch; a default or checked-out branch is ours to record.
+    branch_named: bool = False
 
     @property
     def source_name(self) -> str:
-        """`mlflow.source.name`: a fetched repository's URL (with its #subdir), or the
-        origin of a local working copy, as MLflow records them; else the path."""
-        if self.lease is not None or self.repo_url is None:
+        """`mlflow.source.name` as MLflow records it: a fetched repository's URL as typed (with its
+        #subdir); for a local project in a git working copy `file://<work tree>#<subdir>` (no `#`
+        at the top); else the absolute path."""
+        if self.work_tree is None:
             return self.uri
-        return self.repo_url
+        inside = self.path.relative_to(self.work_tree).as_posix()
+        return f"file://{self.work_tree}" + ("" if inside == "." else f"#{inside}")
 
     def release(self) -> None:
         if self.lease is not None:
@@ -106,6 +112,7 @@ def fetch(
             raise ProjectError(
                 f"--version needs a git repository, and {base or '.'} is not in one",
                 hint="leave out --version to run the directory as it is",
+                python_hint="leave out version= to run the directory as it is",
             )
         from runner.sources import urls
 
@@ -121,7 +128,7 @@ def fetch(
         from runner.sources import urls
 
         origin = urls.without_credentials(origin)
-    return ProjectDir(path, shown, state.commit, origin, state.branch, state.dirty)
+    return ProjectDir(path, shown, state.commit, origin, state.branch, state.dirty, work_tree=top)
 
 
 def _from_cache(
@@ -136,7 +143,8 @@ def _from_cache(
     except BaseException:
         checkout.lease.release()
         raise
-    return ProjectDir(path, shown, checkout.commit, remote.url, checkout.branch, None, checkout.lease)
+    return ProjectDir(path, shown, checkout.commit, remote.url, checkout.branch, None, checkout.lease,
+                      branch_named=version is not None)
 
 
 def _subdirectory(root: Path, subdir: str, where: str) -> Path:

@@ -70,7 +70,8 @@ def refuse_changed_params(run_id: str, existing: dict[str, str], params: dict[st
     for key, value in params.items():
         if key in existing and existing[key] != value:
             raise TrackingError(f"run {run_id} already has parameter {key}={existing[key]!r}, not {value!r}",
-                                hint="MLflow keeps a parameter's first value; leave out --run-id to start a new run")
+                                hint="MLflow keeps a parameter's first value; leave out --run-id to start a new run",
+                                python_hint="MLflow keeps a parameter's first value; leave out run_id= to start a new run")
 
 
 def tag_filter(key: str, value: str) -> str:

@@ -132,7 +132,7 @@ class SqliteTracker:
             "SELECT experiment_id, artifact_uri, lifecycle_stage FROM runs WHERE run_uuid = ?", (request.existing_run_id,)
         ).fetchone()
         if row is None or row[2] != "active":
-            raise TrackingError(f"no active MLflow run {request.existing_run_id!r} in {self.uri}", hint="check --run-id")
+            raise TrackingError(f"no active MLflow run {request.existing_run_id!r} in {self.uri}", hint="check --run-id", python_hint="check run_id=")
         db.execute("BEGIN IMMEDIATE")  # the parameters are read inside it: no other writer in between
         try:
             db.execute("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?", (request.existing_run_id,))

@@ -122,5 +122,8 @@ def _channel_error(text: str, contents: CondaContents) -> EnvironmentBuildError:
     return EnvironmentBuildError(
         f"cannot read a conda channel of {contents.env_file.name} ({', '.join(redact(c) for c in contents.channels)}): "
         f"{redact(_first_line(text))}",
-        hint="check the channel names (and channel_alias / custom_channels in your .condarc) and the network",
+        hint="check the channel names (and channel_alias / custom_channels in your .condarc) and the network; "
+             "without a reachable channel, --env-manager uv runs the project with its python and pip: list",
+        python_hint="check the channel names (and channel_alias / custom_channels in your .condarc) and the network; "
+                    'without a reachable channel, env_manager="uv" runs the project with its python and pip: list',
     )

@@ -80,6 +80,22 @@ def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
     relocate(tmp, tmp, final)
 
 
+def check(plan: EnvPlan, progress=None) -> None:
+    """Resolve the requirements for the project's Python without installing anything
+    (`mlproject validate --resolve`): a misspelled or unsatisfiable requirement is reported."""
+    import tempfile
+
+    contents = plan.contents
+    uv = uv_binary()
+    with tempfile.TemporaryDirectory(prefix="mlproject-resolve-") as scratch:
+        for label, requirements in (("build dependencies", contents.build_requirements), ("dependencies", contents.requirements)):
+            if not requirements.lines:
+                continue
+            args = requirement_args(Path(scratch), label.replace(" ", "-"), requirements)
+            run_step([uv, "pip", "compile", "--quiet", "--no-header", "--python", contents.interpreter.path, *args],
+                     f"resolving {label}", env=uv_env(), progress=progress)
+
+
 def requirement_args(meta: Path, name: str, requirements) -> list[str]:
     req_file = meta / f"{name}.txt"
     req_file.write_text("\n".join(requirements.lines) + "\n")

@@ -15,7 +15,7 @@ from runner.envs import EnvPlan
 from runner.envs.python import spec as pythonenv
 from runner.envs.build import relocate, run_step
 from runner.envs.python.installed import installed_packages
-from runner.envs.python.uv import requirement_args
+from runner.envs.python.uv import check, requirement_args  # noqa: F401 - check: the same resolution as uv's
 
 NAME = "virtualenv"
 
