@@ -84,6 +84,15 @@ def test_mounted_code_parameters_and_environment(cli, daemon, make_project, _wor
     assert daemon.containers() == []
 
 
+def test_env_manager_local_still_runs_in_docker_as_mlflow_does(cli, daemon, make_project, _work_in_tmp):
+    root = docker_project(make_project)
+    result = cli("run", str(root), "--env-manager", "local", "-P", "msg=hello")
+    assert result.returncode == 0, result.stderr
+    assert shown(result)["cwd"] == "/mlflow/projects/code"  # inside the container, not on the host
+    assert ("note: this project declares docker_env, so it runs in Docker as under mlflow run; "
+            "--env-manager local does not apply to it") in result.stderr
+
+
 def test_missing_host_variable_fails_before_anything(cli, daemon, make_project, _work_in_tmp, mlproject_home):
     root = docker_project(make_project, extra_env=', "NOT_SET_ANYWHERE"')
     result = cli("run", str(root))

@@ -92,6 +92,19 @@ def test_conda_yaml_keeps_python_and_pip_list(make_project):
     assert plan.contents.interpreter.version.startswith("3.10.")
     assert plan.contents.requirements.lines == ["six==1.16.0"]
     assert notes == ["warning: conda.yaml: --env-manager uv keeps python, pip and the pip: list; dropped conda packages: numpy"]
+    assert plan.contents.build_requirements.lines == ["pip", "setuptools"]  # as conda's own environment has them
+
+
+def test_conda_env_export_pins_are_read_by_the_python_managers(make_project):
+    """`conda env export` writes name=version=build: python=3.11.7=h955ad1f_0 means Python 3.11.7."""
+    root = make_project(SIX_PROJECT, {"conda.yaml": (
+        "name: exported\nchannels: [defaults]\ndependencies:\n  - python=3.11.7=h955ad1f_0\n"
+        "  - numpy=1.26.4=py311h08b1b3b_0\n  - pip=23.3.1=py311h06a4308_0\n  - pip:\n    - six==1.16.0\n")})
+    notes: list[str] = []
+    plan = pythonenv.plan("uv", load_project(root), notes.append)
+    assert plan.contents.interpreter.version == "3.11.7"
+    assert plan.contents.requirements.lines == ["six==1.16.0"]
+    assert notes[0].endswith("dropped conda packages: numpy")
 
 
 # -- real builds -------------------------------------------------------------------
@@ -228,9 +241,11 @@ def test_sigint_during_build_cleans_up(make_project, mlproject_home, cli):
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=30)
     assert proc.returncode == 130
-    assert b"Traceback" not in proc.stderr.read()
+    stderr = proc.stderr.read().decode()
+    assert "Traceback" not in stderr
     [record] = json.loads(cli("runs", "list", "--json").stdout)
     assert record["status"] == "KILLED" and record["pgid"] is None
+    assert f"interrupted by SIGINT: run {record['id']} recorded as KILLED before its command started" in stderr
     assert _envs(mlproject_home) == []
     assert not list((mlproject_home / "envs").glob(".tmp-*"))
 

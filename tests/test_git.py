@@ -126,7 +126,7 @@ def test_missing_local_path_is_reported_as_a_path(cli):
 # -- file:// : every kind of version ------------------------------------------------------
 @pytest.mark.parametrize(
     "version, expected, branch",
-    [(None, "version two", "main"), ("feature", "feature branch", "feature"), ("v1", "version one", None),
+    [(None, "version two", None), ("feature", "feature branch", "feature"), ("v1", "version one", None),
      ("SHORT", "version one", None), ("FULL", "version two", None)],
 )
 def test_versions_over_file_url(cli, demo, _work_in_tmp, version, expected, branch):
@@ -139,7 +139,10 @@ def test_versions_over_file_url(cli, demo, _work_in_tmp, version, expected, bran
     tags = tags_of(run_id_of(result), _work_in_tmp / "mlflow.db")
     assert tags["mlflow.source.git.commit"] == commit
     assert tags["mlflow.source.git.repoURL"] == f"file://{demo.bare}"
-    assert tags.get("mlflow.source.git.branch") == branch
+    assert tags.get("mlflow.source.git.branch") == branch  # as MLflow: only a branch that -v named
+    if version is None:
+        assert tags["mlproject.source.git.branch"] == "main"  # the default branch, recorded as ours
+    assert tags["mlflow.source.name"] == f"file://{demo.bare}"
 
 
 def test_subdirectory_and_read_only_shared_checkout(cli, demo, mlproject_home):
@@ -262,7 +265,7 @@ def test_scp_like_url_over_ssh(cli, demo, ssh, _work_in_tmp):
     assert "version two: ssh" in result.stdout
     tags = tags_of(run_id_of(result), _work_in_tmp / "mlflow.db")
     assert tags["mlflow.source.git.repoURL"] == "git@gitserver:org/demo.git"
-    assert tags["mlflow.source.git.branch"] == "main" and tags["mlflow.source.git.commit"] == demo.main
+    assert tags["mlproject.source.git.branch"] == "main" and tags["mlflow.source.git.commit"] == demo.main
     tagged = ok(cli("run", "git@gitserver:org/demo.git#sub", "-v", "v1", "--env-manager", "local", env=env))
     assert "sub version one" in tagged.stdout
 
@@ -341,8 +344,12 @@ def test_local_repository_is_never_changed_by_versioned_runs(cli, demo, tmp_path
     result = ok(cli("run", str(work), "-P", "who=here", "--env-manager", "local"))
     assert "uncommitted: here" in result.stdout
     tags = tags_of(run_id_of(result), _work_in_tmp / "mlflow.db")
-    assert tags["mlproject.source.git.dirty"] == "true" and tags["mlflow.source.git.branch"] == "mine"
+    assert tags["mlproject.source.git.dirty"] == "true" and tags["mlproject.source.git.branch"] == "mine"
+    assert "mlflow.source.git.branch" not in tags and "mlflow.gitBranchName" not in tags  # as MLflow: no -v, no branch
     assert tags["mlflow.source.git.commit"] == demo.main and tags["mlflow.source.git.repoURL"] == str(demo.bare)
+    assert tags["mlflow.source.name"] == f"file://{work}"  # MLflow's form for a local project in git
+    nested = ok(cli("run", str(work / "sub"), "--env-manager", "local"))
+    assert tags_of(run_id_of(nested), _work_in_tmp / "mlflow.db")["mlflow.source.name"] == f"file://{work}#sub"
     assert _snapshot(work) == before
 
 

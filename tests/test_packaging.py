@@ -23,11 +23,11 @@ def test_wheel_ships_schemas_and_runs_installed(tmp_path, make_project):
     venv = tmp_path / "venv"
     subprocess.run([uv, "venv", "-q", "-p", sys.executable, str(venv)], check=True)
     subprocess.run([uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(wheel)], check=True)
-    root = make_project("name: w\nentry_points:\n  main:\n    parameters:\n      a: {type: flaot}\n    command: echo {a}\n")
+    root = make_project("name: w\nentry_points:\n  main:\n    parameters:\n      a: {type: [float]}\n    command: echo {a}\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([str(venv / "bin" / "mlproject"), "validate", str(root)], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode == 2
-    assert "MLproject:5: entry_points.main.parameters.a.type: 'flaot' is not one of" in result.stderr
+    assert "MLproject:5: entry_points.main.parameters.a.type: expected a string" in result.stderr
     located = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "runner", "--version"], capture_output=True, text=True, cwd=tmp_path, env=env
     )

@@ -47,7 +47,8 @@ def test_file_name_in_any_case(make_project, filename):
     assert load_project(root).spec_path.name == filename
 
 
-def test_misspelled_type_names_file_line_and_key(make_project):
+def test_unknown_type_names_run_as_strings_with_a_warning(make_project):
+    """MLflow accepts any type name; an unknown one runs as a string, with a warning naming file and line."""
     root = make_project(
         """
         name: demo
@@ -55,21 +56,33 @@ def test_misspelled_type_names_file_line_and_key(make_project):
           main:
             parameters:
               alpha: {type: flaot, default: 0.1}
-            command: "echo {alpha}"
+              mode: category
+            command: "echo {alpha} {mode}"
         """
     )
-    with pytest.raises(SpecValidationError) as info:
-        load_project(root)
-    assert info.value.message == (
-        "MLproject:5: entry_points.main.parameters.alpha.type: "
-        "'flaot' is not one of string, float, int, bool, path, uri"
-    )
-    assert info.value.exit_code == 2
+    project = load_project(root)
+    params = project.entry_point("main").parameters
+    assert params["alpha"].type == "string" and params["mode"].type == "string"
+    assert project.warnings == [
+        "MLproject:5: parameter 'alpha' of entry point 'main': type 'flaot' is not one MLflow knows; "
+        "it runs as a string (did you mean float?)",
+        "MLproject:6: parameter 'mode' of entry point 'main': type 'category' is not one MLflow knows; it runs as a string",
+    ]
+    assert load_project(root).warnings == project.warnings  # the second load reads the cache
 
 
-def test_shorthand_type_error_points_at_parameter(make_project):
-    root = make_project("entry_points:\n  main:\n    parameters:\n      alpha: number\n    command: x\n")
-    with pytest.raises(SpecValidationError, match=r"MLproject:4: entry_points.main.parameters.alpha: 'number' is not one of"):
+def test_community_type_names_are_their_types(make_project):
+    root = make_project("entry_points:\n  main:\n    parameters:\n      a: str\n      b: text\n      c: integer\n"
+                        "      d: boolean\n      e: double\n      f: {type: number, default: 1.5}\n      g: Float\n    command: x\n")
+    project = load_project(root)
+    types = {name: p.type for name, p in project.entry_point("main").parameters.items()}
+    assert types == {"a": "string", "b": "string", "c": "int", "d": "bool", "e": "float", "f": "float", "g": "float"}
+    assert project.warnings == []
+
+
+def test_a_type_that_is_not_a_name_points_at_parameter(make_project):
+    root = make_project("entry_points:\n  main:\n    parameters:\n      alpha: {type: [float]}\n    command: x\n")
+    with pytest.raises(SpecValidationError, match=r"MLproject:4: entry_points.main.parameters.alpha.type: expected a string"):
         load_project(root)
 
 

@@ -190,6 +190,31 @@ def test_parent_run_for_a_step_started_inside_a_run(make_project, cli, _work_in_
     assert len(children) == 1 and children[0].info.status == "FINISHED"
 
 
+def test_a_run_started_inside_an_active_mlflow_run_is_its_child(make_project, _work_in_tmp):
+    """`with mlflow.start_run(): runner.run(...)` in one process, as with mlflow.projects.run; and a
+    caller that never imported mlflow does not get it imported."""
+    child = make_project("entry_points:\n  main:\n    command: 'echo child'\n", name="child")
+    store = f"sqlite:///{_work_in_tmp / 'mlflow.db'}"
+    script = (
+        "import sys, mlflow, runner\n"
+        f"mlflow.set_tracking_uri({store!r})\n"
+        "with mlflow.start_run() as parent:\n"
+        f"    submitted = runner.run({str(child)!r}, env_manager='local')\n"
+        "print(parent.info.run_id, submitted.run_id)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI")}
+    out = subprocess.run([sys.executable, "-c", script], cwd=_work_in_tmp, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    parent_id, child_id = out.stdout.split()
+    assert MlflowClient(store).get_run(child_id).data.tags["mlflow.parentRunId"] == parent_id
+    plain = ("import sys, runner\n"
+             f"runner.run({str(child)!r}, env_manager='local')\n"
+             "print('mlflow' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", plain], cwd=_work_in_tmp, env={**env, "MLFLOW_TRACKING_URI": store},
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "False", out.stderr
+
+
 def test_direct_sqlite_writes_match_the_library(tmp_path):
     """The fast path writes exactly what MLflow's own store writes, for the verified schema."""
     from runner.tracking import StartRequest
@@ -411,3 +436,17 @@ def test_remote_path_that_cannot_be_downloaded(make_project, cli, _work_in_tmp):
     assert_clean_error(result, contains="cannot download 'runs:/0123456789abcdef0123456789abcdef/nope.csv'")
     [record] = json.loads(cli("runs", "list", "--json").stdout)
     assert record["status"] == "FAILED" and record["pgid"] is None
+
+
+def test_path_parameters_are_logged_as_given(make_project, cli, _work_in_tmp):
+    """As MLflow: the tutorial's `-P data_file=data/sal_data.csv` is logged as typed; the command
+    still gets the absolute path."""
+    (_work_in_tmp / "data").mkdir()
+    (_work_in_tmp / "data" / "sal_data.csv").write_text("x\n")
+    root = make_project("entry_points:\n  main:\n    parameters:\n      data_file: path\n      n: {type: int, default: 2}\n"
+                        "    command: 'echo {data_file}'\n")
+    result = cli("run", str(root), "--env-manager", "local", "-P", "data_file=data/sal_data.csv", cwd=_work_in_tmp)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(_work_in_tmp / "data" / "sal_data.csv")
+    run = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(_run_id(result.stderr))
+    assert run.data.params == {"data_file": "data/sal_data.csv", "n": "2"}

@@ -51,8 +51,12 @@ def load_document(
     kind: str,
     display_name: str,
     fixup: Callable[[Any, str], Any] | None = None,
+    lint: Callable[[Any, str, str], list[str]] | None = None,
 ) -> Document:
-    """Parse and validate one YAML file; raise SpecValidationError with file:line."""
+    """Parse and validate one YAML file; raise SpecValidationError with file:line.
+
+    `lint(data, text, display_name)` adds warnings the schema cannot express; they are
+    cached with the document, so a warm run neither parses nor lints again."""
     text = read_text(path, display_name)
     schema = _schema_bytes(kind).decode()
     checksum = zlib.crc32(schema.encode(), zlib.crc32(text.encode()))
@@ -73,6 +77,8 @@ def load_document(
     if errors:
         more = f" (and {len(errors) - 1} more problem(s); run `mlproject validate` to see all)" if len(errors) > 1 else ""
         raise SpecValidationError(errors[0] + more, hint=_hint_for(kind), problems=errors)
+    if lint is not None:
+        warnings = warnings + lint(data, text, display_name)
     home.save_json(cache_file, {"text": text, "schema": schema, "data": data, "warnings": warnings})
     return Document(data, text, warnings)
 

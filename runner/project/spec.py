@@ -21,6 +21,37 @@ if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm 
     from typing import Any
 
 PARAMETER_TYPES = ("string", "float", "int", "bool", "path", "uri")
+# Names community projects write for the same types (MLflow accepts any type name and
+# treats only path and uri specially; these get the checking of the type they mean).
+TYPE_ALIASES = {"str": "string", "text": "string", "integer": "int", "boolean": "bool", "double": "float",
+                "number": "float"}
+
+
+def parameter_type(declared: str) -> str:
+    """The type a declared name is checked as: itself, its alias's type, or string."""
+    name = TYPE_ALIASES.get(declared.lower(), declared.lower())
+    return name if name in PARAMETER_TYPES else "string"
+
+
+def type_warnings(data: Any, text: str, display_name: str) -> list[str]:
+    """One warning for each parameter whose type name is neither known nor an alias (it runs as a
+    string, as under MLflow), naming the file, the line and the type."""
+    from runner.project.yamlfile import line_of
+
+    warnings = []
+    for entry_name, body in ((data or {}).get("entry_points") or {}).items():
+        for pname, pdef in ((body or {}).get("parameters") or {}).items():
+            declared = pdef if isinstance(pdef, str) else (pdef or {}).get("type", "string")
+            if not isinstance(declared, str) or declared.lower() in PARAMETER_TYPES or declared.lower() in TYPE_ALIASES:
+                continue
+            path = ["entry_points", entry_name, "parameters", pname] + ([] if isinstance(pdef, str) else ["type"])
+            import difflib
+
+            close = difflib.get_close_matches(declared.lower(), [*PARAMETER_TYPES, *TYPE_ALIASES], n=1, cutoff=0.6)
+            guess = f" (did you mean {close[0]}?)" if close else ""
+            warnings.append(f"{display_name}:{line_of(text, path)}: parameter {pname!r} of entry point {entry_name!r}: "
+                            f"type {declared!r} is not one MLflow knows; it runs as a string{guess}")
+    return warnings
 ENV_KEYS = ("conda_env", "python_env", "docker_env")
 DEFAULT_PYTHON_ENV = "python_env.yaml"
 DEFAULT_CONDA_ENV = "conda.yaml"
@@ -111,7 +142,7 @@ def load_project(directory: str | os.PathLike[str]) -> Project:
     spec_path = find_spec_file(root)
     if spec_path is None:
         return Project(root, None, None, {}, _default_env(root))
-    document = load_document(spec_path, "mlproject", spec_path.name)
+    document = load_document(spec_path, "mlproject", spec_path.name, lint=type_warnings)
     data = document.data or {}
     if not isinstance(data, dict):
         raise SpecValidationError(f"{spec_path.name}:1: expected a mapping of keys")
@@ -132,9 +163,9 @@ def _entry_point(name: str, body: dict[str, Any]) -> EntryPoint:
     parameters = {}
     for pname, pdef in (body.get("parameters") or {}).items():
         if isinstance(pdef, str):
-            parameters[pname] = Parameter(pname, pdef)
+            parameters[pname] = Parameter(pname, parameter_type(pdef))
         else:
-            parameters[pname] = Parameter(pname, pdef.get("type", "string"), pdef.get("default"))
+            parameters[pname] = Parameter(pname, parameter_type(str(pdef.get("type", "string"))), pdef.get("default"))
     return EntryPoint(name, body["command"], parameters)
 
 

@@ -157,6 +157,7 @@ def project_tags(
     repo_url: str | None = None,
     branch: str | None = None,
     dirty: bool | None = None,
+    branch_named: bool = False,
 ) -> dict[str, str]:
     tags = {
         "mlflow.user": _user(),
@@ -174,16 +175,29 @@ def project_tags(
         tags["mlflow.source.git.commit"] = git_commit
     if repo_url:
         tags["mlflow.source.git.repoURL"] = repo_url
-        tags["mlflow.gitRepoURL"] = repo_url
     if branch:
-        tags["mlflow.source.git.branch"] = branch
-        tags["mlflow.gitBranchName"] = branch
+        tags["mlflow.source.git.branch" if branch_named else "mlproject.source.git.branch"] = branch
     if dirty is not None:  # a local working copy: did the code differ from the commit?
         tags["mlproject.source.git.dirty"] = "true" if dirty else "false"
-    parent = os.environ.get("MLFLOW_RUN_ID")
+    parent = active_mlflow_run() or os.environ.get("MLFLOW_RUN_ID")
     if parent:  # started from inside a run (a workflow step): a child of it
         tags["mlflow.parentRunId"] = parent
     return tags
+
+
+def active_mlflow_run() -> str | None:
+    """The run the caller opened with `mlflow.start_run()` in this process, as MLflow's own
+    `projects.run` sees it. Only when the caller imported mlflow: it is never imported for this."""
+    import sys
+
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is None:
+        return None
+    try:
+        run = fluent.active_run()
+    except Exception:  # noqa: BLE001 - a parent tag is not worth failing a run for
+        return None
+    return run.info.run_id if run is not None else None
 
 
 def _user() -> str:

@@ -23,7 +23,8 @@ class CondaContents:
     pip: Requirements
     platform: str
     variables: dict[str, str]
-    has_python: bool
+    has_python: bool  # python is in the environment (named, or brought by pip)
+    names_python: bool = True  # conda.yaml names python itself (otherwise the solve chooses it)
     locked: list[Any] | None = None  # the LockedPackages of conda-lock.yml for this platform, when it is current
     records: list[dict] | None = field(default=None, repr=False)  # the solve (or the lock's records), once done
 

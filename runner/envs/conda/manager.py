@@ -64,6 +64,7 @@ def plan(project: Project, notify: Callable[[str], None] | None = None, locked: 
         raise EnvironmentBuildError(
             "--env-manager conda needs a conda.yaml (conda_env in MLproject)",
             hint="use --env-manager uv for python_env.yaml projects",
+            python_hint='use env_manager="uv" for python_env.yaml projects',
         )
     spec = load_conda_env(env.path)
     if notify is not None:
@@ -84,14 +85,13 @@ def plan(project: Project, notify: Callable[[str], None] | None = None, locked: 
                 channels.append(url)
             text = f"{url}::{rest}"
         specs.append(text)
-    has_python = any(_spec_name(s) == "python" for s in specs)
+    names_python = any(_spec_name(s) == "python" for s in specs)
     pip = collect(spec.pip, project.directory, env.path.parent) if spec.pip else Requirements()
-    if pip.lines and not has_python:
-        raise EnvironmentBuildError(
-            f"{env.path.name}: the pip: list needs python among the dependencies",
-            hint="add for example `- python=3.11` to dependencies",
-        )
-    contents = CondaContents(env.path, tuple(channels), tuple(specs), pip, platform_name(), dict(spec.variables), has_python)
+    if pip.lines and not any(_spec_name(s) in ("python", "pip") for s in specs):
+        specs.append("pip")  # as conda does for a pip: list: pip, and with it python, come along
+    has_python = names_python or any(_spec_name(s) == "pip" for s in specs)  # pip depends on python
+    contents = CondaContents(env.path, tuple(channels), tuple(specs), pip, platform_name(), dict(spec.variables), has_python,
+                             names_python)
     description = {
         "recipe": RECIPE,
         "manager": NAME,
@@ -176,6 +176,9 @@ def resolve(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> Non
 
     with step(progress, f"solving {len(contents.specs)} conda spec(s)"):
         contents.records = solve_for(contents, contents.platform)
+    chosen = next((r["version"] for r in contents.records if r["name"] == "python"), None)
+    if not contents.names_python and chosen and progress is not None:
+        progress(f"note: {contents.env_file.name} names no python; the solve chose python {chosen}")
 
 
 def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:

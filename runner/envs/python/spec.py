@@ -131,6 +131,10 @@ def _contents(manager: str, project: Project, notify) -> PythonEnvContents:
             python_wanted = lines[0] if lines else None
             where = ".python-version"
     interpreter = _interpreter(python_wanted, where)
+    if env.kind == "conda_env":
+        # A conda environment has pip (MLflow's own log_model asks pip for its version), and
+        # setuptools on the Pythons that came with it: the environment built from conda.yaml too.
+        build_lines = ["pip", *(["setuptools"] if interpreter.version_tuple < (3, 12) else [])]
     return PythonEnvContents(
         interpreter,
         collect(build_lines, root, base_dir),
@@ -184,6 +188,8 @@ def _python_from_conda(specs: tuple[str, ...]) -> tuple[str | None, list[str]]:
         if m:
             rest = (m.group("rest") or "").strip().split(" ")[0]
             op = (m.group("op") or "").strip()
+            if op in ("", "=", "=="):
+                rest = rest.split("=", 1)[0]  # `conda env export` pins: python=3.11.7=h955ad1f_0 is 3.11.7
             if rest:
                 rest = rest.rstrip("*").rstrip(".")
                 wanted = rest if op in ("", "=", "==") else f"{op}{rest}"
