@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import mlflow_python, wait_until_idle  # noqa: E402
+from harness import start_mlflow_server  # noqa: E402
 
 
 def main() -> int:
@@ -37,7 +37,10 @@ def main() -> int:
         project = work / "project"
         project.mkdir()
         (project / "MLproject").write_text('name: t\nentry_points:\n  main:\n    command: "true"\n')
-        server, url = _start_server(work)
+        started = start_mlflow_server(work)
+        if started is None:
+            raise SystemExit("needs the mlflow comparison environment (see benchmarks/harness.py)")
+        server, url = started
         try:
             modes = {
                 "untracked": {"MLPROJECT_NO_TRACKING": "1"},
@@ -62,31 +65,6 @@ def main() -> int:
         before, after = median[("before", mode)], median[("after", mode)]
         print(f"| {mode} | {before:.1f} ms | {after:.1f} ms | {after - before:+.1f} ms |")
     return 0
-
-
-def _start_server(work: Path) -> tuple[subprocess.Popen, str]:
-    import socket
-
-    python = mlflow_python()
-    if python is None:
-        raise SystemExit("needs the mlflow comparison environment (see benchmarks/harness.py)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [str(python), "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
-         f"sqlite:///{work}/server.db", "--artifacts-destination", str(work / "artifacts"), "--workers", "1"],
-        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.3)
-    wait_until_idle(server.pid)
-    return server, f"http://127.0.0.1:{port}"
 
 
 def _run(checkout: Path, project: Path, work: Path, side: str, extra_env: dict[str, str]) -> float:

@@ -157,3 +157,32 @@ def wait_until_idle(session_id: int, quiet_ms: float = 30.0, window: float = 1.0
             break
         before = after
     return time.monotonic() - started
+
+
+def start_mlflow_server(work: Path) -> tuple[subprocess.Popen, str] | None:
+    """`mlflow server` (sqlite store, one worker) on a free loopback port, waited for until its
+    processes are idle (its job consumers keep both cores busy for seconds after the port opens);
+    (process, URL), or None without the comparison environment. Stop it with os.killpg."""
+    import socket
+
+    python = mlflow_python()
+    if python is None:
+        return None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [str(python), "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
+         f"sqlite:///{work}/server.db", "--artifacts-destination", str(work / "artifacts"), "--workers", "1"],
+        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.3)
+    settled = wait_until_idle(server.pid)
+    print(f"   mlflow server idle after {settled:.1f} s", file=sys.stderr)
+    return server, f"http://127.0.0.1:{port}"

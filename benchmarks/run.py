@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BENCH_DIR, Timing, measure, measure_interleaved, mlflow_python, mlproject_command, table, wait_until_idle  # noqa: E402
+from harness import BENCH_DIR, Timing, measure, measure_interleaved, mlflow_python, mlproject_command, start_mlflow_server, table  # noqa: E402
 
 TRIVIAL_MLPROJECT = """
 name: trivial
@@ -185,38 +185,19 @@ def _merge(rows: list[Timing], label: str) -> Timing:
 def tracking_overhead(args: argparse.Namespace, work: Path) -> str:
     """What tracking adds to the warm path: an existing sqlite store (direct writes) and a REST server."""
     import signal
-    import socket
-    import time as _time
 
     project = _write(work / "trk", {"MLproject": "name: trk\nentry_points:\n  main:\n    command: \"true\"\n"})
     base_env = {**os.environ, "MLPROJECT_HOME": str(work / "home")}
-    mlflow_py = mlflow_python() if not args.no_mlflow else None
-    if mlflow_py is None:
+    started = None if args.no_mlflow else start_mlflow_server(work)
+    if started is None:
         return "### Tracking overhead\n\nskipped (needs mlflow)\n"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [str(mlflow_py), "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{work}/server.db", "--artifacts-destination", str(work / "artifacts"),
-         "--workers", "1"],
-        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    server, url = started
     try:
-        deadline = _time.monotonic() + 120
-        while _time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                _time.sleep(0.3)
-        settled = wait_until_idle(server.pid)
-        print(f"   mlflow server idle after {settled:.1f} s", file=sys.stderr)
         ours = mlproject_command() + ["run", str(project), "--env-manager", "local"]
         baseline = measure("bare command (`true`)", ["bash", "-c", "true"], args.repeat, work, base_env)
         sqlite_env = {**base_env, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/store.db"}
         measure("warm-up (creates the store)", ours, 2, work, sqlite_env)
-        rest_env = {**base_env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+        rest_env = {**base_env, "MLFLOW_TRACKING_URI": url}
         measure("warm-up", ours, 2, work, rest_env)
         rows = [baseline] + measure_interleaved([
             ("mlproject run, untracked (MLPROJECT_NO_TRACKING=1)", ours, {**base_env, "MLPROJECT_NO_TRACKING": "1"}),
