@@ -51,6 +51,7 @@ def main() -> None:
             name=name, version=record["version"], manager="conda", platform="linux-64",
             dependencies={spec.split(" ")[0]: (spec.split(" ", 1)[1] if " " in spec else "") for spec in record.get("depends", [])},
             url=url, hash=HashModel(md5=record["md5"], sha256=record.get("sha256")), build=record.get("build"),
+            categories={"main"},  # a package in no category is left out of the file conda-lock writes
         )
         for name, (url, record) in sorted(chosen.items())
     ]

@@ -168,8 +168,11 @@ def test_conda_yaml_without_python_solves_as_conda_would(cli, channel, make_proj
 
 def test_conda_env_export_pins(cli, channel, make_project):
     """`conda env export` writes name=version=build (and name==version): conda's own match specs."""
+    from condachannel import _find_interpreter_prefix
+
+    python = _find_interpreter_prefix("3.11").name  # the channel's python: this machine's 3.11 (see condachannel)
     root = conda_project(make_project, "name: exported\nchannels: [conda-forge]\ndependencies:\n"
-                                       "  - python=3.11=h_local_0\n  - helper==1.5\n  - pyhello=0.1=py_0\n",
+                                       f"  - python={python}=h_local_0\n  - helper==1.5\n  - pyhello=0.1=py_0\n",
                          "cat $CONDA_PREFIX/share/helper/VERSION")
     result = cli("run", str(root))
     assert result.returncode == 0, result.stderr

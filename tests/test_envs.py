@@ -299,8 +299,8 @@ def test_env_commands(make_project, cli, mlproject_home):
     assert_clean_error(cli("env", "show", "ffffffff"), contains="no environment with key")
     dry = cli("env", "gc", "--older-than", "0", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert re.search(r"^would remove uv-\w+ \(\d+\.\d MB, .*\)$", dry.stdout, re.M), dry.stdout
-    assert re.search(r"^1 environment\(s\) would be removed, \d+\.\d MB would be freed; nothing was removed \(--dry-run\)$",
+    assert re.search(r"^would remove uv-\w+ \(\d+\.\d [KMG]B, .*\)$", dry.stdout, re.M), dry.stdout
+    assert re.search(r"^1 environment\(s\) would be removed, \d+\.\d [KMG]B would be freed; nothing was removed \(--dry-run\)$",
                      dry.stdout, re.M), dry.stdout
     assert len(_envs(mlproject_home)) == 1 and Path(path).is_dir()
 

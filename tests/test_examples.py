@@ -103,7 +103,7 @@ def test_salary_conda_from_the_repository_root(cli, channel_root, tmp_path, monk
     result = cli("run", "example_projects/salary", "-P", "data_file=example_projects/salary/data/sal_data.csv",
                  cwd=REPO, env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
     run = finished_run(result, db)
-    assert run.data.params["data_file"] == str(EXAMPLES / "salary" / "data" / "sal_data.csv")
+    assert run.data.params["data_file"] == "example_projects/salary/data/sal_data.csv"  # as given, as MLflow logs it
     assert run.data.tags["mlflow.project.env"] == "conda"
     assert_metrics(run, ["intercept", "slope", "mae", "mse", "rmse"])
     assert 7000 < run.data.metrics["slope"] < 10500  # the data's slope is 8700 a year

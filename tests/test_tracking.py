@@ -205,7 +205,7 @@ def test_a_run_started_inside_an_active_mlflow_run_is_its_child(make_project, _w
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI")}
     out = subprocess.run([sys.executable, "-c", script], cwd=_work_in_tmp, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    parent_id, child_id = out.stdout.split()
+    parent_id, child_id = out.stdout.splitlines()[-1].split()  # (after the child's own "child")
     assert MlflowClient(store).get_run(child_id).data.tags["mlflow.parentRunId"] == parent_id
     plain = ("import sys, runner\n"
              f"runner.run({str(child)!r}, env_manager='local')\n"

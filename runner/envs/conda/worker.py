@@ -56,7 +56,8 @@ def solve(request: dict) -> list[dict]:
 
     records = asyncio.run(rattler.solve(
         sources=request["channels"],
-        specs=request["specs"],
+        # Parsed as conda parses them (lenient): `conda env export` writes python=3.11.7=h955ad1f_0.
+        specs=[rattler.MatchSpec(spec, strict=False) for spec in request["specs"]],
         gateway=rattler.Gateway(cache_dir=request["cache_dir"]),
         platforms=[request["platform"], "noarch"],
         virtual_packages=_virtual_packages(request["platform"], request["this_platform"]),

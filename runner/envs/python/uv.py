@@ -91,7 +91,7 @@ def check(plan: EnvPlan, progress=None) -> None:
         for label, requirements in (("build dependencies", contents.build_requirements), ("dependencies", contents.requirements)):
             if not requirements.lines:
                 continue
-            args = requirement_args(Path(scratch), label.replace(" ", "-"), requirements)
+            args = requirement_args(Path(scratch), label.replace(" ", "-"), requirements)[1:]  # compile takes the file itself
             run_step([uv, "pip", "compile", "--quiet", "--no-header", "--python", contents.interpreter.path, *args],
                      f"resolving {label}", env=uv_env(), progress=progress)
 
