@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from runner import home
@@ -383,10 +383,14 @@ def _launch(state: _Run, on_submitted: Callable[[SubmittedRun], None] | None) ->
                 ledger.close()
 
     inputs_dir = run_dir / "inputs"
+    private = run_dir / "work"  # this run's own copy of a cached commit (see ProjectDir.private_copy)
     prepared = None
     try:
         tracked.record_start()  # a refusal here ends the run FAILED, in the ledger and in tracking
         prepared = realize(planned, progress)
+        if the_plan.source.checkout is not None and prepared.environment.container is None:
+            # (a container mounts the shared checkout read-only, which binds root too)
+            invocation = replace(invocation, cwd=the_plan.source.private_copy(private))
         if invocation.remote:
             local = downloads.download(invocation.remote, inputs_dir, tracking_plan.uri, tracking_plan.library)
             invocation = invocation.localize(the_plan.project.entry_point(invocation.entry_point), local)
@@ -397,7 +401,7 @@ def _launch(state: _Run, on_submitted: Callable[[SubmittedRun], None] | None) ->
         interrupted = not isinstance(exc, Exception)
         reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
         end("KILLED" if interrupted else "FAILED", None, f"preparation: {reason}")
-        _remove_inputs(inputs_dir)
+        _remove_inputs(inputs_dir, private)
         if prepared is not None:
             prepared.release()
         if isinstance(exc, RunnerError):
@@ -426,7 +430,7 @@ def _launch(state: _Run, on_submitted: Callable[[SubmittedRun], None] | None) ->
                 environment.container.cleanup(run_id)
             prepared.release()
             the_plan.source.release()
-            _remove_inputs(inputs_dir)
+            _remove_inputs(inputs_dir, private)
 
     notify(f"=== Running command '{command}' in run with ID '{submitted.run_id}' ===")
     submitted.launching = True  # from here a cancel stops the command instead of the preparation
@@ -443,6 +447,10 @@ def _launch(state: _Run, on_submitted: Callable[[SubmittedRun], None] | None) ->
     except BaseException:
         prepared.release()
         raise
+    if tracked.run_id is not None:
+        # What the run's end needs (shutil, for the log artifact: ~10 ms with the archive
+        # modules it loads) is imported while the command runs and this thread only waits.
+        _import_in_background("runner.tracking.artifacts")
     if state.request.synchronous:
         if not submitted.wait():
             raise RunFailedError(
@@ -451,6 +459,18 @@ def _launch(state: _Run, on_submitted: Callable[[SubmittedRun], None] | None) ->
                 submitted.exit_code or 1,
             )
     return submitted
+
+
+def _import_in_background(module: str) -> None:
+    import threading
+
+    def load() -> None:
+        try:
+            __import__(module)
+        except Exception:  # noqa: BLE001 - the end imports it again and reports a real failure
+            pass
+
+    threading.Thread(target=load, daemon=True, name="mlproject-preload").start()
 
 
 def _keep_evidence(submitted: SubmittedRun, exc: RunnerError) -> None:
@@ -465,12 +485,13 @@ def _keep_evidence(submitted: SubmittedRun, exc: RunnerError) -> None:
     exc.problems = [exc.message]
 
 
-def _remove_inputs(inputs_dir: Path) -> None:
-    """Downloaded remote inputs live as long as their run."""
-    if inputs_dir.exists():
-        import shutil
+def _remove_inputs(*directories: Path) -> None:
+    """Downloaded remote inputs, and a private copy of a cached checkout, live as long as their run."""
+    for directory in directories:
+        if directory.exists():
+            import shutil
 
-        shutil.rmtree(inputs_dir, ignore_errors=True)
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def prepare_environment(

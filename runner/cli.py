@@ -228,6 +228,8 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
 
     for signum in INTERRUPT_SIGNALS:
         signal.signal(signum, on_signal)
+    # A resized window reaches the command's terminal (see runner.launch).
+    signal.signal(signal.SIGWINCH, lambda _signum, _frame: active[0].sync_window_size() if active else None)
     try:
         request = api.RunRequest(
             uri,

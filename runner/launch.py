@@ -1,10 +1,14 @@
 """The child process: its own process group, live output tee, signals, SubmittedRun.
 
 The command runs in a new session (its own process group, no controlling
-terminal), so the runner decides what reaches it: a cancel sends SIGTERM to the
-whole group, waits a grace period, then SIGKILLs it. When the command exits, any
-process it left behind in its group is stopped the same way: no process
-outlives its run.
+terminal), so the runner decides what reaches it: a cancel sends the signal that
+asked for it (SIGINT for Ctrl-C, else SIGTERM) to the whole group, waits a grace
+period, then SIGKILLs it. When the command exits, any process it left behind in
+its group is stopped the same way: no process outlives its run.
+
+When the runner's own output is a terminal, the command's is one too: a
+pseudo-terminal whose output is teed to the screen and the log, with the
+screen's window size, so progress bars and colours behave as under `mlflow run`.
 """
 from __future__ import annotations
 
@@ -121,7 +125,10 @@ class _Tee(threading.Thread):
                 if self._stop_at is not None and time.monotonic() > self._stop_at:
                     break
                 for key, _ in selector.select(timeout=0.1):
-                    chunk = os.read(key.fd, 65536)
+                    try:
+                        chunk = os.read(key.fd, 65536)
+                    except OSError:  # EIO: a pseudo-terminal whose every writer has closed it
+                        chunk = b""
                     if not chunk:
                         selector.unregister(key.fd)
                         open_fds.discard(key.fd)
@@ -168,6 +175,7 @@ class SubmittedRun:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
+        self._terminal: int | None = None  # the pseudo-terminal's master side, when the command has one
 
     # -- public API --------------------------------------------------------
     def wait(self, timeout: float | None = None) -> bool:
@@ -212,10 +220,17 @@ class SubmittedRun:
         if again:
             _signal_group(process.pid, signal.SIGKILL)
             return
-        _signal_group(process.pid, signal.SIGTERM)
+        # Ctrl-C reaches the command as Ctrl-C (Python code sees KeyboardInterrupt, as under
+        # mlflow run, where the command shares the terminal); anything else as SIGTERM.
+        _signal_group(process.pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
         timer = threading.Timer(kill_grace(), self._kill_if_running)
         timer.daemon = True
         timer.start()
+
+    def sync_window_size(self, from_fd: int = 1) -> None:
+        """Give the command's terminal the size of ours (after a SIGWINCH)."""
+        if self._terminal is not None:
+            _copy_window_size(from_fd, self._terminal)
 
     def __repr__(self) -> str:
         return f"SubmittedRun(run_id={self.run_id!r}, status={self._status!r}, exit_code={self.exit_code!r})"
@@ -258,8 +273,9 @@ def start(
     Raises LaunchError (after ending the run as FAILED) if the command cannot start.
     """
     log_file = open(run.log_path, "ab") if run.log_path else open(os.devnull, "wb")
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+    out_r, out_w, err_r, err_w = _output_channels(echo)
+    if out_r == err_r:  # one pseudo-terminal for both, as a terminal is
+        run._terminal = out_r
     try:
         with run._lock:
             cancelled_early = run.cancel_signal is not None
@@ -274,23 +290,20 @@ def start(
                     close_fds=True,
                 )
     except OSError as exc:
-        for fd in (out_r, out_w, err_r, err_w):
-            os.close(fd)
+        _close_all(out_r, out_w, err_r, err_w)
         log_file.close()
         run._fail_before_start(on_finish)
         raise LaunchError(f"cannot start {argv[0]!r}: {exc.strerror}", hint="is it installed and on PATH?") from None
     finally:
         if run._process is not None:
-            os.close(out_w)
-            os.close(err_w)
+            _close_all(out_w, err_w)
     if cancelled_early:
-        for fd in (out_r, out_w, err_r, err_w):
-            os.close(fd)
+        _close_all(out_r, out_w, err_r, err_w)
         log_file.close()
         run._finish(Outcome(KILLED, 128 + run.cancel_signal), on_finish)  # type: ignore[operator]
         return
 
-    tee = _Tee({out_r: 1, err_r: 2}, log_file, echo)
+    tee = _Tee({out_r: 1} if out_r == err_r else {out_r: 1, err_r: 2}, log_file, echo)
     watcher = threading.Thread(
         target=_watch, args=(run, tee, log_file, on_finish), daemon=True, name="mlproject-watch"
     )
@@ -303,6 +316,52 @@ def start(
         watcher.start()
 
 
+def _output_channels(echo: bool) -> tuple[int, int, int, int]:
+    """(stdout read, stdout write, stderr read, stderr write) for the command: a pseudo-terminal
+    for each of our own streams that is a terminal (one shared when both are), else pipes."""
+    out_tty = echo and os.isatty(1)
+    err_tty = echo and os.isatty(2)
+    terminal = _open_terminal(1 if out_tty else 2) if (out_tty or err_tty) else None
+    out_r, out_w = terminal if out_tty else os.pipe()
+    if err_tty and out_tty:
+        return out_r, out_w, out_r, out_w
+    err_r, err_w = terminal if err_tty else os.pipe()
+    return out_r, out_w, err_r, err_w
+
+
+def _open_terminal(like_fd: int) -> tuple[int, int]:
+    """A pseudo-terminal (master, slave) with the window size of `like_fd`; output is passed as
+    written (no \n -> \r\n), since our own terminal does that translation for the screen."""
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+    attributes = termios.tcgetattr(slave)
+    attributes[1] &= ~termios.ONLCR
+    termios.tcsetattr(slave, termios.TCSANOW, attributes)
+    _copy_window_size(like_fd, slave)
+    return master, slave
+
+
+def _copy_window_size(from_fd: int, to_fd: int) -> None:
+    import fcntl
+    import termios
+
+    try:
+        size = fcntl.ioctl(from_fd, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(to_fd, termios.TIOCSWINSZ, size)
+    except OSError:
+        pass
+
+
+def _close_all(*fds: int) -> None:
+    for fd in dict.fromkeys(fds):  # a shared pseudo-terminal appears twice
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def _watch(run: SubmittedRun, tee: _Tee, log_file, on_finish: FinishCallback | None) -> None:
     process = run._process
     assert process is not None
@@ -310,6 +369,7 @@ def _watch(run: SubmittedRun, tee: _Tee, log_file, on_finish: FinishCallback | N
     stop_group(process.pid, kill_grace())
     tee.stop_after(_DRAIN_SECONDS)
     tee.join()
+    run._terminal = None  # closed by the tee
     log_file.close()
     if run.cancel_signal is not None:
         status = KILLED

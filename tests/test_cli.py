@@ -260,7 +260,7 @@ def test_ctrl_c_twice_says_what_it_does(make_project, mlproject_home):
 
     from terminal import run_on_terminal
 
-    root = make_project("entry_points:\n  main:\n    command: \"trap '' TERM; echo started; sleep 60\"\n")
+    root = make_project("entry_points:\n  main:\n    command: \"trap '' INT TERM; echo started; sleep 60\"\n")
     pressed = []
 
     def press(screen: str, process) -> None:
@@ -288,3 +288,20 @@ def test_no_conda_from_the_mlflow_1_tutorials_means_local(make_project, cli, mlp
     envs = mlproject_home / "envs"
     assert not envs.exists() or not [p for p in envs.iterdir() if not p.name.startswith(".")]  # nothing was built
     assert_clean_error(cli("run", str(root), "--no-conda", "--env-manager", "uv"), contains="--no-conda means --env-manager local")
+
+
+def test_the_command_sees_a_terminal_when_the_runner_has_one(make_project, cli, mlproject_home):
+    """As under `mlflow run`: tqdm, rich and coloured logs see a terminal, of the terminal's size;
+    the log gets the output as written. Through a pipe, nothing changes."""
+    from terminal import run_on_terminal
+
+    root = make_project("entry_points:\n  main:\n    command: \"python3 -c 'import os, sys; "
+                        "print(sys.stdout.isatty(), sys.stderr.isatty(), os.get_terminal_size().columns if sys.stdout.isatty() else 0); "
+                        "print(\\\"to stderr\\\", file=sys.stderr)'\"\n")
+    shown = run_on_terminal("run", str(root), "--env-manager", "local")
+    assert shown.returncode == 0, shown.screen
+    assert "True True 120\r\nto stderr\r\n" in shown.screen
+    run_id = re.search(r"run with ID '([0-9a-f]{32})'", shown.screen).group(1)
+    assert (mlproject_home / "runs" / run_id / "output.log").read_bytes() == b"True True 120\nto stderr\n"
+    piped = cli("run", str(root), "--env-manager", "local")
+    assert piped.stdout.startswith("False False") and "to stderr" in piped.stderr

@@ -459,3 +459,23 @@ def test_server_dying_mid_clone_fails_clearly_and_leaves_nothing(tmp_path, mlpro
     finally:
         relay.close()
         server.stop()
+
+
+def test_runs_of_one_cached_commit_do_not_see_each_other_s_files(cli, tmp_path, mlproject_home):
+    """Each run works in its own copy of the cached commit, as each `mlflow run` works in a fresh
+    clone: a file one run writes into its working directory is not there for the next (as root too)."""
+    work = tmp_path / "writer"
+    work.mkdir()
+    (work / "MLproject").write_text("entry_points:\n  main:\n    command: 'ls; echo out > written.txt; chmod u+w data.txt && echo more >> data.txt'\n")
+    (work / "data.txt").write_text("original\n")
+    git("init", "-q", "-b", "main", cwd=work)
+    git("add", "-A", cwd=work)
+    git("commit", "-q", "-m", "writer", cwd=work)
+    url = f"file://{work}"
+    first = ok(cli("run", url, "-v", "main", "--env-manager", "local"))
+    second = ok(cli("run", url, "-v", "main", "--env-manager", "local"))
+    for result in (first, second):
+        assert result.stdout.split() == ["MLproject", "data.txt"], result.stdout
+    [checkout] = (mlproject_home / "git" / "checkouts").glob("git-*")
+    assert (checkout / "tree" / "data.txt").read_text() == "original\n" and not (checkout / "tree" / "written.txt").exists()
+    assert not list((mlproject_home / "runs").glob("*/work"))  # each copy lived as long as its run

@@ -43,6 +43,29 @@ class ProjectDir:
     # Whether --version (or the URL) named the branch: only then does MLflow tag it
     # mlflow.source.git.branch; a default or checked-out branch is ours to record.
     branch_named: bool = False
+    checkout: Path | None = None  # a cached commit's shared tree (the whole repository), read-only
+
+    def private_copy(self, destination: Path) -> Path:
+        """The project's directory in a copy of the cached checkout that only one run uses.
+
+        Every run of a commit shares its checkout, whose read-only mode bits root ignores: a
+        run that writes into its working directory would leave files for the next (MLflow
+        clones afresh for every run). `cp --reflink=auto` shares the blocks where the file
+        system can, and copies them where it cannot."""
+        from runner.subprocesses import capture
+
+        assert self.checkout is not None
+        # Then writable, as a fresh clone is.
+        for argv in (["cp", "-a", "--reflink=auto", str(self.checkout), str(destination)],
+                     ["chmod", "-R", "u+w", str(destination)]):
+            try:
+                code, output, _ = capture(argv)
+            except OSError as exc:
+                code, output = 1, exc.strerror or str(exc)
+            if code != 0:
+                raise ProjectError(f"cannot copy the checkout of {self.commit} for this run: {output.strip()}",
+                                   hint="check the free space of MLPROJECT_HOME")
+        return destination / self.path.relative_to(self.checkout)
 
     @property
     def source_name(self) -> str:
@@ -144,7 +167,7 @@ def _from_cache(
         checkout.lease.release()
         raise
     return ProjectDir(path, shown, checkout.commit, remote.url, checkout.branch, None, checkout.lease,
-                      branch_named=version is not None)
+                      branch_named=version is not None, checkout=checkout.tree)
 
 
 def _subdirectory(root: Path, subdir: str, where: str) -> Path:
