@@ -486,11 +486,21 @@ def _keep_evidence(submitted: SubmittedRun, exc: RunnerError) -> None:
 
 
 def _remove_inputs(*directories: Path) -> None:
-    """Downloaded remote inputs, and a private copy of a cached checkout, live as long as their run."""
-    for directory in directories:
-        if directory.exists():
-            import shutil
+    """Downloaded remote inputs, and a private copy of a cached checkout, live as long as their run.
 
+    Removed by one `rm -rf`: shutil costs ~11 ms to import (it loads the archive modules), more
+    than the removal of a small copy, and nothing else on this path needs it."""
+    existing = [str(directory) for directory in directories if directory.exists()]
+    if not existing:
+        return
+    from runner.subprocesses import capture
+
+    try:
+        capture(["rm", "-rf", "--", *existing])
+    except OSError:  # no rm on this machine
+        import shutil
+
+        for directory in existing:
             shutil.rmtree(directory, ignore_errors=True)
 
 
