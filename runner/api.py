@@ -450,7 +450,9 @@ def _launch(state: _Run, on_submitted: Callable[[SubmittedRun], None] | None) ->
     if tracked.run_id is not None:
         # What the run's end needs (shutil, for the log artifact: ~10 ms with the archive
         # modules it loads) is imported while the command runs and this thread only waits.
-        _import_in_background("runner.tracking.artifacts")
+        from runner.tracking import BackgroundImport
+
+        BackgroundImport("runner.tracking.artifacts")
     if state.request.synchronous:
         if not submitted.wait():
             raise RunFailedError(
@@ -459,18 +461,6 @@ def _launch(state: _Run, on_submitted: Callable[[SubmittedRun], None] | None) ->
                 submitted.exit_code or 1,
             )
     return submitted
-
-
-def _import_in_background(module: str) -> None:
-    import threading
-
-    def load() -> None:
-        try:
-            __import__(module)
-        except Exception:  # noqa: BLE001 - the end imports it again and reports a real failure
-            pass
-
-    threading.Thread(target=load, daemon=True, name="mlproject-preload").start()
 
 
 def _keep_evidence(submitted: SubmittedRun, exc: RunnerError) -> None:

@@ -64,7 +64,7 @@ class Progress:
             with self._lock:
                 self._active = [item for item in self._active if item != (label, started)]
                 self._clear()
-                self._write(f"  {label}: {outcome} {_seconds(time.monotonic() - started)}\n")
+                self._write(f"  {label}: {outcome} {human_duration(time.monotonic() - started)}\n")
                 self._draw()
             if not self._active:
                 self._stop_ticker()
@@ -97,7 +97,7 @@ class Progress:
         label, started = self._active[-1]
         elapsed = time.monotonic() - started
         frame = _FRAMES[int(elapsed / self.interval) % len(_FRAMES)]
-        self._write(f"  {frame} {label}  {_seconds(elapsed)}")
+        self._write(f"  {frame} {label}  {human_duration(elapsed)}")
         self._drawn = True
 
     def _clear(self) -> None:
@@ -113,8 +113,15 @@ class Progress:
             pass  # a closed or broken stream never stops the work being shown
 
 
-def _seconds(value: float) -> str:
-    return f"{value:.1f} s" if value < 60 else f"{int(value // 60)} min {int(value % 60)} s"
+def human_duration(seconds: float) -> str:
+    """`3.2 s`, `4 min 7 s`, `2 h 5 min`: how long a step or a run took."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
 
 
 @contextmanager

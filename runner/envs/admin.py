@@ -137,12 +137,16 @@ def gc(older_than: str, dry_run: bool = False) -> list[str]:
 
     age = parse_duration(older_than)
     store = Store()
-    images = _built_images(store.list())
+    envs = store.list()
+    images = _built_images(envs)
+    # Measured before anything goes, as du counts it, so a dry run and the real one agree.
+    stale = [env for env in envs if env.last_used <= time.time() - age]
+    measured = dict(zip((env.name for env in stale), disk_usage([env.path for env in stale])))
     removed, in_use, leftovers = store.gc(age, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     if not dry_run:
         _remove_images(images, removed)
-    sizes = [env.meta.get("size", 0) for env in removed] if not dry_run else disk_usage([env.path for env in removed])
+    sizes = [measured.get(env.name, env.meta.get("size", 0)) for env in removed]
     lines = [f"{verb} {env.name} ({human_size(size)}, {env.meta.get('project', '?')})" for env, size in zip(removed, sizes)]
     lines += [f"kept {env.name}: in use" for env in in_use]
     if leftovers:

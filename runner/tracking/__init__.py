@@ -157,25 +157,28 @@ def tracker_for(tracking_uri: str, quick: bool = False):
 
 
 class BackgroundImport:
-    """Import mlflow in a thread so its ~2.5 s overlaps the environment preparation."""
+    """Import a module in a thread so that its cost overlaps other work: mlflow (~2.5 s) while
+    the environment is prepared; what a run's end needs while its command runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: str = "mlflow.tracking") -> None:
         import threading
-        import typing  # noqa: F401
 
-        # dataclasses peeks at sys.modules["typing"] without the import lock: were
-        # the thread below half-way through importing typing, a dataclass defined
-        # meanwhile in this thread would see a partial module and fail. So typing
-        # is imported here first (only on this path, which costs seconds anyway).
+        if module.startswith("mlflow"):
+            # dataclasses peeks at sys.modules["typing"] without the import lock: were
+            # the thread below half-way through importing typing (mlflow imports it), a
+            # dataclass defined meanwhile in this thread would see a partial module and
+            # fail. So typing is imported here first (this path costs seconds anyway).
+            import typing  # noqa: F401
 
+        self.module = module
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True, name="mlproject-import-mlflow")
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"mlproject-import-{module}")
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            import mlflow.tracking  # noqa: F401
-        except BaseException as exc:  # noqa: BLE001 - reported when the library is needed
+            __import__(self.module)
+        except BaseException as exc:  # noqa: BLE001 - reported when the module is needed
             self.error = exc
 
     def wait(self) -> None:

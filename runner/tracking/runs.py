@@ -98,6 +98,8 @@ def summary(record: RunRecord) -> list[tuple[str, str]]:
     rows.append(("started", _local_time(record.start_time)))
     if record.end_time:
         rows.append(("ended", _local_time(record.end_time)))
+    from runner.progress import human_duration
+
     rows.append(("duration", human_duration((record.end_time or time.time()) - record.start_time)
                  + ("" if record.end_time else " so far")))
     params, metrics, note = dict(record.parameters), {}, None
@@ -121,15 +123,6 @@ def summary(record: RunRecord) -> list[tuple[str, str]]:
 def _local_time(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
-
-def human_duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, seconds = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min"
 
 
 def cancel(ledger: Ledger, run_id: str, wait: float = 30.0) -> RunRecord:
