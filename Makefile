@@ -32,7 +32,8 @@ run-example:
 
 # What the tests take from the system, each for a real component they start themselves:
 # git and sshd (git servers on loopback), docker.io and mmdebstrap (a private dockerd and
-# its base image), openssl (a certificate for the HTTPS tracking tests). Installed with
+# its base image), openssl (a certificate for the HTTPS tracking tests), slurm-wlm (a
+# two-node Slurm cluster for the slurm backend). Installed with
 # apt-get when missing and run as root; otherwise the exact command to run is printed.
 system-packages:
 	@missing=""; \
@@ -42,6 +43,7 @@ system-packages:
 	[ -x /usr/sbin/dockerd ] || missing="$$missing docker.io"; \
 	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	[ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] || missing="$$missing slurm-wlm"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 		echo "error: the tests need these system packages:$$missing"; \

@@ -27,12 +27,13 @@ TYPE_CHECKING = False  # typing costs ~9 ms to import; annotations are strings a
 if TYPE_CHECKING:
     from typing import Any
 
-    from runner.api import run
+    from runner.api import attach, run
     from runner.launch import SubmittedRun
     from runner.project.spec import load_project
 
 __all__ = [
     "run",
+    "attach",
     "SubmittedRun",
     "load_project",
     "RunnerError",
@@ -50,6 +51,7 @@ __all__ = [
 
 _LAZY = {
     "run": ("runner.api", "run"),
+    "attach": ("runner.api", "attach"),
     "SubmittedRun": ("runner.launch", "SubmittedRun"),
     "load_project": ("runner.project.spec", "load_project"),
 }

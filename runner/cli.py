@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda", "docker")  # checked by runner.envs.check_manager_name
-RUN_STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
+RUN_STATUSES = ("SCHEDULED", "RUNNING", "FINISHED", "FAILED", "KILLED")
 
 
 def _print_error(message: str, hint: str | None, details: str | None = None) -> None:
@@ -190,6 +190,7 @@ class _Interrupted(BaseException):
 @click.option("--experiment-id", default=None)
 @click.option("-b", "--backend", default="local", show_default=True)
 @click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE")
+@click.option("--detach", is_flag=True, help="cluster backends: return once the job is queued")
 @click.option("--storage-dir", default=None, help="where remote path parameters are downloaded")
 @click.option("--run-id", default=None, help="continue this existing MLflow run")
 @click.option("--run-name", default=None)
@@ -200,15 +201,55 @@ class _Interrupted(BaseException):
 def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | None, env_manager: str | None,
         docker_args: tuple[str, ...], experiment_name: str | None, experiment_id: str | None, backend: str,
         backend_config: str | None, storage_dir: str | None, run_id: str | None, run_name: str | None,
-        build_image: bool, locked: bool, no_conda: bool, debug: bool) -> int:
+        build_image: bool, locked: bool, no_conda: bool, detach: bool, debug: bool) -> int:
     from runner import api
-    from runner.progress import Progress
 
     if no_conda:
         if env_manager not in (None, "local"):
             raise click.UsageError(f"--no-conda means --env-manager local; it cannot be given with --env-manager {env_manager}")
         _say("note: --no-conda (MLflow 1.x) is taken as --env-manager local")
         env_manager = "local"
+    request = api.RunRequest(
+        uri,
+        entry_point=entry_point,
+        version=version,
+        parameters=api.cli_parameters(param_list),
+        docker_args=api.parse_docker_args(docker_args),
+        experiment_name=experiment_name,
+        experiment_id=experiment_id,
+        backend=backend,
+        backend_config=backend_config,
+        storage_dir=storage_dir,
+        synchronous=False,
+        run_id=run_id,
+        run_name=run_name,
+        env_manager=env_manager,
+        build_image=build_image,
+        locked=locked,
+        detach=detach,
+    )
+    return _run_request(request)
+
+
+@cli.command(hidden=True, help="(internal) the runner inside a cluster job: carry out a submitted request")
+@click.argument("request_file", type=click.Path(exists=True, dir_okay=False))
+@_debug
+def job(request_file: str, debug: bool) -> int:
+    import json
+
+    from runner.backends import JobOf
+    from runner.request import RunRequest
+
+    with open(request_file, encoding="utf-8") as handle:
+        fields = json.load(handle)
+    fields["job_of"] = JobOf(**fields["job_of"])
+    return _run_request(RunRequest(**fields, synchronous=False), in_job=True)
+
+
+def _run_request(request, in_job: bool = False) -> int:
+    """Submit a request and follow it to its end (or, detached, to its queueing): the exit code."""
+    from runner import api
+    from runner.progress import Progress
 
     active = []  # the SubmittedRun, once it exists
     received: list[int] = []
@@ -231,25 +272,11 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
     # A resized window reaches the command's terminal (see runner.launch).
     signal.signal(signal.SIGWINCH, lambda _signum, _frame: active[0].sync_window_size() if active else None)
     try:
-        request = api.RunRequest(
-            uri,
-            entry_point=entry_point,
-            version=version,
-            parameters=api.cli_parameters(param_list),
-            docker_args=api.parse_docker_args(docker_args),
-            experiment_name=experiment_name,
-            experiment_id=experiment_id,
-            backend=backend,
-            backend_config=backend_config,
-            storage_dir=storage_dir,
-            synchronous=False,
-            run_id=run_id,
-            run_name=run_name,
-            env_manager=env_manager,
-            build_image=build_image,
-            locked=locked,
-        )
         submitted = api.submit(request, notify=_say, progress=Progress(), on_submitted=active.append)
+        if request.detach:
+            _out(f"{submitted.run_id} {submitted.backend} job {submitted.job_id}")
+            _say(f"follow it with: mlproject runs logs {submitted.run_id} -f")
+            return 0
         while not submitted.done:
             submitted.wait(0.25)
     except _Interrupted as interrupted:
@@ -260,6 +287,8 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
             _say(f"interrupted by {name} before a run was created")
         return 128 + interrupted.signum
     status = submitted.get_status()
+    if in_job:  # the submitter, following the job's output, says how it ended
+        return 128 + received[0] if received else 0 if status == "FINISHED" else submitted.exit_code or 1
     if received:
         _say(f"=== Run (ID '{submitted.run_id}') killed by {signal.Signals(received[0]).name} ===")
         code = 128 + received[0]
@@ -267,7 +296,9 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
         _say(f"=== Run (ID '{submitted.run_id}') succeeded ===")
         code = 0
     else:
-        _say(f"=== Run (ID '{submitted.run_id}') {status.lower()} with exit code {submitted.exit_code} ===")
+        why = getattr(submitted, "reason", None)  # a cluster's word on how its job ended
+        _say(f"=== Run (ID '{submitted.run_id}') {status.lower()} with exit code {submitted.exit_code}"
+             + (f" ({why})" if why else "") + " ===")
         code = submitted.exit_code or 1
     if sys.stderr.isatty():
         _say(where_it_went(submitted))
@@ -397,12 +428,17 @@ def runs() -> None:
 
 
 def _ledger():
+    from runner import backends
     from runner.tracking import runs as run_records
     from runner.tracking.ledger import Ledger
 
     ledger = Ledger()
-    run_records.reconcile(ledger)
+    backends.reconcile(ledger)
     return ledger, run_records
+
+
+def _where(record) -> str:
+    return "local" if record.backend == "local" else f"{record.backend}:{record.job_id or '-'}"
 
 
 @runs.command("list", help="recent runs from the local ledger")
@@ -420,11 +456,13 @@ def runs_list(status: str | None, limit: int, as_json: bool, debug: bool) -> int
         _out(json.dumps([run_records.describe(r) for r in records], indent=2))
         return 0
     entry_width = max([len("ENTRY"), *(len(r.entry_point) for r in records)]) + 2
-    _out(f"{'RUN ID':<34}{'STATUS':<10}{'EXIT':>5}  {'STARTED':<21}{'ENTRY':<{entry_width}}PROJECT")
+    where_width = max([len("BACKEND"), *(len(_where(r)) for r in records)]) + 2
+    _out(f"{'RUN ID':<34}{'STATUS':<11}{'EXIT':>5}  {'STARTED':<21}{'BACKEND':<{where_width}}{'ENTRY':<{entry_width}}PROJECT")
     for r in records:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.start_time))
         code = "" if r.exit_code is None else str(r.exit_code)
-        _out(f"{r.id:<34}{r.status:<10}{code:>5}  {started:<21}{r.entry_point:<{entry_width}}{r.project_uri}")
+        _out(f"{r.id:<34}{r.status:<11}{code:>5}  {started:<21}{_where(r):<{where_width}}"
+             f"{r.entry_point:<{entry_width}}{r.project_uri}")
     return 0
 
 
@@ -441,10 +479,28 @@ def runs_show(run_id: str, as_json: bool, debug: bool) -> int:
         _out(json.dumps(run_records.describe(record), indent=2))
         return 0
     rows = run_records.summary(record)
+    if record.backend != "local":
+        rows.insert(2, ("backend", _job_line(record)))
     width = max(len(label) for label, _ in rows) + 2
     for label, value in rows:
         _out(f"{label + ':':<{width}}{value}")
     return 0
+
+
+def _job_line(record) -> str:
+    """The job of a cluster run, and (while it is unfinished) what its scheduler says of it now."""
+    line = f"{record.backend} job {record.job_id or '(not queued)'}"
+    if record.finished or record.job_id is None:
+        return line
+    from runner import backends
+
+    try:
+        state = backends.get(record.backend).job_state(record.job_id)
+    except Exception as exc:  # noqa: BLE001 - the ledger's view is still worth showing
+        return f"{line} (the scheduler did not answer: {exc})"
+    if state is None:
+        return f"{line} (unknown to the scheduler)"
+    return f"{line} ({state.name}" + (f" on {state.node}" if state.node else "") + ")"
 
 
 @runs.command("logs", help="a run's output")
@@ -459,7 +515,12 @@ def runs_logs(run_id: str, follow: bool, debug: bool) -> int:
         sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
 
-    if follow:
+    if follow and record.backend != "local":
+        from runner.backends.cluster import ClusterRun
+
+        ledger.close()
+        ClusterRun(record, echo=True).wait()
+    elif follow:
         run_records.follow(record, ledger, write)
     else:
         try:
@@ -474,9 +535,18 @@ def runs_logs(run_id: str, follow: bool, debug: bool) -> int:
 @click.argument("run_id", shell_complete=_complete_run_ids)
 @_debug
 def runs_cancel(run_id: str, debug: bool) -> int:
+    from runner import backends
+
     ledger, run_records = _ledger()
-    record = run_records.cancel(ledger, run_id)
-    _say(f"run {record.id}: {record.status}")
+    record = run_records.find(ledger, run_id)
+    if record.backend != "local":
+        if record.finished:
+            raise RunnerError(f"run {record.id} is not running (status {record.status})", hint="see `mlproject runs list`",
+                              exit_code=EXIT_USAGE)
+        record = backends.cancel(ledger, record)
+    else:
+        record = run_records.cancel(ledger, run_id)
+    _say(f"run {record.id}: {record.status}" + (f" ({record.reason})" if record.reason and record.backend != "local" else ""))
     return 0
 
 

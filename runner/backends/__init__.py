@@ -1,0 +1,133 @@
+"""Where a run executes, behind one seam.
+
+The pipeline (`runner.api`) is the same for every backend: fetch, load, check the
+parameters, plan the environment, open the run in tracking and the ledger. Then
+the backend takes the PreparedRun. A backend is a module with:
+
+    check(config: dict, request) -> options
+        Before anything is created: refuse a bad backend config (UsageError, exit 2).
+    submit(run: PreparedRun, on_submitted) -> SubmittedRun-like handle
+        (`run_id`, `wait()`, `get_status()`, `cancel()`, `exit_code`, `log_path`).
+    job_state(record) -> JobState | None          (cluster backends)
+        How the job of a ledger row is doing; None when the cluster has no record of it.
+    cancel(record) -> None                        (cluster backends)
+    stopped_by_cluster(job_id) -> (status, reason) | None   (cluster backends)
+        Asked by the runner inside a job that was signalled: was it the time limit?
+
+A cluster job runs the runner itself (`python -m runner job FILE`): the node builds or
+reuses the environment by its hash, with the store's locks, and ends the run as a
+local run does. What the node cannot record (a job cancelled while pending, a node
+that died) the submit side reads from the cluster and records (`settle`).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from runner.errors import NotAvailableError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from runner.tracking.ledger import Ledger, RunRecord
+
+BACKENDS = ("local", "slurm")
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A cluster job as its scheduler reports it."""
+
+    name: str  # the scheduler's own word: PENDING, RUNNING, COMPLETED, TIMEOUT, ...
+    status: str | None  # the run's status once the job has ended (FINISHED, FAILED, KILLED); else None
+    exit_code: int | None = None
+    node: str | None = None
+    reason: str | None = None  # the scheduler's reason, when it gives one (TimeLimit, Preempted, ...)
+
+    @property
+    def ended(self) -> bool:
+        return self.status is not None
+
+
+@dataclass(frozen=True)
+class JobOf:
+    """Carried by the request of a runner inside a cluster job: which backend, which ledger row."""
+
+    backend: str
+    run_id: str
+
+
+def get(name: str | None) -> ModuleType:
+    name = name or "local"
+    if name not in BACKENDS:
+        raise NotAvailableError(f"backend {name!r} is not available",
+                                hint=f"choose one of: {', '.join(BACKENDS)} (-b/--backend)",
+                                python_hint=f"choose one of: {', '.join(BACKENDS)} (backend=)")
+    return importlib.import_module(f"runner.backends.{name}")
+
+
+def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> RunRecord:
+    """Record the end of a cluster run whose job is over but whose runner never said how it went
+    (cancelled while pending, killed with its node, out of memory). Returns the row as it is now."""
+    from runner.tracking.runs import end_in_tracking, find
+
+    if record.finished or record.backend == "local":
+        return record
+    backend = get(record.backend)
+    if record.job_id is None:
+        from runner.processes import process_is
+
+        if process_is(record.runner_pid, record.runner_start):
+            return record  # still being submitted
+        state = JobState("NOT SUBMITTED", "FAILED")
+        reason = "the submission was interrupted before the job was queued"
+    else:
+        state = state or backend.job_state(record.job_id)
+        if state is None:
+            state = JobState("UNKNOWN", "FAILED")
+            reason = f"{record.backend} job {record.job_id} is gone and the cluster kept no record of its end"
+        elif not state.ended:
+            return record
+        else:
+            reason = f"{record.backend} job {record.job_id} ended {state.name}"
+    current = find(ledger, record.id)
+    if current.finished:  # the runner inside the job recorded the end meanwhile
+        return current
+    if ledger.finish(record.id, state.status, state.exit_code, reason):  # type: ignore[arg-type]
+        if end_in_tracking(record.tracking_run_id, record.tracking_uri, state.status):  # type: ignore[arg-type]
+            ledger.tracking_ended(record.id)
+    return find(ledger, record.id)
+
+
+def reconcile(ledger: Ledger) -> list[RunRecord]:
+    """Everything the ledger says is going but is not: local runs whose runner died (see
+    tracking.runs.reconcile), and cluster runs whose job is over. Returns the runs it ended."""
+    from runner.tracking.runs import reconcile as reconcile_local
+
+    ended = reconcile_local(ledger)
+    for record in ledger.unfinished_jobs():
+        try:
+            after = settle(ledger, record)
+        except Exception:  # noqa: BLE001 - an unreachable cluster must not stop a local run
+            continue
+        if after.finished:
+            ended.append(after)
+    return ended
+
+
+def cancel(ledger: Ledger, record: RunRecord, wait: float = 30.0) -> RunRecord:
+    """Cancel a cluster run (from any process): ask the cluster, then wait for the run's end."""
+    import time
+
+    from runner.tracking.runs import find
+
+    backend = get(record.backend)
+    if record.job_id is not None:
+        backend.cancel(record.job_id)
+    deadline = time.monotonic() + wait
+    while True:
+        current = settle(ledger, find(ledger, record.id))
+        if current.finished or time.monotonic() > deadline:
+            return current
+        time.sleep(0.2)

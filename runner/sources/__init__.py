@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from runner.sources.urls import GitRemote
 
 
+STAGED_MARKER = ".mlproject-staged"  # written last into a snapshot staged for a cluster's nodes
+
+
 @dataclass(frozen=True)
 class ProjectDir:
     path: Path  # the directory holding MLproject (subdirectory applied)
@@ -145,7 +148,10 @@ def fetch(
     path = _subdirectory(root, subdir, base or ".")
     state = working_copy.inspect(top) if top is not None else None
     if state is None:
-        return ProjectDir(path, shown)
+        # A project staged for a cluster's nodes is shared like a cached checkout: each run
+        # works in its own copy of it (see ProjectDir.private_copy).
+        staged = root if subdir == "" and (root / STAGED_MARKER).exists() else None
+        return ProjectDir(path, shown, checkout=staged)
     origin = state.origin_url
     if origin is not None and "@" in origin:  # (the URL module is only imported when needed)
         from runner.sources import urls

@@ -3,7 +3,10 @@
 WAL mode and a busy timeout make it safe for many runs writing at once. A row
 is written when the command starts and completed when it ends; a runner that
 was killed (SIGKILL, power loss) leaves a RUNNING row whose runner process is
-gone, which the next invocation notices and ends as FAILED (`reconcile`).
+gone, which the next invocation on the same host notices and ends as FAILED
+(`reconcile`). A run on a cluster backend is SCHEDULED from its submission until
+the runner on a node takes its row over (RUNNING, that runner's process and host);
+the backend settles a row whose job ended without a word from that runner.
 A tracked run's row also says whether its MLflow run was ended: one whose
 runner died, or whose tracking server stayed down, before the end reached
 tracking is ended there by a later invocation.
@@ -20,11 +23,12 @@ from pathlib import Path
 from runner import home
 from runner.processes import process_is, start_ticks
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+UNFINISHED = ("SCHEDULED", "RUNNING")
 _COLUMNS = (
     "id", "tracking_run_id", "tracking_uri", "project_uri", "project_dir", "git_commit", "entry_point",
     "parameters", "env_manager", "env_key", "command", "status", "exit_code", "reason", "start_time",
-    "end_time", "log_path", "runner_pid", "runner_start", "pgid", "tracking_ended",
+    "end_time", "log_path", "runner_pid", "runner_start", "pgid", "tracking_ended", "backend", "job_id", "host",
 )
 # How long a tracking server may stay unreachable before a run's end there is given up.
 _TRACKING_END_WINDOW = 7 * 24 * 3600
@@ -53,6 +57,13 @@ class RunRecord:
     runner_start: int | None = None  # the runner process's start time: a reused PID is not it
     pgid: int | None = None
     tracking_ended: int | None = None  # tracked runs: 0 until the MLflow run was ended, then 1
+    backend: str = "local"
+    job_id: str | None = None  # the cluster's job ID (slurm)
+    host: str | None = None  # where runner_pid lives: only a runner on that host can tell it is gone
+
+    @property
+    def finished(self) -> bool:
+        return self.status not in UNFINISHED
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in _COLUMNS}
@@ -89,6 +100,9 @@ class Ledger:
                 self._db.execute("UPDATE runs SET tracking_ended = 0 WHERE status = 'RUNNING' AND tracking_run_id IS NOT NULL")
                 self._db.execute("CREATE INDEX IF NOT EXISTS runs_not_ended_in_tracking ON runs (end_time)"
                                  " WHERE tracking_ended = 0")
+            if version < 3:
+                for column in ("backend TEXT", "job_id TEXT", "host TEXT"):
+                    self._db.execute(f"ALTER TABLE runs ADD COLUMN {column}")
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._db.execute("COMMIT")
         except BaseException:
@@ -102,6 +116,7 @@ class Ledger:
         record.start_time = record.start_time or time.time()
         record.runner_pid = record.runner_pid or os.getpid()
         record.runner_start = record.runner_start or start_ticks(record.runner_pid)
+        record.host = record.host or this_host()
         if record.tracking_run_id and record.tracking_ended is None:
             record.tracking_ended = 0
         values = record.as_dict()
@@ -114,11 +129,26 @@ class Ledger:
     def set_process(self, run_id: str, pgid: int) -> None:
         self._db.execute("UPDATE runs SET pgid = ? WHERE id = ?", (pgid, run_id))
 
-    def finish(self, run_id: str, status: str, exit_code: int | None, reason: str | None = None) -> None:
-        self._db.execute(
-            "UPDATE runs SET status = ?, exit_code = ?, reason = ?, end_time = ? WHERE id = ? AND status = 'RUNNING'",
+    def set_job(self, run_id: str, job_id: str) -> None:
+        self._db.execute("UPDATE runs SET job_id = ? WHERE id = ?", (job_id, run_id))
+
+    def take_over(self, run_id: str) -> RunRecord | None:
+        """The runner of a cluster job makes the submitted row its own: RUNNING, with its process
+        and host. None when the row is gone or already ended (cancelled while the job started)."""
+        pid = os.getpid()
+        changed = self._db.execute(
+            "UPDATE runs SET status = 'RUNNING', runner_pid = ?, runner_start = ?, host = ?, pgid = NULL"
+            " WHERE id = ? AND status IN ('SCHEDULED', 'RUNNING')",
+            (pid, start_ticks(pid), this_host(), run_id),
+        ).rowcount
+        return self.get(run_id)[0] if changed else None
+
+    def finish(self, run_id: str, status: str, exit_code: int | None, reason: str | None = None) -> bool:
+        """End an unfinished row; False if it had ended already (the first outcome stands)."""
+        return bool(self._db.execute(
+            "UPDATE runs SET status = ?, exit_code = ?, reason = ?, end_time = ? WHERE id = ? AND status IN ('SCHEDULED', 'RUNNING')",
             (status, exit_code, reason, time.time(), run_id),
-        )
+        ).rowcount)
 
     def tracking_ended(self, run_id: str) -> None:
         self._db.execute("UPDATE runs SET tracking_ended = 1 WHERE id = ?", (run_id,))
@@ -126,7 +156,7 @@ class Ledger:
     def not_ended_in_tracking(self) -> list[RunRecord]:
         """Ended rows whose MLflow run was not ended, and whose runner is gone (recent ones only)."""
         rows = self._db.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE tracking_ended = 0 AND status != 'RUNNING' AND end_time > ?",
+            f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE tracking_ended = 0 AND status NOT IN ('SCHEDULED', 'RUNNING') AND end_time > ?",
             (time.time() - _TRACKING_END_WINDOW,),
         ).fetchall()
         return [r for r in map(_record, rows) if not process_is(r.runner_pid, r.runner_start)]
@@ -149,12 +179,25 @@ class Ledger:
         return [_record(row) for row in self._db.execute(query, args).fetchall()]
 
     def orphans(self) -> list[RunRecord]:
-        """RUNNING rows whose runner process is gone."""
-        rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE status = 'RUNNING'").fetchall()
+        """RUNNING rows of this host whose runner process is gone."""
+        rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE status = 'RUNNING' AND (host IS NULL OR host = ?)",
+                                (this_host(),)).fetchall()
         return [r for r in map(_record, rows) if not process_is(r.runner_pid, r.runner_start)]
+
+    def unfinished_jobs(self) -> list[RunRecord]:
+        """Unfinished rows of cluster backends: their jobs are asked how they are doing."""
+        rows = self._db.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE status IN ('SCHEDULED', 'RUNNING') AND backend IS NOT NULL AND backend != 'local'"
+        ).fetchall()
+        return [_record(row) for row in rows]
+
+
+def this_host() -> str:
+    return os.uname().nodename
 
 
 def _record(row: tuple) -> RunRecord:
     values = dict(zip(_COLUMNS, row))
     values["parameters"] = json.loads(values["parameters"] or "{}")
+    values["backend"] = values["backend"] or "local"
     return RunRecord(**values)

@@ -101,6 +101,10 @@ class LibraryTracker:
     def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
         self._call("ending the run", lambda: self.client().set_terminated(run_id, status, end_time_ms or now_ms()))
 
+    def set_status(self, run_id: str, status: str) -> None:
+        """A status that is not an end (SCHEDULED while a cluster job waits in its queue)."""
+        self._call("setting the run's status", lambda: self.client().update_run(run_id, status=status))
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         client = self.client()
         self._call("tagging the run", lambda: [client.set_tag(run_id, k, v) for k, v in tags.items()])

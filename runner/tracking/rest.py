@@ -257,6 +257,10 @@ class RestTracker:
         self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": status, "end_time": end_time_ms or now_ms()},
                    transient_retry=False)
 
+    def set_status(self, run_id: str, status: str) -> None:
+        """A status that is not an end (SCHEDULED while a cluster job waits in its queue)."""
+        self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": status})
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self._call("POST", "/api/2.0/mlflow/runs/log-batch",
                    {"run_id": run_id, "tags": [{"key": k, "value": v} for k, v in tags.items()]})

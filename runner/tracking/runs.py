@@ -149,7 +149,7 @@ def follow(record: RunRecord, ledger: Ledger, write, poll: float = 0.2) -> None:
     """Write the run's log as it grows, until the run has ended and the log is drained."""
     position = 0
     while True:
-        ended = find(ledger, record.id).status != "RUNNING"
+        ended = find(ledger, record.id).finished
         chunk = _read_from(record.log_path, position)
         if chunk:
             position += len(chunk)

@@ -77,6 +77,10 @@ class TrackedRun:
         if self.context is not None and self.request is not None:
             self.tracker.record_start(self.request, self.context.run_id)  # type: ignore[union-attr]
 
+    def set_status(self, status: str) -> None:
+        if self.context is not None:
+            self.tracker.set_status(self.context.run_id, status)  # type: ignore[union-attr]
+
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.context is not None and tags:
             self.tracker.set_tags(self.context.run_id, tags)  # type: ignore[union-attr]
@@ -158,13 +162,14 @@ def project_tags(
     branch: str | None = None,
     dirty: bool | None = None,
     branch_named: bool = False,
+    backend: str = "local",
 ) -> dict[str, str]:
     tags = {
         "mlflow.user": _user(),
         "mlflow.source.name": source_name,
         "mlflow.source.type": "PROJECT",
         "mlflow.project.entryPoint": entry_point,
-        "mlflow.project.backend": "local",
+        "mlflow.project.backend": backend,
         "mlproject.version": __version__,
     }
     if env_manager != "local":

@@ -160,6 +160,14 @@ class SqliteTracker:
         except sqlite3.Error as exc:
             raise TrackingError(f"cannot end run {run_id} in {self.uri}: {exc}") from None
 
+    def set_status(self, run_id: str, status: str) -> None:
+        """A status that is not an end (SCHEDULED while a cluster job waits in its queue)."""
+        db = self._db()
+        try:
+            db.execute("UPDATE runs SET status = ?, end_time = NULL WHERE run_uuid = ?", (status, run_id))
+        finally:
+            db.close()
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         db = self._db()
         try:

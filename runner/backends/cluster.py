@@ -1,0 +1,185 @@
+"""A run on a cluster, seen from any process: its ledger row, its job, its output file.
+
+`ClusterRun` is the SubmittedRun of a cluster backend. It follows the run from the
+ledger (which the runner inside the job keeps) and from the scheduler (for the ends
+that runner cannot record), echoes the job's output as it is written, and cancels
+through the scheduler. The submitter gets one; `runner.attach(run_id)` gives one to
+any other process."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from runner.tracking.ledger import RunRecord
+
+_POLL_SECONDS = 0.1  # the ledger and the output file (local reads)
+_JOB_POLL_SECONDS = 1.0  # the scheduler (a command, and a request to its controller)
+# After the scheduler says the job ended, the runner inside it is given this long to record
+# the end itself (it knows the exit code and why); then the scheduler's word is recorded.
+_RUNNER_GRACE_SECONDS = 3.0
+
+
+class ClusterRun:
+    def __init__(self, record: RunRecord, *, echo: bool = False, tracking_uri: str | None = None,
+                 experiment_id: str | None = None):
+        self.run_id = record.tracking_run_id or record.id
+        self.ledger_id = record.id
+        self.backend = record.backend
+        self.job_id = record.job_id
+        self.log_path = Path(record.log_path) if record.log_path else None
+        self.tracking_uri = tracking_uri if tracking_uri is not None else record.tracking_uri
+        self.experiment_id = experiment_id
+        self.exit_code: int | None = record.exit_code
+        self.reason: str | None = record.reason
+        self.cancel_signal: int | None = None
+        self.launching = True  # what the CLI's Ctrl-C handler asks: a cancel now goes to the job
+        self._status = record.status
+        self._echo = echo
+        self._done = threading.Event()
+        self._cancelling = threading.Lock()
+        if record.finished:
+            self._done.set()
+            if echo:
+                self._write(_read_from(self.log_path, 0))
+        else:
+            threading.Thread(target=self._follow, daemon=True, name="mlproject-follow").start()
+
+    # -- the SubmittedRun interface ------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run ends; True if it FINISHED. Ctrl-C cancels the job."""
+        try:
+            if timeout is None:
+                while not self._done.wait(0.5):
+                    pass
+            elif not self._done.wait(timeout):
+                return False
+        except KeyboardInterrupt:
+            self.cancel(signal.SIGINT)
+            raise
+        return self._status == "FINISHED"
+
+    def get_status(self) -> str:
+        """SCHEDULED (queued), RUNNING, then FINISHED, FAILED or KILLED."""
+        return self._status
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self, signum: int = signal.SIGTERM) -> None:
+        """Cancel the job and wait until the run's end is recorded."""
+        self.request_cancel(signum)
+        while not self._done.wait(0.5):
+            pass
+
+    def request_cancel(self, signum: int = signal.SIGTERM) -> None:
+        """Ask the scheduler to cancel the job, without blocking (safe in a signal handler)."""
+        if self._done.is_set() or not self._cancelling.acquire(blocking=False):
+            return  # already asked: the scheduler is taking the job down
+        self.cancel_signal = self.cancel_signal or signum
+        threading.Thread(target=self._cancel_job, daemon=True, name="mlproject-cancel").start()
+
+    def sync_window_size(self, from_fd: int = 1) -> None:
+        """The job's output is a file, not a terminal: nothing to resize."""
+
+    def __repr__(self) -> str:
+        return f"ClusterRun(run_id={self.run_id!r}, {self.backend} job {self.job_id}, status={self._status!r})"
+
+    # -- internals ---------------------------------------------------------------------
+    def _cancel_job(self) -> None:
+        from runner import backends
+
+        if self.backend == "local":  # a run of another process on this host: through its runner
+            from runner.tracking.ledger import Ledger
+            from runner.tracking.runs import cancel
+
+            ledger = Ledger()
+            try:
+                cancel(ledger, self.ledger_id)
+            except Exception:  # noqa: BLE001 - the follower still records whatever happens
+                pass
+            finally:
+                ledger.close()
+        elif self.job_id is not None:
+            try:
+                backends.get(self.backend).cancel(self.job_id)
+            except Exception:  # noqa: BLE001 - the follower still records whatever happens
+                pass
+
+    def _write(self, chunk: bytes) -> None:
+        while chunk:
+            try:
+                written = os.write(1, chunk)
+            except OSError:
+                return  # our stdout went away; the file keeps everything
+            chunk = chunk[written:]
+
+    def _follow(self) -> None:
+        from runner import backends
+        from runner.tracking.ledger import Ledger
+        from runner.tracking.runs import find
+
+        ledger = Ledger()
+        position = 0
+        next_job_poll = time.monotonic() + _JOB_POLL_SECONDS
+        ended_at: float | None = None  # when the scheduler was first seen saying the job ended
+        try:
+            while True:
+                record = find(ledger, self.ledger_id)
+                chunk = _read_from(self.log_path, position)
+                if chunk:
+                    position += len(chunk)
+                    if self._echo:
+                        self._write(chunk)
+                self._status = record.status
+                if record.finished:
+                    if self._echo:  # what was written before the end was recorded
+                        self._write(_read_from(self.log_path, position))
+                    self.exit_code, self.reason = record.exit_code, record.reason
+                    return
+                now = time.monotonic()
+                if now >= next_job_poll:
+                    next_job_poll = now + _JOB_POLL_SECONDS
+                    record = self._check_job(ledger, record)
+                    if record is not None and ended_at is None:
+                        ended_at = now
+                    if record is not None and now - ended_at >= _RUNNER_GRACE_SECONDS:
+                        backends.settle(ledger, record)
+                time.sleep(_POLL_SECONDS)
+        finally:
+            ledger.close()
+            self._done.set()
+
+    def _check_job(self, ledger, record: RunRecord) -> RunRecord | None:
+        """The record when the scheduler says its job has ended (or forgot it); else None."""
+        from runner import backends
+
+        if record.backend == "local":  # its runner died without a word: the ledger's reconcile ends it
+            from runner.tracking.runs import reconcile
+
+            reconcile(ledger)
+            return None
+        if record.job_id is None:
+            return None
+        self.job_id = record.job_id
+        try:
+            state = backends.get(record.backend).job_state(record.job_id)
+        except Exception:  # noqa: BLE001 - the scheduler did not answer this time; ask again later
+            return None
+        return record if state is None or state.ended else None
+
+
+def _read_from(path: Path | None, position: int) -> bytes:
+    if path is None:
+        return b""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(position)
+            return handle.read()
+    except OSError:
+        return b""

@@ -1,0 +1,216 @@
+"""The local backend: the run's command starts here, as a child of this process (see runner.launch).
+
+Also the second half of every cluster job: the runner inside the job is a local run of
+the row its submitter wrote (`RunRequest.job_of`)."""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from runner import home
+from runner.errors import LaunchError, RunFailedError, RunnerError, UsageError
+from runner.launch import SubmittedRun, start
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
+    from typing import Callable
+
+    from runner.backends import JobOf
+    from runner.request import PreparedRun, RunRequest
+
+
+def check(config: dict, request: RunRequest) -> None:
+    if config:
+        raise UsageError(f"the local backend takes no backend config (got {', '.join(sorted(config))})",
+                         hint="leave out -c/--backend-config, or choose a cluster backend with -b",
+                         python_hint="leave out backend_config, or choose a cluster backend with backend=")
+    if request.detach:
+        raise UsageError("--detach is for cluster backends (-b slurm); a local run ends with its runner",
+                         hint="run it in the background with your shell (&, nohup, tmux) instead",
+                         python_hint="use synchronous=False and keep the process alive")
+
+
+def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | None) -> SubmittedRun:
+    """Record the run in the ledger, prepare its environment and inputs, start its command here."""
+    from runner.envs import realize
+    from runner.tracking import downloads, pending, redact
+    from runner.tracking.ledger import RunRecord
+
+    the_plan, tracked, ledger, notify = state.plan, state.tracked, state.ledger, state.notify
+    planned, tracking_plan, progress = state.environment, state.tracking, state.progress
+    job_of = state.request.job_of
+    # The MLflow run ID when tracked (one ID everywhere); otherwise one of the same
+    # form. A continued MLflow run (--run-id) is a new attempt in the ledger; a cluster
+    # job continues the row its submitter wrote.
+    run_id = job_of.run_id if job_of else (None if tracked.continued else tracked.run_id) or os.urandom(16).hex()
+    run_dir = home.subdir("runs") / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    context = tracked.context
+    submitted = SubmittedRun(tracked.run_id or run_id, run_dir / "output.log",
+                             redact(context.tracking_uri) if context else None, context.experiment_id if context else None)
+    if on_submitted is not None:
+        on_submitted(submitted)  # from here on a cancel request stops the run, even mid-start
+
+    invocation = the_plan.invocation
+    command = invocation.command
+    if job_of is not None:
+        if ledger.take_over(run_id) is None:
+            tracked.ended = True  # its end was recorded by whoever ended the row
+            ledger.close()
+            raise LaunchError(f"run {run_id} was ended before its job started (cancelled?)",
+                              hint=f"see `mlproject runs show {run_id}`")
+    else:
+        ledger.start(RunRecord(
+            id=run_id,
+            project_uri=the_plan.source.uri,
+            project_dir=str(the_plan.project.directory),
+            entry_point=invocation.entry_point,
+            command=command,
+            env_manager=the_plan.env_manager,
+            env_key=planned.key,
+            log_path=str(submitted.log_path),
+            parameters={**invocation.texts, **invocation.extra},
+            git_commit=the_plan.source.commit,
+            tracking_run_id=tracked.run_id,
+            tracking_uri=redact(tracking_plan.uri) if tracked.run_id else None,
+        ))
+    pending.clear(state.note)  # the ledger has the run now
+    tracked.artifacts.append((submitted.log_path, None))
+
+    def end(status: str, exit_code: int | None, reason: str | None) -> None:
+        if job_of is not None and status == "KILLED":
+            # Signalled by the cluster: its time limit (FAILED), or a cancel (KILLED)?
+            status, reason = _cluster_verdict(job_of, status, reason)
+        # The ledger first: the outcome is never lost, even if tracking is down. Until
+        # the row says the MLflow run was ended, a later invocation will end it there.
+        try:
+            ledger.finish(run_id, status, exit_code, reason)
+        finally:
+            try:
+                tracked.finish(status, notify)
+                if tracked.end_recorded:
+                    ledger.tracking_ended(run_id)
+            finally:
+                ledger.close()
+
+    inputs_dir = run_dir / "inputs"
+    private = run_dir / "work"  # this run's own copy of a cached commit (see ProjectDir.private_copy)
+    prepared = None
+    try:
+        tracked.record_start()  # a refusal here ends the run FAILED, in the ledger and in tracking
+        prepared = realize(planned, progress)
+        if the_plan.source.checkout is not None and prepared.environment.container is None:
+            # (a container mounts the shared checkout read-only, which binds root too)
+            invocation = replace(invocation, cwd=the_plan.source.private_copy(private))
+        if invocation.remote:
+            local = downloads.download(invocation.remote, inputs_dir, tracking_plan.uri, tracking_plan.library)
+            invocation = invocation.localize(the_plan.project.entry_point(invocation.entry_point), local)
+            command = invocation.command
+        if prepared.environment.run_tags:
+            tracked.set_tags(dict(prepared.environment.run_tags))
+    except BaseException as exc:
+        interrupted = not isinstance(exc, Exception)
+        reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
+        end("KILLED" if interrupted else "FAILED", None, f"preparation: {reason}")
+        _remove_inputs(inputs_dir, private)
+        if prepared is not None:
+            prepared.release()
+        if isinstance(exc, RunnerError):
+            _keep_evidence(submitted, exc)
+        raise
+    environment = prepared.environment
+    if environment.prefix is not None:
+        tracked.artifacts.append((environment.prefix / ".mlproject" / "packages.txt", "environment"))
+
+    child_env = environment.apply(os.environ)
+    child_env.update(tracked.child_env())
+    if tracked.context is not None and tracked.context.artifact_uri:
+        # Where the run's artifacts go: a container must be able to write there too.
+        child_env["MLPROJECT_ARTIFACT_URI"] = tracked.context.artifact_uri
+    # Output goes through a pipe to be teed; keep Python children streaming live.
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    # Lets a later invocation recognise this run's processes if the runner dies.
+    child_env["MLPROJECT_RUN_ID"] = run_id
+
+    def on_finish(outcome) -> None:
+        try:
+            reason = f"stopped by signal {submitted.cancel_signal}" if outcome.status == "KILLED" else None
+            end(outcome.status, outcome.exit_code, reason)
+        finally:
+            if environment.container is not None:  # gone even if its launcher was killed
+                environment.container.cleanup(run_id)
+            prepared.release()
+            the_plan.source.release()
+            _remove_inputs(inputs_dir, private)
+
+    notify(f"=== Running command '{command}' in run with ID '{submitted.run_id}' ===")
+    submitted.launching = True  # from here a cancel stops the command instead of the preparation
+    try:
+        start(
+            submitted,
+            environment.argv(command, child_env),
+            invocation.cwd,
+            child_env,
+            echo=state.request.stream_output,
+            on_started=lambda pgid: ledger.set_process(run_id, pgid),
+            on_finish=on_finish,
+        )
+    except BaseException:
+        prepared.release()
+        raise
+    if tracked.run_id is not None:
+        # What the run's end needs (shutil, for the log artifact: ~10 ms with the archive
+        # modules it loads) is imported while the command runs and this thread only waits.
+        from runner.tracking import BackgroundImport
+
+        BackgroundImport("runner.tracking.artifacts")
+    if state.request.synchronous:
+        if not submitted.wait():
+            raise RunFailedError(
+                f"run {run_id} {submitted.get_status().lower()} (exit code {submitted.exit_code})",
+                submitted,
+                submitted.exit_code or 1,
+            )
+    return submitted
+
+
+def _keep_evidence(submitted: SubmittedRun, exc: RunnerError) -> None:
+    """A run that failed before its command started: its error names it, and what the installer
+    printed is in its log (`mlproject runs logs ID`), not only in the terminal's scrollback."""
+    output = getattr(exc, "output", None) or exc.details
+    if output and submitted.log_path is not None:
+        with open(submitted.log_path, "a", encoding="utf-8") as log:
+            log.write(f"{output.rstrip()}\nerror: {exc.message}\n")
+        exc.hint = f"the full output is in the run's log: mlproject runs logs {submitted.run_id}"
+    exc.message = f"run {submitted.run_id}: {exc.message}"
+    exc.problems = [exc.message]
+
+
+def _remove_inputs(*directories: Path) -> None:
+    """Downloaded remote inputs, and a private copy of a cached checkout, live as long as their run.
+
+    Removed by one `rm -rf`: shutil costs ~11 ms to import (it loads the archive modules), more
+    than the removal of a small copy, and nothing else on this path needs it."""
+    existing = [str(directory) for directory in directories if directory.exists()]
+    if not existing:
+        return
+    from runner.subprocesses import capture
+
+    try:
+        capture(["rm", "-rf", "--", *existing])
+    except OSError:  # no rm on this machine
+        import shutil
+
+        for directory in existing:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _cluster_verdict(job_of: JobOf, status: str, reason: str | None) -> tuple[str, str | None]:
+    from runner.backends import get
+
+    try:
+        verdict = get(job_of.backend).stopped_by_cluster()
+    except Exception:  # noqa: BLE001 - the signal's own account stands
+        return status, reason
+    return verdict or (status, reason)

@@ -1,0 +1,393 @@
+"""The Slurm backend: a run becomes a batch job that runs the runner itself on a node.
+
+Submission (this host): the run is created in tracking (SCHEDULED) and in the ledger,
+the project is made reachable from the nodes (a cached git commit as it is, a local
+directory as a content-addressed snapshot), the request is written as JSON next to
+the run's log, and `sbatch` queues a script that only says
+`exec <python> -m runner job <request.json>`. Tracking settings and credentials reach
+the job through its environment (sbatch passes the submitter's), never the script
+or a command line.
+
+On the node the runner continues that run as a local run does (environment by its
+hash, the store's locks, RUNNING, the end). What it cannot record (cancelled while
+pending, a dead node) is read from Slurm: `scontrol` while the controller remembers the
+job, then `sacct`, then the job completion log; see `job_state`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner import home
+from runner.backends import JobState
+from runner.errors import LaunchError, RunFailedError, RunnerError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+    from runner.backends.cluster import ClusterRun
+    from runner.request import PreparedRun, RunRequest
+
+# mlflow-slurm's keys, with its meaning: key -> sbatch option (None: handled below).
+_SBATCH_OPTIONS = {
+    "partition": "--partition", "account": "--account", "time": "--time", "mem": "--mem", "nodes": "--nodes",
+    "ntasks": "--ntasks", "gpus_per_node": "--gpus-per-node", "gres": "--gres", "job_name": "--job-name",
+}
+_LISTS = ("modules", "exports", "sbatch_args")
+_PATHS = ("staging_dir", "python", "mlproject_home", "sbatch-script-file")
+KNOWN_KEYS = (*_SBATCH_OPTIONS, "exclusive", "environment", *_LISTS, *_PATHS)
+
+# Slurm's final job states, as the run ends. Everything else (PENDING, RUNNING, COMPLETING,
+# CONFIGURING, REQUEUED, SUSPENDED, ...) is a job still under way.
+_ENDS = {
+    "COMPLETED": "FINISHED", "CANCELLED": "KILLED", "FAILED": "FAILED", "TIMEOUT": "FAILED",
+    "OUT_OF_MEMORY": "FAILED", "NODE_FAIL": "FAILED", "BOOT_FAIL": "FAILED", "DEADLINE": "FAILED",
+    "PREEMPTED": "FAILED", "REVOKED": "FAILED", "SPECIAL_EXIT": "FAILED",
+}
+# Variables the runner inside the job needs (with --export=NAMES, only these and the user's go).
+_RUNNER_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                     "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
+                     "MLFLOW_TRACKING_CLIENT_CERT_PATH", "MLPROJECT_HOME", "MLPROJECT_NO_TRACKING",
+                     "MLPROJECT_KILL_GRACE", "PYTHONPATH")
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """The backend config, checked: what sbatch is given and where things are on the nodes."""
+
+    sbatch_args: tuple[str, ...]
+    modules: tuple[str, ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()
+    exports: tuple[str, ...] | None = None  # None: sbatch's default, the whole environment
+    script_file: Path | None = None
+    staging_dir: Path = field(default_factory=lambda: home.home() / "staging")
+    python: str = sys.executable
+    home: Path = field(default_factory=home.home)
+
+
+def _problem(message: str, hint: str) -> UsageError:
+    return UsageError(f"slurm backend: {message}", hint=hint)
+
+
+def check(config: dict[str, Any], request: RunRequest) -> SlurmOptions:
+    """The config as options, and what can be checked before anything is created: sbatch is
+    here, the partition exists, the runner's interpreter for the nodes exists."""
+    unknown = sorted(set(config) - set(KNOWN_KEYS))
+    if unknown:
+        raise _problem(f"unknown config key(s): {', '.join(unknown)}", f"known keys: {', '.join(KNOWN_KEYS)}")
+    sbatch_args: list[str] = []
+    for key, option in _SBATCH_OPTIONS.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value).strip() == "":
+            raise _problem(f"{key} must be a string or a number, not {json.dumps(value)}", f'for example "{key}": "..."')
+        sbatch_args.append(f"{option}={value}")
+    exclusive = config.get("exclusive", False)
+    if not isinstance(exclusive, bool):
+        raise _problem(f"exclusive must be true or false, not {json.dumps(exclusive)}", '"exclusive": true')
+    if exclusive:
+        sbatch_args.append("--exclusive")
+    lists = {}
+    for key in _LISTS:
+        value = config.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise _problem(f"{key} must be a list of strings", f'for example "{key}": ["..."]')
+        lists[key] = tuple(value)
+    sbatch_args += lists["sbatch_args"]
+    environment = _environment(config.get("environment", []))
+    paths = {}
+    for key in _PATHS:
+        value = config.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise _problem(f"{key} must be a path", f'for example "{key}": "/shared/..."')
+        paths[key] = value
+    cwd = request.caller_cwd()
+    python = paths["python"] or sys.executable
+    if not (os.path.isabs(python) and os.access(python, os.X_OK)):
+        raise _problem(f"the runner's Python for the nodes, {python!r}, is not an executable absolute path",
+                       'set "python" to the interpreter that has mlproject-runner installed, as the nodes see it')
+    options = SlurmOptions(
+        sbatch_args=tuple(sbatch_args),
+        modules=lists["modules"],
+        environment=environment,
+        exports=lists["exports"] if "exports" in config else None,
+        script_file=(cwd / paths["sbatch-script-file"]) if paths["sbatch-script-file"] else None,
+        staging_dir=Path(paths["staging_dir"]).expanduser().absolute() if paths["staging_dir"] else home.home() / "staging",
+        python=python,
+        home=Path(paths["mlproject_home"]).expanduser().absolute() if paths["mlproject_home"] else home.home(),
+    )
+    _check_cluster(config.get("partition"))
+    return options
+
+
+def _environment(value: Any) -> tuple[tuple[str, str], ...]:
+    """mlflow-slurm's `environment`: ["NAME=value", ...] (or, ours too, {"NAME": "value"})."""
+    items = list(value.items()) if isinstance(value, dict) else None
+    if items is None:
+        if not isinstance(value, list) or not all(isinstance(item, str) and "=" in item for item in value):
+            raise _problem("environment must be a list of NAME=value strings", '"environment": ["OMP_NUM_THREADS=4"]')
+        items = [tuple(item.split("=", 1)) for item in value]
+    for name, _ in items:
+        if not name.replace("_", "a").isalnum() or name[0].isdigit():
+            raise _problem(f"environment: {name!r} is not a variable name", '"environment": ["OMP_NUM_THREADS=4"]')
+    return tuple((name, str(val)) for name, val in items)
+
+
+def _check_cluster(partition: str | None) -> None:
+    import shutil
+
+    from runner.subprocesses import capture
+
+    if shutil.which("sbatch") is None:
+        raise _problem("sbatch is not on PATH", "run on a Slurm submit host, or add Slurm's bin directory to PATH")
+    if partition is None:
+        return
+    code, output, _ = capture(["scontrol", "show", "partition", "-o", str(partition)])
+    if code != 0 or f"PartitionName={partition} " not in output + " ":
+        if "not found" not in output and code != 0:  # the controller did not answer
+            raise _problem(f"cannot reach the Slurm controller: {output.strip().splitlines()[-1] if output.strip() else code}",
+                           "check `sinfo` on this host")
+        _, names, _ = capture(["sinfo", "-h", "-o", "%R"])
+        known = ", ".join(sorted(set(names.split()))) or "none"
+        raise _problem(f"no partition {partition!r} on this cluster", f"partitions here: {known}")
+
+
+# -- submission -------------------------------------------------------------------------
+def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None) -> ClusterRun:
+    """Write the job, record the run (SCHEDULED), queue the job; then follow it unless detached."""
+    from runner.backends.cluster import ClusterRun
+    from runner.tracking import pending, redact
+    from runner.tracking.ledger import RunRecord
+
+    options: SlurmOptions = state.backend_options
+    request, the_plan, tracked, ledger = state.request, state.plan, state.tracked, state.ledger
+    run_id = (None if tracked.continued else tracked.run_id) or os.urandom(16).hex()
+    run_dir = home.subdir("runs") / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "job.log"
+    record = RunRecord(
+        id=run_id, project_uri=the_plan.source.uri, project_dir=str(the_plan.project.directory),
+        entry_point=the_plan.invocation.entry_point, command=the_plan.invocation.command,
+        env_manager=the_plan.env_manager, env_key=state.environment.key, log_path=str(log_path),
+        parameters={**the_plan.invocation.texts, **the_plan.invocation.extra}, git_commit=the_plan.source.commit,
+        tracking_run_id=tracked.run_id, tracking_uri=redact(state.tracking.uri) if tracked.run_id else None,
+        status="SCHEDULED", backend="slurm",
+    )
+    ledger.start(record)
+    pending.clear(state.note)  # the ledger has the run now
+    try:
+        tracked.record_start()
+        tracked.set_status("SCHEDULED")
+        uri, version = _project_for_nodes(the_plan.source, options, state.progress)
+        job_file = run_dir / "job.json"
+        job_file.write_text(json.dumps(_job_request(request, uri, version, the_plan.env_manager, run_id, tracked.run_id),
+                                       indent=2, default=str))
+        script = options.script_file or run_dir / "job.sh"
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(_script(options, job_file, record))
+        job_id = _sbatch(options, script, log_path, run_dir, _job_environment(state, options))
+    except BaseException as exc:
+        interrupted = not isinstance(exc, Exception)
+        reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
+        status = "KILLED" if interrupted else "FAILED"
+        ledger.finish(run_id, status, None, f"submission: {reason}")
+        tracked.finish(status, state.notify)
+        if tracked.end_recorded:
+            ledger.tracking_ended(run_id)
+        ledger.close()
+        raise
+    ledger.set_job(run_id, job_id)
+    tracked.ended = True  # from here the runner inside the job (or the scheduler's word) ends it
+    try:
+        tracked.set_tags({"mlproject.slurm.job_id": job_id})
+    except RunnerError as exc:
+        state.notify(f"warning: tracking: the run was not tagged with its job ID: {exc.message}")
+    ledger.close()
+    the_plan.source.release()  # the job fetches the project again, through the shared cache
+    state.notify(f"=== Submitted run '{tracked.run_id or run_id}' as Slurm job {job_id} ===")
+    record.job_id = job_id
+    context = tracked.context
+    submitted = ClusterRun(record, echo=request.stream_output and not request.detach,
+                           experiment_id=context.experiment_id if context else None)
+    if on_submitted is not None:
+        on_submitted(submitted)
+    if request.synchronous and not request.detach and not submitted.wait():
+        raise RunFailedError(f"run {run_id} {submitted.get_status().lower()} (exit code {submitted.exit_code})",
+                             submitted, submitted.exit_code or 1)
+    return submitted
+
+
+def _project_for_nodes(source, options: SlurmOptions, progress) -> tuple[str, str | None]:
+    """(URI, version) the runner on the node fetches: a cached commit is found in the shared git
+    cache by its (credential-free) URL and full hash; a local directory is staged."""
+    if source.checkout is not None:
+        return source.uri, source.commit
+    from runner.backends.staging import snapshot
+
+    return str(snapshot(source.path, options.staging_dir, progress)), None
+
+
+def _job_request(request: RunRequest, uri: str, version: str | None, env_manager: str, run_id: str,
+                 tracking_run_id: str | None) -> dict[str, Any]:
+    """The request the runner on the node carries out (parameters as given: the node resolves
+    them from the caller's directory, as this host did)."""
+    return {
+        "uri": uri, "version": version, "entry_point": request.entry_point,
+        "parameters": dict(request.parameters or {}), "env_manager": env_manager,
+        "docker_args": dict(request.docker_args or {}), "build_image": request.build_image, "locked": request.locked,
+        "storage_dir": request.storage_dir, "cwd": str(request.caller_cwd()),
+        "run_id": tracking_run_id, "job_of": {"backend": "slurm", "run_id": run_id},
+    }
+
+
+def _script(options: SlurmOptions, job_file: Path, record) -> str:
+    lines = [
+        "#!/bin/sh",
+        f"# mlproject-runner: run {record.id} ({record.project_uri}, entry point {record.entry_point}).",
+        "# The request is in the file below; tracking settings come from the job's environment.",
+    ]
+    lines += [f"module load {shlex.quote(module)}" for module in options.modules]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in options.environment]
+    lines.append(f"exec {shlex.quote(options.python)} -m runner job {shlex.quote(str(job_file))}")
+    return "\n".join(lines) + "\n"
+
+
+def _job_environment(state: PreparedRun, options: SlurmOptions) -> dict[str, str]:
+    """sbatch's own environment, which it hands to the job: where the runs are tracked (with
+    credentials) and where the runner keeps its state, as this host resolved them."""
+    env = dict(os.environ)
+    env.pop("MLFLOW_RUN_ID", None)  # the job continues its own run, named in the request
+    env["MLPROJECT_HOME"] = str(options.home)
+    if state.tracking.uri is None:
+        env["MLPROJECT_NO_TRACKING"] = "1"
+        env.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        env["MLFLOW_TRACKING_URI"] = state.tracking.uri
+    return env
+
+
+def _sbatch(options: SlurmOptions, script: Path, log_path: Path, run_dir: Path, env: dict[str, str]) -> str:
+    from runner.subprocesses import capture
+
+    argv = ["sbatch", *options.sbatch_args]
+    if options.exports is not None:
+        names = [*options.exports, *(name for name in _RUNNER_VARIABLES if name in env)]
+        argv.append("--export=" + ",".join(dict.fromkeys(names)))
+    # Last, so they win over sbatch_args: the runner follows this output file.
+    argv += ["--parsable", f"--output={log_path}", f"--chdir={run_dir}", str(script)]
+    try:
+        code, output, errors = capture(argv, env=env, merge_stderr=False)
+    except OSError as exc:
+        raise LaunchError(f"cannot run sbatch: {exc.strerror}", hint="is Slurm installed on this host?") from None
+    if code != 0:
+        message = (errors.strip() or output.strip() or f"exit code {code}").splitlines()[-1]
+        raise LaunchError(f"sbatch refused the job: {message.removeprefix('sbatch: error: ')}",
+                          hint="check the backend config (-c) against `sinfo` and your cluster's limits")
+    return output.strip().split(";")[0]
+
+
+# -- the job, as Slurm sees it ----------------------------------------------------------
+def job_state(job_id: str) -> JobState | None:
+    """How job `job_id` is doing: the controller while it remembers the job (MinJobAge), then
+    accounting (sacct, when the cluster has it), then the job completion log. None: no record."""
+    from runner.subprocesses import capture
+
+    code, output, _ = capture(["scontrol", "show", "job", "-o", job_id])
+    if code == 0 and "JobState=" in output:
+        return _state(_fields(output))
+    code, output, _ = capture(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,NodeList"])
+    line = output.strip().splitlines()[0] if code == 0 and output.strip() else ""
+    if line.count("|") == 2:
+        state, exit_code, nodes = line.split("|")
+        return _state({"JobState": state, "ExitCode": exit_code, "NodeList": nodes})
+    completion_log = _completion_log()
+    if completion_log is not None:
+        found = None
+        try:
+            with open(completion_log, encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    if line.startswith(f"JobId={job_id} "):
+                        found = line  # the last one: a requeued job is logged at each end
+        except OSError:
+            return None
+        if found:
+            return _state(_fields(found))
+    return None
+
+
+def _fields(line: str) -> dict[str, str]:
+    fields = {}
+    for word in line.split():
+        key, sep, value = word.partition("=")
+        if sep and key not in fields:
+            fields[key] = value
+    return fields
+
+
+def _state(fields: dict[str, str]) -> JobState:
+    name = fields.get("JobState", "UNKNOWN").split()[0].rstrip("+")  # sacct: "CANCELLED by 0"
+    status = _ENDS.get(name)
+    exit_code = None
+    code, _, signal_number = fields.get("ExitCode", "").partition(":")
+    if status is not None and code.isdigit():
+        exit_code = 128 + int(signal_number) if signal_number.isdigit() and int(signal_number) else int(code)
+    node = fields.get("NodeList")
+    reason = fields.get("Reason")
+    return JobState(name, status, exit_code, node if node and node != "(null)" else None,
+                    reason if reason and reason != "None" else None)
+
+
+_completion_log_cache: list[str | None] = []
+
+
+def _completion_log() -> str | None:
+    """The cluster's job completion log, when it keeps one as a text file (jobcomp/filetxt)."""
+    if not _completion_log_cache:
+        from runner.subprocesses import capture
+
+        code, output, _ = capture(["scontrol", "show", "config"])
+        settings = {}
+        for line in output.splitlines() if code == 0 else []:
+            key, sep, value = line.partition("=")
+            if sep:
+                settings[key.strip()] = value.strip()
+        path = settings.get("JobCompLoc")
+        _completion_log_cache.append(path if settings.get("JobCompType") == "jobcomp/filetxt" and path else None)
+    return _completion_log_cache[0]
+
+
+def cancel(job_id: str) -> None:
+    from runner.subprocesses import capture
+
+    code, output, _ = capture(["scancel", job_id])
+    if code != 0 and "already completed" not in output and "Invalid job id" not in output:
+        raise LaunchError(f"scancel {job_id} failed: {output.strip()}", hint="check `squeue -j " + job_id + "`")
+
+
+def stopped_by_cluster() -> tuple[str, str] | None:
+    """Inside a job that was signalled: (status, reason) when Slurm says why (its time limit, a
+    cancel, a preemption), read from the controller; None when it does not say."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    state = job_state(job_id)
+    if state is None:
+        return None
+    # While the job is being taken down its state reads COMPLETING and the reason says why.
+    name = _STOP_REASONS.get(state.reason or "", state.name) if state.name == "COMPLETING" else state.name
+    if name == "CANCELLED":
+        return "KILLED", f"slurm job {job_id} ended CANCELLED"
+    if name in _ENDS and _ENDS[name] == "FAILED" and name != "FAILED":
+        return "FAILED", f"slurm job {job_id} ended {name}"
+    return None
+
+
+# The reason slurmctld gives a job it is stopping, as the state it will end in.
+_STOP_REASONS = {"TimeLimit": "TIMEOUT", "Preempted": "PREEMPTED", "DeadLine": "DEADLINE", "NodeDown": "NODE_FAIL",
+                 "OutOfMemory": "OUT_OF_MEMORY"}

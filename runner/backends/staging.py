@@ -1,0 +1,105 @@
+"""A content-addressed snapshot of a local project directory, for nodes that cannot see the
+user's working copy as it is now (they run later; the user goes on editing).
+
+`snapshot(directory, root)` copies the project's files into `root/<hash>/`: the same
+contents give the same directory, built once (in a temporary directory, then renamed)
+and shared by every job that runs them. What a run writes next to its project and
+what MLflow keeps in a local store are not project code and are left out."""
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from runner.errors import ProjectError
+from runner.sources import STAGED_MARKER as _COMPLETE  # written last: without it, not a snapshot yet
+
+# Version control data, bytecode, local MLflow stores and virtual environments: large,
+# changing with every run, and not what the command reads as its code.
+_SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__", "mlruns", "mlartifacts", ".venv", ".mlproject"}
+_SKIPPED_FILES = {_COMPLETE, "mlflow.db", "mlflow.db-journal", "mlflow.db-wal", "mlflow.db-shm"}
+
+
+def _files(directory: Path) -> list[tuple[str, os.stat_result]]:
+    """(relative path, lstat) of what is copied, sorted: the order the hash reads them in."""
+    found: list[tuple[str, os.stat_result]] = []
+    for top, dirs, names in os.walk(directory):
+        linked = [d for d in dirs if os.path.islink(os.path.join(top, d))]  # copied as links, not walked
+        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS and d not in linked)
+        for name in [*names, *linked]:
+            if name in _SKIPPED_FILES:
+                continue
+            path = os.path.join(top, name)
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
+                found.append((os.path.relpath(path, directory), info))
+    return sorted(found, key=lambda item: item[0])
+
+
+def content_key(directory: Path, files: list[tuple[str, os.stat_result]]) -> str:
+    digest = hashlib.sha256()
+    for relative, info in files:
+        path = directory / relative
+        if stat.S_ISLNK(info.st_mode):
+            digest.update(f"L {relative}\0{os.readlink(path)}\0".encode())
+            continue
+        digest.update(f"F {relative}\0{1 if info.st_mode & 0o111 else 0}\0{info.st_size}\0".encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def snapshot(directory: Path, root: Path, progress=None) -> Path:
+    """The staged copy of `directory`'s current contents (made now unless one exists)."""
+    directory = directory.resolve()
+    try:
+        files = _files(directory)
+        key = content_key(directory, files)
+    except OSError as exc:
+        raise ProjectError(f"cannot read the project to stage it: {exc}", hint="check the project's file permissions") from None
+    final = root / key[:32]
+    if (final / _COMPLETE).exists():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
+    from runner.progress import step
+
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        with step(progress, f"staging the project for the nodes ({len(files)} files)"):
+            _copy(directory, tmp, files)
+        (tmp / _COMPLETE).touch()
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another submission staged the same contents first
+            if not (final / _COMPLETE).exists():
+                raise
+    except OSError as exc:
+        raise ProjectError(f"cannot stage the project in {root}: {exc}",
+                           hint="set staging_dir in the backend config to a directory the nodes can read") from None
+    finally:
+        if tmp.exists():
+            _remove(tmp)
+    return final
+
+
+def _copy(directory: Path, tmp: Path, files: list[tuple[str, os.stat_result]]) -> None:
+    for relative, info in files:
+        source, target = directory / relative, tmp / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if stat.S_ISLNK(info.st_mode):
+            os.symlink(os.readlink(source), target)
+        else:
+            with open(source, "rb") as reading, open(target, "wb") as writing:
+                for block in iter(lambda: reading.read(1 << 20), b""):
+                    writing.write(block)
+            os.chmod(target, stat.S_IMODE(info.st_mode))
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

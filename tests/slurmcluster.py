@@ -1,0 +1,142 @@
+"""A real Slurm cluster on this machine for the slurm backend's tests.
+
+Debian's slurm-wlm: one `slurmctld` and two `slurmd` nodes (`-N n1`, `-N n2`) on
+loopback, every file (config, state, spool, logs, the job completion log) in a
+temporary directory, no munge (`AuthType=auth/none`). Clients find it through
+`SLURM_CONF`, which the tests put in the runner's environment.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+_DAEMONS = ("slurmctld", "slurmd")
+
+
+def _free_port_pair() -> int:
+    """A port P with P and P+1 both free (the nodes' ports are a range)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port >= 65000:
+            continue
+        try:
+            with socket.socket() as second:
+                second.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no two consecutive free ports on 127.0.0.1")
+
+
+class SlurmCluster:
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="mlps-"))
+        self.conf = self.root / "slurm.conf"
+        self.completion_log = self.root / "jobcomp.log"
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"SLURM_CONF": str(self.conf)}
+
+    def start(self) -> None:
+        missing = [name for name in (*_DAEMONS, "sbatch", "scontrol") if shutil.which(name) is None
+                   and not os.path.exists(f"/usr/sbin/{name}")]
+        if missing:
+            raise AssertionError(f"Slurm is not installed ({', '.join(missing)} missing): "
+                                 "apt-get install slurm-wlm (`make system-packages` does)")
+        user = getpass.getuser()
+        controller_port, node_port = _free_port_pair(), _free_port_pair()
+        (self.root / "state").mkdir()
+        self.conf.write_text("\n".join([
+            "ClusterName=mlproject-test",
+            "SlurmctldHost=localhost(127.0.0.1)",
+            f"SlurmctldPort={controller_port}",
+            f"SlurmUser={user}",
+            f"SlurmdUser={user}",
+            "AuthType=auth/none",
+            "CredType=cred/none",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "MpiDefault=none",
+            "JobCompType=jobcomp/filetxt",
+            f"JobCompLoc={self.completion_log}",
+            "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0",
+            f"StateSaveLocation={self.root / 'state'}",
+            f"SlurmdSpoolDir={self.root / 'spool-%n'}",
+            f"SlurmctldPidFile={self.root / 'slurmctld.pid'}",
+            f"SlurmdPidFile={self.root / 'slurmd-%n.pid'}",
+            f"SlurmctldLogFile={self.root / 'slurmctld.log'}",
+            f"SlurmdLogFile={self.root / 'slurmd-%n.log'}",
+            "ReturnToService=2",
+            "KillWait=5",  # SIGKILL this long after a cancelled or timed-out job's SIGTERM
+            "InactiveLimit=0",
+            f"NodeName=n[1-2] NodeHostname=localhost NodeAddr=127.0.0.1 Port={node_port}-{node_port + 1}"
+            " CPUs=2 RealMemory=1000 State=UNKNOWN",
+            "PartitionName=debug Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP",
+            "",
+        ]))
+        env = {**os.environ, **self.env}
+        for argv in (["slurmctld", "-D", "-i"], ["slurmd", "-D", "-N", "n1"], ["slurmd", "-D", "-N", "n2"]):
+            log = open(self.root / f"{argv[0]}-{argv[-1]}.out", "ab")  # noqa: SIM115 (closed with the process)
+            binary = shutil.which(argv[0]) or f"/usr/sbin/{argv[0]}"
+            self.procs.append(subprocess.Popen([binary, *argv[1:]], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                               start_new_session=True))
+        deadline = time.monotonic() + 60
+        states = ""
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"a Slurm daemon exited at start: {proc.args}\n{self.logs()}")
+            done = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=env, capture_output=True, text=True)
+            states = done.stdout
+            if done.returncode == 0 and states.count("idle") == 2:
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the Slurm cluster did not come up in 60 s (sinfo: {states!r})\n{self.logs()}")
+
+    def command(self, *argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(list(argv), env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60)
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Until no job is queued or running (tests start on an empty cluster)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.command("squeue", "-h", "-o", "%i").stdout.strip():
+                return
+            time.sleep(0.2)
+        raise AssertionError("jobs still in the queue: " + self.command("squeue").stdout)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+                         for path in sorted(self.root.glob("*.out")) + sorted(self.root.glob("*.log")))
+
+    def stop(self) -> None:
+        if self.procs:
+            self.command("scancel", "--user", getpass.getuser())
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs = []
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,338 @@
+"""The slurm backend against a real two-node Slurm cluster started by these tests (tests/slurmcluster.py).
+
+Every run goes through the real CLI (or the API in another process), sbatch, slurmctld,
+a slurmd node and the runner inside the job; the outcome is checked in the ledger, in
+MLflow tracking, in the job's output and in the process table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import assert_clean_error
+
+# The job's PATH has no `python` on it (a batch job's PATH is whatever the cluster gives):
+# the runner on the node must not need one. The commands below only use the shell.
+BARE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+SHELL_PROJECT = """
+    name: on-slurm
+    entry_points:
+      main:
+        parameters:
+          alpha: {type: float, default: 0.5}
+          secs: {type: float, default: 0}
+          code: {type: int, default: 0}
+        command: "echo alpha={alpha} node=$SLURMD_NODENAME; echo started > started; sleep {secs}; exit {code}"
+"""
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    from slurmcluster import SlurmCluster
+
+    cluster = SlurmCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def slurm(slurm_cluster, monkeypatch):
+    slurm_cluster.wait_idle()
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    return slurm_cluster
+
+
+def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runner", *args], env={**os.environ, "PATH": BARE_PATH, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "runner", *args], env={**os.environ, "PATH": BARE_PATH, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _ledger_row(run_id: str) -> dict:
+    listed = _cli("runs", "show", run_id, "--json")
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)
+
+
+def _submitted(stderr: str) -> tuple[str, str]:
+    for line in stderr.splitlines():
+        if line.startswith("=== Submitted run '"):
+            run_id = line.split("'")[1]
+            return run_id, line.rsplit("Slurm job ", 1)[1].split()[0]
+    raise AssertionError(stderr)
+
+
+def _detach(project: Path, *args: str, config: dict | None = None) -> tuple[str, str]:
+    result = _cli("run", str(project), "-b", "slurm", "-c", json.dumps(config or {}), "--env-manager", "local",
+                  "--detach", *args)
+    assert result.returncode == 0, result.stderr
+    run_id, word, job_id = result.stdout.split()[0], result.stdout.split()[1], result.stdout.split()[3]
+    assert word == "slurm"
+    return run_id, job_id
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _processes_of(run_id: str) -> list[int]:
+    marker = f"MLPROJECT_RUN_ID={run_id}".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                if marker in handle.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_run_streams_output_and_records_the_same_run(slurm, make_project, _work_in_tmp):
+    project = make_project(SHELL_PROJECT)
+    result = _cli("run", str(project), "-b", "slurm", "-P", "alpha=0.7", "--env-manager", "local")
+    assert result.returncode == 0, result.stderr + slurm.logs()
+    assert "alpha=0.7 node=n" in result.stdout  # streamed from the node
+    run_id, job_id = _submitted(result.stderr)
+    assert f"=== Run (ID '{run_id}') succeeded ===" in result.stderr
+    row = _ledger_row(run_id)
+    assert (row["status"], row["exit_code"], row["backend"], row["job_id"]) == ("FINISHED", 0, "slurm", job_id)
+    run = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.end_time
+    assert run.data.params == {"alpha": "0.7", "secs": "0", "code": "0"}
+    tags = run.data.tags
+    assert tags["mlflow.project.backend"] == "slurm" and tags["mlproject.slurm.job_id"] == job_id
+    assert tags["mlflow.source.name"] == str(project)  # the user's project, not its staged copy
+    # The run's own log (the command's output) is an artifact, as for a local run.
+    assert "output.log" in [a.path for a in MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").list_artifacts(run_id)]
+    # The job's script only names the interpreter and the request: no parameters, no settings.
+    script = (Path(os.environ["MLPROJECT_HOME"]) / "runs" / run_id / "job.sh").read_text()
+    assert "alpha" not in script and "MLFLOW" not in script and "-m runner job" in script
+
+
+def test_failed_command_exits_with_its_code(slurm, make_project, _work_in_tmp):
+    project = make_project(SHELL_PROJECT)
+    result = _cli("run", str(project), "-b", "slurm", "-P", "code=3", "--env-manager", "local")
+    assert result.returncode == 3, result.stderr
+    run_id, _ = _submitted(result.stderr)
+    assert _ledger_row(run_id)["status"] == "FAILED"
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id).info.status == "FAILED"
+
+
+def test_detached_run_is_scheduled_until_its_job_starts(slurm, make_project, _work_in_tmp):
+    project = make_project(SHELL_PROJECT)
+    run_id, job_id = _detach(project, config={"sbatch_args": ["--hold"]})
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    assert client.get_run(run_id).info.status == "SCHEDULED"
+    assert _ledger_row(run_id)["status"] == "SCHEDULED"
+    shown = _cli("runs", "show", run_id)
+    assert f"slurm job {job_id} (PENDING)" in shown.stdout, shown.stdout
+    listed = _cli("runs", "list")
+    assert any(run_id in line and "SCHEDULED" in line and f"slurm:{job_id}" in line for line in listed.stdout.splitlines())
+    assert slurm.command("scontrol", "release", job_id).returncode == 0
+    followed = _cli("runs", "logs", run_id, "-f", timeout=120)
+    assert "alpha=0.5" in followed.stdout
+    assert _ledger_row(run_id)["status"] == "FINISHED"
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_cancelled_while_pending_is_killed_everywhere(slurm, make_project, _work_in_tmp):
+    project = make_project(SHELL_PROJECT)
+    run_id, job_id = _detach(project, config={"sbatch_args": ["--hold"]})
+    cancelled = _cli("runs", "cancel", run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "KILLED" in cancelled.stderr and "CANCELLED" in cancelled.stderr
+    row = _ledger_row(run_id)
+    assert row["status"] == "KILLED" and row["tracking_ended"] == 1
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
+
+
+def test_ctrl_c_cancels_a_running_job_and_leaves_no_process(slurm, make_project, _work_in_tmp):
+    project = make_project(SHELL_PROJECT)
+    proc = _start_cli("run", str(project), "-b", "slurm", "-P", "secs=300", "--env-manager", "local")
+    run_id = _wait_for(lambda: next((row["id"] for row in json.loads(_cli("runs", "list", "--json").stdout)
+                                     if row["status"] == "RUNNING"), None), 60, "the job to start")
+    _wait_for(lambda: _processes_of(run_id), 30, "the command on the node")
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    row = _ledger_row(run_id)
+    assert row["status"] == "KILLED", row
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
+    _wait_for(lambda: not _processes_of(run_id), 30, "the job's processes to go")
+
+
+def test_time_limit_is_failed_with_the_slurm_state(slurm, make_project, _work_in_tmp):
+    project = make_project(SHELL_PROJECT)
+    # Slurm's smallest limit is a minute, checked about every 30 s.
+    result = _cli("run", str(project), "-b", "slurm", "-c", '{"time": "1"}', "-P", "secs=600", "--env-manager", "local",
+                  timeout=240)
+    assert result.returncode != 0, result.stderr
+    run_id, job_id = _submitted(result.stderr)
+    row = _ledger_row(run_id)
+    assert row["status"] == "FAILED" and "TIMEOUT" in row["reason"], row
+    assert "TIMEOUT" in result.stderr.splitlines()[-1]
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id).info.status == "FAILED"
+    assert _processes_of(run_id) == []
+
+
+PYTHON_ENV_PROJECT = """
+    name: shared-env
+    python_env: python_env.yaml
+    entry_points:
+      main:
+        parameters:
+          n: {type: int, default: 0}
+        command: "python -c 'import os, sys; print(\\"n={n} node\\", os.environ[\\"SLURMD_NODENAME\\"], sys.prefix)'"
+"""
+
+
+def test_two_jobs_at_once_on_two_nodes_share_one_environment_build(slurm, make_project, _work_in_tmp):
+    project = make_project(PYTHON_ENV_PROJECT, {"python_env.yaml": f"python: '{sys.version_info[0]}.{sys.version_info[1]}'\ndependencies: []\n"})
+    # Both queued before either starts: the two nodes build or wait for the same environment at once.
+    # ("exclusive": a whole node each, so the two jobs run on the two nodes)
+    jobs = [_detach(project, "-P", f"n={n}", "--env-manager", "uv", config={"exclusive": True, "sbatch_args": ["--hold"]})
+            for n in (1, 2)]
+    assert slurm.command("scontrol", "release", *[job for _, job in jobs]).returncode == 0
+    outputs = []
+    for run_id, _ in jobs:
+        followed = _cli("runs", "logs", run_id, "-f", timeout=300)
+        outputs.append(followed.stdout)
+        assert _ledger_row(run_id)["status"] == "FINISHED", followed.stdout + followed.stderr
+    nodes = {line.split(" node ")[1].split()[0] for out in outputs for line in out.splitlines() if " node " in line}
+    prefixes = {line.split()[-1] for out in outputs for line in out.splitlines() if " node " in line}
+    assert nodes == {"n1", "n2"}, json.dumps(outputs)
+    assert len(prefixes) == 1, outputs  # one environment, built once
+    listed = _cli("env", "list")
+    assert listed.stdout.count("uv") == 1, listed.stdout
+
+
+def test_submitter_killed_while_its_job_runs(slurm, make_project, _work_in_tmp):
+    project = make_project(SHELL_PROJECT)
+    proc = _start_cli("run", str(project), "-b", "slurm", "-P", "secs=2", "--env-manager", "local")
+    run_id = _wait_for(lambda: next((row["id"] for row in json.loads(_cli("runs", "list", "--json").stdout)
+                                     if row["status"] == "RUNNING"), None), 60, "the job to start")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # The job goes on without its submitter, and its runner records the end.
+    row = _wait_for(lambda: (r := _ledger_row(run_id))["status"] != "RUNNING" and r, 60, "the run's end")
+    assert row["status"] == "FINISHED"
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED"
+
+
+def test_job_gone_without_its_runner_is_reconciled(slurm, make_project, _work_in_tmp):
+    """The submitter is gone (detached) and the job ends without its runner ever starting: the
+    next invocation reads Slurm's word and ends the run in the ledger and in tracking."""
+    project = make_project(SHELL_PROJECT)
+    run_id, job_id = _detach(project, config={"sbatch_args": ["--hold"]})
+    assert slurm.command("scancel", job_id).returncode == 0  # behind the runner's back
+    _wait_for(lambda: "CANCELLED" in slurm.command("scontrol", "show", "job", "-o", job_id).stdout, 30, "the cancel")
+    listed = _cli("runs", "list")
+    assert any(run_id in line and "KILLED" in line for line in listed.stdout.splitlines()), listed.stdout
+    row = _ledger_row(run_id)
+    assert row["reason"] == f"slurm job {job_id} ended CANCELLED" and row["tracking_ended"] == 1
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
+
+
+def test_completion_log_answers_once_the_controller_forgets(slurm, make_project, _work_in_tmp):
+    """The job completion log (jobcomp/filetxt) is read for jobs slurmctld no longer holds."""
+    from runner.backends import slurm as backend
+
+    project = make_project(SHELL_PROJECT)
+    result = _cli("run", str(project), "-b", "slurm", "-P", "code=4", "--env-manager", "local")
+    _, job_id = _submitted(result.stderr)
+    assert backend._completion_log() == str(slurm.completion_log)
+    line = next(line for line in slurm.completion_log.read_text().splitlines() if line.startswith(f"JobId={job_id} "))
+    state = backend._state(backend._fields(line))
+    assert (state.name, state.status, state.exit_code) == ("FAILED", "FAILED", 4)
+
+
+def test_bad_partition_is_refused_before_anything_is_created(slurm, make_project, _work_in_tmp):
+    project = make_project(SHELL_PROJECT)
+    result = _cli("run", str(project), "-b", "slurm", "-c", '{"partition": "nosuch"}', "--env-manager", "local")
+    assert_clean_error(result, 2, "no partition 'nosuch'")
+    assert "debug" in result.stderr  # the hint names the partitions there are
+    assert json.loads(_cli("runs", "list", "--json").stdout) == []
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").search_runs(["0"]) == []
+    assert slurm.command("squeue", "-h").stdout.strip() == ""
+
+
+def test_unknown_config_key_and_detach_on_local_are_refused(slurm, make_project, _work_in_tmp):
+    project = make_project(SHELL_PROJECT)
+    typo = _cli("run", str(project), "-b", "slurm", "-c", '{"partiton": "debug"}', "--env-manager", "local")
+    assert_clean_error(typo, 2, "partiton")
+    local = _cli("run", str(project), "--detach", "--env-manager", "local")
+    assert_clean_error(local, 2, "--detach")
+
+
+def test_credentials_reach_the_job_only_through_its_environment(slurm, make_project, mlflow_server, mlproject_home, _work_in_tmp):
+    project = make_project(SHELL_PROJECT)
+    secret = "sl-s3cr3t-77"
+    with_password = mlflow_server.replace("http://", f"http://alice:{secret}@")
+    script_file = _work_in_tmp / "job-script.sh"
+    result = _cli("run", str(project), "-b", "slurm", "--env-manager", "local",
+                  "-c", json.dumps({"sbatch-script-file": str(script_file), "exports": ["HOME"]}),
+                  env={"MLFLOW_TRACKING_URI": with_password, "MLFLOW_TRACKING_TOKEN": "tok-" + secret})
+    assert result.returncode == 0, result.stderr
+    run_id, _ = _submitted(result.stderr)
+    run = MlflowClient(mlflow_server).get_run(run_id)
+    assert run.info.status == "FINISHED"  # the runner on the node reached the server
+    assert secret not in result.stdout + result.stderr
+    assert secret not in json.dumps(run.data.tags) + json.dumps(run.data.params)
+    assert secret not in script_file.read_text()
+    written = [p for base in (mlproject_home, _work_in_tmp) for p in base.rglob("*") if p.is_file()]
+    assert any(p.name == "job.json" for p in written) and any(p.name == "job.log" for p in written)
+    for path in written:
+        assert secret.encode() not in path.read_bytes(), path
+
+
+API_SUBMIT = """
+import json, sys
+import runner
+submitted = runner.run(sys.argv[1], parameters={"secs": sys.argv[2]}, backend="slurm", env_manager="local",
+                       backend_config={}, detach=True)
+print(submitted.run_id)
+"""
+
+
+def test_api_from_another_process_waits_and_cancels(slurm, make_project, _work_in_tmp):
+    import runner
+
+    project = make_project(SHELL_PROJECT)
+    ids = []
+    for secs in ("300", "1"):
+        made = subprocess.run([sys.executable, "-c", API_SUBMIT, str(project), secs], capture_output=True, text=True,
+                              env={**os.environ, "PATH": BARE_PATH}, timeout=120)
+        assert made.returncode == 0, made.stderr
+        ids.append(made.stdout.split()[-1])
+    long_run = runner.attach(ids[0])
+    _wait_for(lambda: long_run.get_status() == "RUNNING", 60, "the long job to start")
+    long_run.cancel()
+    assert long_run.get_status() == "KILLED"
+    short = runner.attach(ids[1][:12])  # a prefix names it, as on the command line
+    assert short.wait() is True and short.get_status() == "FINISHED" and short.exit_code == 0
+    again = runner.attach(ids[0])
+    assert again.done and again.get_status() == "KILLED" and again.wait() is False
