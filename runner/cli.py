@@ -237,7 +237,7 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
 def job(request_file: str, debug: bool) -> int:
     import json
 
-    from runner.backends import JobOf
+    from runner.backends.cluster import JobOf
     from runner.request import RunRequest
 
     with open(request_file, encoding="utf-8") as handle:

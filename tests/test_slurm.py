@@ -336,3 +336,28 @@ def test_api_from_another_process_waits_and_cancels(slurm, make_project, _work_i
     assert short.wait() is True and short.get_status() == "FINISHED" and short.exit_code == 0
     again = runner.attach(ids[0])
     assert again.done and again.get_status() == "KILLED" and again.wait() is False
+
+
+def test_local_projects_are_staged_by_content(make_project, tmp_path):
+    """No cluster needed: the snapshot a job's node runs from."""
+    from runner.backends.staging import snapshot
+    from runner.sources import fetch
+
+    project = make_project(SHELL_PROJECT, {"src/train.sh": "echo hi\n", ".git/HEAD": "ref: x\n", "mlflow.db": "store"})
+    (project / "src" / "train.sh").chmod(0o755)
+    (project / "link").symlink_to("src/train.sh")
+    root = tmp_path / "staging"
+    first = snapshot(project, root)
+    assert snapshot(project, root) == first  # same contents, same directory, made once
+    staged = sorted(p.relative_to(first).as_posix() for p in first.rglob("*"))
+    assert staged == [".mlproject-staged", "MLproject", "link", "src", "src/train.sh"]
+    assert (first / "src" / "train.sh").stat().st_mode & 0o111 and (first / "link").is_symlink()
+    (project / "src" / "train.sh").write_text("echo changed\n")
+    second = snapshot(project, root)
+    assert second != first and (first / "src" / "train.sh").read_text() == "echo hi\n"
+    # A run of a staged project works in its own copy: what it writes never reaches the snapshot.
+    source = fetch(str(second), None, tmp_path)
+    assert source.checkout == second
+    copy = source.private_copy(tmp_path / "work")
+    (copy / "written-by-run").write_text("x")
+    assert not (second / "written-by-run").exists()

@@ -22,7 +22,6 @@ that died) the submit side reads from the cluster and records (`settle`).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 
 from runner.errors import NotAvailableError
 
@@ -30,32 +29,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
 
+    from runner.backends.cluster import JobState
     from runner.tracking.ledger import Ledger, RunRecord
 
 BACKENDS = ("local", "slurm")
-
-
-@dataclass(frozen=True)
-class JobState:
-    """A cluster job as its scheduler reports it."""
-
-    name: str  # the scheduler's own word: PENDING, RUNNING, COMPLETED, TIMEOUT, ...
-    status: str | None  # the run's status once the job has ended (FINISHED, FAILED, KILLED); else None
-    exit_code: int | None = None
-    node: str | None = None
-    reason: str | None = None  # the scheduler's reason, when it gives one (TimeLimit, Preempted, ...)
-
-    @property
-    def ended(self) -> bool:
-        return self.status is not None
-
-
-@dataclass(frozen=True)
-class JobOf:
-    """Carried by the request of a runner inside a cluster job: which backend, which ledger row."""
-
-    backend: str
-    run_id: str
 
 
 def get(name: str | None) -> ModuleType:
@@ -70,6 +47,7 @@ def get(name: str | None) -> ModuleType:
 def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> RunRecord:
     """Record the end of a cluster run whose job is over but whose runner never said how it went
     (cancelled while pending, killed with its node, out of memory). Returns the row as it is now."""
+    from runner.backends.cluster import JobState
     from runner.tracking.runs import end_in_tracking, find
 
     if record.finished or record.backend == "local":

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 TYPE_CHECKING = False
@@ -22,6 +23,29 @@ _JOB_POLL_SECONDS = 1.0  # the scheduler (a command, and a request to its contro
 # After the scheduler says the job ended, the runner inside it is given this long to record
 # the end itself (it knows the exit code and why); then the scheduler's word is recorded.
 _RUNNER_GRACE_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A cluster job as its scheduler reports it."""
+
+    name: str  # the scheduler's own word: PENDING, RUNNING, COMPLETED, TIMEOUT, ...
+    status: str | None  # the run's status once the job has ended (FINISHED, FAILED, KILLED); else None
+    exit_code: int | None = None
+    node: str | None = None
+    reason: str | None = None  # the scheduler's reason, when it gives one (TimeLimit, Preempted, ...)
+
+    @property
+    def ended(self) -> bool:
+        return self.status is not None
+
+
+@dataclass(frozen=True)
+class JobOf:
+    """Carried by the request of a runner inside a cluster job: which backend, which ledger row."""
+
+    backend: str
+    run_id: str
 
 
 class ClusterRun:

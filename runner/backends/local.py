@@ -16,7 +16,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
     from typing import Callable
 
-    from runner.backends import JobOf
+    from runner.backends.cluster import JobOf
     from runner.request import PreparedRun, RunRequest
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import home
-from runner.backends import JobState
+from runner.backends.cluster import JobState
 from runner.errors import LaunchError, RunFailedError, RunnerError, UsageError
 
 TYPE_CHECKING = False
