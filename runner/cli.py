@@ -518,8 +518,10 @@ def runs_logs(run_id: str, follow: bool, debug: bool) -> int:
     if follow and record.backend != "local":
         from runner.backends.cluster import ClusterRun
 
+        from runner.progress import Progress
+
         ledger.close()
-        ClusterRun(record, echo=True).wait()
+        ClusterRun(record, echo=True, progress=Progress()).wait()
     elif follow:
         run_records.follow(record, ledger, write)
     else:

@@ -361,3 +361,21 @@ def test_local_projects_are_staged_by_content(make_project, tmp_path):
     copy = source.private_copy(tmp_path / "work")
     (copy / "written-by-run").write_text("x")
     assert not (second / "written-by-run").exists()
+
+
+def test_git_commit_reaches_the_node_through_the_cache(slurm, make_project, _work_in_tmp):
+    project = make_project(SHELL_PROJECT)
+    git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    result = _cli("run", str(project), "-v", sha, "-b", "slurm", "-P", "alpha=0.25", "--env-manager", "local")
+    assert result.returncode == 0, result.stderr
+    assert "alpha=0.25 node=n" in result.stdout
+    run_id, _ = _submitted(result.stderr)
+    request = json.loads((Path(os.environ["MLPROJECT_HOME"]) / "runs" / run_id / "job.json").read_text())
+    assert request["version"] == sha  # no snapshot: the node checks the commit out of the shared cache
+    assert not (Path(os.environ["MLPROJECT_HOME"]) / "staging").exists()
+    tags = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id).data.tags
+    assert tags["mlflow.source.git.commit"] == sha

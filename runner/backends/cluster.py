@@ -50,7 +50,7 @@ class JobOf:
 
 class ClusterRun:
     def __init__(self, record: RunRecord, *, echo: bool = False, tracking_uri: str | None = None,
-                 experiment_id: str | None = None):
+                 experiment_id: str | None = None, progress=None):
         self.run_id = record.tracking_run_id or record.id
         self.ledger_id = record.id
         self.backend = record.backend
@@ -64,6 +64,7 @@ class ClusterRun:
         self.launching = True  # what the CLI's Ctrl-C handler asks: a cancel now goes to the job
         self._status = record.status
         self._echo = echo
+        self._progress = progress  # shows the time a job waits in its queue (see runner.progress)
         self._done = threading.Event()
         self._cancelling = threading.Lock()
         if record.finished:
@@ -145,6 +146,7 @@ class ClusterRun:
 
     def _follow(self) -> None:
         from runner import backends
+        from runner.progress import step
         from runner.tracking.ledger import Ledger
         from runner.tracking.runs import find
 
@@ -152,9 +154,17 @@ class ClusterRun:
         position = 0
         next_job_poll = time.monotonic() + _JOB_POLL_SECONDS
         ended_at: float | None = None  # when the scheduler was first seen saying the job ended
+        queued = None  # the progress step open while the job waits in its queue
         try:
             while True:
                 record = find(ledger, self.ledger_id)
+                if self._progress is not None and (record.status == "SCHEDULED") != (queued is not None):
+                    if queued is None:
+                        queued = step(self._progress, f"{record.backend} job {record.job_id}: waiting in the queue")
+                        queued.__enter__()
+                    else:
+                        queued.__exit__(None, None, None)
+                        queued = None
                 chunk = _read_from(self.log_path, position)
                 if chunk:
                     position += len(chunk)
@@ -176,6 +186,8 @@ class ClusterRun:
                         backends.settle(ledger, record)
                 time.sleep(_POLL_SECONDS)
         finally:
+            if queued is not None:
+                queued.__exit__(None, None, None)
             ledger.close()
             self._done.set()
 

@@ -213,8 +213,9 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
     state.notify(f"=== Submitted run '{tracked.run_id or run_id}' as Slurm job {job_id} ===")
     record.job_id = job_id
     context = tracked.context
-    submitted = ClusterRun(record, echo=request.stream_output and not request.detach,
-                           experiment_id=context.experiment_id if context else None)
+    following = request.stream_output and not request.detach
+    submitted = ClusterRun(record, echo=following, experiment_id=context.experiment_id if context else None,
+                           progress=state.progress if following else None)
     if on_submitted is not None:
         on_submitted(submitted)
     if request.synchronous and not request.detach and not submitted.wait():
