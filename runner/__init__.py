@@ -28,12 +28,14 @@ if TYPE_CHECKING:
     from typing import Any
 
     from runner.api import attach, run
+    from runner.sweeps import sweep
     from runner.launch import SubmittedRun
     from runner.project.spec import load_project
 
 __all__ = [
     "run",
     "attach",
+    "sweep",
     "SubmittedRun",
     "load_project",
     "RunnerError",
@@ -52,6 +54,7 @@ __all__ = [
 _LAZY = {
     "run": ("runner.api", "run"),
     "attach": ("runner.api", "attach"),
+    "sweep": ("runner.sweeps", "sweep"),
     "SubmittedRun": ("runner.launch", "SubmittedRun"),
     "load_project": ("runner.project.spec", "load_project"),
 }

@@ -241,6 +241,7 @@ def _open_run(state: PreparedRun) -> None:
         tags = project_tags(
             source.source_name, invocation.entry_point, state.plan.env_manager, state.environment.key,
             source.commit, source.repo_url, source.branch, source.dirty, source.branch_named, request.backend,
+            request.parent_run_id,
         )
         params = invocation.logged
     # Before the creation is sent, a note names this attempt and the run carries it

@@ -316,6 +316,123 @@ def where_it_went(submitted) -> str:
             f"see it with: mlflow ui --backend-store-uri {uri}")
 
 
+# -- sweep ------------------------------------------------------------------------------------
+class _SweepGroup(_Group):
+    """`mlproject sweep URI ...` starts a sweep; `sweep show ID` and `sweep list` look at sweeps."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_SweepGroup, help="many runs of a project over a parameter space (`mlproject sweep URI -P a=1,2,3`)")
+def sweep() -> None:
+    pass
+
+
+@sweep.command("start", help="run a sweep: every trial a child run of one parent run")
+@click.argument("uri", required=False, shell_complete=_complete_dirs)
+@click.option("-e", "--entry-point", default=None, help="entry point to run (default main)",
+              shell_complete=_complete_entry_points)
+@click.option("-P", "--param-list", multiple=True, metavar="NAME=VALUES",
+              help="a,b,c | range(start,stop[,step]) | choice(a,b) | uniform(a,b) | loguniform(a,b) | int(...) | a fixed value")
+@click.option("-v", "--version", default=None, help="git branch, tag or commit")
+@click.option("--env-manager", default=None, metavar="|".join(ENV_MANAGERS), shell_complete=_complete_managers)
+@click.option("--method", type=click.Choice(["grid", "random"]), default=None, help="default grid")
+@click.option("--max-runs", type=int, default=None, help="random: trials (default 10); grid: the first N points")
+@click.option("--seed", type=int, default=None, help="random: the same seed draws the same trials")
+@click.option("--max-parallel", type=int, default=None, help="trials at once (default: the number of cores)")
+@click.option("--metric", default=None, help="ranks the trials (the last value each logged under this name)")
+@click.option("--goal", type=click.Choice(["minimize", "maximize"]), default=None, help="default minimize")
+@click.option("--max-failures", type=int, default=None, help="start no more trials once more than N failed")
+@click.option("-b", "--backend", default="local", show_default=True)
+@click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE")
+@click.option("--experiment-name", default=None)
+@click.option("--experiment-id", default=None)
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="a sweep.yaml")
+@click.option("--resume", default=None, metavar="SWEEP_ID", help="run what an interrupted sweep still lacks")
+@_debug
+def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str, ...], version: str | None,
+                env_manager: str | None, method: str | None, max_runs: int | None, seed: int | None,
+                max_parallel: int | None, metric: str | None, goal: str | None, max_failures: int | None,
+                backend: str, backend_config: str | None, experiment_name: str | None, experiment_id: str | None,
+                config_file: str | None, resume: str | None, debug: bool) -> int:
+    from runner import api
+    from runner.progress import Progress
+    from runner.sweeps import run_sweep
+    from runner.sweeps.driver import table
+
+    if (uri is None) == (resume is None):
+        raise click.UsageError("give a project URI to start a sweep, or --resume SWEEP_ID (not both)")
+    # Ctrl-C, SIGTERM and SIGHUP stop the sweep: its running trials are cancelled and recorded
+    # KILLED, and so is the parent run.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_interrupted)
+    try:
+        result = run_sweep(uri or ".", api.cli_parameters(param_list), entry_point, version, method, max_runs, seed,
+                           max_parallel, metric, goal, max_failures, backend, backend_config, env_manager,
+                           experiment_name, experiment_id, config=config_file, resume=resume, cwd=None, notify=_say,
+                           progress=Progress())
+    except (KeyboardInterrupt, _Interrupted) as exc:
+        number = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
+        _say(f"sweep interrupted by {signal.Signals(number).name}: its running trials and its parent run were "
+             "recorded as KILLED; run the rest with: mlproject sweep --resume ID (see `mlproject sweep list`)")
+        return 128 + number
+    for line in table(result.trials, result.metric, result.goal):
+        _out(line)
+    for note in result.notes:
+        _say(note)
+    finished = sum(t.status == "FINISHED" for t in result.trials)
+    best = (f"; best: trial {result.best.number}, {result.metric}={result.best.metric:g} (run {result.best.run_id})"
+            if result.best else "")
+    _say(f"=== Sweep {result.sweep_id} {result.status.lower()}: {finished}/{len(result.trials)} trials finished{best}; "
+         f"parent run {result.parent_run_id} ===")
+    return 0 if result.succeeded else 1
+
+
+def _raise_interrupted(signum: int, _frame) -> None:
+    raise _Interrupted(signum)
+
+
+@sweep.command("show", help="a sweep's trials, best first")
+@click.argument("sweep_id")
+@_debug
+def sweep_show(sweep_id: str, debug: bool) -> int:
+    from runner.sweeps.driver import find, table
+
+    record = find(sweep_id)
+    request = record.request
+    _out(f"sweep {record.id}: {request['method']} over {', '.join(f'{k}={v}' for k, v in request['parameters'].items())}")
+    _out(f"project {request['uri']} (entry point {request['entry_point']}); parent run {record.parent_run_id}")
+    for line in table(record.trials, request.get("metric"), request.get("goal") or "minimize"):
+        _out(line)
+    return 0
+
+
+@sweep.command("list", help="recent sweeps")
+@click.option("--limit", type=int, default=20, show_default=True)
+@_debug
+def sweep_list(limit: int, debug: bool) -> int:
+    import time
+
+    from runner.sweeps.state import SweepStore
+    from runner.tracking.ledger import Ledger
+
+    ledger = Ledger()
+    try:
+        sweeps = SweepStore(ledger).list(limit)
+    finally:
+        ledger.close()
+    _out(f"{'SWEEP ID':<14}{'CREATED':<21}{'METHOD':<8}{'TRIALS':>8}{'DONE':>6}  PROJECT")
+    for record in sweeps:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        done = sum(t.done for t in record.trials)
+        _out(f"{record.id:<14}{created:<21}{record.request['method']:<8}{len(record.trials):>8}{done:>6}  "
+             f"{record.request['uri']}")
+    return 0
+
+
 # -- validate ---------------------------------------------------------------------------------
 @cli.command(help="check a project and its parameters; start nothing")
 @_project_options()
@@ -444,14 +561,22 @@ def _where(record) -> str:
 @runs.command("list", help="recent runs from the local ledger")
 @click.option("--status", type=click.Choice(RUN_STATUSES, case_sensitive=False), default=None)
 @click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--sweep", "sweep_id", default=None, metavar="SWEEP_ID", help="only the trials of this sweep")
 @click.option("--json", "as_json", is_flag=True)
 @_debug
-def runs_list(status: str | None, limit: int, as_json: bool, debug: bool) -> int:
+def runs_list(status: str | None, limit: int, sweep_id: str | None, as_json: bool, debug: bool) -> int:
     import json
     import time
 
     ledger, run_records = _ledger()
-    records = ledger.list(status.upper() if status else None, limit)
+    if sweep_id is not None:
+        from runner.sweeps.driver import find as find_sweep
+
+        ids = [t.run_id for t in find_sweep(sweep_id).trials if t.run_id]
+        records = [run_records.find(ledger, run_id) for run_id in ids]
+        records = [r for r in records if status is None or r.status == status.upper()][:limit]
+    else:
+        records = ledger.list(status.upper() if status else None, limit)
     if as_json:
         _out(json.dumps([run_records.describe(r) for r in records], indent=2))
         return 0

@@ -49,6 +49,8 @@ class RunRequest:
     locked: bool = False  # conda: install only from a current conda-lock.yml
     # A cluster backend: return once the job is queued instead of following it to its end.
     detach: bool = False
+    # The run is a child of this MLflow run (a sweep's trials); else of the caller's active run.
+    parent_run_id: str | None = None
     # Internal: this process is the cluster job of the ledger row with this ID (see backends).
     job_of: str | None = None
 

@@ -379,3 +379,19 @@ def test_git_commit_reaches_the_node_through_the_cache(slurm, make_project, _wor
     assert not (Path(os.environ["MLPROJECT_HOME"]) / "staging").exists()
     tags = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id).data.tags
     assert tags["mlflow.source.git.commit"] == sha
+
+
+def test_sweep_on_the_cluster(slurm, make_project, _work_in_tmp):
+    """A grid whose trials are Slurm jobs, at most two queued or running at once."""
+    project = make_project(SHELL_PROJECT)
+    result = subprocess.run([sys.executable, "-m", "runner", "sweep", str(project), "-P", "alpha=0.1,0.2", "-P", "code=0,5",
+                             "-b", "slurm", "--max-parallel", "2", "--env-manager", "local"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": BARE_PATH})
+    assert result.returncode == 1, result.stderr  # the trials with code=5 fail, and the sweep says so
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    parent = client.search_runs(["0"], "tags.`mlproject.sweep.id` != ''")[0]
+    assert parent.info.status == "FAILED"
+    children = client.search_runs(["0"], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted((c.data.params["code"], c.info.status) for c in children) == [
+        ("0", "FINISHED"), ("0", "FINISHED"), ("5", "FAILED"), ("5", "FAILED")]
+    assert all(c.data.tags["mlflow.project.backend"] == "slurm" and c.data.tags["mlproject.slurm.job_id"] for c in children)

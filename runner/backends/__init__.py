@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from runner.tracking.ledger import Ledger, RunRecord
 
 BACKENDS = ("local", "slurm")
+CLUSTER_BACKENDS = ("slurm",)  # a run's job lives in a scheduler, which says how it ended
 
 
 def get(name: str | None) -> ModuleType:
@@ -84,7 +85,7 @@ def reconcile(ledger: Ledger) -> list[RunRecord]:
     from runner.tracking.runs import reconcile as reconcile_local
 
     ended = reconcile_local(ledger)
-    for record in ledger.unfinished_jobs():
+    for record in ledger.unfinished_jobs(CLUSTER_BACKENDS):
         try:
             after = settle(ledger, record)
         except Exception:  # noqa: BLE001 - an unreachable cluster must not stop a local run

@@ -25,6 +25,7 @@ SCHEMA_FILES = {
     "mlproject": "mlproject.schema.json",
     "python_env": "python_env.schema.json",
     "conda_env": "conda_env.schema.json",
+    "sweep": "sweep.schema.json",
 }
 
 

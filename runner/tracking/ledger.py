@@ -112,6 +112,11 @@ class Ledger:
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for the records kept beside the runs (see runner.sweep.state)."""
+        return self._db
+
     def start(self, record: RunRecord) -> None:
         record.start_time = record.start_time or time.time()
         record.runner_pid = record.runner_pid or os.getpid()
@@ -142,6 +147,14 @@ class Ledger:
             (pid, start_ticks(pid), this_host(), run_id),
         ).rowcount
         return self.get(run_id)[0] if changed else None
+
+    def reopen(self, run_id: str) -> None:
+        """An ended row runs again, with this process as its runner (a sweep that is resumed)."""
+        pid = os.getpid()
+        self._db.execute(
+            "UPDATE runs SET status = 'RUNNING', exit_code = NULL, reason = NULL, end_time = NULL, runner_pid = ?,"
+            " runner_start = ?, host = ?, tracking_ended = CASE WHEN tracking_run_id IS NULL THEN NULL ELSE 0 END"
+            " WHERE id = ?", (pid, start_ticks(pid), this_host(), run_id))
 
     def finish(self, run_id: str, status: str, exit_code: int | None, reason: str | None = None) -> bool:
         """End an unfinished row; False if it had ended already (the first outcome stands)."""
@@ -184,10 +197,11 @@ class Ledger:
                                 (this_host(),)).fetchall()
         return [r for r in map(_record, rows) if not process_is(r.runner_pid, r.runner_start)]
 
-    def unfinished_jobs(self) -> list[RunRecord]:
-        """Unfinished rows of cluster backends: their jobs are asked how they are doing."""
+    def unfinished_jobs(self, backends: tuple[str, ...]) -> list[RunRecord]:
+        """Unfinished rows of these (cluster) backends: their jobs are asked how they are doing."""
         rows = self._db.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE status IN ('SCHEDULED', 'RUNNING') AND backend IS NOT NULL AND backend != 'local'"
+            f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE status IN ('SCHEDULED', 'RUNNING')"
+            f" AND backend IN ({', '.join('?' for _ in backends)})", backends,
         ).fetchall()
         return [_record(row) for row in rows]
 

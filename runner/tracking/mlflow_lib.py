@@ -101,6 +101,10 @@ class LibraryTracker:
     def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
         self._call("ending the run", lambda: self.client().set_terminated(run_id, status, end_time_ms or now_ms()))
 
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        client = self.client()
+        self._call("logging metrics", lambda: [client.log_metric(run_id, k, v) for k, v in metrics.items()])
+
     def set_status(self, run_id: str, status: str) -> None:
         """A status that is not an end (SCHEDULED while a cluster job waits in its queue)."""
         self._call("setting the run's status", lambda: self.client().update_run(run_id, status=status))

@@ -257,6 +257,11 @@ class RestTracker:
         self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": status, "end_time": end_time_ms or now_ms()},
                    transient_retry=False)
 
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        stamp = now_ms()
+        self._call("POST", "/api/2.0/mlflow/runs/log-batch",
+                   {"run_id": run_id, "metrics": [{"key": k, "value": v, "timestamp": stamp, "step": 0} for k, v in metrics.items()]})
+
     def set_status(self, run_id: str, status: str) -> None:
         """A status that is not an end (SCHEDULED while a cluster job waits in its queue)."""
         self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": status})

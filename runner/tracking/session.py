@@ -77,6 +77,10 @@ class TrackedRun:
         if self.context is not None and self.request is not None:
             self.tracker.record_start(self.request, self.context.run_id)  # type: ignore[union-attr]
 
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        if self.context is not None and metrics:
+            self.tracker.log_metrics(self.context.run_id, metrics)  # type: ignore[union-attr]
+
     def set_status(self, status: str) -> None:
         if self.context is not None:
             self.tracker.set_status(self.context.run_id, status)  # type: ignore[union-attr]
@@ -163,6 +167,7 @@ def project_tags(
     dirty: bool | None = None,
     branch_named: bool = False,
     backend: str = "local",
+    parent_run_id: str | None = None,
 ) -> dict[str, str]:
     tags = {
         "mlflow.user": _user(),
@@ -184,7 +189,7 @@ def project_tags(
         tags["mlflow.source.git.branch" if branch_named else "mlproject.source.git.branch"] = branch
     if dirty is not None:  # a local working copy: did the code differ from the commit?
         tags["mlproject.source.git.dirty"] = "true" if dirty else "false"
-    parent = active_mlflow_run() or os.environ.get("MLFLOW_RUN_ID")
+    parent = parent_run_id or active_mlflow_run() or os.environ.get("MLFLOW_RUN_ID")
     if parent:  # started from inside a run (a workflow step): a child of it
         tags["mlflow.parentRunId"] = parent
     return tags

@@ -160,6 +160,20 @@ class SqliteTracker:
         except sqlite3.Error as exc:
             raise TrackingError(f"cannot end run {run_id} in {self.uri}: {exc}") from None
 
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        stamp = now_ms()
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for key, value in metrics.items():
+                db.execute("INSERT OR IGNORE INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (?, ?, ?, ?, 0, 0)",
+                           (key, value, stamp, run_id))
+                db.execute("INSERT OR REPLACE INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid)"
+                           " VALUES (?, ?, ?, 0, 0, ?)", (key, value, stamp, run_id))
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
     def set_status(self, run_id: str, status: str) -> None:
         """A status that is not an end (SCHEDULED while a cluster job waits in its queue)."""
         db = self._db()

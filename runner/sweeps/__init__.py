@@ -1,0 +1,110 @@
+"""Sweeps: many runs of one project over a parameter space, as child runs of one parent run.
+
+    space.py   what `-P alpha=loguniform(1e-4,1)` means; the trials grid and random draw
+    state.py   the sweep and its trials, in the ledger's database (what `--resume` reads)
+    driver.py  the parent run, the trials N at a time on any backend, the best one
+
+Every trial is an ordinary run through `runner.api.submit`, exactly as `mlproject run`
+would make it (tags, parameters, environment, ledger row), with `mlflow.parentRunId`.
+(The package is `sweeps`, not `sweep`: `runner.sweep` is the public function, and a
+subpackage of that name would replace it as an attribute of `runner` once imported.)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping
+
+    from runner.sweeps.driver import SweepResult
+
+CONFIG_KEYS = ("entry_point", "method", "metric", "goal", "max_runs", "max_parallel", "max_failures", "seed")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """A sweep.yaml (schemas/sweep.schema.json), as SweepRequest fields; a list becomes `a,b,c`."""
+    from runner.project.schema import load_document
+
+    document = load_document(Path(path), "sweep", Path(path).name)
+    data = dict(document.data or {})
+    parameters = {}
+    for name, value in (data.pop("parameters", None) or {}).items():
+        if isinstance(value, list):
+            value = ",".join(_text(item).replace(",", "\\,") for item in value)
+        parameters[name] = _text(value)
+    data["parameters"] = parameters
+    return data
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def sweep(
+    uri: str = ".",
+    parameters: Mapping[str, Any] | None = None,
+    entry_point: str | None = None,
+    version: str | None = None,
+    method: str | None = None,
+    max_runs: int | None = None,
+    seed: int | None = None,
+    max_parallel: int | None = None,
+    metric: str | None = None,
+    goal: str | None = None,
+    max_failures: int | None = None,
+    backend: str = "local",
+    backend_config: str | Mapping[str, Any] | None = None,
+    env_manager: str | None = None,
+    experiment_name: str | None = None,
+    experiment_id: str | None = None,
+    *,
+    config: str | Path | None = None,
+    resume: str | None = None,
+    cwd: str | Path | None = None,
+    notify: Callable[[str], None] | None = None,
+    progress=None,
+) -> SweepResult:
+    """Run a sweep (or, with `resume=SWEEP_ID`, what an earlier one still lacks) and wait for it.
+
+    `parameters` maps each name to a fixed value or a space: "0.1,0.5,1.0", "range(0,1,0.25)",
+    "choice(a,b)", "uniform(0,1)", "loguniform(1e-4,1)", "int(uniform(10,200))". `config` is a
+    sweep.yaml; arguments given here win over it. Returns the SweepResult: `sweep_id`,
+    `parent_run_id`, `trials`, `best`, `status` ("FINISHED" when every trial finished)."""
+    from runner.errors import RunnerError
+
+    try:
+        return run_sweep(uri, parameters, entry_point, version, method, max_runs, seed, max_parallel, metric, goal,
+                         max_failures, backend, backend_config, env_manager, experiment_name, experiment_id,
+                         config=config, resume=resume, cwd=cwd, notify=notify, progress=progress)
+    except RunnerError as exc:
+        raise exc.for_python() from None
+
+
+def run_sweep(uri, parameters, entry_point, version, method, max_runs, seed, max_parallel, metric, goal, max_failures,
+              backend, backend_config, env_manager, experiment_name, experiment_id, *, config, resume, cwd, notify,
+              progress) -> SweepResult:
+    """`sweep()` for the CLI too: its errors keep the command line's hints."""
+    from runner.sweeps import driver
+
+    notify = notify or _log
+    if resume is not None:
+        return driver.resume(resume, notify=notify, progress=progress)
+    fields: dict[str, Any] = load_config(config) if config is not None else {}
+    given = {"entry_point": entry_point, "version": version, "method": method, "max_runs": max_runs, "seed": seed,
+             "max_parallel": max_parallel, "metric": metric, "goal": goal, "max_failures": max_failures,
+             "backend": backend, "backend_config": backend_config, "env_manager": env_manager,
+             "experiment_name": experiment_name, "experiment_id": experiment_id}
+    fields.update({k: v for k, v in given.items() if v is not None})
+    fields["parameters"] = {**fields.get("parameters", {}), **dict(parameters or {})}
+    fields["uri"] = uri
+    fields["cwd"] = str(Path(cwd).absolute() if cwd is not None else Path.cwd())
+    return driver.start(driver.SweepRequest(**fields), notify=notify, progress=progress)
+
+
+def _log(message: str) -> None:
+    import logging
+
+    logging.getLogger("runner").info(message)

@@ -1,0 +1,449 @@
+"""Running a sweep: every trial an ordinary run (api.submit) under one parent run, in parallel.
+
+    SweepRequest --space--> trials --plan once--> every trial's parameters checked
+        --environment built once--> parent run opened (tracking + ledger) --trials, N at a
+        time, on the sweep's backend--> metric read from each trial's run --> best trial
+        tagged on the parent, the trials' table as its artifact, the parent ended
+
+The state (what was asked, each trial's run and outcome) is in the ledger from the
+start, so `resume()` runs only what is missing after a kill, a crash or a reboot.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from runner import home
+from runner.errors import RunnerError, UsageError
+from runner.sweeps.space import METHODS, parse_space
+from runner.sweeps.state import SweepRecord, SweepStore, Trial
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping
+
+GOALS = ("minimize", "maximize")
+SWEEP_TAG = "mlproject.sweep.id"
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """What `mlproject sweep` and `runner.sweep()` take; stored as JSON with the sweep."""
+
+    uri: str = "."
+    entry_point: str = "main"
+    version: str | None = None
+    parameters: Mapping[str, Any] | None = None  # name -> a value or a space (see runner.sweeps.space)
+    method: str = "grid"
+    max_runs: int | None = None
+    seed: int | None = None
+    max_parallel: int | None = None  # default: the number of cores
+    metric: str | None = None  # ranks the trials: the last value each trial logged under this name
+    goal: str = "minimize"
+    max_failures: int | None = None  # stop starting trials once more than this many failed
+    backend: str = "local"
+    backend_config: Any = None
+    env_manager: str | None = None
+    experiment_name: str | None = None
+    experiment_id: str | None = None
+    cwd: str | None = None
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"unknown sweep method {self.method!r}", hint=f"choose one of: {', '.join(METHODS)}")
+        if self.goal not in GOALS:
+            raise UsageError(f"unknown goal {self.goal!r}", hint="minimize or maximize")
+        for name in ("max_runs", "max_parallel", "max_failures"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < (0 if name == "max_failures" else 1)):
+                raise UsageError(f"{name.replace('_', '-')} must be a positive whole number, not {value!r}",
+                                 hint=f"for example --{name.replace('_', '-')} 4")
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    parent_run_id: str
+    trials: list[Trial]
+    metric: str | None
+    goal: str
+    status: str = "RUNNING"  # the parent run's: FINISHED (every trial finished), FAILED or KILLED
+    best: Trial | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "FINISHED"
+
+
+def start(request: SweepRequest, *, notify: Callable[[str], None], progress=None) -> SweepResult:
+    request.check()
+    space = parse_space(dict(request.parameters or {}))
+    trials = [Trial(number, parameters) for number, parameters in
+              enumerate(space.trials(request.method, request.max_runs, request.seed), start=1)]
+    if not trials:
+        raise UsageError("the sweep has no trials", hint="give at least one -P NAME=VALUES")
+    if not space.dimensions:
+        notify("note: no parameter is swept (every -P has one value): the sweep is one trial")
+    return _drive(request, os.urandom(6).hex(), trials, None, notify, progress, space.as_json())
+
+
+def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> SweepResult:
+    """Run what a sweep still lacks: trials that never ran, or whose run was cut short with its
+    driver. Trials that finished or failed on their own are kept."""
+    record = find(sweep_id)
+    request = SweepRequest(**record.request)
+    from runner import backends
+    from runner.tracking.ledger import Ledger
+    from runner.tracking.runs import find as find_run
+
+    ledger = Ledger()
+    try:
+        backends.reconcile(ledger)  # runs a dead driver left are ended first
+        for trial in record.trials:
+            if trial.status in ("RUNNING", "KILLED") and trial.run_id:
+                try:
+                    run = find_run(ledger, trial.run_id)
+                except UsageError:
+                    run = None
+                if run is not None and run.status in ("FINISHED", "FAILED") and run.reason != _runner_died():
+                    trial.status, trial.duration = run.status, (run.end_time or run.start_time) - run.start_time
+                else:
+                    trial.status, trial.run_id = "PENDING", None  # cut short with its driver: run again
+        parent_row = find_run(ledger, record.parent_run_id)
+    finally:
+        ledger.close()
+    missing = [t for t in record.trials if not t.done]
+    notify(f"resuming sweep {record.id}: {len(record.trials) - len(missing)} trial(s) kept, {len(missing)} to run")
+    parent = _Parent(record.parent_run_id, parent_row.tracking_run_id)
+    return _drive(request, record.id, record.trials, parent, notify, progress, record.request.get("parameters") or {})
+
+
+@dataclass(frozen=True)
+class _Parent:
+    """A resumed sweep's parent run: its ledger row, and its MLflow run when it was tracked."""
+
+    ledger_id: str
+    tracking_run_id: str | None
+
+
+def find(sweep_id: str) -> SweepRecord:
+    from runner.tracking.ledger import Ledger
+
+    if not sweep_id.strip():
+        raise UsageError("no sweep ID given", hint="see `mlproject sweep list`")
+    ledger = Ledger()
+    try:
+        matches = SweepStore(ledger).get(sweep_id)
+    finally:
+        ledger.close()
+    exact = [m for m in matches if m.id == sweep_id]
+    if exact:
+        return exact[0]
+    if not matches:
+        raise UsageError(f"no sweep with ID {sweep_id!r}", hint="see `mlproject sweep list`")
+    if len(matches) > 1:
+        raise UsageError(f"sweep ID {sweep_id!r} is ambiguous", hint="give more characters of the ID")
+    return matches[0]
+
+
+def _runner_died() -> str:
+    from runner.tracking.runs import RUNNER_DIED
+
+    return RUNNER_DIED
+
+
+# -- the driver ---------------------------------------------------------------------------
+def _drive(request: SweepRequest, sweep_id: str, trials: list[Trial], parent: _Parent | None,
+           notify: Callable[[str], None], progress, space: dict) -> SweepResult:
+    from runner import api
+    from runner.project.params import resolve
+
+    cwd = Path(request.cwd).absolute() if request.cwd else Path.cwd()
+    # One fetch: a git project's trials all run the commit it resolved to now.
+    plan = api.plan(request.uri, request.entry_point, request.version, trials[0].parameters, request.env_manager, cwd,
+                    notify=notify, progress=progress)
+    try:
+        for trial in trials:  # every value of every trial, before the first starts
+            try:
+                resolve(plan.project, request.entry_point, trial.parameters, cwd)
+            except RunnerError as exc:
+                exc.message = f"trial {trial.number} ({_shown(trial.parameters)}): {exc.message}"
+                raise
+        cached = plan.source.checkout is not None
+        version = plan.source.commit if cached else request.version
+        # (a local directory by its absolute path: the environment is prepared from here, not the caller's cwd)
+        env_uri = request.uri if cached or plan.source.lease is not None else str(plan.source.path)
+        manager = plan.env_manager
+    finally:
+        plan.source.release()
+    if (request.backend or "local") == "local" and any(not t.done for t in trials):
+        # Built once, before the first trial (the trials would otherwise queue on its lock).
+        api.prepare_environment(env_uri, version, manager, notify=notify, progress=progress).release()
+    sweep = _Sweep(request, sweep_id, trials, version, manager, notify, cwd)
+    sweep.open_parent(parent, space, plan)
+    try:
+        sweep.run_trials()
+    except BaseException:
+        sweep.interrupted = True
+        raise
+    finally:
+        sweep.close()
+    return sweep.result
+
+
+def _shown(parameters: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in parameters.items())
+
+
+class _Sweep:
+    """One sweep being driven: its parent run, its ledger rows, its trials in flight."""
+
+    def __init__(self, request: SweepRequest, sweep_id: str, trials: list[Trial], version: str | None, manager: str,
+                 notify: Callable[[str], None], cwd: Path):
+        self.request, self.id, self.trials, self.version, self.manager = request, sweep_id, trials, version, manager
+        self.notify, self.cwd = notify, cwd
+        self.interrupted = False
+        self.directory = home.subdir("sweeps") / sweep_id
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.directory / "sweep.log", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._lock = threading.Lock()  # the ledger's connection and the tracker are shared by the trial threads
+        self._active: dict[int, Any] = {}
+        self._stop = threading.Event()
+        self._warned: set[str] = set()
+        self.result = SweepResult(sweep_id, "", trials, request.metric, request.goal)
+
+    # -- the parent run ------------------------------------------------------------------
+    def open_parent(self, parent: _Parent | None, space: dict, plan) -> None:
+        from runner.tracking import redact
+        from runner.tracking.ledger import Ledger, RunRecord
+        from runner.tracking.session import begin_tracking, plan_tracking, project_tags
+
+        request = self.request
+        continued = parent.tracking_run_id if parent else None
+        if parent is not None and continued is None:  # the sweep was not tracked: nor is its rest
+            from runner.tracking.session import TrackingPlan
+
+            self.tracking = TrackingPlan(None, False)
+        else:
+            self.tracking = plan_tracking(self.cwd, request.experiment_name, request.experiment_id, continued)
+        tags = project_tags(plan.source.source_name, request.entry_point, self.manager, None, plan.source.commit,
+                            plan.source.repo_url, plan.source.branch, plan.source.dirty, plan.source.branch_named,
+                            request.backend or "local")
+        tags.update({SWEEP_TAG: self.id, "mlproject.sweep.method": request.method,
+                     "mlproject.sweep.space": json.dumps(space, sort_keys=True),
+                     "mlproject.sweep.trials": str(len(self.trials))})
+        if request.metric:
+            tags["mlproject.sweep.metric"] = f"{request.metric} ({request.goal})"
+        self.tracked = begin_tracking(self.tracking, experiment_name=request.experiment_name,
+                                      experiment_id=request.experiment_id, run_id=continued,
+                                      run_name=None if parent else f"sweep-{self.id}", tags=tags, params={})()
+        self.parent_id = parent.ledger_id if parent else self.tracked.run_id or os.urandom(16).hex()
+        self.result.parent_run_id = self.parent_id
+        self.ledger = Ledger()
+        self.store = SweepStore(self.ledger)
+        if parent is None:
+            self.ledger.start(RunRecord(
+                id=self.parent_id, project_uri=plan.source.uri, project_dir=str(plan.project.directory),
+                entry_point=request.entry_point, command=f"sweep {self.id}: {request.method}, {len(self.trials)} trials",
+                env_manager=self.manager, log_path=str(self.directory / "sweep.log"), parameters=space,
+                git_commit=plan.source.commit, tracking_run_id=self.tracked.run_id,
+                tracking_uri=redact(self.tracking.uri) if self.tracked.run_id else None, backend="sweep"))
+            self.store.create(self.id, self.parent_id, _as_json(request, self.cwd), self.trials)
+        else:
+            self.ledger.reopen(self.parent_id)
+            for trial in self.trials:
+                self.store.update(self.id, trial)
+        self.experiment_id = self.tracked.context.experiment_id if self.tracked.context else None
+
+    def close(self) -> None:
+        """Rank the trials, record the best on the parent with the table, and end the parent."""
+        result = self.result
+        ended = [t for t in self.trials if t.status == "FINISHED"]
+        ranked = [t for t in ended if t.metric is not None]
+        if ranked:
+            result.best = (min if self.request.goal == "minimize" else max)(ranked, key=lambda t: t.metric)
+        elif self.request.metric and ended:
+            result.notes.append(f"note: no trial logged a metric named {self.request.metric!r}")
+        if self.interrupted:
+            result.status = "KILLED"
+        else:
+            result.status = "FINISHED" if all(t.status == "FINISHED" for t in self.trials) else "FAILED"
+        try:
+            with self._lock:
+                self._record_best(result)
+        finally:
+            table = self.directory / "trials.csv"
+            _write_csv(table, self.trials, self.request.metric, self.request.goal)
+            self.tracked.artifacts.append((table, None))
+            self.ledger.finish(self.parent_id, result.status, None if result.succeeded else 1,
+                               None if result.succeeded else _why(self.trials, self.interrupted))
+            self.tracked.finish(result.status, self.notify)
+            if self.tracked.end_recorded:
+                self.ledger.tracking_ended(self.parent_id)
+            self.ledger.close()
+            self.log.close()
+
+    def _record_best(self, result: SweepResult) -> None:
+        best = result.best
+        if best is None or not self.request.metric:
+            return
+        try:
+            self.tracked.set_tags({"mlproject.sweep.best_run_id": best.run_id or "",
+                                   "mlproject.sweep.best_trial": str(best.number)})
+            self.tracked.log_metrics({self.request.metric: float(best.metric)})  # type: ignore[arg-type]
+        except RunnerError as exc:
+            self.notify(f"warning: tracking: the best trial was not recorded on the parent run: {exc.message}")
+
+    # -- the trials ----------------------------------------------------------------------
+    def run_trials(self) -> None:
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        todo = [t for t in self.trials if not t.done]
+        workers = self.request.max_parallel or os.cpu_count() or 1
+        self.say(f"sweep {self.id}: {len(todo)} trial(s) to run, {workers} at a time "
+                 f"(parent run {self.parent_id}); see it with: mlproject sweep show {self.id}")
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlproject-trial")
+        futures = {pool.submit(self._one, trial) for trial in todo}
+        try:
+            while futures:
+                done, futures = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()  # a bug in the driver surfaces here, not silently
+        except BaseException:
+            self._stop.set()
+            with self._lock:
+                active = list(self._active.values())
+            for submitted in active:
+                submitted.request_cancel()
+            wait(futures)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+    def _one(self, trial: Trial) -> None:
+        from runner import api
+        from runner.request import RunRequest
+
+        if self._stop.is_set():
+            return
+        request = self.request
+        run_request = RunRequest(
+            request.uri, request.entry_point, self.version, trial.parameters, experiment_id=self.experiment_id,
+            backend=request.backend or "local", backend_config=request.backend_config, synchronous=False,
+            env_manager=self.manager, run_name=f"sweep-{self.id}-{trial.number}", cwd=self.cwd, stream_output=False,
+            parent_run_id=self.tracked.run_id,
+        )
+        started = time.monotonic()
+
+        def submitted_now(submitted) -> None:
+            with self._lock:
+                self._active[trial.number] = submitted
+                trial.run_id, trial.status = submitted.run_id, "RUNNING"
+                self.store.update(self.id, trial)
+            if self._stop.is_set():
+                submitted.request_cancel()
+
+        try:
+            submitted = api.submit(run_request, notify=self._quiet, on_submitted=submitted_now)
+            submitted.wait()
+            trial.status = submitted.get_status()
+        except RunnerError as exc:  # e.g. its environment did not build: the sweep goes on
+            trial.status = "KILLED" if self._stop.is_set() else "FAILED"
+            self.say(f"trial {trial.number}: {exc.message}")
+        trial.duration = time.monotonic() - started
+        with self._lock:
+            self._active.pop(trial.number, None)
+            if trial.status == "FINISHED" and request.metric and trial.run_id:
+                trial.metric = self._metric(trial.run_id)
+            self.store.update(self.id, trial)
+            failures = sum(t.status == "FAILED" for t in self.trials)
+        self._report(trial)
+        if request.max_failures is not None and failures > request.max_failures and not self._stop.is_set():
+            self._stop.set()
+            self.say(f"sweep {self.id}: {failures} trials failed (--max-failures {request.max_failures}); "
+                     "no more trials are started")
+
+    def _metric(self, run_id: str) -> float | None:
+        if self.tracked.tracker is None:
+            return None
+        try:
+            _, metrics = self.tracked.tracker.results(run_id)
+        except RunnerError as exc:
+            self.say(f"warning: the metric of run {run_id} was not read: {exc.message}")
+            return None
+        value = metrics.get(self.request.metric)
+        return float(value) if value is not None else None
+
+    def _report(self, trial: Trial) -> None:
+        from runner.progress import human_duration
+
+        done = sum(t.status not in ("PENDING", "RUNNING") for t in self.trials)
+        metric = f"  {self.request.metric}={trial.metric:g}" if trial.metric is not None else ""
+        self.say(f"trial {trial.number} ({done}/{len(self.trials)}) {trial.status} in "
+                 f"{human_duration(trial.duration or 0)}: {_shown(trial.parameters)}{metric}  (run {trial.run_id})")
+
+    def say(self, line: str) -> None:
+        self.notify(line)
+        try:
+            self.log.write(line + "\n")
+            self.log.flush()
+        except ValueError:
+            pass
+
+    def _quiet(self, message: str) -> None:
+        """What each trial's run would say: warnings once, the rest in the trials' own logs."""
+        if message.startswith("warning:") and message not in self._warned:
+            self._warned.add(message)
+            self.say(message)
+
+
+def _why(trials: list[Trial], interrupted: bool) -> str:
+    if interrupted:
+        return "the sweep was interrupted"
+    failed = sum(t.status != "FINISHED" for t in trials)
+    return f"{failed} of {len(trials)} trial(s) did not finish"
+
+
+def _as_json(request: SweepRequest, cwd: Path) -> dict:
+    data = asdict(request)
+    data["cwd"] = str(cwd)
+    data["parameters"] = {k: str(v) for k, v in (request.parameters or {}).items()}
+    return data
+
+
+def _write_csv(path: Path, trials: list[Trial], metric: str | None, goal: str) -> None:
+    names = sorted({name for trial in trials for name in trial.parameters})
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trial", "status", metric or "metric", "duration_s", *names, "run_id"])
+        for trial in ranked(trials, goal):
+            writer.writerow([trial.number, trial.status, "" if trial.metric is None else trial.metric,
+                             "" if trial.duration is None else f"{trial.duration:.3f}",
+                             *(trial.parameters.get(name, "") for name in names), trial.run_id or ""])
+
+
+def ranked(trials: list[Trial], goal: str | None) -> list[Trial]:
+    """Trials with a metric first, best first (by `goal`); then the others in their order."""
+    with_metric = [t for t in trials if t.metric is not None]
+    others = [t for t in trials if t.metric is None]
+    with_metric.sort(key=lambda t: t.metric, reverse=goal == "maximize")  # type: ignore[arg-type,return-value]
+    return with_metric + others
+
+
+def table(trials: list[Trial], metric: str | None, goal: str) -> list[str]:
+    """The trials for a person, best first."""
+    from runner.progress import human_duration
+
+    rows = [("#", "STATUS", (metric or "METRIC").upper(), "DURATION", "PARAMETERS", "RUN ID")]
+    for trial in ranked(trials, goal):
+        rows.append((str(trial.number), trial.status, "" if trial.metric is None else f"{trial.metric:g}",
+                     "" if trial.duration is None else human_duration(trial.duration), _shown(trial.parameters),
+                     trial.run_id or ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]

@@ -1,0 +1,84 @@
+"""A sweep's state, kept in the ledger's database beside the runs: what was asked, and each trial.
+
+A sweep outlives its driver: `mlproject sweep --resume ID` reads what was asked and which
+trials ended, and runs the rest. The parent MLflow run is also a ledger row (so a driver
+that died leaves it FAILED for the ledger's reconcile, like any run whose runner died).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from runner.tracking.ledger import Ledger
+
+DONE = ("FINISHED", "FAILED")  # a trial that ended on its own is never run again
+
+
+@dataclass
+class Trial:
+    number: int  # from 1, in the order the method drew it
+    parameters: dict[str, str]
+    run_id: str | None = None
+    status: str = "PENDING"  # PENDING, then the run's: RUNNING, FINISHED, FAILED, KILLED
+    metric: float | None = None
+    duration: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in DONE
+
+
+@dataclass
+class SweepRecord:
+    id: str
+    parent_run_id: str  # the parent run's ledger ID (its MLflow ID when tracked)
+    request: dict  # the SweepRequest, as JSON
+    created: float
+    trials: list[Trial]
+
+
+class SweepStore:
+    def __init__(self, ledger: Ledger):
+        self._db = ledger.db
+        self._db.execute("CREATE TABLE IF NOT EXISTS sweeps (id TEXT PRIMARY KEY, parent_run_id TEXT NOT NULL,"
+                         " request TEXT NOT NULL, created REAL NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS sweep_trials (sweep_id TEXT NOT NULL, number INTEGER NOT NULL,"
+                         " parameters TEXT NOT NULL, run_id TEXT, status TEXT NOT NULL, metric REAL, duration REAL,"
+                         " PRIMARY KEY (sweep_id, number))")
+
+    def create(self, sweep_id: str, parent_run_id: str, request: dict, trials: list[Trial]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("INSERT INTO sweeps (id, parent_run_id, request, created) VALUES (?, ?, ?, ?)",
+                             (sweep_id, parent_run_id, json.dumps(request), time.time()))
+            self._db.executemany(
+                "INSERT INTO sweep_trials (sweep_id, number, parameters, status) VALUES (?, ?, ?, 'PENDING')",
+                [(sweep_id, t.number, json.dumps(t.parameters)) for t in trials])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def update(self, sweep_id: str, trial: Trial) -> None:
+        self._db.execute("UPDATE sweep_trials SET run_id = ?, status = ?, metric = ?, duration = ? WHERE sweep_id = ? AND number = ?",
+                         (trial.run_id, trial.status, trial.metric, trial.duration, sweep_id, trial.number))
+
+    def get(self, id_prefix: str) -> list[SweepRecord]:
+        rows = self._db.execute("SELECT id, parent_run_id, request, created FROM sweeps WHERE id LIKE ? ORDER BY created DESC LIMIT 3",
+                                (id_prefix + "%",)).fetchall()
+        return [SweepRecord(row[0], row[1], json.loads(row[2]), row[3], self.trials(row[0])) for row in rows]
+
+    def trials(self, sweep_id: str) -> list[Trial]:
+        rows = self._db.execute("SELECT number, parameters, run_id, status, metric, duration FROM sweep_trials"
+                                " WHERE sweep_id = ? ORDER BY number", (sweep_id,)).fetchall()
+        return [Trial(row[0], json.loads(row[1]), row[2], row[3], row[4], row[5]) for row in rows]
+
+    def list(self, limit: int = 20) -> list[SweepRecord]:
+        rows = self._db.execute("SELECT id FROM sweeps ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        return [self.get(row[0])[0] for row in rows]
+
+    def trial_run_ids(self, sweep_id: str) -> list[str]:
+        return [t.run_id for t in self.trials(sweep_id) if t.run_id]
