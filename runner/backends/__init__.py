@@ -41,7 +41,7 @@ def get(name: str | None) -> ModuleType:
     if name not in BACKENDS:
         raise NotAvailableError(f"backend {name!r} is not available",
                                 hint=f"choose one of: {', '.join(BACKENDS)} (-b/--backend)",
-                                python_hint=f"choose one of: {', '.join(BACKENDS)} (backend=)")
+                                python_hint="choose one of: " + ", ".join(f'backend="{b}"' for b in BACKENDS))
     return importlib.import_module(f"runner.backends.{name}")
 
 
