@@ -339,7 +339,8 @@ def sweep() -> None:
               help="a,b,c | range(start,stop[,step]) | choice(a,b) | uniform(a,b) | loguniform(a,b) | int(...) | a fixed value")
 @click.option("-v", "--version", default=None, help="git branch, tag or commit")
 @click.option("--env-manager", default=None, metavar="|".join(ENV_MANAGERS), shell_complete=_complete_managers)
-@click.option("--method", type=click.Choice(["grid", "random"]), default=None, help="default grid")
+@click.option("--method", type=click.Choice(["grid", "random", "optuna"]), default=None,
+              help="grid (default), random, or optuna (TPE; needs mlproject-runner[optuna])")
 @click.option("--max-runs", type=int, default=None, help="random: trials (default 10); grid: the first N points")
 @click.option("--seed", type=int, default=None, help="random: the same seed draws the same trials")
 @click.option("--max-parallel", type=int, default=None, help="trials at once (default: the number of cores)")

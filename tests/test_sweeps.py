@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -205,3 +206,32 @@ def test_sweep_config_file_and_the_api(quadratic, _work_in_tmp):
     with pytest.raises(runner.UsageError) as raised:
         runner.sweep(str(quadratic), parameters={"x": "loguniform(0,1)"}, method="random")
     assert "0 < low" in raised.value.message
+
+
+def test_optuna_gets_close_to_a_known_minimum_and_resumes(quadratic, _work_in_tmp):
+    """loss = (x - 0.3)^2 over x in [-1, 1]: the search is killed halfway, resumed, and ends near x = 0.3."""
+    log = _work_in_tmp / "optuna.err"
+    args = [str(quadratic), "-P", "x=uniform(-1,1)", "--method", "optuna", "--metric", "loss", "--max-runs", "14",
+            "--seed", "3", "--max-parallel", "2", "--env-manager", "local"]
+    with open(log, "w") as stderr_file:
+        proc = subprocess.Popen([sys.executable, "-m", "runner", "sweep", *args], stdout=subprocess.DEVNULL,
+                                stderr=stderr_file, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if sum(line.startswith("trial ") and " FINISHED " in line for line in log.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    sweep_id = _sweep_id(log.read_text())
+    resumed = _sweep("--resume", sweep_id)
+    assert resumed.returncode == 0, resumed.stderr
+    client = _client(_work_in_tmp)
+    parent = client.search_runs(["0"], f"tags.`mlproject.sweep.id` = '{sweep_id}'")[0]
+    finished = [c for c in _children(client, parent.info.run_id) if c.info.status == "FINISHED"]
+    assert len(finished) == 14  # max_runs in all, across the kill
+    best = min(c.data.metrics["loss"] for c in finished)
+    assert best < 0.02 and parent.data.metrics["loss"] == pytest.approx(best)
+    assert (Path(os.environ["MLPROJECT_HOME"]) / "sweeps" / sweep_id / "optuna.log").is_file()  # the study, kept
+    no_metric = _sweep(str(quadratic), "-P", "x=uniform(-1,1)", "--method", "optuna")
+    assert_clean_error(no_metric, 2, "--metric")

@@ -84,6 +84,13 @@ class SweepResult:
 def start(request: SweepRequest, *, notify: Callable[[str], None], progress=None) -> SweepResult:
     request.check()
     space = parse_space(dict(request.parameters or {}))
+    if request.method == "optuna":
+        from runner.sweeps import optuna_search
+
+        optuna_search.check(request.metric)
+        # Every trial is proposed as the search goes; what can be checked now is every value a
+        # trial can take at the ends of the space (each listed value, each range's bounds).
+        return _drive(request, os.urandom(6).hex(), [], None, notify, progress, space.as_json(), checks=space.corners())
     trials = [Trial(number, parameters) for number, parameters in
               enumerate(space.trials(request.method, request.max_runs, request.seed), start=1)]
     if not trials:
@@ -121,7 +128,9 @@ def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> Sw
     missing = [t for t in record.trials if not t.done]
     notify(f"resuming sweep {record.id}: {len(record.trials) - len(missing)} trial(s) kept, {len(missing)} to run")
     parent = _Parent(record.parent_run_id, parent_row.tracking_run_id)
-    return _drive(request, record.id, record.trials, parent, notify, progress, record.request.get("parameters") or {})
+    space = parse_space(dict(request.parameters or {}))
+    return _drive(request, record.id, record.trials, parent, notify, progress, space.as_json(),
+                  checks=space.corners() if request.method == "optuna" else None)
 
 
 @dataclass(frozen=True)
@@ -160,20 +169,21 @@ def _runner_died() -> str:
 
 # -- the driver ---------------------------------------------------------------------------
 def _drive(request: SweepRequest, sweep_id: str, trials: list[Trial], parent: _Parent | None,
-           notify: Callable[[str], None], progress, space: dict) -> SweepResult:
+           notify: Callable[[str], None], progress, space: dict, checks: list[dict] | None = None) -> SweepResult:
     from runner import api
     from runner.project.params import resolve
 
     cwd = Path(request.cwd).absolute() if request.cwd else Path.cwd()
+    checks = [*(checks or []), *(t.parameters for t in trials)]
     # One fetch: a git project's trials all run the commit it resolved to now.
-    plan = api.plan(request.uri, request.entry_point, request.version, trials[0].parameters, request.env_manager, cwd,
+    plan = api.plan(request.uri, request.entry_point, request.version, checks[0], request.env_manager, cwd,
                     notify=notify, progress=progress)
     try:
-        for trial in trials:  # every value of every trial, before the first starts
+        for number, parameters in enumerate(checks, start=1):  # every value of every trial, before the first starts
             try:
-                resolve(plan.project, request.entry_point, trial.parameters, cwd)
+                resolve(plan.project, request.entry_point, parameters, cwd)
             except RunnerError as exc:
-                exc.message = f"trial {trial.number} ({_shown(trial.parameters)}): {exc.message}"
+                exc.message = f"trial {number} ({_shown(parameters)}): {exc.message}"
                 raise
         cached = plan.source.checkout is not None
         version = plan.source.commit if cached else request.version
@@ -182,7 +192,7 @@ def _drive(request: SweepRequest, sweep_id: str, trials: list[Trial], parent: _P
         manager = plan.env_manager
     finally:
         plan.source.release()
-    if (request.backend or "local") == "local" and any(not t.done for t in trials):
+    if (request.backend or "local") == "local" and (request.method == "optuna" or any(not t.done for t in trials)):
         # Built once, before the first trial (the trials would otherwise queue on its lock).
         api.prepare_environment(env_uri, version, manager, notify=notify, progress=progress).release()
     sweep = _Sweep(request, sweep_id, trials, version, manager, notify, cwd)
@@ -306,12 +316,21 @@ class _Sweep:
 
         todo = [t for t in self.trials if not t.done]
         workers = self.request.max_parallel or os.cpu_count() or 1
-        self.say(f"sweep {self.id}: {len(todo)} trial(s) to run, {workers} at a time "
+        self.search = self._search()
+        count = len(todo) if self.search is None else self.search.max_runs - sum(t.done for t in self.trials)
+        self.say(f"sweep {self.id}: {count} trial(s) to run, {workers} at a time "
                  f"(parent run {self.parent_id}); see it with: mlproject sweep show {self.id}")
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlproject-trial")
-        futures = {pool.submit(self._one, trial) for trial in todo}
+        futures: set = set()
         try:
-            while futures:
+            while True:
+                while len(futures) < workers and not self._stop.is_set():
+                    trial = todo.pop(0) if todo else self._proposed()
+                    if trial is None:
+                        break
+                    futures.add(pool.submit(self._one, trial))
+                if not futures:
+                    break
                 done, futures = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
                 for future in done:
                     future.result()  # a bug in the driver surfaces here, not silently
@@ -325,6 +344,25 @@ class _Sweep:
             raise
         finally:
             pool.shutdown(wait=True)
+
+    def _search(self):
+        if self.request.method != "optuna":
+            return None
+        from runner.sweeps.optuna_search import OptunaSearch
+
+        return OptunaSearch(parse_space(dict(self.request.parameters or {})), self.directory, f"sweep-{self.id}",
+                            self.request.goal, self.request.seed, self.request.max_runs or 10)
+
+    def _proposed(self) -> Trial | None:
+        """The search's next trial (optuna), checked and recorded; None when it has no more."""
+        if self.search is None:
+            return None
+        trial = self.search.ask()
+        if trial is not None:
+            with self._lock:
+                self.trials.append(trial)
+                self.store.add(self.id, trial)
+        return trial
 
     def _one(self, trial: Trial) -> None:
         from runner import api
@@ -364,6 +402,8 @@ class _Sweep:
             self.store.update(self.id, trial)
             failures = sum(t.status == "FAILED" for t in self.trials)
         self._report(trial)
+        if self.search is not None:
+            self.search.tell(trial)
         if request.max_failures is not None and failures > request.max_failures and not self._stop.is_set():
             self._stop.set()
             self.say(f"sweep {self.id}: {failures} trials failed (--max-failures {request.max_failures}); "

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from runner.errors import UsageError
 
-METHODS = ("grid", "random")
+METHODS = ("grid", "random", "optuna")
 _CALL = re.compile(r"^\s*(range|choice|uniform|loguniform|int)\s*\((.*)\)\s*$", re.S)
 
 
@@ -61,6 +61,20 @@ class Space:
         if not all(d.finite for d in self.dimensions):
             return None
         return math.prod(len(d.values or ()) for d in self.dimensions)
+
+    def corners(self) -> list[dict[str, str]]:
+        """Parameters that, together, give every dimension each of its listed values and both ends
+        of its range: what can be checked before a search that proposes its trials as it goes."""
+        fixed = dict(self.fixed)
+        ends = []
+        for d in self.dimensions:
+            if d.values is not None:
+                ends.append(list(d.values))
+            else:
+                low, high = (str(round(d.low)), str(round(d.high))) if d.integer else (_number(d.low), _number(d.high))  # type: ignore[arg-type]
+                ends.append([low, high])
+        count = max([len(e) for e in ends] or [1])
+        return [{**fixed, **{d.name: e[i % len(e)] for d, e in zip(self.dimensions, ends)}} for i in range(count)]
 
     def trials(self, method: str, max_runs: int | None, seed: int | None) -> list[dict[str, str]]:
         """Every trial's parameters, in order: the grid's points (first dimension slowest), or

@@ -62,6 +62,11 @@ class SweepStore:
             self._db.execute("ROLLBACK")
             raise
 
+    def add(self, sweep_id: str, trial: Trial) -> None:
+        """A trial proposed as the sweep goes (optuna)."""
+        self._db.execute("INSERT OR REPLACE INTO sweep_trials (sweep_id, number, parameters, status) VALUES (?, ?, ?, 'PENDING')",
+                         (sweep_id, trial.number, json.dumps(trial.parameters)))
+
     def update(self, sweep_id: str, trial: Trial) -> None:
         self._db.execute("UPDATE sweep_trials SET run_id = ?, status = ?, metric = ?, duration = ? WHERE sweep_id = ? AND number = ?",
                          (trial.run_id, trial.status, trial.metric, trial.duration, sweep_id, trial.number))

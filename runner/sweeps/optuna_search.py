@@ -1,0 +1,78 @@
+"""`--method optuna`: Optuna proposes each trial from the results so far (TPE by default).
+
+Optuna is an optional extra (`pip install 'mlproject-runner[optuna]'`), imported only here.
+Its study is a journal file next to the sweep's state (`$MLPROJECT_HOME/sweeps/ID/optuna.log`),
+so `--resume` continues the same study. Our trial N is the study's trial N-1: a trial cut
+short with its driver is told its result when it is run again.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from runner.errors import NotAvailableError, UsageError
+from runner.sweeps.space import Space
+from runner.sweeps.state import Trial
+
+
+class OptunaSearch:
+    def __init__(self, space: Space, directory: Path, study_name: str, goal: str, seed: int | None, max_runs: int):
+        try:
+            import optuna
+        except ImportError:
+            raise NotAvailableError("--method optuna needs Optuna, which is not installed",
+                                    hint="pip install 'mlproject-runner[optuna]'") from None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        self._optuna = optuna
+        self.space = space
+        self.max_runs = max_runs
+        self._lock = threading.Lock()  # ask and tell from the trial threads
+        storage = JournalStorage(JournalFileBackend(str(directory / "optuna.log")))
+        self.study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
+                                         direction="minimize" if goal == "minimize" else "maximize",
+                                         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=_startup(max_runs)))
+
+    def ask(self) -> Trial | None:
+        """The next trial Optuna proposes; None once max_runs trials were asked for."""
+        with self._lock:
+            if len(self.study.trials) >= self.max_runs:
+                return None
+            proposed = self.study.ask()
+            parameters = dict(self.space.fixed)
+            for dimension in self.space.dimensions:
+                if dimension.values is not None:
+                    parameters[dimension.name] = proposed.suggest_categorical(dimension.name, list(dimension.values))
+                elif dimension.integer:
+                    parameters[dimension.name] = str(proposed.suggest_int(
+                        dimension.name, round(dimension.low), round(dimension.high), log=dimension.log))
+                else:
+                    parameters[dimension.name] = repr(proposed.suggest_float(
+                        dimension.name, dimension.low, dimension.high, log=dimension.log))
+            return Trial(proposed.number + 1, parameters)
+
+    def tell(self, trial: Trial) -> None:
+        state = self._optuna.trial.TrialState
+        with self._lock:
+            try:
+                if trial.status == "FINISHED" and trial.metric is not None:
+                    self.study.tell(trial.number - 1, trial.metric)
+                elif trial.status in ("FINISHED", "FAILED"):
+                    self.study.tell(trial.number - 1, state=state.FAIL)
+                # A KILLED trial stays open: resumed, it runs again and is told then.
+            except (ValueError, RuntimeError):  # told already (a resumed trial's earlier end)
+                pass
+
+
+def check(metric: str | None) -> None:
+    if not metric:
+        raise UsageError("--method optuna needs --metric: the value it minimizes or maximizes",
+                         hint="for example --metric rmse --goal minimize", python_hint='for example metric="rmse"')
+
+
+def _startup(max_runs: int) -> int:
+    """Random trials before TPE takes over: Optuna's 10, but a third of a smaller budget (a
+    sweep of 12 would otherwise be 10 random draws and 2 guided ones)."""
+    return max(2, min(10, max_runs // 3))
