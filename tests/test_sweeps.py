@@ -83,6 +83,8 @@ def test_grid_records_a_parent_with_its_children_and_the_best(quadratic, _work_i
     assert json.loads(parent.data.tags["mlproject.sweep.space"]) == {"x": "range(0,1,0.25)", "y": "1,2"}
     csv_path = client.download_artifacts(parent.info.run_id, "trials.csv", str(_work_in_tmp / "dl"))
     lines = open(csv_path).read().splitlines()
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.csv", "loss.png"} <= artifacts  # and the plot of loss against x and y
     assert lines[0].startswith("trial,status,loss,duration_s,") and best.info.run_id in lines[1]
     # The table, best first, on stdout; `sweep show` prints it again later.
     assert result.stdout.splitlines()[1].split()[:3] == ["3", "FINISHED", "1.0025"]

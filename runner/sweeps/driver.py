@@ -291,6 +291,9 @@ class _Sweep:
             table = self.directory / "trials.csv"
             _write_csv(table, self.trials, self.request.metric, self.request.goal)
             self.tracked.artifacts.append((table, None))
+            plot = self._plot()
+            if plot is not None:
+                self.tracked.artifacts.append((plot, None))
             self.ledger.finish(self.parent_id, result.status, None if result.succeeded else 1,
                                None if result.succeeded else _why(self.trials, self.interrupted))
             self.tracked.finish(result.status, self.notify)
@@ -298,6 +301,39 @@ class _Sweep:
                 self.ledger.tracking_ended(self.parent_id)
             self.ledger.close()
             self.log.close()
+
+    def _plot(self) -> Path | None:
+        """The metric against each swept parameter, one panel each (matplotlib, when installed)."""
+        metric = self.request.metric
+        points = [t for t in self.trials if t.metric is not None]
+        swept = [name for name in parse_space(dict(self.request.parameters or {})).as_json()
+                 if len({t.parameters.get(name) for t in points}) > 1]
+        if not metric or not points or not swept:
+            return None
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")  # no display: a file
+            import matplotlib.pyplot as plt
+        except ImportError:
+            self.result.notes.append("note: matplotlib is not installed: the sweep's plot was skipped")
+            return None
+        figure, axes = plt.subplots(1, len(swept), figsize=(4 * len(swept), 3.2), squeeze=False)
+        for axis, name in zip(axes[0], swept):
+            values = [t.parameters[name] for t in points]
+            try:
+                xs: list = [float(v) for v in values]
+            except ValueError:
+                xs = values  # categorical: one column per value
+            axis.scatter(xs, [t.metric for t in points], s=18)
+            axis.set_xlabel(name)
+            axis.set_ylabel(metric)
+        figure.suptitle(f"sweep {self.id}: {metric} ({self.request.goal})")
+        figure.tight_layout()
+        path = self.directory / f"{_safe(metric)}.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        return path
 
     def _record_best(self, result: SweepResult) -> None:
         best = result.best
@@ -441,6 +477,10 @@ class _Sweep:
         if message.startswith("warning:") and message not in self._warned:
             self._warned.add(message)
             self.say(message)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "metric"
 
 
 def _why(trials: list[Trial], interrupted: bool) -> str:
