@@ -131,6 +131,20 @@ def test_multistep_workflow_children_and_reuse(cli, _work_in_tmp):
     assert "step train: running" in second.stdout
 
 
+def test_hyperparam_sweeps_the_wine_example(cli, _work_in_tmp):
+    db = _work_in_tmp / "mlflow.db"
+    result = cli("run", str(EXAMPLES / "hyperparam"), "--env-manager", "local", "-P", "method=grid", "-P", "max_runs=4")
+    search = finished_run(result, db)
+    assert "best of 4 trials: rmse=" in result.stdout
+    client = MlflowClient(f"sqlite:///{db}")
+    sweep = client.search_runs([search.info.experiment_id], f"tags.`mlflow.parentRunId` = '{search.info.run_id}'")
+    assert len(sweep) == 1 and sweep[0].data.tags["mlproject.sweep.method"] == "grid"  # the sweep, a child of the search
+    trials = client.search_runs([search.info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep[0].info.run_id}'")
+    assert len(trials) == 4 and all(t.info.status == "FINISHED" for t in trials)
+    best = min(trials, key=lambda t: t.data.metrics["rmse"])
+    assert sweep[0].data.tags["mlproject.sweep.best_run_id"] == best.info.run_id
+
+
 def test_docker_example(cli, daemon, _work_in_tmp, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", daemon.host)
     daemon.docker("tag", daemon.load_base_image(), "mlproject-examples/elasticnet:1")
