@@ -155,29 +155,13 @@ def _write_all(fd: int, data: bytes) -> None:
         pass  # our own stdout went away (closed pipe); the log still has everything
 
 
-class SubmittedRun:
-    """A launched command: wait for it, ask its status, or cancel it.
+class RunHandle:
+    """What every submitted run offers, wherever it runs: `wait()`, `get_status()`, `done`,
+    `cancel()`. A subclass keeps `_status` and `_done` and says how to `request_cancel()`."""
 
-    Mirrors mlflow.projects.SubmittedRun (`run_id`, `wait()`, `get_status()`,
-    `cancel()`) and adds `exit_code` and `log_path`.
-    """
+    _status: str
+    _done: threading.Event
 
-    def __init__(self, run_id: str, log_path: Path | None, tracking_uri: str | None = None,
-                 experiment_id: str | None = None):
-        self.run_id = run_id
-        self.log_path = log_path
-        self.tracking_uri = tracking_uri  # where the run is tracked (credentials masked); None: the ledger only
-        self.experiment_id = experiment_id
-        self.exit_code: int | None = None
-        self.cancel_signal: int | None = None
-        self._status = RUNNING
-        self.launching = False  # set just before the command starts; until then it is preparing
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self._process: subprocess.Popen[bytes] | None = None
-        self._terminal: int | None = None  # the pseudo-terminal's master side, when the command has one
-
-    # -- public API --------------------------------------------------------
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the run ends; True if it FINISHED. Ctrl-C cancels the run."""
         try:
@@ -199,11 +183,39 @@ class SubmittedRun:
         return self._done.is_set()
 
     def cancel(self, signum: int = signal.SIGTERM) -> None:
-        """Stop the whole process group (TERM, grace, KILL) and wait until it is gone."""
+        """Stop the run and wait until its end is recorded."""
         self.request_cancel(signum)
         while not self._done.wait(0.5):
             pass
 
+    def request_cancel(self, signum: int = signal.SIGTERM) -> None:
+        raise NotImplementedError
+
+
+class SubmittedRun(RunHandle):
+    """A launched command: wait for it, ask its status, or cancel it.
+
+    Mirrors mlflow.projects.SubmittedRun (`run_id`, `wait()`, `get_status()`,
+    `cancel()`) and adds `exit_code` and `log_path`.
+    """
+
+    def __init__(self, run_id: str, log_path: Path | None, tracking_uri: str | None = None,
+                 experiment_id: str | None = None):
+        self.run_id = run_id
+        self.log_path = log_path
+        self.tracking_uri = tracking_uri  # where the run is tracked (credentials masked); None: the ledger only
+        self.experiment_id = experiment_id
+        self.exit_code: int | None = None
+        self.cancel_signal: int | None = None
+        self._status = RUNNING
+        self.launching = False  # set just before the command starts; until then it is preparing
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._terminal: int | None = None  # the pseudo-terminal's master side, when the command has one
+
+    # -- public API (and wait, get_status, done, cancel: RunHandle's) ----------------
+    # cancel() stops the whole process group: TERM (INT for Ctrl-C), a grace period, KILL.
     def request_cancel(self, signum: int = signal.SIGTERM) -> None:
         """Start cancelling without blocking (safe inside a signal handler).
 

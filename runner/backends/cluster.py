@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.launch import RunHandle
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from runner.tracking.ledger import RunRecord
@@ -48,7 +50,7 @@ class JobOf:
     run_id: str
 
 
-class ClusterRun:
+class ClusterRun(RunHandle):
     def __init__(self, record: RunRecord, *, echo: bool = False, tracking_uri: str | None = None,
                  experiment_id: str | None = None, progress=None):
         self.run_id = record.tracking_run_id or record.id
@@ -70,38 +72,14 @@ class ClusterRun:
         if record.finished:
             self._done.set()
             if echo:
-                self._write(_read_from(self.log_path, 0))
+                from runner.tracking.runs import read_from
+
+                self._write(read_from(self.log_path, 0))
         else:
             threading.Thread(target=self._follow, daemon=True, name="mlproject-follow").start()
 
-    # -- the SubmittedRun interface ------------------------------------------------------
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the run ends; True if it FINISHED. Ctrl-C cancels the job."""
-        try:
-            if timeout is None:
-                while not self._done.wait(0.5):
-                    pass
-            elif not self._done.wait(timeout):
-                return False
-        except KeyboardInterrupt:
-            self.cancel(signal.SIGINT)
-            raise
-        return self._status == "FINISHED"
-
-    def get_status(self) -> str:
-        """SCHEDULED (queued), RUNNING, then FINISHED, FAILED or KILLED."""
-        return self._status
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def cancel(self, signum: int = signal.SIGTERM) -> None:
-        """Cancel the job and wait until the run's end is recorded."""
-        self.request_cancel(signum)
-        while not self._done.wait(0.5):
-            pass
-
+    # -- the SubmittedRun interface (wait, get_status, done, cancel: RunHandle's) ----------
+    # get_status(): SCHEDULED (queued), RUNNING, then FINISHED, FAILED or KILLED.
     def request_cancel(self, signum: int = signal.SIGTERM) -> None:
         """Ask the scheduler to cancel the job, without blocking (safe in a signal handler)."""
         if self._done.is_set() or not self._cancelling.acquire(blocking=False):
@@ -148,7 +126,7 @@ class ClusterRun:
         from runner import backends
         from runner.progress import step
         from runner.tracking.ledger import Ledger
-        from runner.tracking.runs import find
+        from runner.tracking.runs import find, read_from
 
         ledger = Ledger()
         position = 0
@@ -165,7 +143,7 @@ class ClusterRun:
                     else:
                         queued.__exit__(None, None, None)
                         queued = None
-                chunk = _read_from(self.log_path, position)
+                chunk = read_from(self.log_path, position)
                 if chunk:
                     position += len(chunk)
                     if self._echo:
@@ -173,7 +151,7 @@ class ClusterRun:
                 self._status = record.status
                 if record.finished:
                     if self._echo:  # what was written before the end was recorded
-                        self._write(_read_from(self.log_path, position))
+                        self._write(read_from(self.log_path, position))
                     self.exit_code, self.reason = record.exit_code, record.reason
                     return
                 now = time.monotonic()
@@ -208,14 +186,3 @@ class ClusterRun:
         except Exception:  # noqa: BLE001 - the scheduler did not answer this time; ask again later
             return None
         return record if state is None or state.ended else None
-
-
-def _read_from(path: Path | None, position: int) -> bytes:
-    if path is None:
-        return b""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(position)
-            return handle.read()
-    except OSError:
-        return b""

@@ -7,7 +7,6 @@ and shared by every job that runs them. What a run writes next to its project an
 what MLflow keeps in a local store are not project code and are left out."""
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
@@ -38,17 +37,9 @@ def _files(directory: Path) -> list[tuple[str, os.stat_result]]:
 
 
 def content_key(directory: Path, files: list[tuple[str, os.stat_result]]) -> str:
-    digest = hashlib.sha256()
-    for relative, info in files:
-        path = directory / relative
-        if stat.S_ISLNK(info.st_mode):
-            digest.update(f"L {relative}\0{os.readlink(path)}\0".encode())
-            continue
-        digest.update(f"F {relative}\0{1 if info.st_mode & 0o111 else 0}\0{info.st_size}\0".encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    from runner.filetree import files_digest
+
+    return files_digest(directory, (relative for relative, _ in files))
 
 
 def snapshot(directory: Path, root: Path, progress=None) -> Path:

@@ -151,14 +151,9 @@ def find(sweep_id: str) -> SweepRecord:
         matches = SweepStore(ledger).get(sweep_id)
     finally:
         ledger.close()
-    exact = [m for m in matches if m.id == sweep_id]
-    if exact:
-        return exact[0]
-    if not matches:
-        raise UsageError(f"no sweep with ID {sweep_id!r}", hint="see `mlproject sweep list`")
-    if len(matches) > 1:
-        raise UsageError(f"sweep ID {sweep_id!r} is ambiguous", hint="give more characters of the ID")
-    return matches[0]
+    from runner.tracking.runs import one_of
+
+    return one_of(matches, [m for m in matches if m.id == sweep_id], "sweep", sweep_id, "`mlproject sweep list`")
 
 
 def _runner_died() -> str:

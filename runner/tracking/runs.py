@@ -68,13 +68,18 @@ def find(ledger: Ledger, run_id: str) -> RunRecord:
     if not run_id.strip():
         raise UsageError("no run ID given", hint="give a run ID (or its first characters); see `mlproject runs list`")
     matches = ledger.get(run_id)
-    exact = [r for r in matches if run_id in (r.id, r.tracking_run_id)]
+    return one_of(matches, [r for r in matches if run_id in (r.id, r.tracking_run_id)], "run", run_id,
+                  "`mlproject runs list`")
+
+
+def one_of(matches: list, exact: list, noun: str, given: str, listing: str):
+    """The one record an ID (or its first characters) names, or a clear error."""
     if exact:
         return exact[0]
     if not matches:
-        raise UsageError(f"no run with ID {run_id!r}", hint="see `mlproject runs list`")
+        raise UsageError(f"no {noun} with ID {given!r}", hint=f"see {listing}")
     if len(matches) > 1:
-        raise UsageError(f"run ID {run_id!r} is ambiguous", hint="give more characters of the ID")
+        raise UsageError(f"{noun} ID {given!r} is ambiguous", hint="give more characters of the ID")
     return matches[0]
 
 
@@ -150,7 +155,7 @@ def follow(record: RunRecord, ledger: Ledger, write, poll: float = 0.2) -> None:
     position = 0
     while True:
         ended = find(ledger, record.id).finished
-        chunk = _read_from(record.log_path, position)
+        chunk = read_from(record.log_path, position)
         if chunk:
             position += len(chunk)
             write(chunk)
@@ -159,7 +164,10 @@ def follow(record: RunRecord, ledger: Ledger, write, poll: float = 0.2) -> None:
         time.sleep(poll)
 
 
-def _read_from(path: str, position: int) -> bytes:
+def read_from(path: str | os.PathLike[str] | None, position: int) -> bytes:
+    """What a log holds from `position` on (nothing yet when it does not exist)."""
+    if path is None:
+        return b""
     try:
         with open(path, "rb") as handle:
             handle.seek(position)

@@ -14,7 +14,6 @@ server on localhost is reached through the host network.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -169,17 +168,9 @@ def project_files(root: Path) -> list[Path]:
 
 
 def project_files_hash(root: Path) -> str:
-    digest = hashlib.sha256()
-    for relative in project_files(root):
-        path = root / relative
-        if path.is_symlink():
-            digest.update(f"{relative}\0link\0{os.readlink(path)}\0".encode())
-            continue
-        digest.update(f"{relative}\0{os.stat(path).st_mode & 0o111}\0".encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    from runner.filetree import files_digest
+
+    return files_digest(root, project_files(root))
 
 
 # -- the store entry: a checked base image, or a built one ------------------------------
