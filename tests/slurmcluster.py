@@ -127,6 +127,9 @@ class SlurmCluster:
     def stop(self) -> None:
         if self.procs:
             self.command("scancel", "--user", getpass.getuser())
+            deadline = time.monotonic() + 20
+            while self.command("squeue", "-h", "-o", "%i").stdout.strip() and time.monotonic() < deadline:
+                time.sleep(0.2)
         for proc in self.procs:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -139,4 +142,23 @@ class SlurmCluster:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.procs = []
+        # What the daemons leave when they stop mid-job (a job's slurmstepd, its processes)
+        # carries this cluster's SLURM_CONF: nothing of it outlives the cluster.
+        for pid in _processes_with(f"SLURM_CONF={self.conf}".encode()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _processes_with(variable: bytes) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                if variable in handle.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return [pid for pid in found if pid != os.getpid()]

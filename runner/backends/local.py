@@ -79,8 +79,10 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     tracked.artifacts.append((submitted.log_path, None))
 
     def end(status: str, exit_code: int | None, reason: str | None) -> None:
-        if job_of is not None and status == "KILLED":
-            # Signalled by the cluster: its time limit (FAILED), or a cancel (KILLED)?
+        if job_of is not None:
+            # Whatever the command's own exit said: was the job being taken down by the cluster
+            # (its time limit: FAILED; a cancel: KILLED)? Slurm signals every process of the job,
+            # so the command may end (even with 0) before this runner hears of it.
             status, reason = _cluster_verdict(job_of, status, reason)
         # The ledger first: the outcome is never lost, even if tracking is down. Until
         # the row says the MLflow run was ended, a later invocation will end it there.
