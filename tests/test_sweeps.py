@@ -79,6 +79,7 @@ def test_grid_records_a_parent_with_its_children_and_the_best(quadratic, _work_i
     best = min(children, key=lambda c: c.data.metrics["loss"])
     assert best.data.params == {"x": "0.25", "y": "1", "fail": "no", "secs": "0"}
     assert parent.data.tags["mlproject.sweep.best_run_id"] == best.info.run_id
+    assert parent.data.tags["mlproject.sweep.best_metric"] == "loss=1.0025"
     assert parent.data.metrics["loss"] == pytest.approx(1.0025)
     assert json.loads(parent.data.tags["mlproject.sweep.space"]) == {"x": "range(0,1,0.25)", "y": "1,2"}
     csv_path = client.download_artifacts(parent.info.run_id, "trials.csv", str(_work_in_tmp / "dl"))

@@ -336,7 +336,8 @@ class _Sweep:
             return
         try:
             self.tracked.set_tags({"mlproject.sweep.best_run_id": best.run_id or "",
-                                   "mlproject.sweep.best_trial": str(best.number)})
+                                   "mlproject.sweep.best_trial": str(best.number),
+                                   "mlproject.sweep.best_metric": f"{self.request.metric}={best.metric:g}"})
             self.tracked.log_metrics({self.request.metric: float(best.metric)})  # type: ignore[arg-type]
         except RunnerError as exc:
             self.notify(f"warning: tracking: the best trial was not recorded on the parent run: {exc.message}")
