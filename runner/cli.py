@@ -556,7 +556,14 @@ def _ledger():
 
 
 def _where(record) -> str:
-    return "local" if record.backend == "local" else f"{record.backend}:{record.job_id or '-'}"
+    return f"{record.backend}:{record.job_id or '-'}" if _on_cluster(record) else record.backend
+
+
+def _on_cluster(record) -> bool:
+    """A run whose job a scheduler holds (else its runner is a process here: a run or a sweep's driver)."""
+    from runner.backends import CLUSTER_BACKENDS
+
+    return record.backend in CLUSTER_BACKENDS
 
 
 @runs.command("list", help="recent runs from the local ledger")
@@ -605,7 +612,7 @@ def runs_show(run_id: str, as_json: bool, debug: bool) -> int:
         _out(json.dumps(run_records.describe(record), indent=2))
         return 0
     rows = run_records.summary(record)
-    if record.backend != "local":
+    if _on_cluster(record):
         rows.insert(2, ("backend", _job_line(record)))
     width = max(len(label) for label, _ in rows) + 2
     for label, value in rows:
@@ -641,7 +648,7 @@ def runs_logs(run_id: str, follow: bool, debug: bool) -> int:
         sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
 
-    if follow and record.backend != "local":
+    if follow and _on_cluster(record):
         from runner.backends.cluster import ClusterRun
 
         from runner.progress import Progress
@@ -667,14 +674,14 @@ def runs_cancel(run_id: str, debug: bool) -> int:
 
     ledger, run_records = _ledger()
     record = run_records.find(ledger, run_id)
-    if record.backend != "local":
+    if _on_cluster(record):
         if record.finished:
             raise RunnerError(f"run {record.id} is not running (status {record.status})", hint="see `mlproject runs list`",
                               exit_code=EXIT_USAGE)
         record = backends.cancel(ledger, record)
     else:
         record = run_records.cancel(ledger, run_id)
-    _say(f"run {record.id}: {record.status}" + (f" ({record.reason})" if record.reason and record.backend != "local" else ""))
+    _say(f"run {record.id}: {record.status}" + (f" ({record.reason})" if record.reason and _on_cluster(record) else ""))
     return 0
 
 

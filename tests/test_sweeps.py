@@ -238,3 +238,19 @@ def test_optuna_gets_close_to_a_known_minimum_and_resumes(quadratic, _work_in_tm
     assert (Path(os.environ["MLPROJECT_HOME"]) / "sweeps" / sweep_id / "optuna.log").is_file()  # the study, kept
     no_metric = _sweep(str(quadratic), "-P", "x=uniform(-1,1)", "--method", "optuna")
     assert_clean_error(no_metric, 2, "--metric")
+
+
+def test_runs_cancel_of_the_parent_stops_the_sweep(quadratic, _work_in_tmp):
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "sweep", str(quadratic), "-P", "x=0.1,0.2", "-P", "secs=60",
+                             "--max-parallel", "2", "--env-manager", "local"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    client = _client(_work_in_tmp)
+    deadline = time.monotonic() + 120
+    while len(client.search_runs(["0"], "attributes.status = 'RUNNING'")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    parent = client.search_runs(["0"], "tags.`mlproject.sweep.id` != ''")[0].info.run_id
+    cancelled = subprocess.run([sys.executable, "-m", "runner", "runs", "cancel", parent], capture_output=True, text=True)
+    assert cancelled.returncode == 0 and "KILLED" in cancelled.stderr, cancelled.stderr
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert sorted(r.info.status for r in client.search_runs(["0"])) == ["KILLED", "KILLED", "KILLED"]
