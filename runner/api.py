@@ -153,11 +153,49 @@ def submit(
     """The pipeline: check the request, plan the tracking, fetch and load the project, plan its
     environment, open the run, prepare, launch. Nothing is created before the run is opened,
     and from then on every way out ends it."""
+    notify = notify or _default_notify
+    backend, state = _prepare(request, notify, progress)
+    try:
+        return backend.submit(state, on_submitted)
+    except BaseException as exc:
+        _abandon(state, exc)
+        raise
+
+
+def submit_array(requests: list[RunRequest], *, notify: Notify | None = None, throttle: int | None = None) -> list:
+    """Many runs of one cluster backend as one job array (a sweep's trials): every run goes
+    through the same pipeline as `submit`, then one submission queues them all."""
+    notify = notify or _default_notify
+    prepared = []
+    try:
+        for request in requests:
+            prepared.append(_prepare(request, notify, None))
+    except BaseException as exc:
+        for _, state in prepared:
+            _abandon(state, exc)
+        raise
+    backend = prepared[0][0]
+    if not hasattr(backend, "submit_array"):
+        raise UsageError(f"backend {requests[0].backend!r} has no job arrays")
+    return backend.submit_array([state for _, state in prepared], throttle)
+
+
+def _abandon(state: PreparedRun, exc: BaseException) -> None:
+    """Normally ended already (finish() is idempotent); this covers an interrupt or failure
+    between the run's creation and the ledger taking over."""
+    from runner.tracking import pending
+
+    state.plan.source.release()
+    state.tracked.finish("FAILED" if isinstance(exc, Exception) else "KILLED", state.notify)
+    pending.clear(state.note)
+
+
+def _prepare(request: RunRequest, notify, progress):
+    """Everything before the backend takes the run: (backend, PreparedRun) with the run open."""
     from runner import backends
     from runner.envs import check_manager_name
     from runner.tracking.session import plan_tracking
 
-    notify = notify or _default_notify
     check_manager_name(request.env_manager)
     backend = backends.get(request.backend)
     backend_options = backend.check(parse_backend_config(request.backend_config), request)
@@ -176,17 +214,7 @@ def submit(
     except BaseException:
         the_plan.source.release()  # once launched, the run's end releases it
         raise
-    try:
-        return backend.submit(state, on_submitted)
-    except BaseException as exc:
-        # Normally ended already (finish() is idempotent); this covers an interrupt
-        # or failure between the run's creation and the ledger taking over.
-        from runner.tracking import pending
-
-        the_plan.source.release()
-        state.tracked.finish("FAILED" if isinstance(exc, Exception) else "KILLED", notify)
-        pending.clear(state.note)
-        raise
+    return backend, state
 
 
 def attach(run_id: str):

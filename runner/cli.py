@@ -240,6 +240,9 @@ def job(request_file: str, debug: bool) -> int:
     from runner.backends.cluster import JobOf
     from runner.request import RunRequest
 
+    if request_file.endswith(".manifest"):  # a job array: task N runs the request on line N
+        with open(request_file, encoding="utf-8") as handle:
+            request_file = handle.read().splitlines()[int(os.environ["SLURM_ARRAY_TASK_ID"])]
     with open(request_file, encoding="utf-8") as handle:
         fields = json.load(handle)
     fields["job_of"] = JobOf(**fields["job_of"])

@@ -394,4 +394,8 @@ def test_sweep_on_the_cluster(slurm, make_project, _work_in_tmp):
     children = client.search_runs(["0"], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted((c.data.params["code"], c.info.status) for c in children) == [
         ("0", "FINISHED"), ("0", "FINISHED"), ("5", "FAILED"), ("5", "FAILED")]
-    assert all(c.data.tags["mlflow.project.backend"] == "slurm" and c.data.tags["mlproject.slurm.job_id"] for c in children)
+    assert all(c.data.tags["mlflow.project.backend"] == "slurm" for c in children)
+    # One job array: one sbatch for the grid, each trial one of its tasks.
+    jobs = sorted(c.data.tags["mlproject.slurm.job_id"] for c in children)
+    assert len({job.split("_")[0] for job in jobs}) == 1 and [job.split("_")[1] for job in jobs] == ["0", "1", "2", "3"]
+    assert "queued as slurm job array" in result.stderr

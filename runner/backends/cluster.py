@@ -52,7 +52,7 @@ class JobOf:
 
 class ClusterRun(RunHandle):
     def __init__(self, record: RunRecord, *, echo: bool = False, tracking_uri: str | None = None,
-                 experiment_id: str | None = None, progress=None):
+                 experiment_id: str | None = None, progress=None, follow: bool = True):
         self.run_id = record.tracking_run_id or record.id
         self.ledger_id = record.id
         self.backend = record.backend
@@ -75,7 +75,12 @@ class ClusterRun(RunHandle):
                 from runner.tracking.runs import read_from
 
                 self._write(read_from(self.log_path, 0))
-        else:
+        elif follow:
+            self.start_following()
+
+    def start_following(self) -> None:
+        """Follow the run from a thread (the submitter starts it once the run is fully queued)."""
+        if not self._done.is_set():
             threading.Thread(target=self._follow, daemon=True, name="mlproject-follow").start()
 
     # -- the SubmittedRun interface (wait, get_status, done, cancel: RunHandle's) ----------

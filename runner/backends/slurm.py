@@ -161,16 +161,82 @@ def _check_cluster(partition: str | None) -> None:
 # -- submission -------------------------------------------------------------------------
 def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None) -> ClusterRun:
     """Write the job, record the run (SCHEDULED), queue the job; then follow it unless detached."""
-    from runner.backends.cluster import ClusterRun
+    options: SlurmOptions = state.backend_options
+    run_dir = home.subdir("runs") / _run_id(state)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recorded = None
+    try:
+        recorded = _record(state, run_dir, run_dir / "job.log")
+        script = options.script_file or run_dir / "job.sh"
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(_script(options, recorded.job_file, recorded.record))
+        job_id = _sbatch(options, script, run_dir / "job.log", run_dir, _job_environment(state, options))
+    except BaseException as exc:
+        _abandon(state, exc, recorded)
+        raise
+    submitted = _queued(recorded, job_id)
+    request = state.request
+    following = request.stream_output and not request.detach
+    if following:
+        submitted._echo, submitted._progress = True, state.progress
+    submitted.start_following()
+    if on_submitted is not None:
+        on_submitted(submitted)
+    if request.synchronous and not request.detach and not submitted.wait():
+        raise RunFailedError(f"run {recorded.record.id} {submitted.get_status().lower()} (exit code {submitted.exit_code})",
+                             submitted, submitted.exit_code or 1)
+    return submitted
+
+
+def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list[ClusterRun]:
+    """Many runs as one job array (a sweep whose trials are known in advance): one sbatch, each
+    task running the runner on its own run's request; at most `throttle` tasks at once."""
+    options: SlurmOptions = states[0].backend_options
+    array_dir = home.subdir("runs") / f"array-{os.urandom(8).hex()}"
+    array_dir.mkdir(parents=True)
+    recorded: list[_Recorded] = []
+    try:
+        for index, state in enumerate(states):
+            run_dir = home.subdir("runs") / _run_id(state)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            recorded.append(_record(state, run_dir, array_dir / f"{index}.log"))
+        manifest = array_dir / "jobs.manifest"  # line N: the request of task N
+        manifest.write_text("".join(f"{item.job_file}\n" for item in recorded))
+        script = array_dir / "job.sh"
+        script.write_text(_script(options, manifest, recorded[0].record, array=len(recorded)))
+        spec = f"--array=0-{len(recorded) - 1}" + (f"%{throttle}" if throttle else "")
+        job_id = _sbatch(options, script, array_dir / "%a.log", array_dir, _job_environment(states[0], options), [spec])
+    except BaseException as exc:
+        for index, state in enumerate(states):
+            _abandon(state, exc, recorded[index] if index < len(recorded) else None)
+        raise
+    handles = [_queued(item, f"{job_id}_{index}") for index, item in enumerate(recorded)]
+    for handle in handles:
+        handle.start_following()
+    return handles
+
+
+@dataclass
+class _Recorded:
+    """A run in the ledger (SCHEDULED) and its request written for the node; not queued yet."""
+
+    state: PreparedRun
+    record: Any
+    job_file: Path
+
+
+def _run_id(state: PreparedRun) -> str:
+    tracked = state.tracked
+    return (None if tracked.continued else tracked.run_id) or os.urandom(16).hex()
+
+
+def _record(state: PreparedRun, run_dir: Path, log_path: Path) -> _Recorded:
     from runner.tracking import pending, redact
     from runner.tracking.ledger import RunRecord
 
     options: SlurmOptions = state.backend_options
-    request, the_plan, tracked, ledger = state.request, state.plan, state.tracked, state.ledger
-    run_id = (None if tracked.continued else tracked.run_id) or os.urandom(16).hex()
-    run_dir = home.subdir("runs") / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / "job.log"
+    the_plan, tracked = state.plan, state.tracked
+    run_id = run_dir.name
     record = RunRecord(
         id=run_id, project_uri=the_plan.source.uri, project_dir=str(the_plan.project.directory),
         entry_point=the_plan.invocation.entry_point, command=the_plan.invocation.command,
@@ -179,49 +245,53 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
         tracking_run_id=tracked.run_id, tracking_uri=redact(state.tracking.uri) if tracked.run_id else None,
         status="SCHEDULED", backend="slurm",
     )
-    ledger.start(record)
+    state.ledger.start(record)
     pending.clear(state.note)  # the ledger has the run now
-    try:
-        tracked.record_start()
-        tracked.set_status("SCHEDULED")
-        uri, version = _project_for_nodes(the_plan.source, options, state.progress)
-        job_file = run_dir / "job.json"
-        job_file.write_text(json.dumps(_job_request(request, uri, version, the_plan.env_manager, run_id, tracked.run_id),
-                                       indent=2, default=str))
-        script = options.script_file or run_dir / "job.sh"
-        script.parent.mkdir(parents=True, exist_ok=True)
-        script.write_text(_script(options, job_file, record))
-        job_id = _sbatch(options, script, log_path, run_dir, _job_environment(state, options))
-    except BaseException as exc:
-        interrupted = not isinstance(exc, Exception)
-        reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
-        status = "KILLED" if interrupted else "FAILED"
-        ledger.finish(run_id, status, None, f"submission: {reason}")
-        tracked.finish(status, state.notify)
-        if tracked.end_recorded:
-            ledger.tracking_ended(run_id)
-        ledger.close()
-        raise
-    ledger.set_job(run_id, job_id)
+    recorded = _Recorded(state, record, run_dir / "job.json")
+    tracked.record_start()
+    tracked.set_status("SCHEDULED")
+    uri, version = _project_for_nodes(the_plan.source, options, state.progress)
+    recorded.job_file.write_text(json.dumps(
+        _job_request(state.request, uri, version, the_plan.env_manager, run_id, tracked.run_id), indent=2, default=str))
+    return recorded
+
+
+def _abandon(state: PreparedRun, exc: BaseException, recorded: _Recorded | None) -> None:
+    """A submission that failed: its run ends FAILED (KILLED when interrupted), everywhere."""
+    from runner.tracking import pending
+
+    interrupted = not isinstance(exc, Exception)
+    reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
+    status = "KILLED" if interrupted else "FAILED"
+    tracked, ledger = state.tracked, state.ledger
+    if recorded is not None:
+        ledger.finish(recorded.record.id, status, None, f"submission: {reason}")
+    tracked.finish(status, state.notify)
+    if recorded is not None and tracked.end_recorded:
+        ledger.tracking_ended(recorded.record.id)
+    pending.clear(state.note)
+    ledger.close()
+    state.plan.source.release()
+
+
+def _queued(recorded: _Recorded, job_id: str) -> ClusterRun:
+    """The run's job is queued: the ledger and the run say which, and a handle follows it."""
+    from runner.backends.cluster import ClusterRun
+
+    state, record = recorded.state, recorded.record
+    tracked, ledger = state.tracked, state.ledger
+    ledger.set_job(record.id, job_id)
     tracked.ended = True  # from here the runner inside the job (or the scheduler's word) ends it
     try:
         tracked.set_tags({"mlproject.slurm.job_id": job_id})
     except RunnerError as exc:
         state.notify(f"warning: tracking: the run was not tagged with its job ID: {exc.message}")
     ledger.close()
-    the_plan.source.release()  # the job fetches the project again, through the shared cache
-    state.notify(f"=== Submitted run '{tracked.run_id or run_id}' as Slurm job {job_id} ===")
+    state.plan.source.release()  # the job fetches the project again, through the shared cache
+    state.notify(f"=== Submitted run '{tracked.run_id or record.id}' as Slurm job {job_id} ===")
     record.job_id = job_id
     context = tracked.context
-    following = request.stream_output and not request.detach
-    submitted = ClusterRun(record, echo=following, experiment_id=context.experiment_id if context else None,
-                           progress=state.progress if following else None)
-    if on_submitted is not None:
-        on_submitted(submitted)
-    if request.synchronous and not request.detach and not submitted.wait():
-        raise RunFailedError(f"run {run_id} {submitted.get_status().lower()} (exit code {submitted.exit_code})",
-                             submitted, submitted.exit_code or 1)
-    return submitted
+    return ClusterRun(record, experiment_id=context.experiment_id if context else None, follow=False)
 
 
 def _project_for_nodes(source, options: SlurmOptions, progress) -> tuple[str, str | None]:
@@ -247,10 +317,12 @@ def _job_request(request: RunRequest, uri: str, version: str | None, env_manager
     }
 
 
-def _script(options: SlurmOptions, job_file: Path, record) -> str:
+def _script(options: SlurmOptions, job_file: Path, record, array: int = 0) -> str:
+    what = (f"{array} runs of {record.project_uri} (entry point {record.entry_point}), one per array task"
+            if array else f"run {record.id} ({record.project_uri}, entry point {record.entry_point})")
     lines = [
         "#!/bin/sh",
-        f"# mlproject-runner: run {record.id} ({record.project_uri}, entry point {record.entry_point}).",
+        f"# mlproject-runner: {what}.",
         "# The request is in the file below; tracking settings come from the job's environment.",
     ]
     lines += [f"module load {shlex.quote(module)}" for module in options.modules]
@@ -273,10 +345,11 @@ def _job_environment(state: PreparedRun, options: SlurmOptions) -> dict[str, str
     return env
 
 
-def _sbatch(options: SlurmOptions, script: Path, log_path: Path, run_dir: Path, env: dict[str, str]) -> str:
+def _sbatch(options: SlurmOptions, script: Path, log_path: Path, run_dir: Path, env: dict[str, str],
+            extra: list[str] | None = None) -> str:
     from runner.subprocesses import capture
 
-    argv = ["sbatch", *options.sbatch_args]
+    argv = ["sbatch", *options.sbatch_args, *(extra or [])]
     if options.exports is not None:
         names = [*options.exports, *(name for name in _RUNNER_VARIABLES if name in env)]
         argv.append("--export=" + ",".join(dict.fromkeys(names)))

@@ -352,6 +352,13 @@ class _Sweep:
         count = len(todo) if self.search is None else self.search.max_runs - sum(t.done for t in self.trials)
         self.say(f"sweep {self.id}: {count} trial(s) to run, {workers} at a time "
                  f"(parent run {self.parent_id}); see it with: mlproject sweep show {self.id}")
+        from runner.backends import CLUSTER_BACKENDS
+
+        queued: dict[int, Any] = {}
+        if self.search is None and len(todo) > 1 and (self.request.backend or "local") in CLUSTER_BACKENDS:
+            # Known in advance: one job array queues them all, at most `workers` running at once.
+            queued = self._queue_array(todo, workers)
+            workers = len(todo)  # a thread follows each queued task
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlproject-trial")
         futures: set = set()
         try:
@@ -360,7 +367,7 @@ class _Sweep:
                     trial = todo.pop(0) if todo else self._proposed()
                     if trial is None:
                         break
-                    futures.add(pool.submit(self._one, trial))
+                    futures.add(pool.submit(self._one, trial, queued.get(trial.number)))
                 if not futures:
                     break
                 done, futures = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
@@ -396,20 +403,46 @@ class _Sweep:
                 self.store.add(self.id, trial)
         return trial
 
-    def _one(self, trial: Trial) -> None:
-        from runner import api
+    def _run_request(self, trial: Trial):
         from runner.request import RunRequest
 
-        if self._stop.is_set():
-            return
         request = self.request
-        run_request = RunRequest(
+        return RunRequest(
             request.uri, request.entry_point, self.version, trial.parameters, experiment_id=self.experiment_id,
             backend=request.backend or "local", backend_config=request.backend_config, synchronous=False,
             env_manager=self.manager, run_name=f"sweep-{self.id}-{trial.number}", cwd=self.cwd, stream_output=False,
             parent_run_id=self.tracked.run_id,
         )
+
+    def _queue_array(self, todo: list[Trial], throttle: int) -> dict[int, Any]:
+        from runner import api
+
+        handles = api.submit_array([self._run_request(trial) for trial in todo], notify=self._quiet, throttle=throttle)
+        with self._lock:
+            for trial, handle in zip(todo, handles):
+                trial.run_id, trial.status = handle.run_id, "RUNNING"
+                self._active[trial.number] = handle
+                self.store.update(self.id, trial)
+        self.say(f"sweep {self.id}: {len(todo)} trials queued as {self.request.backend} job array "
+                 f"{handles[0].job_id.split('_')[0]}, at most {throttle} at once")
+        return {trial.number: handle for trial, handle in zip(todo, handles)}
+
+    def _one(self, trial: Trial, queued=None) -> None:
+        from runner import api
+
         started = time.monotonic()
+        if queued is not None:  # a task of the sweep's job array: follow it
+            try:
+                queued.wait()
+                trial.status = queued.get_status()
+            except RunnerError as exc:
+                trial.status = "FAILED"
+                self.say(f"trial {trial.number}: {exc.message}")
+            self._finish(trial, started)
+            return
+        if self._stop.is_set():
+            return
+        run_request = self._run_request(trial)
 
         def submitted_now(submitted) -> None:
             with self._lock:
@@ -426,6 +459,11 @@ class _Sweep:
         except RunnerError as exc:  # e.g. its environment did not build: the sweep goes on
             trial.status = "KILLED" if self._stop.is_set() else "FAILED"
             self.say(f"trial {trial.number}: {exc.message}")
+        self._finish(trial, started)
+
+    def _finish(self, trial: Trial, started: float) -> None:
+        """A trial's end: its metric, its state, its line; the search told; --max-failures."""
+        request = self.request
         trial.duration = time.monotonic() - started
         with self._lock:
             self._active.pop(trial.number, None)
@@ -440,6 +478,10 @@ class _Sweep:
             self._stop.set()
             self.say(f"sweep {self.id}: {failures} trials failed (--max-failures {request.max_failures}); "
                      "no more trials are started")
+            with self._lock:  # an array's tasks still in the queue are not started either
+                waiting = [h for h in self._active.values() if h.get_status() == "SCHEDULED"]
+            for handle in waiting:
+                handle.request_cancel()
 
     def _metric(self, run_id: str) -> float | None:
         if self.tracked.tracker is None:
