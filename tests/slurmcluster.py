@@ -144,7 +144,7 @@ class SlurmCluster:
         self.procs = []
         # What the daemons leave when they stop mid-job (a job's slurmstepd, its processes)
         # carries this cluster's SLURM_CONF: nothing of it outlives the cluster.
-        for pid in _processes_with(f"SLURM_CONF={self.conf}".encode()):
+        for pid in processes_with(f"SLURM_CONF={self.conf}".encode()):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -152,7 +152,8 @@ class SlurmCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _processes_with(variable: bytes) -> list[int]:
+def processes_with(variable: bytes) -> list[int]:
+    """The processes (other than this one) whose environment holds `variable` (NAME=value)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:

@@ -98,16 +98,9 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 def _processes_of(run_id: str) -> list[int]:
-    marker = f"MLPROJECT_RUN_ID={run_id}".encode()
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                if marker in handle.read().split(b"\0"):
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
+    from slurmcluster import processes_with
+
+    return processes_with(f"MLPROJECT_RUN_ID={run_id}".encode())
 
 
 def test_run_streams_output_and_records_the_same_run(slurm, make_project, _work_in_tmp):
