@@ -392,3 +392,28 @@ def test_sweep_on_the_cluster(slurm, make_project, _work_in_tmp):
     jobs = sorted(c.data.tags["mlproject.slurm.job_id"] for c in children)
     assert len({job.split("_")[0] for job in jobs}) == 1 and [job.split("_")[1] for job in jobs] == ["0", "1", "2", "3"]
     assert "queued as slurm job array" in result.stderr
+
+
+def test_resumed_sweep_follows_jobs_that_outlived_its_driver(slurm, make_project, _work_in_tmp):
+    """The driver is killed while its array's jobs run: they go on; resumed, the sweep follows
+    them to their end instead of running those trials again."""
+    project = make_project(SHELL_PROJECT)
+    log = _work_in_tmp / "sweep.err"
+    with open(log, "w") as stderr_file:
+        proc = subprocess.Popen([sys.executable, "-m", "runner", "sweep", str(project), "-P", "alpha=0.1,0.2",
+                                 "-P", "secs=6", "-b", "slurm", "--max-parallel", "2", "--env-manager", "local"],
+                                stdout=subprocess.DEVNULL, stderr=stderr_file, start_new_session=True,
+                                env={**os.environ, "PATH": BARE_PATH})
+    _wait_for(lambda: len([r for r in json.loads(_cli("runs", "list", "--json").stdout)
+                           if r["status"] == "RUNNING" and r["backend"] == "slurm"]) == 2, 60, "both jobs running")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    sweep_id = next(line.split()[1].rstrip(":") for line in log.read_text().splitlines() if "trial(s) to run" in line)
+    resumed = _cli("sweep", "--resume", sweep_id, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "2 still running on the cluster, 0 to run" in resumed.stderr
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    parent = client.search_runs(["0"], f"tags.`mlproject.sweep.id` = '{sweep_id}'")[0]
+    children = client.search_runs(["0"], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED"]  # each trial once
+    assert parent.info.status == "FINISHED"

@@ -110,6 +110,7 @@ def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> Sw
     from runner.tracking.runs import find as find_run
 
     ledger = Ledger()
+    following: set[int] = set()
     try:
         backends.reconcile(ledger)  # runs a dead driver left are ended first
         for trial in record.trials:
@@ -118,19 +119,22 @@ def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> Sw
                     run = find_run(ledger, trial.run_id)
                 except UsageError:
                     run = None
-                if run is not None and run.status in ("FINISHED", "FAILED") and run.reason != _runner_died():
+                if run is not None and not run.finished and run.backend in backends.CLUSTER_BACKENDS:
+                    following.add(trial.number)  # its job went on without the driver: follow it, not again
+                elif run is not None and run.status in ("FINISHED", "FAILED") and run.reason != _runner_died():
                     trial.status, trial.duration = run.status, (run.end_time or run.start_time) - run.start_time
                 else:
                     trial.status, trial.run_id = "PENDING", None  # cut short with its driver: run again
         parent_row = find_run(ledger, record.parent_run_id)
     finally:
         ledger.close()
-    missing = [t for t in record.trials if not t.done]
-    notify(f"resuming sweep {record.id}: {len(record.trials) - len(missing)} trial(s) kept, {len(missing)} to run")
+    missing = [t for t in record.trials if not t.done and t.number not in following]
+    notify(f"resuming sweep {record.id}: {len(record.trials) - len(missing) - len(following)} trial(s) kept, "
+           f"{len(following)} still running on the cluster, {len(missing)} to run")
     parent = _Parent(record.parent_run_id, parent_row.tracking_run_id)
     space = parse_space(dict(request.parameters or {}))
     return _drive(request, record.id, record.trials, parent, notify, progress, space.as_json(),
-                  checks=space.corners() if request.method == "optuna" else None)
+                  checks=space.corners() if request.method == "optuna" else None, following=following)
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,8 @@ def _runner_died() -> str:
 
 # -- the driver ---------------------------------------------------------------------------
 def _drive(request: SweepRequest, sweep_id: str, trials: list[Trial], parent: _Parent | None,
-           notify: Callable[[str], None], progress, space: dict, checks: list[dict] | None = None) -> SweepResult:
+           notify: Callable[[str], None], progress, space: dict, checks: list[dict] | None = None,
+           following: set[int] | None = None) -> SweepResult:
     from runner import api
     from runner.project.params import resolve
 
@@ -191,6 +196,7 @@ def _drive(request: SweepRequest, sweep_id: str, trials: list[Trial], parent: _P
         # Built once, before the first trial (the trials would otherwise queue on its lock).
         api.prepare_environment(env_uri, version, manager, notify=notify, progress=progress).release()
     sweep = _Sweep(request, sweep_id, trials, version, manager, notify, cwd)
+    sweep.following = following or set()
     sweep.open_parent(parent, space, plan)
     try:
         sweep.run_trials()
@@ -221,6 +227,7 @@ class _Sweep:
         self._active: dict[int, Any] = {}
         self._stop = threading.Event()
         self._warned: set[str] = set()
+        self.following: set[int] = set()  # resumed: trials whose cluster jobs outlived the last driver
         self.result = SweepResult(sweep_id, "", trials, request.metric, request.goal)
 
     # -- the parent run ------------------------------------------------------------------
@@ -354,11 +361,14 @@ class _Sweep:
                  f"(parent run {self.parent_id}); see it with: mlproject sweep show {self.id}")
         from runner.backends import CLUSTER_BACKENDS
 
-        queued: dict[int, Any] = {}
-        if self.search is None and len(todo) > 1 and (self.request.backend or "local") in CLUSTER_BACKENDS:
+        queued = self._followed()  # trials whose cluster jobs went on while no driver watched
+        fresh = [t for t in todo if t.number not in queued]
+        if self.search is None and len(fresh) > 1 and (self.request.backend or "local") in CLUSTER_BACKENDS:
             # Known in advance: one job array queues them all, at most `workers` running at once.
-            queued = self._queue_array(todo, workers)
+            queued.update(self._queue_array(fresh, workers))
             workers = len(todo)  # a thread follows each queued task
+        else:
+            workers += len(queued)  # (followed jobs take no slot from new trials)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlproject-trial")
         futures: set = set()
         try:
@@ -413,6 +423,18 @@ class _Sweep:
             env_manager=self.manager, run_name=f"sweep-{self.id}-{trial.number}", cwd=self.cwd, stream_output=False,
             parent_run_id=self.tracked.run_id,
         )
+
+    def _followed(self) -> dict[int, Any]:
+        from runner.backends.cluster import ClusterRun
+        from runner.tracking.runs import find
+
+        handles = {}
+        for trial in self.trials:
+            if trial.number in self.following and trial.run_id:
+                handles[trial.number] = ClusterRun(find(self.ledger, trial.run_id))
+                with self._lock:
+                    self._active[trial.number] = handles[trial.number]
+        return handles
 
     def _queue_array(self, todo: list[Trial], throttle: int) -> dict[int, Any]:
         from runner import api
