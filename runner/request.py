@@ -88,3 +88,17 @@ class PreparedRun:
     tracked: TrackedRun | None = None  # the MLflow run, once created
     ledger: Ledger | None = None
     note: Path | None = None  # names the run until the ledger has it (see tracking.pending)
+
+    def ledger_record(self, run_id: str, log_path: Path, **extra: Any):
+        """The run's ledger row, as every backend writes it (`extra`: its status, backend)."""
+        from runner.tracking import redact
+        from runner.tracking.ledger import RunRecord
+
+        source, invocation, tracked = self.plan.source, self.plan.invocation, self.tracked
+        return RunRecord(
+            id=run_id, project_uri=source.uri, project_dir=str(self.plan.project.directory),
+            entry_point=invocation.entry_point, command=invocation.command, env_manager=self.plan.env_manager,
+            env_key=self.environment.key, log_path=str(log_path), parameters={**invocation.texts, **invocation.extra},
+            git_commit=source.commit, tracking_run_id=tracked.run_id,
+            tracking_uri=redact(self.tracking.uri) if tracked.run_id else None, **extra,
+        )

@@ -35,7 +35,6 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     """Record the run in the ledger, prepare its environment and inputs, start its command here."""
     from runner.envs import realize
     from runner.tracking import downloads, pending, redact
-    from runner.tracking.ledger import RunRecord
 
     the_plan, tracked, ledger, notify = state.plan, state.tracked, state.ledger, state.notify
     planned, tracking_plan, progress = state.environment, state.tracking, state.progress
@@ -61,20 +60,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
             raise LaunchError(f"run {run_id} was ended before its job started (cancelled?)",
                               hint=f"see `mlproject runs show {run_id}`")
     else:
-        ledger.start(RunRecord(
-            id=run_id,
-            project_uri=the_plan.source.uri,
-            project_dir=str(the_plan.project.directory),
-            entry_point=invocation.entry_point,
-            command=command,
-            env_manager=the_plan.env_manager,
-            env_key=planned.key,
-            log_path=str(submitted.log_path),
-            parameters={**invocation.texts, **invocation.extra},
-            git_commit=the_plan.source.commit,
-            tracking_run_id=tracked.run_id,
-            tracking_uri=redact(tracking_plan.uri) if tracked.run_id else None,
-        ))
+        ledger.start(state.ledger_record(run_id, submitted.log_path))
     pending.clear(state.note)  # the ledger has the run now
     tracked.artifacts.append((submitted.log_path, None))
 

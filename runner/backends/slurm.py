@@ -231,20 +231,12 @@ def _run_id(state: PreparedRun) -> str:
 
 
 def _record(state: PreparedRun, run_dir: Path, log_path: Path) -> _Recorded:
-    from runner.tracking import pending, redact
-    from runner.tracking.ledger import RunRecord
+    from runner.tracking import pending
 
     options: SlurmOptions = state.backend_options
     the_plan, tracked = state.plan, state.tracked
     run_id = run_dir.name
-    record = RunRecord(
-        id=run_id, project_uri=the_plan.source.uri, project_dir=str(the_plan.project.directory),
-        entry_point=the_plan.invocation.entry_point, command=the_plan.invocation.command,
-        env_manager=the_plan.env_manager, env_key=state.environment.key, log_path=str(log_path),
-        parameters={**the_plan.invocation.texts, **the_plan.invocation.extra}, git_commit=the_plan.source.commit,
-        tracking_run_id=tracked.run_id, tracking_uri=redact(state.tracking.uri) if tracked.run_id else None,
-        status="SCHEDULED", backend="slurm",
-    )
+    record = state.ledger_record(run_id, log_path, status="SCHEDULED", backend="slurm")
     state.ledger.start(record)
     pending.clear(state.note)  # the ledger has the run now
     recorded = _Recorded(state, record, run_dir / "job.json")
