@@ -192,6 +192,28 @@ def test_time_limit_is_failed_with_the_slurm_state(slurm, make_project, _work_in
     assert _processes_of(run_id) == []
 
 
+def test_a_cancelled_job_reads_cancelled_to_the_runner_inside_it(slurm, tmp_path):
+    """Slurm signals every process of a cancelled job in no set order, so a command may exit
+    (even with 0) before the runner hears the signal. The runner then asks the controller,
+    which says COMPLETING with no reason while it takes a cancelled job down: that is a cancel."""
+    answer = tmp_path / "answer.txt"
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/bash\n"
+                      f"trap '{sys.executable} -c \"from runner.backends.slurm import stopped_by_cluster as s; "
+                      f"print(s())\" > {answer}; exit 0' TERM\n"
+                      "sleep 300 & wait\n")
+    submitted = slurm.command("sbatch", "--parsable", "-o", str(tmp_path / "out.txt"), f"--chdir={tmp_path}",
+                              str(script))
+    job_id = submitted.stdout.strip()
+    assert submitted.returncode == 0 and job_id, submitted.stderr
+    _wait_for(lambda: "JobState=RUNNING" in slurm.command("scontrol", "show", "job", "-o", job_id).stdout, 60,
+              "the job to start")
+    assert slurm.command("scancel", job_id).returncode == 0
+    _wait_for(answer.exists, 30, "the job's answer")
+    _wait_for(lambda: answer.read_text().strip() != "", 30, "the job's answer")
+    assert answer.read_text().strip() == f"('KILLED', 'slurm job {job_id} ended CANCELLED')"
+
+
 PYTHON_ENV_PROJECT = """
     name: shared-env
     python_env: python_env.yaml

@@ -445,8 +445,10 @@ def stopped_by_cluster() -> tuple[str, str] | None:
     state = job_state(job_id)
     if state is None:
         return None
-    # While the job is being taken down its state reads COMPLETING and the reason says why.
-    name = _STOP_REASONS.get(state.reason or "", state.name) if state.name == "COMPLETING" else state.name
+    # While the job is being taken down its state reads COMPLETING, and only the reason says
+    # why. This runner is the job's batch script, still alive: so the job did not complete on
+    # its own, and with no reason given (as after `scancel`) it was cancelled.
+    name = _STOP_REASONS.get(state.reason or "", "CANCELLED") if state.name == "COMPLETING" else state.name
     if name == "CANCELLED":
         return "KILLED", f"slurm job {job_id} ended CANCELLED"
     if name in _ENDS and _ENDS[name] == "FAILED" and name != "FAILED":
