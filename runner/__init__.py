@@ -27,7 +27,7 @@ TYPE_CHECKING = False  # typing costs ~9 ms to import; annotations are strings a
 if TYPE_CHECKING:
     from typing import Any
 
-    from runner.api import attach, run
+    from runner.api import attach, rerun, run
     from runner.sweeps import sweep
     from runner.launch import SubmittedRun
     from runner.project.spec import load_project
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "run",
     "attach",
+    "rerun",
     "sweep",
     "SubmittedRun",
     "load_project",
@@ -54,6 +55,7 @@ __all__ = [
 _LAZY = {
     "run": ("runner.api", "run"),
     "attach": ("runner.api", "attach"),
+    "rerun": ("runner.api", "rerun"),
     "sweep": ("runner.sweeps", "sweep"),
     "SubmittedRun": ("runner.launch", "SubmittedRun"),
     "load_project": ("runner.project.spec", "load_project"),

@@ -52,10 +52,12 @@ def plan(
     *,
     notify: Notify | None = None,
     progress: Notify | None = None,
+    patch: str | None = None,
 ) -> Plan:
     """Fetch, load and validate a project and its parameters; start nothing.
 
-    A project fetched from the git cache is leased until `plan.source.release()`.
+    A project fetched from the git cache is leased until `plan.source.release()`. `patch`:
+    uncommitted changes (a rerun's recorded diff) applied to the checkout of `version`.
     """
     from runner.envs import choose_manager
 
@@ -63,6 +65,10 @@ def plan(
     # A relative local path is taken from the caller's directory, not the process's.
     source = fetch(uri, version, caller_cwd, notify=notify, progress=progress)
     try:
+        if patch:
+            from runner.sources.provenance import patched
+
+            source = patched(source, Path(patch))
         project = load_project(source.path)
         invocation = resolve(project, entry_point, parameters, caller_cwd)
         manager = choose_manager(project, env_manager, notify)
@@ -143,6 +149,38 @@ def run(
         raise exc.for_python() from None
 
 
+def rerun(
+    run_id: str,
+    parameters: Mapping[str, Any] | None = None,
+    env_manager: str | None = None,
+    backend: str | None = None,
+    backend_config: str | Mapping[str, Any] | None = None,
+    *,
+    allow_differences: bool = False,
+    synchronous: bool = True,
+    stream_output: bool = True,
+    notify: Notify | None = None,
+    progress: Notify | None = None,
+) -> SubmittedRun:
+    """Run a recorded run again (see runner.reproduce.rerun): its source at its commit with its
+    uncommitted changes, its entry point and parameters (`parameters` change some), and the
+    packages its environment held; a new run tagged mlproject.rerunOf in its experiment.
+    What cannot be the same is reported through `notify`; when that makes it not a rerun,
+    UsageError, unless `allow_differences`."""
+    from dataclasses import replace
+
+    from runner.reproduce.rerun import plan_rerun, rerun_request
+
+    notify = notify or _default_notify
+    try:
+        planned = plan_rerun(run_id, parameters, env_manager, backend, backend_config)
+        request = replace(rerun_request(planned, allow_differences, notify), synchronous=synchronous,
+                          stream_output=stream_output)
+        return submit(request, notify=notify, progress=progress)
+    except RunnerError as exc:
+        raise exc.for_python() from None
+
+
 def submit(
     request: RunRequest,
     *,
@@ -202,11 +240,12 @@ def _prepare(request: RunRequest, notify, progress):
     caller_cwd = request.caller_cwd()
     # Decided first: when the mlflow library is needed, its import runs in the
     # background while the project and environment are prepared.
-    tracking = plan_tracking(caller_cwd, request.experiment_name, request.experiment_id, request.run_id)
+    tracking = plan_tracking(caller_cwd, request.experiment_name, request.experiment_id, request.run_id,
+                             request.tracking_uri)
     if tracking.note:
         notify(tracking.note)
     the_plan = plan(request.uri, request.entry_point, request.version, request.parameters, request.env_manager,
-                    caller_cwd, notify=notify, progress=progress)
+                    caller_cwd, notify=notify, progress=progress, patch=request.patch)
     state = PreparedRun(request, tracking, the_plan, notify, progress, backend_options)
     try:
         _plan_environment(state)
@@ -271,6 +310,7 @@ def _open_run(state: PreparedRun) -> None:
             source.commit, source.repo_url, source.branch, source.dirty, source.branch_named, request.backend,
             request.parent_run_id,
         )
+        tags.update(request.tags or {})
         params = invocation.logged
     # Before the creation is sent, a note names this attempt and the run carries it
     # as a tag: a SIGKILL anywhere from here leaves a run that can be found and ended.
@@ -367,19 +407,31 @@ def lock(
     notify: Notify | None = None,
     progress: Notify | None = None,
 ) -> Path:
-    """Solve a conda project for each platform and write conda-lock.yml next to its conda.yaml."""
-    from runner.envs.conda import lock as condalock
-    from runner.envs.conda import manager as conda
+    """Lock a local project's environment for each platform: conda-lock.yml next to its
+    conda.yaml, or a PEP 751 pylock.toml next to its python_env.yaml."""
     from runner.envs.conda.contents import platform_name
 
     source = fetch(uri, None, Path.cwd(), notify=notify, progress=progress)
     try:
         if source.lease is not None:
-            raise UsageError("mlproject lock writes next to conda.yaml: give a local project directory",
-                             hint="clone the repository, lock it, and commit conda-lock.yml")
+            raise UsageError("mlproject lock writes next to the env file: give a local project directory",
+                             hint="clone the repository, lock it, and commit the lock file")
         project = load_project(source.path)
+        chosen = list(platforms or [platform_name()])
+        if project.env.kind == "python_env" and project.env.path is not None:
+            from runner.envs.python import pylock
+            from runner.envs.python import spec as pythonenv
+
+            plan_ = pythonenv.plan("uv", project, notify)
+            return pylock.write(plan_.contents, project.env.path, chosen, progress)
+        if project.env.kind != "conda_env":
+            raise UsageError("mlproject lock needs a python_env.yaml or a conda.yaml (this project has neither)",
+                             hint="add python_env.yaml (python_env: in MLproject) and lock it")
+        from runner.envs.conda import lock as condalock
+        from runner.envs.conda import manager as conda
+
         plan_ = conda.plan(project, notify)
-        return condalock.write(plan_.contents, list(platforms or [platform_name()]), progress)
+        return condalock.write(plan_.contents, chosen, progress)
     finally:
         source.release()
 

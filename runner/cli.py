@@ -195,7 +195,7 @@ class _Interrupted(BaseException):
 @click.option("--run-id", default=None, help="continue this existing MLflow run")
 @click.option("--run-name", default=None)
 @click.option("--build-image", is_flag=True, help="docker: bake the project into an image")
-@click.option("--locked", is_flag=True, help="conda: install only from a current conda-lock.yml")
+@click.option("--locked", is_flag=True, help="install only from a current lock (pylock.toml or conda-lock.yml)")
 @click.option("--no-conda", is_flag=True, hidden=True)  # MLflow 1.x; the tutorials still use it
 @_debug
 def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | None, env_manager: str | None,
@@ -623,6 +623,30 @@ def runs_show(run_id: str, as_json: bool, debug: bool) -> int:
     return 0
 
 
+@runs.command("diff", help="what differs between two runs: source, parameters, packages, metrics")
+@click.argument("first", shell_complete=_complete_run_ids)
+@click.argument("second", shell_complete=_complete_run_ids)
+@_debug
+def runs_diff(first: str, second: str, debug: bool) -> int:
+    from runner.reproduce.compare import compare
+    from runner.reproduce.recorded import recorded
+
+    a, b = recorded(first), recorded(second)
+    result = compare(a, b)
+    for note in result.notes:
+        _say(f"note: {note}")
+    same = ", ".join(f"{count} {kind}" for kind, count in result.same.items())
+    if not result.rows:
+        _out(f"no differences ({same} the same)")
+        return 0
+    rows = [("", a.run_id[:12], b.run_id[:12]), *result.rows]
+    widths = [max(len(row[i]) for row in rows) + 2 for i in (0, 1)]
+    for what, left, right in rows:
+        _out(f"{what:<{widths[0]}}{left:<{widths[1]}}{right}".rstrip())
+    _out(f"the same: {same}")
+    return 0
+
+
 def _job_line(record) -> str:
     """The job of a cluster run, and (while it is unfinished) what its scheduler says of it now."""
     line = f"{record.backend} job {record.job_id or '(not queued)'}"
@@ -732,8 +756,31 @@ def cache_gc(older_than: str, dry_run: bool, debug: bool) -> int:
     return 0
 
 
+# -- rerun ------------------------------------------------------------------------------------
+@cli.command(help="run a recorded run again: same source, changes, parameters and packages")
+@click.argument("run_id", shell_complete=_complete_run_ids)
+@click.option("-P", "--param-list", "param_list", multiple=True, metavar="NAME=VALUE",
+              help="change one parameter (a changed rerun, tagged as such)")
+@click.option("--env-manager", type=click.Choice(ENV_MANAGERS), default=None, help="default: the run's own")
+@click.option("-b", "--backend", default=None, help="default: the run's own")
+@click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE")
+@click.option("--allow-differences", is_flag=True, help="run even when it cannot be run as it ran")
+@click.option("--detach", is_flag=True, help="cluster backends: return once the job is queued")
+@_debug
+def rerun(run_id: str, param_list: tuple[str, ...], env_manager: str | None, backend: str | None,
+          backend_config: str | None, allow_differences: bool, detach: bool, debug: bool) -> int:
+    from dataclasses import replace
+
+    from runner import api
+    from runner.reproduce.rerun import plan_rerun, rerun_request
+
+    planned = plan_rerun(run_id, api.cli_parameters(param_list), env_manager, backend, backend_config)
+    request = rerun_request(planned, allow_differences, _say)
+    return _run_request(replace(request, synchronous=False, detach=detach))
+
+
 # -- lock -------------------------------------------------------------------------------------
-@cli.command(help="solve a conda project for each platform and write conda-lock.yml")
+@cli.command(help="lock a project's environment: pylock.toml next to python_env.yaml, conda-lock.yml next to conda.yaml")
 @click.argument("uri", shell_complete=_complete_dirs)
 @click.option("--platform", "platforms", multiple=True, metavar="PLATFORM",
               help="linux-64, linux-aarch64, osx-64, osx-arm64, win-64 (repeatable; default: this machine's)")

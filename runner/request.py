@@ -46,20 +46,28 @@ class RunRequest:
     docker_auth: Mapping[str, Any] | None = None
     cwd: str | os.PathLike[str] | None = None  # relative URIs and path parameters are taken from here
     stream_output: bool = True
-    locked: bool = False  # conda: install only from a current conda-lock.yml
+    locked: bool = False  # install only from a current lock file (pylock.toml, conda-lock.yml)
     # A cluster backend: return once the job is queued instead of following it to its end.
     detach: bool = False
     # The run is a child of this MLflow run (a sweep's trials); else of the caller's active run.
     parent_run_id: str | None = None
     # Internal: this process is the cluster job of the ledger row with this ID (see backends).
     job_of: str | None = None
+    # A rerun (runner.rerun): where the original was tracked, the uncommitted changes it ran
+    # with (applied to the checkout of `version`), the lock its environment was installed
+    # from, and the tags that say what it reruns.
+    tracking_uri: str | None = None
+    patch: str | None = None
+    lock_file: str | None = None
+    tags: Mapping[str, str] | None = None
 
     def caller_cwd(self) -> Path:
         return Path(self.cwd).absolute() if self.cwd is not None else Path.cwd()
 
     def env_options(self) -> dict[str, Any]:
         """The options some environment managers take (see envs.plan_environment)."""
-        return {"locked": self.locked, "build_image": self.build_image, "docker_args": dict(self.docker_args or {})}
+        return {"locked": self.locked, "lock_file": self.lock_file, "build_image": self.build_image,
+                "docker_args": dict(self.docker_args or {})}
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,17 @@ class PreparedRun:
     tracked: TrackedRun | None = None  # the MLflow run, once created
     ledger: Ledger | None = None
     note: Path | None = None  # names the run until the ledger has it (see tracking.pending)
+
+    def keep_source_state(self, run_dir: Path) -> None:
+        """What a rerun needs of a dirty working copy (its diff, its untracked files' names),
+        taken when the run is submitted, before the code can change again."""
+        from runner.sources import provenance
+
+        source = self.plan.source
+        if self.request.patch:  # a rerun of a dirty run: dirty with the same changes
+            provenance.keep_patch(Path(self.request.patch), run_dir)
+        elif source.dirty and source.work_tree is not None:
+            provenance.capture(source.work_tree, run_dir)
 
     def ledger_record(self, run_id: str, log_path: Path, **extra: Any):
         """The run's ledger row, as every backend writes it (`extra`: its status, backend)."""

@@ -13,7 +13,7 @@ import subprocess
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
-    from typing import Mapping, Sequence
+    from typing import Any, Mapping, Sequence
 
 
 def capture(
@@ -23,8 +23,10 @@ def capture(
     cwd: Path | str | None = None,
     merge_stderr: bool = True,
     input: str | None = None,
-) -> tuple[int, str, str]:
+    text: bool = True,
+) -> tuple[int, Any, Any]:
     """Run to completion: (return code, stdout, stderr); stderr is "" when merged.
+    `text=False`: stdout and stderr as bytes, as written (a binary diff).
 
     Raises OSError when the program cannot be started.
     """
@@ -42,6 +44,8 @@ def capture(
     except BaseException:
         stop(proc)
         raise
+    if not text:
+        return proc.returncode, out, err or b""
     return proc.returncode, out.decode(errors="replace"), (err or b"").decode(errors="replace")
 
 

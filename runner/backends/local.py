@@ -11,6 +11,7 @@ from pathlib import Path
 from runner import home
 from runner.errors import LaunchError, RunFailedError, RunnerError, UsageError
 from runner.launch import SubmittedRun, start
+from runner.sources import provenance
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
@@ -60,9 +61,11 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
             raise LaunchError(f"run {run_id} was ended before its job started (cancelled?)",
                               hint=f"see `mlproject runs show {run_id}`")
     else:
+        state.keep_source_state(run_dir)
         ledger.start(state.ledger_record(run_id, submitted.log_path))
     pending.clear(state.note)  # the ledger has the run now
     tracked.artifacts.append((submitted.log_path, None))
+    tracked.artifacts.extend(provenance.artifacts(run_dir))  # (a cluster job's were kept at submission)
 
     def end(status: str, exit_code: int | None, reason: str | None) -> None:
         if job_of is not None:
@@ -110,6 +113,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     environment = prepared.environment
     if environment.prefix is not None:
         tracked.artifacts.append((environment.prefix / ".mlproject" / "packages.txt", "environment"))
+        tracked.artifacts.extend(_keep_environment_lock(environment.prefix, run_dir))
 
     child_env = environment.apply(os.environ)
     child_env.update(tracked.child_env())
@@ -161,6 +165,22 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
                 submitted.exit_code or 1,
             )
     return submitted
+
+
+def _keep_environment_lock(prefix: Path, run_dir: Path) -> list[tuple[Path, str]]:
+    """The environment's own lock (what it holds, in pylock.toml or conda-lock.yml form), kept
+    in the run's directory too: the environment may be removed before a rerun wants it."""
+    from runner.envs.store import META_DIR
+
+    kept = []
+    for name in ("pylock.toml", "conda-lock.yml"):
+        lock = prefix / META_DIR / name
+        if lock.is_file():
+            copy = run_dir / "environment" / name
+            copy.parent.mkdir(exist_ok=True)
+            copy.write_bytes(lock.read_bytes())
+            kept.append((copy, "environment"))
+    return kept
 
 
 def _keep_evidence(submitted: SubmittedRun, exc: RunnerError) -> None:

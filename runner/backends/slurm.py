@@ -236,6 +236,7 @@ def _record(state: PreparedRun, run_dir: Path, log_path: Path) -> _Recorded:
     options: SlurmOptions = state.backend_options
     the_plan, tracked = state.plan, state.tracked
     run_id = run_dir.name
+    state.keep_source_state(run_dir)
     record = state.ledger_record(run_id, log_path, status="SCHEDULED", backend="slurm")
     state.ledger.start(record)
     pending.clear(state.note)  # the ledger has the run now

@@ -175,8 +175,9 @@ def plan_environment(
 ) -> Planned:
     """Everything that can be wrong with an environment before building it (versions, specs).
 
-    `options` are what some managers take: `locked` (conda: install only from a
-    current conda-lock.yml), `build_image` and `docker_args` (docker). A manager is
+    `options` are what some managers take: `locked` (install only from a current
+    pylock.toml or conda-lock.yml), `lock_file` (uv, virtualenv: install this recorded
+    lock, for a rerun), `build_image` and `docker_args` (docker). A manager is
     given only the options set, and an option it does not know is a usage error."""
     module = manager_module(manager_name)
     given = {name: value for name, value in options.items() if value}
@@ -185,8 +186,8 @@ def plan_environment(
         flags = {"locked": "--locked", "build_image": "--build-image", "docker_args": "-A/--docker-args"}
         raise UsageError(
             f"{', '.join(flags.get(name, name) for name in unknown)} does not apply to the {manager_name} environment manager",
-            hint="--locked is for conda projects; --build-image and -A for docker_env projects",
-            python_hint="locked=True is for conda projects; build_image= and docker_args= for docker_env projects",
+            hint="--locked is for uv, virtualenv and conda environments; --build-image and -A for docker_env projects",
+            python_hint="locked=True is for uv, virtualenv and conda environments; build_image= and docker_args= for docker_env projects",
         )
     return Planned(manager_name, module, module.plan(project, notify, **given))
 

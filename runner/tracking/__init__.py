@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
         def results(self, run_id: str) -> tuple[dict[str, str], dict[str, float]]: ...
 
+        def experiment_of(self, run_id: str) -> str: ...
+
 
 @dataclass(frozen=True)
 class StartRequest:

@@ -134,6 +134,9 @@ class LibraryTracker:
         run = self._call("reading the run", lambda: self.client().get_run(run_id))
         return dict(run.data.params), dict(run.data.metrics)
 
+    def experiment_of(self, run_id: str) -> str:
+        return str(self._call("reading the run", lambda: self.client().get_run(run_id)).info.experiment_id)
+
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
         self._call("logging an artifact", lambda: self.client().log_artifact(run_id, str(path), artifact_path))
 

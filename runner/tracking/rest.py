@@ -276,6 +276,10 @@ class RestTracker:
         return ({p["key"]: p.get("value", "") for p in data.get("params", [])},
                 {m["key"]: m.get("value") for m in data.get("metrics", [])})
 
+    def experiment_of(self, run_id: str) -> str:
+        run = self._call("GET", "/api/2.0/mlflow/runs/get", query={"run_id": run_id})["run"]
+        return str(run["info"]["experiment_id"])
+
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
         name = path.name if artifact_path is None else f"{artifact_path.strip('/')}/{path.name}"
         if artifact_uri.startswith("mlflow-artifacts:"):

@@ -32,10 +32,12 @@ class TrackingPlan:
     way: str | None = None  # see runner.tracking.way_to
 
 
-def plan_tracking(cwd: Path, experiment_name: str | None, experiment_id: str | None, run_id: str | None) -> TrackingPlan:
-    if os.environ.get("MLPROJECT_NO_TRACKING") and not (experiment_name or experiment_id or run_id):
+def plan_tracking(cwd: Path, experiment_name: str | None, experiment_id: str | None, run_id: str | None,
+                  uri: str | None = None) -> TrackingPlan:
+    """`uri`: this tracking store (a rerun goes where its original went); else the usual one."""
+    if os.environ.get("MLPROJECT_NO_TRACKING") and not (experiment_name or experiment_id or run_id or uri):
         return TrackingPlan(None, False)  # the local ledger only, by the user's choice
-    uri, asked = resolve_uri(cwd)
+    uri, asked = (uri, True) if uri else resolve_uri(cwd)
     asked = asked or bool(experiment_name or experiment_id or run_id or os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID"))
     way = way_to(uri)
     if way != "library":

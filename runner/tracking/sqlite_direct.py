@@ -214,6 +214,18 @@ class SqliteTracker:
             db.close()
         return params, metrics
 
+    def experiment_of(self, run_id: str) -> str:
+        db = self._db()
+        try:
+            row = db.execute("SELECT experiment_id FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise TrackingError(f"cannot read the MLflow store {self.uri}: {exc}") from None
+        finally:
+            db.close()
+        if row is None:
+            raise TrackingError(f"no run {run_id} in {self.uri}")
+        return str(row[0])
+
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
         from runner.tracking.artifacts import copy_local
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.envs import Environment, EnvPlan
+from runner.envs.python import pylock
 from runner.envs.python.interpreters import Interpreter, discover, find
+from runner.envs.python.pylock import PyLock
 from runner.envs.python.requirements import Requirements, collect
 from runner.errors import EnvironmentBuildError
 from runner.project.spec import Project
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from typing import Callable
 
 
-RECIPE = "python-1"  # bump when the way environments are built changes
+RECIPE = "python-2"  # bump when the way environments are built changes (2: each records its pylock.toml)
 _INDEX_VARIABLES = (
     "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_TRUSTED_HOST",
     "UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX", "UV_FIND_LINKS", "UV_NO_INDEX",
@@ -43,9 +45,19 @@ class PythonEnvContents:
     requirements: Requirements = field(default_factory=Requirements)
     uv_project: Path | None = None  # directory with pyproject.toml + uv.lock
     source: str = "none"
+    lock: PyLock | None = None  # installed exactly, instead of the requirements (a current pylock.toml)
+    env_file: Path | None = None  # python_env.yaml, when the project has one
 
 
-def plan(manager: str, project: Project, notify: Callable[[str], None] | None) -> EnvPlan:
+OPTIONS = ("locked", "lock_file")
+
+
+def plan(manager: str, project: Project, notify: Callable[[str], None] | None, locked: bool = False,
+         lock_file: str | None = None) -> EnvPlan:
+    """`locked`: install only from a current pylock.toml; `lock_file`: install exactly this
+    lock (a recorded one, for a rerun), whatever the env file says now."""
+    from runner.envs.conda.contents import platform_name
+
     contents = _contents(manager, project, notify)
     description = {
         "recipe": RECIPE,
@@ -62,7 +74,60 @@ def plan(manager: str, project: Project, notify: Callable[[str], None] | None) -
         f", {count} requirement line(s)" if count else ""
     )
     meta = {"project": str(project.directory), "python": contents.interpreter.version, "source": contents.source}
+    if lock_file:
+        lock = pylock.read(Path(lock_file))
+    elif contents.uv_project is None:  # (a uv.lock project is locked by uv.lock)
+        lock = _current_lock(contents, platform_name(), notify, locked)
+    else:
+        lock = None
+    if lock is not None:
+        from dataclasses import replace
+
+        contents = replace(contents, lock=lock)
+        # Installed exactly from the lock: the key is the lock's packages, whatever made it.
+        description = {key: description[key] for key in ("recipe", "manager", "platform", "python", "index")}
+        description["lock"] = pylock.key_material(lock)
+        summary = f"{manager}: Python {contents.interpreter.version}, {len(lock.packages)} package(s) from {lock.path.name}"
+        meta["source"] = lock.path.name
     return EnvPlan(manager, description, summary, meta, contents)
+
+
+def _current_lock(contents: PythonEnvContents, platform: str, notify, locked: bool) -> PyLock | None:
+    """pylock.toml next to python_env.yaml when it was made from python_env.yaml as it is now."""
+    name = pylock.LOCK_NAME
+    if contents.env_file is None:
+        if locked:
+            raise EnvironmentBuildError(f"--locked: {name} locks a python_env.yaml, and this project has none",
+                                        hint="lock conda.yaml projects with `mlproject lock` and --env-manager conda")
+        return None
+    path = pylock.lock_path(contents.env_file)
+    if not path.is_file():
+        if locked:
+            raise EnvironmentBuildError(f"--locked: there is no {name} next to {contents.env_file.name}",
+                                        hint="write one with `mlproject lock PROJECT`")
+        return None
+    lock = pylock.read(path)
+    if not lock.ours:
+        # Written by another tool (uv, pip, pdm): installed as it is when asked for.
+        if locked:
+            if notify is not None:
+                notify(f"note: {name} was not written by mlproject: whether {contents.env_file.name} changed "
+                       "since cannot be checked; installing it as it is")
+            return lock
+        if notify is not None:
+            notify(f"warning: {name} was not written by mlproject, so whether it is current cannot be checked; "
+                   "resolving instead (--locked installs it as it is)")
+        return None
+    if lock.content_hash == pylock.content_hash(contents) and platform in lock.platforms:
+        return lock
+    reason = (f"{name} has no packages for {platform} (it was locked for {', '.join(lock.platforms)})"
+              if lock.content_hash == pylock.content_hash(contents)
+              else f"{name} is stale: {contents.env_file.name} (or the Python it asks for) changed since it was written")
+    if locked:
+        raise EnvironmentBuildError(f"--locked: {reason}", hint="update it with `mlproject lock PROJECT`")
+    if notify is not None:
+        notify(f"warning: {reason}; resolving instead (update it with `mlproject lock`)")
+    return None
 
 
 def manager_api(manager: str):
@@ -71,8 +136,8 @@ def manager_api(manager: str):
     def describe(project: Project) -> str:
         return plan(manager, project, None).summary
 
-    def plan_for(project: Project, notify=None) -> EnvPlan:
-        return plan(manager, project, notify)
+    def plan_for(project: Project, notify=None, **options) -> EnvPlan:
+        return plan(manager, project, notify, **options)
 
     return describe, plan_for, activate
 
@@ -141,6 +206,7 @@ def _contents(manager: str, project: Project, notify) -> PythonEnvContents:
         collect(lines, root, base_dir) if uv_project is None else Requirements(),
         uv_project,
         source,
+        env_file=env.path if env.kind == "python_env" else None,
     )
 
 

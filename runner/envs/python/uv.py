@@ -7,11 +7,13 @@ with uv's cache inside the store so installs hard-link.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from runner import home
 from runner.envs import EnvPlan
+from runner.envs.python import pylock
 from runner.envs.python import spec as pythonenv
 from runner.envs.build import relocate, run_step
 from runner.envs.python.installed import installed_packages
@@ -19,6 +21,7 @@ from runner.errors import EnvironmentBuildError
 
 NAME = "uv"
 
+OPTIONS = pythonenv.OPTIONS
 describe, plan, activate = pythonenv.manager_api(NAME)
 
 
@@ -71,12 +74,29 @@ def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
             log=log,
             progress=progress,
         )
+    if contents.lock is not None:  # exactly the lock: what it names, each file checked against its hash
+        recorded = meta / pylock.LOCK_NAME
+        shutil.copyfile(contents.lock.path, recorded)
+        run_step([uv, "pip", "install", "--python", python, *pylock.uv_install_args(recorded)],
+                 f"installing {len(contents.lock.packages)} package(s) from {contents.lock.path.name}",
+                 env=env, log=log, progress=progress)
     for label, requirements in (("build dependencies", contents.build_requirements), ("dependencies", contents.requirements)):
-        if not requirements.lines:
+        if not requirements.lines or contents.lock is not None:
             continue
         args = requirement_args(meta, label.replace(" ", "-"), requirements)
         run_step([uv, "pip", "install", "--python", python, *args], f"installing {label}", env=env, log=log, progress=progress)
+    finish(tmp, final, contents, log, progress)
+
+
+def finish(tmp: Path, final: Path, contents, log: Path, progress) -> None:
+    """What every Python environment keeps of itself: its package list, and what it holds as a
+    pylock.toml (the lock a rerun installs); then its scripts name the final path."""
+    from runner.envs.conda.contents import platform_name
+
+    meta = tmp / ".mlproject"
     (meta / "packages.txt").write_text("".join(line + "\n" for line in installed_packages(tmp)))
+    if contents.lock is None:
+        pylock.record_installed(tmp, contents.interpreter.version, platform_name(), log, progress)
     relocate(tmp, tmp, final)
 
 

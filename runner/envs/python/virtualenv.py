@@ -7,18 +7,20 @@ store.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from runner import home
 from runner.envs import EnvPlan
 from runner.envs.python import spec as pythonenv
-from runner.envs.build import relocate, run_step
-from runner.envs.python.installed import installed_packages
-from runner.envs.python.uv import check, requirement_args  # noqa: F401 - check: the same resolution as uv's
+from runner.envs.build import run_step
+from runner.envs.python import pylock
+from runner.envs.python.uv import check, finish, requirement_args  # noqa: F401 - check: the same resolution as uv's
 
 NAME = "virtualenv"
 
+OPTIONS = pythonenv.OPTIONS
 describe, plan, activate = pythonenv.manager_api(NAME)
 
 
@@ -41,10 +43,17 @@ def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
     meta.mkdir()
     os.replace(log, meta / "build.log")
     log = meta / "build.log"
+    if contents.lock is not None:
+        # pip installs no pylock.toml yet: the same pins, with every file's hash, so pip takes the
+        # file for this machine and checks it, and installs nothing the lock does not name.
+        shutil.copyfile(contents.lock.path, meta / pylock.LOCK_NAME)
+        (meta / "pylock-requirements.txt").write_text("\n".join(pylock.pip_requirement_lines(contents.lock)) + "\n")
+        run_step([python, "-m", "pip", "install", "--no-deps", "--require-hashes", "-r", str(meta / "pylock-requirements.txt")],
+                 f"installing {len(contents.lock.packages)} package(s) from {contents.lock.path.name} with pip",
+                 env=env, log=log, progress=progress)
     for label, requirements in (("build dependencies", contents.build_requirements), ("dependencies", contents.requirements)):
-        if not requirements.lines:
+        if not requirements.lines or contents.lock is not None:
             continue
         args = requirement_args(meta, label.replace(" ", "-"), requirements)
         run_step([python, "-m", "pip", "install", *args], f"installing {label} with pip", env=env, log=log, progress=progress)
-    (meta / "packages.txt").write_text("".join(line + "\n" for line in installed_packages(tmp)))
-    relocate(tmp, tmp, final)
+    finish(tmp, final, contents, log, progress)

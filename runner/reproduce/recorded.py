@@ -1,0 +1,96 @@
+"""A finished run as recorded here: its ledger row and what its run directory kept
+(the environment's lock, the working copy's changes, its untracked files' names)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner import home
+from runner.sources import provenance
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from runner.envs.python.pylock import PyLock
+    from runner.tracking.ledger import RunRecord
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    record: RunRecord
+    run_dir: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.record.tracking_run_id or self.record.id
+
+    @property
+    def diff(self) -> Path | None:
+        path = self.run_dir / provenance.SOURCE_DIR / provenance.DIFF_NAME
+        return path if path.is_file() else None
+
+    @property
+    def diff_not_kept(self) -> bool:
+        return (self.run_dir / provenance.SOURCE_DIR / provenance.OVER_CAP_NAME).is_file()
+
+    @property
+    def untracked(self) -> list[str]:
+        path = self.run_dir / provenance.SOURCE_DIR / provenance.UNTRACKED_NAME
+        return path.read_text().splitlines() if path.is_file() else []
+
+    @property
+    def lock_path(self) -> Path | None:
+        from runner.envs.python.pylock import LOCK_NAME
+
+        path = self.run_dir / "environment" / LOCK_NAME
+        return path if path.is_file() else None
+
+    def lock(self) -> PyLock | None:
+        from runner.envs.python import pylock
+
+        path = self.lock_path
+        return pylock.read(path) if path is not None else None
+
+    def packages(self) -> dict[str, str]:
+        """name -> version of what its environment held (its lock; else the package list of
+        its environment, while that environment is still in the store)."""
+        lock = self.lock()
+        if lock is not None:
+            return lock.versions()
+        from runner.envs.store import META_DIR
+
+        if not self.record.env_key:
+            return {}
+        listing = home.subdir("envs") / f"{self.record.env_manager}-{self.record.env_key}" / META_DIR / "packages.txt"
+        found = {}
+        if listing.is_file():
+            for line in listing.read_text().splitlines():
+                name, sep, version = line.partition("==")
+                if sep:
+                    found[name.lower()] = version.split(" ")[0]
+        return found
+
+    def results(self) -> tuple[dict[str, str], dict[str, float], str | None]:
+        """Its parameters and metrics from tracking (the ledger's parameters when untracked),
+        and a note when tracking could not be read."""
+        params, metrics = {k: str(v) for k, v in self.record.parameters.items()}, {}
+        if self.record.tracking_run_id and self.record.tracking_uri:
+            try:
+                from runner.tracking import tracker_for
+
+                params, metrics = tracker_for(self.record.tracking_uri, quick=True).results(self.record.tracking_run_id)
+            except Exception as exc:  # noqa: BLE001 - the ledger's view is still worth showing
+                return params, {}, f"metrics not read from tracking: {getattr(exc, 'message', None) or exc}"
+        return params, metrics, None
+
+
+def recorded(run_id: str) -> RecordedRun:
+    """The run `run_id` (or its first characters) from this machine's ledger."""
+    from runner.tracking.ledger import Ledger
+    from runner.tracking.runs import find
+
+    ledger = Ledger()
+    try:
+        record = find(ledger, run_id)
+    finally:
+        ledger.close()
+    return RecordedRun(record, home.subdir("runs") / record.id)

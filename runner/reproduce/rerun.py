@@ -1,0 +1,169 @@
+"""`mlproject rerun RUN_ID`: the same project, commit, uncommitted changes, entry point,
+parameters and installed packages as a recorded run, as a new run in its experiment.
+
+What cannot be the same on this machine is said before anything starts; a difference
+that makes it not a rerun (another Python minor version, a platform the lock does not
+cover, a source that cannot be found or checked, packages that were not recorded)
+refuses it unless the caller allows differences."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from runner.errors import UsageError
+from runner.reproduce.recorded import RecordedRun, recorded
+from runner.request import RunRequest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Mapping
+
+RERUN_OF_TAG = "mlproject.rerunOf"
+CHANGED_TAG = "mlproject.rerunChanged"  # what the caller changed: parameter names, env_manager, backend
+LOCKED_MANAGERS = ("uv", "virtualenv")  # whose recorded pylock.toml a rerun installs
+
+
+@dataclass(frozen=True)
+class Difference:
+    text: str
+    blocking: bool  # makes it not a rerun: refused unless differences are allowed
+
+
+@dataclass
+class RerunPlan:
+    original: RecordedRun
+    request: RunRequest
+    differences: list[Difference] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+    @property
+    def blocking(self) -> list[Difference]:
+        return [d for d in self.differences if d.blocking]
+
+
+def plan_rerun(run_id: str, parameters: Mapping[str, Any] | None = None, env_manager: str | None = None,
+               backend: str | None = None, backend_config: Any = None) -> RerunPlan:
+    original = recorded(run_id)
+    record = original.record
+    if record.backend == "sweep":
+        raise UsageError(f"run {record.id} is a sweep's parent run, not a run of a project",
+                         hint="rerun one of its trials (mlproject sweep show ID lists them), or resume the sweep")
+    if not record.finished:
+        raise UsageError(f"run {record.id} is still {record.status}", hint="rerun it once it has ended")
+    recorded_params = {k: str(v) for k, v in record.parameters.items()}
+    given = {k: str(v) for k, v in (parameters or {}).items()}
+    changed = sorted(k for k, v in given.items() if recorded_params.get(k) != v)
+    manager = env_manager or record.env_manager
+    if manager != record.env_manager:
+        changed.append("env_manager")
+    chosen_backend = backend or record.backend
+    if chosen_backend != record.backend:
+        changed.append("backend")
+    result = RerunPlan(original, RunRequest(), changed=changed)
+    uri, version, patch = _source(original, result)
+    lock_file = _environment(original, manager, result)
+    tags = {RERUN_OF_TAG: original.run_id}
+    if changed:
+        tags[CHANGED_TAG] = ",".join(changed)
+    experiment_id = None
+    if record.tracking_run_id and record.tracking_uri:
+        from runner.tracking import tracker_for
+
+        experiment_id = tracker_for(record.tracking_uri, quick=True).experiment_of(record.tracking_run_id)
+    result.request = RunRequest(
+        uri, entry_point=record.entry_point, version=version, parameters={**recorded_params, **given},
+        experiment_id=experiment_id, backend=chosen_backend, backend_config=backend_config, env_manager=manager,
+        tracking_uri=record.tracking_uri if record.tracking_run_id else None, patch=patch, lock_file=lock_file,
+        tags=tags,
+    )
+    return result
+
+
+def _source(original: RecordedRun, result: RerunPlan) -> tuple[str, str | None, str | None]:
+    """(uri, version, patch): the recorded commit through the git cache, with the recorded changes."""
+    record = original.record
+    uri, commit = record.project_uri, record.git_commit
+    base = uri.partition("#")[0]
+    from runner.sources.urls import is_git_url
+
+    if not is_git_url(base) and not os.path.isdir(base):
+        result.differences.append(Difference(f"source: {base} no longer exists", True))
+    if commit is None:
+        result.differences.append(Difference(
+            f"source: {uri} was not a git working copy, so what it held then cannot be checked: it runs as it is now",
+            True))
+        return uri, None, None
+    patch = None
+    if original.diff_not_kept:
+        result.differences.append(Difference("source: the run's uncommitted changes were over the size cap and were "
+                                             "not kept: the rerun runs the commit without them", True))
+    elif original.diff is not None:
+        patch = str(original.diff)
+    names = original.untracked
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        result.differences.append(Difference(f"source: untracked files were not recorded and are not in the rerun: "
+                                             f"{shown}", False))
+    return uri, commit, patch
+
+
+def _environment(original: RecordedRun, manager: str, result: RerunPlan) -> str | None:
+    """The recorded lock to install, and what about the environment cannot be the same."""
+    record = original.record
+    if manager in ("local", "docker"):
+        if manager == "local":
+            result.differences.append(Difference("environment: --env-manager local runs in the current Python "
+                                                 "environment, which was not recorded", manager != record.env_manager))
+        else:
+            result.differences.append(Difference("environment: the docker image is built again from the "
+                                                 "recorded source (or reused by its tag)", False))
+        return None
+    if manager not in LOCKED_MANAGERS:
+        result.differences.append(Difference(f"environment: {manager} environments are not recorded as locks yet; "
+                                             "the rerun solves the env file again", True))
+        return None
+    lock = original.lock()
+    if lock is None:
+        result.differences.append(Difference(
+            "environment: the run recorded no pylock.toml (made before locks were recorded, or it held packages "
+            "that are not on the index): the rerun resolves the env file again", True))
+        return None
+    from runner.envs.conda.contents import platform_name
+
+    platform = platform_name()
+    if lock.platforms and platform not in lock.platforms:
+        result.differences.append(Difference(f"environment: the recorded lock covers {', '.join(lock.platforms)}, "
+                                             f"not this machine ({platform})", True))
+    if lock.python:
+        result.differences.extend(_python_difference(lock.python))
+    return str(original.lock_path)
+
+
+def _python_difference(wanted: str) -> list[Difference]:
+    from runner.envs.python.interpreters import discover
+
+    found = sorted((i.version for i in discover()), key=lambda v: tuple(int(p) for p in v.split(".")))
+    minor = ".".join(wanted.split(".")[:2])
+    if wanted in found:
+        return []
+    same_minor = [v for v in found if v.startswith(minor + ".")]
+    if same_minor:
+        return [Difference(f"environment: Python {same_minor[-1]} instead of {wanted} (another patch version)", False)]
+    return [Difference(f"environment: the run used Python {wanted}, and no Python {minor} is on this machine "
+                       f"(found: {', '.join(found) or 'none'})", True)]
+
+
+def rerun_request(plan: RerunPlan, allow_differences: bool, notify) -> RunRequest:
+    """Say what will differ; refuse (exit 2) when that makes it not a rerun and it was not allowed."""
+    for difference in plan.differences:
+        notify(f"{'warning' if difference.blocking else 'note'}: rerun of {plan.original.run_id[:12]}: "
+               f"{difference.text}")
+    if plan.changed:
+        notify(f"note: a changed rerun ({', '.join(plan.changed)}): tagged {CHANGED_TAG}")
+    if plan.blocking and not allow_differences:
+        first = plan.blocking[0].text
+        more = f" (and {len(plan.blocking) - 1} more)" if len(plan.blocking) > 1 else ""
+        raise UsageError(f"run {plan.original.run_id} cannot be rerun as it ran: {first}{more}",
+                         hint="--allow-differences runs it anyway, with the differences listed above",
+                         python_hint="allow_differences=True runs it anyway")
+    return plan.request

@@ -1,0 +1,93 @@
+"""What a run needs kept of its source to be re-run: the uncommitted changes of a dirty
+working copy (`source/diff.patch`, tracked files, against the recorded commit) and the
+names of its untracked files (`source/untracked.txt`). Kept in the run's directory and
+logged as the run's artifacts; read back by `mlproject rerun`.
+
+Only a dirty working copy costs anything (one `git diff`); a clean one or a git commit
+from the cache is fully named by its commit."""
+from __future__ import annotations
+
+from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from runner.sources import ProjectDir
+
+DIFF_CAP_BYTES = 5 * 1024 * 1024  # a bigger diff is not kept: a note says so, and a rerun says what is missing
+SOURCE_DIR = "source"
+DIFF_NAME = "diff.patch"
+UNTRACKED_NAME = "untracked.txt"
+OVER_CAP_NAME = "diff-not-kept.txt"
+
+
+def capture(work_tree: Path, run_dir: Path) -> None:
+    """Write the working copy's changes against HEAD into `run_dir/source/`."""
+    from runner.sources.git import git_env
+    from runner.subprocesses import capture as run
+
+    out = run_dir / SOURCE_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    code, diff, _ = run(["git", "--no-optional-locks", "diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"],
+                        cwd=work_tree, env=git_env(), text=False)
+    if code == 0 and diff:
+        if len(diff) <= DIFF_CAP_BYTES:
+            (out / DIFF_NAME).write_bytes(diff)
+        else:
+            (out / OVER_CAP_NAME).write_text(
+                f"The diff of the working copy against its commit was {len(diff)} bytes, over the "
+                f"{DIFF_CAP_BYTES}-byte cap: it was not kept, and a rerun cannot restore these changes.\n")
+    code, listed, _ = run(["git", "--no-optional-locks", "ls-files", "--others", "--exclude-standard", "-z"],
+                          cwd=work_tree, env=git_env(), text=False)
+    names = [name for name in listed.decode(errors="replace").split("\0") if name] if code == 0 else []
+    if names:
+        (out / UNTRACKED_NAME).write_text("".join(name + "\n" for name in names))
+
+
+def artifacts(run_dir: Path) -> list[tuple[Path, str]]:
+    """The kept files, as (path, artifact directory) for the run's artifacts."""
+    out = run_dir / SOURCE_DIR
+    return [(out / name, SOURCE_DIR) for name in (DIFF_NAME, UNTRACKED_NAME, OVER_CAP_NAME) if (out / name).is_file()]
+
+
+def keep_patch(patch: Path, run_dir: Path) -> None:
+    out = run_dir / SOURCE_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DIFF_NAME).write_bytes(patch.read_bytes())
+
+
+def patched(source: ProjectDir, patch: Path) -> ProjectDir:
+    """The cached checkout of `source` with `patch` applied: the working copy a dirty run ran
+    in. Made once per (commit, patch) in the staging directory and shared like a checkout
+    (each run works in its own copy of it); a patch that does not apply is refused."""
+    import hashlib
+    import os
+    import shutil
+
+    from runner import home
+    from runner.errors import ProjectError
+    from runner.sources import STAGED_MARKER
+    from runner.subprocesses import capture as run
+
+    if source.checkout is None or source.commit is None:
+        raise ProjectError("recorded changes can only be applied to a git commit", hint="the run recorded no commit")
+    data = patch.read_bytes()
+    digest = hashlib.sha256(source.commit.encode() + b"\0" + data).hexdigest()[:24]
+    root = home.subdir("staging") / f"patched-{digest}"
+    if not (root / STAGED_MARKER).exists():
+        tmp = root.with_name(f".{root.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        copied = source.private_copy(tmp)  # (the whole checkout; `copied` is the project inside it)
+        del copied
+        code, output, _ = run(["git", "apply", "--binary", "--whitespace=nowarn", str(patch)], cwd=tmp)
+        if code != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ProjectError(f"the recorded changes do not apply to commit {source.commit[:12]}: {output.strip()}",
+                               hint="the recorded diff.patch may have been edited")
+        (tmp / STAGED_MARKER).write_text(f"{source.commit}\n")
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another rerun made it first: the same contents
+            shutil.rmtree(tmp, ignore_errors=True)
+    from dataclasses import replace
+
+    return replace(source, path=root / source.path.relative_to(source.checkout), checkout=root, dirty=True)
