@@ -1,0 +1,211 @@
+"""Reproducing runs, as a user would: pylock.toml locks for Python environments, what every
+run keeps to be re-run, `mlproject rerun`, and `mlproject runs diff`. Real uv, pip, git and
+MLflow sqlite store; small real packages (six) from the package index."""
+from __future__ import annotations
+
+import re
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import assert_clean_error, run_cli
+
+TRAIN_PROJECT = """
+    name: reproducible
+    python_env: python_env.yaml
+    entry_points:
+      main:
+        parameters:
+          x: {type: float, default: 1}
+        command: "python train.py {x}"
+"""
+TRAIN = 'import sys, six\nprint("six", six.__version__, "x", sys.argv[1], "code", "v1")\n'
+
+
+def _git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args], cwd=cwd,
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def _repository(make_project, six: str = "six") -> Path:
+    project = make_project(TRAIN_PROJECT, {"python_env.yaml": f'python: "3.11"\ndependencies:\n  - {six}\n',
+                                           "train.py": TRAIN, ".gitignore": "mlflow.db\nmlruns/\n"})
+    _git(project, "init", "-q", "-b", "main")
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "first")
+    return project
+
+
+def _run_id(stderr: str) -> str:
+    found = re.findall(r"in run with ID '([0-9a-f]+)'", stderr)
+    assert found, stderr
+    return found[-1]
+
+
+def _output(result) -> str:
+    return next(line for line in result.stdout.splitlines() if line.startswith("six "))
+
+
+def _client(cwd: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+
+
+def _envs(home: Path) -> list[str]:
+    root = home / "envs"
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
+
+
+def test_lock_then_locked_run_installs_exactly_the_lock(make_project, mlproject_home):
+    project = _repository(make_project, "six<1.17")
+    locked = run_cli("lock", str(project))
+    assert locked.returncode == 0, locked.stderr
+    lock = project / "pylock.toml"
+    text = lock.read_text()
+    assert 'lock-version = "1.0"' in text and 'name = "six"' in text and "[tool.mlproject-runner]" in text
+    version = re.search(r'name = "six"\nversion = "([^"]+)"', text).group(1)
+    assert version.startswith("1.16")
+
+    ran = run_cli("run", str(project), "--locked")
+    assert ran.returncode == 0, ran.stderr
+    assert _output(ran).startswith(f"six {version} ")
+    assert "from pylock.toml" in ran.stderr
+    (env,) = _envs(mlproject_home)
+    build_log = (mlproject_home / "envs" / env / ".mlproject" / "build.log").read_text()
+    assert "pylock.toml" in build_log and "six<1.17" not in build_log  # the lock, not the env file
+
+    # pip (virtualenv) installs the same lock, every file checked against its hash
+    by_pip = run_cli("run", str(project), "--locked", "--env-manager", "virtualenv")
+    assert by_pip.returncode == 0, by_pip.stderr
+    assert _output(by_pip).startswith(f"six {version} ")
+
+
+def test_missing_or_stale_lock_under_locked_is_refused_and_creates_nothing(make_project, mlproject_home, _work_in_tmp):
+    project = _repository(make_project)
+    refused = run_cli("run", str(project), "--locked")
+    assert_clean_error(refused, 2, "no pylock.toml")
+    assert run_cli("lock", str(project)).returncode == 0
+    (project / "python_env.yaml").write_text('python: "3.11"\ndependencies:\n  - six\n  - packaging\n')
+    stale = run_cli("run", str(project), "--locked")
+    assert_clean_error(stale, 2, "stale")
+    assert _envs(mlproject_home) == []
+    assert _client(_work_in_tmp).search_runs(["0"]) == []  # no run was created
+    resolved = run_cli("run", str(project))  # without --locked: one warning, and a resolve
+    assert resolved.returncode == 0, resolved.stderr
+    warnings = [line for line in resolved.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "stale" in warnings[0]
+
+
+def test_dirty_run_is_rerun_with_its_changes_packages_and_parameters(make_project, mlproject_home, _work_in_tmp):
+    project = _repository(make_project)
+    first_commit = _git(project, "rev-parse", "HEAD")
+    (project / "train.py").write_text(TRAIN.replace("v1", "v2-uncommitted"))
+    (project / "notes.txt").write_text("not committed\n")
+    original = run_cli("run", str(project), "-P", "x=2")
+    assert original.returncode == 0, original.stderr
+    original_id = _run_id(original.stderr)
+    assert "v2-uncommitted" in _output(original)
+    client = _client(_work_in_tmp)
+    artifacts = {a.path for folder in ("source", "environment") for a in client.list_artifacts(original_id, folder)}
+    assert {"source/diff.patch", "source/untracked.txt", "environment/pylock.toml"} <= artifacts
+    assert client.get_run(original_id).data.tags["mlproject.source.git.dirty"] == "true"
+
+    # the working copy moves on: committed, then changed again
+    _git(project, "commit", "-qam", "second")
+    (project / "train.py").write_text(TRAIN.replace("v1", "v3"))
+    _git(project, "commit", "-qam", "third")
+
+    again = run_cli("rerun", original_id[:10])
+    assert again.returncode == 0, again.stderr
+    assert _output(again) == _output(original)  # same code, same package version, same parameter
+    assert "untracked files were not recorded" in again.stderr and "notes.txt" in again.stderr
+    rerun_id = _run_id(again.stderr)
+    rerun = client.get_run(rerun_id)
+    assert rerun.data.tags["mlproject.rerunOf"] == original_id
+    assert rerun.data.tags["mlflow.source.git.commit"] == first_commit
+    assert rerun.data.tags["mlproject.source.git.dirty"] == "true"
+    assert "mlproject.rerunChanged" not in rerun.data.tags
+    assert rerun.data.params == client.get_run(original_id).data.params
+    assert rerun.info.experiment_id == client.get_run(original_id).info.experiment_id
+    same = run_cli("runs", "diff", original_id, rerun_id)
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.startswith("no differences"), same.stdout
+
+    # a second rerun reuses the environment installed from the recorded lock
+    envs = _envs(mlproject_home)
+    assert run_cli("rerun", original_id).returncode == 0
+    assert _envs(mlproject_home) == envs
+
+
+def test_git_project_is_rerun_at_its_recorded_commit_after_the_branch_moved(make_project, tmp_path, _work_in_tmp):
+    project = _repository(make_project)
+    url = f"file://{project}"
+    original = run_cli("run", url, "-v", "main", "-P", "x=5")
+    assert original.returncode == 0, original.stderr
+    (project / "train.py").write_text(TRAIN.replace("v1", "moved-on"))
+    _git(project, "commit", "-qam", "the branch moves")
+    moved = run_cli("run", url, "-v", "main")
+    assert "moved-on" in _output(moved)
+
+    again = run_cli("rerun", _run_id(original.stderr))
+    assert again.returncode == 0, again.stderr
+    assert _output(again) == _output(original)
+
+    changed = run_cli("rerun", _run_id(original.stderr), "-P", "x=7")
+    assert changed.returncode == 0, changed.stderr
+    assert " x 7.0 " in _output(changed) or " x 7 " in _output(changed)
+    tags = _client(_work_in_tmp).get_run(_run_id(changed.stderr)).data.tags
+    assert tags["mlproject.rerunChanged"] == "x" and tags["mlproject.rerunOf"] == _run_id(original.stderr)
+
+
+def test_runs_diff_names_the_package_that_differs(make_project, _work_in_tmp):
+    project = _repository(make_project, "six==1.16.0")
+    first = run_cli("run", str(project))
+    assert first.returncode == 0, first.stderr
+    (project / "python_env.yaml").write_text('python: "3.11"\ndependencies:\n  - six==1.17.0\n')
+    second = run_cli("run", str(project), "-P", "x=3")
+    assert second.returncode == 0, second.stderr
+    diff = run_cli("runs", "diff", _run_id(first.stderr), _run_id(second.stderr))
+    assert diff.returncode == 0, diff.stderr
+    rows = {line.split()[0] + " " + line.split()[1]: line.split()[2:] for line in diff.stdout.splitlines()[1:-1]}
+    assert rows["package six"] == ["1.16.0", "1.17.0"], diff.stdout
+    assert rows["parameter x"] == ["1", "3"], diff.stdout
+    assert "source" in rows or any(key.startswith("source") for key in rows)  # the second ran uncommitted changes
+    assert diff.stdout.splitlines()[-1].startswith("the same:")
+
+
+@pytest.mark.parametrize("change, reason", [
+    ('python = "3.11.7"', 'python = "3.4.1"'),
+    ('platforms = ["linux-64"]', 'platforms = ["osx-arm64"]'),
+])
+def test_rerun_whose_lock_this_machine_cannot_satisfy_is_refused(make_project, mlproject_home, _work_in_tmp, change, reason):
+    project = _repository(make_project)
+    original = run_cli("run", str(project))
+    assert original.returncode == 0, original.stderr
+    run_id = _run_id(original.stderr)
+    recorded = mlproject_home / "runs" / run_id / "environment" / "pylock.toml"
+    text = recorded.read_text()
+    python_line = re.search(r'^python = "[^"]+"$', text, re.M).group(0)
+    recorded.write_text(text.replace(python_line if change.startswith("python") else change, reason))
+    before = len(_client(_work_in_tmp).search_runs(["0"]))
+    refused = run_cli("rerun", run_id)
+    assert_clean_error(refused, 2, "cannot be rerun as it ran")
+    assert ("3.4" in refused.stderr) if change.startswith("python") else ("osx-arm64" in refused.stderr)
+    assert len(_client(_work_in_tmp).search_runs(["0"])) == before  # nothing was created
+
+
+def test_rerun_of_an_unknown_run_is_one_clear_error():
+    assert_clean_error(run_cli("rerun", "0123456789abcdef"), 2, "no run with ID")
+
+
+def test_lock_of_a_project_without_env_file_is_refused(make_project):
+    project = make_project(textwrap.dedent("""
+        name: bare
+        entry_points:
+          main:
+            command: "true"
+    """))
+    assert_clean_error(run_cli("lock", str(project)), 2, "python_env.yaml or a conda.yaml")
