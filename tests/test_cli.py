@@ -198,7 +198,7 @@ def test_shell_completion_of_commands_entry_points_and_parameters(make_project, 
         source = subprocess.run([str(script)], env={**os.environ, "_MLPROJECT_COMPLETE": f"{shell}_source"},
                                 capture_output=True, text=True)
         assert source.returncode == 0 and "_MLPROJECT_COMPLETE" in source.stdout, (shell, source.stderr)
-    assert complete("mlproject r") == ["run", "runs"]
+    assert sorted(complete("mlproject r")) == ["rerun", "run", "runs"]
     assert complete(f"mlproject run {root} -e ") == ["main", "train"]
     assert complete(f"mlproject run {root} -P ") == ["alpha=", "l1_ratio="]
     assert complete(f"mlproject run -e main {root} -P l") == ["l1_ratio="]

@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import assert_clean_error, run_cli
+from test_conda import own_channel  # noqa: F401 - a fixture: a private copy of the local conda channel
 
 TRAIN_PROJECT = """
     name: reproducible
@@ -209,3 +210,30 @@ def test_lock_of_a_project_without_env_file_is_refused(make_project):
             command: "true"
     """))
     assert_clean_error(run_cli("lock", str(project)), 2, "python_env.yaml or a conda.yaml")
+
+
+def test_conda_run_is_rerun_from_the_lock_of_what_it_installed(cli, own_channel, make_project, mlproject_home):
+    from test_conda import LOCKED, SHOW, _publish_helper_3, conda_project
+
+    root = conda_project(make_project, LOCKED, SHOW)
+    _git(root, "init", "-q", "-b", "main")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "conda project")
+    original = cli("run", str(root))  # solved: helper 2.0, the newest in the channel
+    assert original.returncode == 0, original.stderr
+    assert original.stdout.splitlines()[0] == "2.0" and "six 1.16.0" in original.stdout
+    run_id = _run_id(original.stderr)
+    recorded = mlproject_home / "runs" / run_id / "environment" / "conda-lock.yml"
+    assert recorded.is_file()
+    _publish_helper_3(own_channel)  # a solve now picks helper 3.0
+    import shutil
+
+    for env in _envs(mlproject_home):  # the environment is gone (gc, another machine): solved again
+        shutil.rmtree(mlproject_home / "envs" / env)
+    fresh = cli("run", str(root))
+    assert fresh.returncode == 0 and fresh.stdout.splitlines()[0] == "3.0", fresh.stderr
+    again = cli("rerun", run_id)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0] == "2.0" and "six 1.16.0" in again.stdout  # what the run installed
+    diff = cli("runs", "diff", run_id, _run_id(fresh.stderr))
+    assert "package helper" in diff.stdout and "2.0" in diff.stdout and "3.0" in diff.stdout, diff.stdout

@@ -56,6 +56,12 @@ class RecordedRun:
         lock = self.lock()
         if lock is not None:
             return lock.versions()
+        conda_lock = self.run_dir / "environment" / "conda-lock.yml"
+        if conda_lock.is_file():
+            from runner.envs.conda import lock as condalock
+            from runner.envs.conda.contents import platform_name
+
+            return {p.name.lower(): p.version for p in condalock.read(conda_lock).for_platform(platform_name())}
         from runner.envs.store import META_DIR
 
         if not self.record.env_key:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 RERUN_OF_TAG = "mlproject.rerunOf"
 CHANGED_TAG = "mlproject.rerunChanged"  # what the caller changed: parameter names, env_manager, backend
-LOCKED_MANAGERS = ("uv", "virtualenv")  # whose recorded pylock.toml a rerun installs
+LOCKED_MANAGERS = {"uv": "pylock.toml", "virtualenv": "pylock.toml", "conda": "conda-lock.yml"}  # the lock a rerun installs
 
 
 @dataclass(frozen=True)
@@ -118,25 +118,30 @@ def _environment(original: RecordedRun, manager: str, result: RerunPlan) -> str 
             result.differences.append(Difference("environment: the docker image is built again from the "
                                                  "recorded source (or reused by its tag)", False))
         return None
-    if manager not in LOCKED_MANAGERS:
-        result.differences.append(Difference(f"environment: {manager} environments are not recorded as locks yet; "
-                                             "the rerun solves the env file again", True))
-        return None
-    lock = original.lock()
-    if lock is None:
+    name = LOCKED_MANAGERS.get(manager)
+    path = original.run_dir / "environment" / name if name else None
+    if path is None or not path.is_file():
         result.differences.append(Difference(
-            "environment: the run recorded no pylock.toml (made before locks were recorded, or it held packages "
-            "that are not on the index): the rerun resolves the env file again", True))
+            f"environment: the run recorded no {name or 'lock'} for {manager} (made before locks were recorded, or "
+            "it held packages that are not on the index): the rerun resolves the env file again", True))
         return None
     from runner.envs.conda.contents import platform_name
 
     platform = platform_name()
+    if manager == "conda":
+        from runner.envs.conda import lock as condalock
+
+        if not condalock.read(path).for_platform(platform):
+            result.differences.append(Difference(f"environment: the recorded lock has no packages for this machine "
+                                                 f"({platform})", True))
+        return str(path)
+    lock = original.lock()
     if lock.platforms and platform not in lock.platforms:
         result.differences.append(Difference(f"environment: the recorded lock covers {', '.join(lock.platforms)}, "
                                              f"not this machine ({platform})", True))
     if lock.python:
         result.differences.extend(_python_difference(lock.python))
-    return str(original.lock_path)
+    return str(path)
 
 
 def _python_difference(wanted: str) -> list[Difference]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.envs.conda.contents import LOCK_NAME, CondaContents
+from runner.envs.python.pylock import UV_PLATFORMS
 from runner.errors import EnvironmentBuildError
 from runner.progress import step
 
@@ -24,10 +25,6 @@ if TYPE_CHECKING:
     from typing import Callable
 
 
-_UV_PLATFORMS = {
-    "linux-64": "x86_64-unknown-linux-gnu", "linux-aarch64": "aarch64-unknown-linux-gnu",
-    "osx-64": "x86_64-apple-darwin", "osx-arm64": "aarch64-apple-darwin", "win-64": "x86_64-pc-windows-msvc",
-}
 _WHEEL_HINTS = {
     "linux-64": ("x86_64",), "linux-aarch64": ("aarch64",), "osx-64": ("x86_64", "universal2"),
     "osx-arm64": ("arm64", "universal2"), "win-64": ("win_amd64",),
@@ -110,7 +107,10 @@ def pip_requirement_lines(packages: list[LockedPackage]) -> list[str]:
 
 
 # -- writing a lock --------------------------------------------------------------------
-def write(contents: CondaContents, platforms: list[str], progress: Callable[[str], None] | None = None) -> Path:
+def write(contents: CondaContents, platforms: list[str], progress: Callable[[str], None] | None = None, *,
+          solved: dict[str, list[dict]] | None = None, path: Path | None = None) -> Path:
+    """Solve for each platform and write the lock next to conda.yaml; `solved`: records already
+    solved (an installed environment's, written to `path` as the record of what it holds)."""
     from runner.envs.conda.solve import solve_for
     from runner.envs.conda.channels import redact
     from runner.version import __version__
@@ -118,8 +118,11 @@ def write(contents: CondaContents, platforms: list[str], progress: Callable[[str
     entries: list[dict] = []
     hashes = {}
     for platform in platforms:
-        with step(progress, f"solving for {platform}"):
-            records = solve_for(contents, platform)
+        if solved is not None:
+            records = solved[platform]
+        else:
+            with step(progress, f"solving for {platform}"):
+                records = solve_for(contents, platform)
         hashes[platform] = content_hash(contents, platform)
         python = None
         for record in sorted(records, key=lambda r: r["name"]):
@@ -154,7 +157,7 @@ def write(contents: CondaContents, platforms: list[str], progress: Callable[[str
     }
     import yaml
 
-    path = lock_path(contents.env_file)
+    path = path or lock_path(contents.env_file)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(yaml.safe_dump(document, sort_keys=False, width=1000))
     os.replace(tmp, path)
@@ -175,7 +178,7 @@ def _lock_pip(contents: CondaContents, platform: str, python: str, progress) -> 
     from runner.envs.build import run_step
     from runner.envs.python.uv import requirement_args, uv_binary, uv_env
 
-    if platform not in _UV_PLATFORMS:
+    if platform not in UV_PLATFORMS:
         raise EnvironmentBuildError(f"cannot lock the pip: list for platform {platform}")
     version = ".".join(python.split(".")[:2])
     with tempfile.TemporaryDirectory(prefix="mlproject-lock-") as tmp:
@@ -183,7 +186,7 @@ def _lock_pip(contents: CondaContents, platform: str, python: str, progress) -> 
         args = [arg for arg in requirement_args(work, "pip", contents.pip) if arg != "-r"]  # compile takes the file itself
         out = work / "pylock.toml"
         run_step([uv_binary(), "pip", "compile", *args, "--format", "pylock.toml", "--python-version", version,
-                  "--python-platform", _UV_PLATFORMS[platform], "--quiet", "-o", str(out)],
+                  "--python-platform", UV_PLATFORMS[platform], "--quiet", "-o", str(out)],
                  f"locking the pip: list for {platform}", env=uv_env(), progress=progress)
         import tomllib
 

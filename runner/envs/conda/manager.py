@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from typing import Callable
 
 NAME = "conda"
-RECIPE = "conda-1"  # bump when the way environments are built changes
-OPTIONS = ("locked",)
+RECIPE = "conda-2"  # bump when the way environments are built changes (2: each records its conda-lock.yml)
+OPTIONS = ("locked", "lock_file")
 
 
 def _virtual_packages_key() -> dict[str, str]:
@@ -54,7 +54,10 @@ def describe(project: Project) -> str:
     return plan(project, None).summary
 
 
-def plan(project: Project, notify: Callable[[str], None] | None = None, locked: bool = False) -> EnvPlan:
+def plan(project: Project, notify: Callable[[str], None] | None = None, locked: bool = False,
+         lock_file: str | None = None) -> EnvPlan:
+    """`locked`: install only from a current conda-lock.yml; `lock_file`: install exactly this
+    lock (a recorded one, for a rerun), whatever conda.yaml says now."""
     from runner.envs.conda import channels as condachannels
     from runner.envs.python.spec import _index_settings
     from runner.project.envfiles import load_conda_env
@@ -106,7 +109,14 @@ def plan(project: Project, notify: Callable[[str], None] | None = None, locked: 
         f", {len(pip.lines)} pip requirement line(s)" if pip.lines else ""
     )
     meta = {"project": str(project.directory), "source": env.path.name}
-    lock = _current_lock(contents, notify, locked)
+    if lock_file:
+        from runner.envs.conda import lock as condalock
+
+        lock = condalock.read(Path(lock_file))
+        if not lock.for_platform(contents.platform):
+            raise EnvironmentBuildError(f"the recorded lock has no packages for {contents.platform}")
+    else:
+        lock = _current_lock(contents, notify, locked)
     if lock is not None:
         from runner.envs.conda import lock as condalock
 
@@ -201,6 +211,27 @@ def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
         conda_names = {r["name"] for r in records}
         lines += [f"{line} (pip)" for line in installed_packages(tmp) if line.split("==")[0].lower() not in conda_names]
     (meta / "packages.txt").write_text("".join(line + "\n" for line in lines))
+    _record_lock(contents, records, tmp, meta, progress)
+
+
+def _record_lock(contents: CondaContents, records: list[dict], prefix: Path, meta: Path, progress) -> None:
+    """`.mlproject/conda-lock.yml`: what the environment holds (the conda records installed, and
+    the pip packages pinned as installed), the lock a rerun installs. Without it (a pip package
+    that is not on the index), the run records its package list only."""
+    from dataclasses import replace
+
+    from runner.envs.conda import lock as condalock
+    from runner.envs.python.installed import installed_packages
+
+    conda_names = {r["name"] for r in records}
+    pins = [line for line in installed_packages(prefix) if line.split("==")[0].lower() not in conda_names]
+    pinned = replace(contents, pip=collect(pins, prefix)) if pins and contents.pip.lines else replace(contents, pip=Requirements())
+    try:
+        condalock.write(pinned, [contents.platform], progress, solved={contents.platform: records},
+                        path=meta / LOCK_NAME)
+    except EnvironmentBuildError as exc:
+        with open(meta / "build.log", "a", encoding="utf-8") as handle:
+            handle.write(f"note: no conda-lock.yml recorded for this environment: {exc.message}\n")
 
 
 def _channel_of(record: dict) -> str:
