@@ -237,3 +237,43 @@ def test_conda_run_is_rerun_from_the_lock_of_what_it_installed(cli, own_channel,
     assert again.stdout.splitlines()[0] == "2.0" and "six 1.16.0" in again.stdout  # what the run installed
     diff = cli("runs", "diff", run_id, _run_id(fresh.stderr))
     assert "package helper" in diff.stdout and "2.0" in diff.stdout and "3.0" in diff.stdout, diff.stdout
+
+
+def test_a_run_this_machine_never_saw_is_rerun_from_its_tracking_server(make_project, mlflow_server, tmp_path):
+    """Recorded on another machine (another MLPROJECT_HOME: no ledger row, no environment): the
+    run, its changes and its lock come from the server, its artifacts through the server."""
+    project = _repository(make_project, "six<1.17")
+    (project / "train.py").write_text(TRAIN.replace("v1", "v2-uncommitted"))
+    server = {"MLFLOW_TRACKING_URI": mlflow_server}
+    original = run_cli("run", str(project), "-P", "x=6", env=server)
+    assert original.returncode == 0, original.stderr
+    run_id = _run_id(original.stderr)
+    _git(project, "commit", "-qam", "moved on")
+    (project / "train.py").write_text(TRAIN.replace("v1", "later"))
+
+    elsewhere = {**server, "MLPROJECT_HOME": str(tmp_path / "another-home")}
+    again = run_cli("rerun", run_id, env=elsewhere)
+    assert again.returncode == 0, again.stderr
+    assert _output(again) == _output(original) and "v2-uncommitted" in _output(again) and "1.16" in _output(again)
+    rerun = MlflowClient(mlflow_server).get_run(_run_id(again.stderr))
+    assert rerun.data.tags["mlproject.rerunOf"] == run_id
+    assert rerun.info.experiment_id == MlflowClient(mlflow_server).get_run(run_id).info.experiment_id
+    assert_clean_error(run_cli("rerun", "f" * 32, env=elsewhere), 2)  # in neither: one clear error
+
+
+def test_a_run_of_mlflow_run_is_rerun_here(make_project, _work_in_tmp):
+    """Drop-in: what `mlflow run` recorded (tags, params) is enough to run it again here."""
+    import sys
+
+    project = _repository(make_project)
+    made = subprocess.run([sys.executable, "-m", "mlflow", "run", str(project), "-P", "x=8", "--env-manager", "local"],
+                          capture_output=True, text=True, timeout=300, cwd=_work_in_tmp,
+                          env={**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{_work_in_tmp / 'mlflow.db'}"})
+    assert made.returncode == 0, made.stderr
+    original_id = re.search(r"Run \(ID '([0-9a-f]+)'\) succeeded", made.stderr).group(1)
+    again = run_cli("rerun", original_id)
+    assert again.returncode == 0, again.stderr
+    assert "x 8" in _output(again)
+    tags = _client(_work_in_tmp).get_run(_run_id(again.stderr)).data.tags
+    assert tags["mlproject.rerunOf"] == original_id
+    assert tags["mlflow.source.git.commit"] == _git(project, "rev-parse", "HEAD")

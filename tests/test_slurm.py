@@ -7,6 +7,7 @@ MLflow tracking, in the job's output and in the process table.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -439,3 +440,34 @@ def test_resumed_sweep_follows_jobs_that_outlived_its_driver(slurm, make_project
     children = client.search_runs(["0"], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED"]  # each trial once
     assert parent.info.status == "FINISHED"
+
+
+MESSAGE_PROJECT = """
+    name: message
+    entry_points:
+      main:
+        parameters:
+          n: {type: int, default: 1}
+        command: "echo n={n} $(cat message.txt) on $SLURMD_NODENAME"
+"""
+
+
+def test_dirty_run_is_rerun_on_the_cluster_with_its_changes(slurm, make_project, _work_in_tmp):
+    project = make_project(MESSAGE_PROJECT, {"message.txt": "committed\n", ".gitignore": "mlflow.db\nmlruns/\n"})
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    for argv in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "first"]):
+        subprocess.run(git + argv, cwd=project, check=True, capture_output=True)
+    (project / "message.txt").write_text("uncommitted\n")
+    original = _cli("run", str(project), "--env-manager", "local", "-P", "n=4")  # here
+    assert original.returncode == 0 and "n=4 uncommitted on" in original.stdout, original.stderr
+    run_id = original.stderr.split("in run with ID '")[1].split("'")[0]
+    subprocess.run(git + ["commit", "-qam", "moved on"], cwd=project, check=True, capture_output=True)
+    (project / "message.txt").write_text("later\n")
+
+    again = _cli("rerun", run_id, "-b", "slurm")  # the same code and parameters, on a node
+    assert again.returncode == 0, again.stderr + slurm.logs()
+    assert re.search(r"n=4 uncommitted on n[12]", again.stdout), again.stdout
+    rerun_id, _ = _submitted(again.stderr)
+    tags = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(rerun_id).data.tags
+    assert tags["mlproject.rerunOf"] == run_id and tags["mlproject.rerunChanged"] == "backend"
+    assert tags["mlflow.project.backend"] == "slurm" and tags["mlproject.source.git.dirty"] == "true"

@@ -278,7 +278,7 @@ def test_rest_run_with_environment_logs_package_list(make_project, cli, mlflow_s
     run_id = _run_id(result.stderr)
     run = client.get_run(run_id)
     assert run.data.tags["mlflow.project.env"] == "uv" and len(run.data.tags["mlproject.env.key"]) == 32
-    assert [a.path for a in client.list_artifacts(run_id, "environment")] == ["environment/packages.txt"]
+    assert [a.path for a in client.list_artifacts(run_id, "environment")] == ["environment/packages.txt", "environment/pylock.toml"]
     packages = client.download_artifacts(run_id, "environment/packages.txt", str(_work_in_tmp))
     assert Path(packages).read_text().strip() == "six==1.16.0"
 

@@ -289,8 +289,9 @@ def _queued(recorded: _Recorded, job_id: str) -> ClusterRun:
 
 def _project_for_nodes(source, options: SlurmOptions, progress) -> tuple[str, str | None]:
     """(URI, version) the runner on the node fetches: a cached commit is found in the shared git
-    cache by its (credential-free) URL and full hash; a local directory is staged."""
-    if source.checkout is not None:
+    cache by its (credential-free) URL and full hash; a local directory, or a commit with
+    changes applied (a rerun of a dirty run), is staged."""
+    if source.checkout is not None and not source.dirty:
         return source.uri, source.commit
     from runner.backends.staging import snapshot
 
@@ -305,7 +306,7 @@ def _job_request(request: RunRequest, uri: str, version: str | None, env_manager
         "uri": uri, "version": version, "entry_point": request.entry_point,
         "parameters": dict(request.parameters or {}), "env_manager": env_manager,
         "docker_args": dict(request.docker_args or {}), "build_image": request.build_image, "locked": request.locked,
-        "storage_dir": request.storage_dir, "cwd": str(request.caller_cwd()),
+        "lock_file": request.lock_file, "storage_dir": request.storage_dir, "cwd": str(request.caller_cwd()),
         "run_id": tracking_run_id, "job_of": {"backend": "slurm", "run_id": run_id},
     }
 

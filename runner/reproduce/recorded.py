@@ -90,13 +90,60 @@ class RecordedRun:
 
 
 def recorded(run_id: str) -> RecordedRun:
-    """The run `run_id` (or its first characters) from this machine's ledger."""
+    """The run `run_id` (or its first characters) from this machine's ledger; a run the ledger
+    does not have (recorded on another machine, or by `mlflow run`) from the tracking store,
+    by its full ID, with its recorded files downloaded."""
+    from runner.errors import UsageError
     from runner.tracking.ledger import Ledger
     from runner.tracking.runs import find
 
     ledger = Ledger()
     try:
         record = find(ledger, run_id)
+    except UsageError as exc:
+        if not exc.message.startswith("no run with ID"):
+            raise
+        return _from_tracking(run_id, exc)
     finally:
         ledger.close()
     return RecordedRun(record, home.subdir("runs") / record.id)
+
+
+# Files a run keeps (see runner.sources.provenance and backends.local), as artifact paths.
+_KEPT = (f"{provenance.SOURCE_DIR}/{provenance.DIFF_NAME}", f"{provenance.SOURCE_DIR}/{provenance.UNTRACKED_NAME}",
+         f"{provenance.SOURCE_DIR}/{provenance.OVER_CAP_NAME}", "environment/pylock.toml",
+         "environment/conda-lock.yml")
+
+
+def _from_tracking(run_id: str, not_in_ledger: Exception) -> RecordedRun:
+    import os
+    import re
+
+    from runner.tracking import open_tracker, redact, resolve_uri
+    from runner.tracking.ledger import RunRecord
+
+    if not re.fullmatch(r"[0-9a-f]{32}", run_id) or os.environ.get("MLPROJECT_NO_TRACKING"):
+        raise not_in_ledger
+    uri, _ = resolve_uri(Path.cwd())
+    tracker = open_tracker(uri)
+    data = tracker.recorded_run(run_id)
+    tags = data.tags
+    source = tags.get("mlflow.source.name", "")
+    if source.startswith("file://"):  # a local working copy, as MLflow names it
+        source = source[len("file://"):]
+    record = RunRecord(
+        id=run_id, project_uri=source, project_dir="", entry_point=tags.get("mlflow.project.entryPoint", "main"),
+        command="", env_manager=tags.get("mlflow.project.env", "local"), log_path="", parameters=dict(data.params),
+        tracking_run_id=run_id, tracking_uri=redact(uri), git_commit=tags.get("mlflow.source.git.commit"),
+        status=data.status, backend=tags.get("mlflow.project.backend", "local"),
+    )
+    run_dir = home.subdir("runs") / f"tracked-{run_id}"  # what the store kept of it, downloaded once
+    for path in _KEPT:
+        target = run_dir / path
+        if target.is_file():
+            continue
+        content = tracker.read_artifact(data, path)
+        if content is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+    return RecordedRun(record, run_dir)

@@ -69,7 +69,7 @@ def plan_rerun(run_id: str, parameters: Mapping[str, Any] | None = None, env_man
     if record.tracking_run_id and record.tracking_uri:
         from runner.tracking import tracker_for
 
-        experiment_id = tracker_for(record.tracking_uri, quick=True).experiment_of(record.tracking_run_id)
+        experiment_id = tracker_for(record.tracking_uri, quick=True).recorded_run(record.tracking_run_id).experiment_id
     result.request = RunRequest(
         uri, entry_point=record.entry_point, version=version, parameters={**recorded_params, **given},
         experiment_id=experiment_id, backend=chosen_backend, backend_config=backend_config, env_manager=manager,

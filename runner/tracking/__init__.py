@@ -43,7 +43,36 @@ if TYPE_CHECKING:
 
         def results(self, run_id: str) -> tuple[dict[str, str], dict[str, float]]: ...
 
-        def experiment_of(self, run_id: str) -> str: ...
+        def recorded_run(self, run_id: str) -> RecordedRunData: ...
+
+        def read_artifact(self, run: RecordedRunData, path: str) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class RecordedRunData:
+    """A run as a tracking store has it (what `mlproject rerun` needs of a run it did not start)."""
+
+    run_id: str
+    experiment_id: str
+    status: str
+    artifact_uri: str
+    tags: dict[str, str]
+    params: dict[str, str]
+
+
+def read_local_artifact(artifact_uri: str, path: str) -> bytes | None:
+    """An artifact under a local artifact root (a path or file:// URI); None if absent.
+    (Raises TrackingError when the root is not local: the caller's store knows another way.)"""
+    from runner.tracking.artifacts import local_root
+
+    root = local_root(artifact_uri)
+    if root is None:
+        raise TrackingError(f"cannot read artifacts at {artifact_uri!r} without the mlflow package",
+                            hint="pip install 'mlproject-runner[mlflow]'")
+    try:
+        return (root / path).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 @dataclass(frozen=True)

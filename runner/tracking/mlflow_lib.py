@@ -134,8 +134,24 @@ class LibraryTracker:
         run = self._call("reading the run", lambda: self.client().get_run(run_id))
         return dict(run.data.params), dict(run.data.metrics)
 
-    def experiment_of(self, run_id: str) -> str:
-        return str(self._call("reading the run", lambda: self.client().get_run(run_id)).info.experiment_id)
+    def recorded_run(self, run_id: str):
+        from runner.tracking import RecordedRunData
+
+        run = self._call("reading the run", lambda: self.client().get_run(run_id))
+        return RecordedRunData(run_id, str(run.info.experiment_id), run.info.status, run.info.artifact_uri,
+                               dict(run.data.tags), dict(run.data.params))
+
+    def read_artifact(self, run, path: str) -> bytes | None:
+        import tempfile
+
+        def download() -> bytes | None:
+            listed = {a.path for a in self.client().list_artifacts(run.run_id, path.rpartition("/")[0] or None)}
+            if path not in listed:
+                return None
+            with tempfile.TemporaryDirectory(prefix="mlproject-artifact-") as scratch:
+                return Path(self.client().download_artifacts(run.run_id, path, scratch)).read_bytes()
+
+        return self._call("reading an artifact", download)
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
         self._call("logging an artifact", lambda: self.client().log_artifact(run_id, str(path), artifact_path))

@@ -276,9 +276,35 @@ class RestTracker:
         return ({p["key"]: p.get("value", "") for p in data.get("params", [])},
                 {m["key"]: m.get("value") for m in data.get("metrics", [])})
 
-    def experiment_of(self, run_id: str) -> str:
+    def recorded_run(self, run_id: str):
+        from runner.tracking import RecordedRunData
+
         run = self._call("GET", "/api/2.0/mlflow/runs/get", query={"run_id": run_id})["run"]
-        return str(run["info"]["experiment_id"])
+        info, data = run["info"], run.get("data", {})
+        return RecordedRunData(run_id, str(info["experiment_id"]), info.get("status", ""), info.get("artifact_uri", ""),
+                               {t["key"]: t.get("value", "") for t in data.get("tags", [])},
+                               {p["key"]: p.get("value", "") for p in data.get("params", [])})
+
+    def read_artifact(self, run, path: str) -> bytes | None:
+        if not run.artifact_uri.startswith("mlflow-artifacts:"):
+            from runner.tracking import read_local_artifact
+
+            return read_local_artifact(run.artifact_uri, path)
+        location = urlsplit(run.artifact_uri).path.lstrip("/")
+        endpoint = f"/api/2.0/mlflow-artifacts/artifacts/{quote(location)}/{quote(path)}"
+        from runner.tracking.connection import TransportError
+
+        if self._conn is None:
+            self._conn = self._connection()
+        try:
+            response = self._conn.request("GET", self._base + endpoint, None, dict(self._headers))
+        except TransportError as exc:
+            raise self._unreachable(exc, sent=True) from None
+        if response.status == 404:
+            return None
+        if response.status >= 400:
+            self._answer(endpoint, response)  # raises the server's error
+        return response.body
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
         name = path.name if artifact_path is None else f"{artifact_path.strip('/')}/{path.name}"

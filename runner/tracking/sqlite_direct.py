@@ -214,17 +214,26 @@ class SqliteTracker:
             db.close()
         return params, metrics
 
-    def experiment_of(self, run_id: str) -> str:
+    def recorded_run(self, run_id: str):
+        from runner.tracking import RecordedRunData
+
         db = self._db()
         try:
-            row = db.execute("SELECT experiment_id FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+            row = db.execute("SELECT experiment_id, status, artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+            tags = dict(db.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)).fetchall())
+            params = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)).fetchall())
         except sqlite3.Error as exc:
             raise TrackingError(f"cannot read the MLflow store {self.uri}: {exc}") from None
         finally:
             db.close()
         if row is None:
-            raise TrackingError(f"no run {run_id} in {self.uri}")
-        return str(row[0])
+            raise TrackingError(f"no run {run_id} in {self.uri}", hint="check MLFLOW_TRACKING_URI and the run ID")
+        return RecordedRunData(run_id, str(row[0]), row[1] or "", row[2] or "", tags, params)
+
+    def read_artifact(self, run, path: str) -> bytes | None:
+        from runner.tracking import read_local_artifact
+
+        return read_local_artifact(run.artifact_uri, path)
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None, artifact_uri: str = "") -> None:
         from runner.tracking.artifacts import copy_local
