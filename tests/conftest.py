@@ -182,6 +182,19 @@ def channel_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture
+def own_channel(channel_root, tmp_path, monkeypatch) -> Path:
+    """A private copy of the channel, as `conda-forge`, that a test may publish to."""
+    import shutil
+
+    from condachannel import condarc
+
+    root = tmp_path / "channels"
+    shutil.copytree(channel_root / "conda-forge", root / "conda-forge")
+    monkeypatch.setenv("CONDARC", str(condarc(tmp_path / "condarc-own", channel_alias=f"file://{root}")))
+    return root / "conda-forge"
+
+
 @pytest.fixture(scope="session")
 def daemon():
     """A private dockerd (tests/dockerd.py) with the locally made base image loaded."""

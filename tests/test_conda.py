@@ -221,17 +221,6 @@ def test_seed_tutorial_conda_yaml(cli, channel_root, make_project, tmp_path, mon
 
 
 # -- conda-lock.yml ------------------------------------------------------------------------
-@pytest.fixture
-def own_channel(channel_root, tmp_path, monkeypatch) -> Path:
-    """A private copy of the channel, as `conda-forge`, that a test may publish to."""
-    import shutil
-
-    root = tmp_path / "channels"
-    shutil.copytree(channel_root / "conda-forge", root / "conda-forge")
-    monkeypatch.setenv("CONDARC", str(condarc(tmp_path / "condarc-own", channel_alias=f"file://{root}")))
-    return root / "conda-forge"
-
-
 def _publish_helper_3(channel_dir: Path) -> None:
     from condachannel import Package, PackageFile, index, write_package
 

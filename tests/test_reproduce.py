@@ -12,7 +12,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import assert_clean_error, run_cli
-from test_conda import own_channel  # noqa: F401 - a fixture: a private copy of the local conda channel
 
 TRAIN_PROJECT = """
     name: reproducible
