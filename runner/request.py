@@ -98,15 +98,19 @@ class PreparedRun:
     note: Path | None = None  # names the run until the ledger has it (see tracking.pending)
 
     def keep_source_state(self, run_dir: Path) -> None:
-        """What a rerun needs of a dirty working copy (its diff, its untracked files' names),
-        taken when the run is submitted, before the code can change again."""
+        """What a rerun needs of a dirty working copy (its diff, its untracked files' names) and
+        of the files its `path` parameters name, taken when the run is submitted, before the code
+        or the data can change again."""
         from runner.sources import provenance
 
-        source = self.plan.source
+        source, invocation = self.plan.source, self.plan.invocation
         if self.request.patch:  # a rerun of a dirty run: dirty with the same changes
             provenance.keep_patch(Path(self.request.patch), run_dir)
         elif source.dirty and source.work_tree is not None:
             provenance.capture(source.work_tree, run_dir)
+        if invocation.given_paths:
+            provenance.keep_inputs({name: invocation.texts[name] for name in invocation.given_paths
+                                    if name in invocation.texts}, run_dir)
 
     def ledger_record(self, run_id: str, log_path: Path, **extra: Any):
         """The run's ledger row, as every backend writes it (`extra`: its status, backend)."""

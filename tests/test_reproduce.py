@@ -276,3 +276,37 @@ def test_a_run_of_mlflow_run_is_rerun_here(make_project, _work_in_tmp):
     tags = _client(_work_in_tmp).get_run(_run_id(again.stderr)).data.tags
     assert tags["mlproject.rerunOf"] == original_id
     assert tags["mlflow.source.git.commit"] == _git(project, "rev-parse", "HEAD")
+
+
+DATA_PROJECT = """
+    name: reads-data
+    entry_points:
+      main:
+        parameters:
+          data: {type: path}
+        command: "cat {data}"
+"""
+
+
+def test_rerun_refuses_when_a_path_parameters_file_changed(make_project, _work_in_tmp):
+    project = make_project(DATA_PROJECT, {".gitignore": "mlflow.db\nmlruns/\n"})
+    _git(project, "init", "-q")
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "reads data")
+    data = _work_in_tmp / "data.csv"
+    data.write_text("a,b\n1,2\n")
+    original = run_cli("run", str(project), "-P", "data=data.csv", "--env-manager", "local")
+    assert original.returncode == 0, original.stderr
+    run_id = _run_id(original.stderr)
+    same = run_cli("rerun", run_id)
+    assert same.returncode == 0 and same.stdout == original.stdout, same.stderr
+    data.write_text("a,b\n1,3\n")
+    refused = run_cli("rerun", run_id)
+    assert_clean_error(refused, 2, "data.csv changed since the run")
+    other = _work_in_tmp / "other.csv"
+    other.write_text("x\n")
+    replaced = run_cli("rerun", run_id, "-P", f"data={other}")  # a changed rerun: the caller chose the file
+    assert replaced.returncode == 0 and replaced.stdout == "x\n", replaced.stderr
+    anyway = run_cli("rerun", run_id, "--allow-differences")
+    assert anyway.returncode == 0 and anyway.stdout == "a,b\n1,3\n", anyway.stderr
+    assert "warning: rerun of" in anyway.stderr and "changed since the run" in anyway.stderr

@@ -38,6 +38,14 @@ class RecordedRun:
         return path.read_text().splitlines() if path.is_file() else []
 
     @property
+    def inputs(self) -> dict[str, dict]:
+        """{parameter: fingerprint} of the files its `path` parameters named (see provenance)."""
+        import json
+
+        path = self.run_dir / provenance.SOURCE_DIR / provenance.INPUTS_NAME
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    @property
     def lock_path(self) -> Path | None:
         from runner.envs.python.pylock import LOCK_NAME
 
@@ -111,7 +119,8 @@ def recorded(run_id: str) -> RecordedRun:
 
 # Files a run keeps (see runner.sources.provenance and backends.local), as artifact paths.
 _KEPT = (f"{provenance.SOURCE_DIR}/{provenance.DIFF_NAME}", f"{provenance.SOURCE_DIR}/{provenance.UNTRACKED_NAME}",
-         f"{provenance.SOURCE_DIR}/{provenance.OVER_CAP_NAME}", "environment/pylock.toml",
+         f"{provenance.SOURCE_DIR}/{provenance.OVER_CAP_NAME}", f"{provenance.SOURCE_DIR}/{provenance.INPUTS_NAME}",
+         "environment/pylock.toml",
          "environment/conda-lock.yml")
 
 

@@ -61,6 +61,7 @@ def plan_rerun(run_id: str, parameters: Mapping[str, Any] | None = None, env_man
         changed.append("backend")
     result = RerunPlan(original, RunRequest(), changed=changed)
     uri, version, patch = _source(original, result)
+    _inputs(original, given, result)
     lock_file = _environment(original, manager, result)
     tags = {RERUN_OF_TAG: original.run_id}
     if changed:
@@ -105,6 +106,20 @@ def _source(original: RecordedRun, result: RerunPlan) -> tuple[str, str | None, 
         result.differences.append(Difference(f"source: untracked files were not recorded and are not in the rerun: "
                                              f"{shown}", False))
     return uri, commit, patch
+
+
+def _inputs(original: RecordedRun, given: dict[str, str], result: RerunPlan) -> None:
+    """A file a `path` parameter named that changed since (and that the caller did not replace)."""
+    from runner.sources.provenance import fingerprint
+
+    for name, then in sorted(original.inputs.items()):
+        if name in given:
+            continue
+        now = fingerprint(then["path"])
+        if now is None:
+            result.differences.append(Difference(f"parameter {name}: {then['path']} is gone", True))
+        elif now != then:
+            result.differences.append(Difference(f"parameter {name}: {then['path']} changed since the run", True))
 
 
 def _environment(original: RecordedRun, manager: str, result: RerunPlan) -> str | None:

@@ -18,6 +18,8 @@ SOURCE_DIR = "source"
 DIFF_NAME = "diff.patch"
 UNTRACKED_NAME = "untracked.txt"
 OVER_CAP_NAME = "diff-not-kept.txt"
+INPUTS_NAME = "inputs.json"  # the files `path` parameters named, as they were
+HASH_CAP_BYTES = 256 * 1024 * 1024  # a bigger input file is fingerprinted by its size and mtime only
 
 
 def capture(work_tree: Path, run_dir: Path) -> None:
@@ -46,7 +48,43 @@ def capture(work_tree: Path, run_dir: Path) -> None:
 def artifacts(run_dir: Path) -> list[tuple[Path, str]]:
     """The kept files, as (path, artifact directory) for the run's artifacts."""
     out = run_dir / SOURCE_DIR
-    return [(out / name, SOURCE_DIR) for name in (DIFF_NAME, UNTRACKED_NAME, OVER_CAP_NAME) if (out / name).is_file()]
+    return [(out / name, SOURCE_DIR) for name in (DIFF_NAME, UNTRACKED_NAME, OVER_CAP_NAME, INPUTS_NAME)
+            if (out / name).is_file()]
+
+
+def keep_inputs(paths: dict[str, str], run_dir: Path) -> None:
+    """What the local files named by `path` parameters ({name: absolute path}) held, so that a
+    rerun can tell whether they changed. Directories and missing files are left out."""
+    import json
+
+    found = {name: fingerprint(path) for name, path in paths.items()}
+    kept = {name: value for name, value in found.items() if value is not None}
+    if kept:
+        out = run_dir / SOURCE_DIR
+        out.mkdir(parents=True, exist_ok=True)
+        (out / INPUTS_NAME).write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
+
+
+def fingerprint(path: str) -> dict | None:
+    """{path, size, sha256} of a file (or {path, size, mtime_ns} over the hash cap); None otherwise."""
+    import hashlib
+    import os
+
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    import stat
+
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    if status.st_size > HASH_CAP_BYTES:
+        return {"path": path, "size": status.st_size, "mtime_ns": status.st_mtime_ns}
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": path, "size": status.st_size, "sha256": digest.hexdigest()}
 
 
 def keep_patch(patch: Path, run_dir: Path) -> None:
