@@ -69,8 +69,13 @@ def plan_rerun(run_id: str, parameters: Mapping[str, Any] | None = None, env_man
     experiment_id = None
     if record.tracking_run_id and record.tracking_uri:
         from runner.tracking import tracker_for
+        from runner.version import __version__
 
-        experiment_id = tracker_for(record.tracking_uri, quick=True).recorded_run(record.tracking_run_id).experiment_id
+        tracked = tracker_for(record.tracking_uri, quick=True).recorded_run(record.tracking_run_id)
+        experiment_id = tracked.experiment_id
+        then = tracked.tags.get("mlproject.version")
+        if then and then != __version__:
+            result.differences.append(Difference(f"runner: mlproject-runner {__version__} (the run used {then})", False))
     result.request = RunRequest(
         uri, entry_point=record.entry_point, version=version, parameters={**recorded_params, **given},
         experiment_id=experiment_id, backend=chosen_backend, backend_config=backend_config, env_manager=manager,
