@@ -232,19 +232,27 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
 
 
 @cli.command(hidden=True, help="(internal) the runner inside a cluster job: carry out a submitted request")
-@click.argument("request_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("request_file", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.option("--from-env", is_flag=True, help="the request is in MLPROJECT_JOB_REQUEST (Ray jobs)")
 @_debug
-def job(request_file: str, debug: bool) -> int:
+def job(request_file: str | None, from_env: bool, debug: bool) -> int:
     import json
 
     from runner.backends.cluster import JobOf
     from runner.request import RunRequest
 
-    if request_file.endswith(".manifest"):  # a job array: task N runs the request on line N
+    if from_env:
+        from runner.backends.ray import REQUEST_VARIABLE
+
+        fields = json.loads(os.environ.pop(REQUEST_VARIABLE))  # (not passed on to the command)
+    else:
+        if request_file is None:
+            raise click.UsageError("give the request file, or --from-env")
+        if request_file.endswith(".manifest"):  # a job array: task N runs the request on line N
+            with open(request_file, encoding="utf-8") as handle:
+                request_file = handle.read().splitlines()[int(os.environ["SLURM_ARRAY_TASK_ID"])]
         with open(request_file, encoding="utf-8") as handle:
-            request_file = handle.read().splitlines()[int(os.environ["SLURM_ARRAY_TASK_ID"])]
-    with open(request_file, encoding="utf-8") as handle:
-        fields = json.load(handle)
+            fields = json.load(handle)
     fields["job_of"] = JobOf(**fields["job_of"])
     return _run_request(RunRequest(**fields, synchronous=False), in_job=True)
 
@@ -263,7 +271,8 @@ def _run_request(request, in_job: bool = False) -> int:
             run_id = active[0].run_id
             # os.write: the main thread may be inside a write to sys.stderr right now.
             if len(received) == 1:
-                os.write(2, f"stopping run {run_id} (Ctrl-C again to kill now)\n".encode())
+                again = "" if in_job else " (Ctrl-C again to kill now)"  # (a job is stopped by its cluster)
+                os.write(2, f"stopping run {run_id}{again}\n".encode())
             elif len(received) == 2:
                 os.write(2, f"killing run {run_id} now\n".encode())
             active[0].request_cancel(signum)
@@ -685,6 +694,9 @@ def runs_logs(run_id: str, follow: bool, debug: bool) -> int:
     elif follow:
         run_records.follow(record, ledger, write)
     else:
+        from runner import backends
+
+        backends.pull_output(record)  # a cluster that keeps the job's output (Ray)
         try:
             with open(record.log_path, "rb") as handle:
                 write(handle.read())

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from procs import processes_with
+
 _DAEMONS = ("slurmctld", "slurmd")
 
 
@@ -150,16 +152,3 @@ class SlurmCluster:
             except ProcessLookupError:
                 pass
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def processes_with(variable: bytes) -> list[int]:
-    """The processes (other than this one) whose environment holds `variable` (NAME=value)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                if variable in handle.read().split(b"\0"):
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return [pid for pid in found if pid != os.getpid()]

@@ -99,7 +99,7 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 def _processes_of(run_id: str) -> list[int]:
-    from slurmcluster import processes_with
+    from procs import processes_with
 
     return processes_with(f"MLPROJECT_RUN_ID={run_id}".encode())
 

@@ -13,6 +13,11 @@ the backend takes the PreparedRun. A backend is a module with:
     cancel(record) -> None                        (cluster backends)
     stopped_by_cluster(job_id) -> (status, reason) | None   (cluster backends)
         Asked by the runner inside a job that was signalled: was it the time limit?
+    pull_output(job_id, log_path) -> None         (clusters that keep a job's output)
+        Copy the job's output into the run's log on this host (Ray; Slurm writes it there).
+    SHARED_LEDGER: bool                           (cluster backends)
+        Whether the runner inside the job writes this host's ledger (a shared file system:
+        Slurm) or its own (Ray): then this host records the end from the cluster's word.
 
 A cluster job runs the runner itself (`python -m runner job FILE`): the node builds or
 reuses the environment by its hash, with the store's locks, and ends the run as a
@@ -32,8 +37,8 @@ if TYPE_CHECKING:
     from runner.backends.cluster import JobState
     from runner.tracking.ledger import Ledger, RunRecord
 
-BACKENDS = ("local", "slurm")
-CLUSTER_BACKENDS = ("slurm",)  # a run's job lives in a scheduler, which says how it ended
+BACKENDS = ("local", "slurm", "ray")
+CLUSTER_BACKENDS = ("slurm", "ray")  # a run's job lives in a scheduler, which says how it ended
 
 
 def get(name: str | None) -> ModuleType:
@@ -67,16 +72,35 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
             state = JobState("UNKNOWN", "FAILED")
             reason = f"{record.backend} job {record.job_id} is gone and the cluster kept no record of its end"
         elif not state.ended:
+            if state.name == "RUNNING" and record.status == "SCHEDULED":
+                ledger.mark_running(record.id)  # (where the runner inside keeps its own ledger: Ray)
+                return find(ledger, record.id)
             return record
+        elif state.status == "FINISHED":
+            reason = None  # (recorded here where the runner inside keeps its own ledger: Ray)
         else:
-            reason = f"{record.backend} job {record.job_id} ended {state.name}"
+            reason = f"{record.backend} job {record.job_id} ended {state.name}" + (f": {state.reason}" if state.reason else "")
     current = find(ledger, record.id)
     if current.finished:  # the runner inside the job recorded the end meanwhile
         return current
+    pull_output(record)  # the job's last output, where the cluster keeps it, into the run's log here
     if ledger.finish(record.id, state.status, state.exit_code, reason):  # type: ignore[arg-type]
         if end_in_tracking(record.tracking_run_id, record.tracking_uri, state.status):  # type: ignore[arg-type]
             ledger.tracking_ended(record.id)
     return find(ledger, record.id)
+
+
+def pull_output(record: RunRecord) -> None:
+    """The run's output, as far as its cluster has it, into its log here (see the protocol)."""
+    pull = getattr(get(record.backend), "pull_output", None) if record.backend in CLUSTER_BACKENDS else None
+    if pull is None or record.job_id is None or not record.log_path:
+        return
+    from pathlib import Path
+
+    try:
+        pull(record.job_id, Path(record.log_path))
+    except Exception:  # noqa: BLE001 - the output is fetched again at the next poll
+        pass
 
 
 def reconcile(ledger: Ledger) -> list[RunRecord]:

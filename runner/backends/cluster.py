@@ -72,8 +72,10 @@ class ClusterRun(RunHandle):
         if record.finished:
             self._done.set()
             if echo:
+                from runner import backends
                 from runner.tracking.runs import read_from
 
+                backends.pull_output(record)  # (a cluster that keeps the output: Ray)
                 self._write(read_from(self.log_path, 0))
         elif follow:
             self.start_following()
@@ -155,6 +157,7 @@ class ClusterRun(RunHandle):
                         self._write(chunk)
                 self._status = record.status
                 if record.finished:
+                    backends.pull_output(record)  # (a cluster that keeps the output: its last lines)
                     if self._echo:  # what was written before the end was recorded
                         self._write(read_from(self.log_path, position))
                     self.exit_code, self.reason = record.exit_code, record.reason
@@ -162,10 +165,11 @@ class ClusterRun(RunHandle):
                 now = time.monotonic()
                 if now >= next_job_poll:
                     next_job_poll = now + _JOB_POLL_SECONDS
+                    backends.pull_output(record)
                     record = self._check_job(ledger, record)
                     if record is not None and ended_at is None:
                         ended_at = now
-                    if record is not None and now - ended_at >= _RUNNER_GRACE_SECONDS:
+                    if record is not None and now - ended_at >= self._grace(record):
                         backends.settle(ledger, record)
                 time.sleep(_POLL_SECONDS)
         finally:
@@ -173,6 +177,14 @@ class ClusterRun(RunHandle):
                 queued.__exit__(None, None, None)
             ledger.close()
             self._done.set()
+
+    @staticmethod
+    def _grace(record: RunRecord) -> float:
+        """How long the runner inside the job is given to record its end itself: only where it
+        writes this host's ledger (see backends: SHARED_LEDGER)."""
+        from runner import backends
+
+        return _RUNNER_GRACE_SECONDS if getattr(backends.get(record.backend), "SHARED_LEDGER", True) else 0.0
 
     def _check_job(self, ledger, record: RunRecord) -> RunRecord | None:
         """The record when the scheduler says its job has ended (or forgot it); else None."""
@@ -190,4 +202,7 @@ class ClusterRun(RunHandle):
             state = backends.get(record.backend).job_state(record.job_id)
         except Exception:  # noqa: BLE001 - the scheduler did not answer this time; ask again later
             return None
-        return record if state is None or state.ended else None
+        if state is not None and not state.ended:
+            backends.settle(ledger, record, state)  # (a job started: RUNNING, where the cluster says so)
+            return None
+        return record

@@ -56,10 +56,14 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     command = invocation.command
     if job_of is not None:
         if ledger.take_over(run_id) is None:
-            tracked.ended = True  # its end was recorded by whoever ended the row
-            ledger.close()
-            raise LaunchError(f"run {run_id} was ended before its job started (cancelled?)",
-                              hint=f"see `mlproject runs show {run_id}`")
+            if not ledger.get(run_id) and not getattr(_backend(job_of), "SHARED_LEDGER", True):
+                # A node that shares no files with the submitter (Ray): this node's own record.
+                ledger.start(state.ledger_record(run_id, submitted.log_path, backend=job_of.backend))
+            else:
+                tracked.ended = True  # its end was recorded by whoever ended the row
+                ledger.close()
+                raise LaunchError(f"run {run_id} was ended before its job started (cancelled?)",
+                                  hint=f"see `mlproject runs show {run_id}`")
     else:
         state.keep_source_state(run_dir)
         ledger.start(state.ledger_record(run_id, submitted.log_path))
@@ -212,6 +216,12 @@ def _remove_inputs(*directories: Path) -> None:
 
         for directory in existing:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _backend(job_of: JobOf):
+    from runner.backends import get
+
+    return get(job_of.backend)
 
 
 def _cluster_verdict(job_of: JobOf, status: str, reason: str | None) -> tuple[str, str | None]:

@@ -359,11 +359,11 @@ class _Sweep:
         count = len(todo) if self.search is None else self.search.max_runs - sum(t.done for t in self.trials)
         self.say(f"sweep {self.id}: {count} trial(s) to run, {workers} at a time "
                  f"(parent run {self.parent_id}); see it with: mlproject sweep show {self.id}")
-        from runner.backends import CLUSTER_BACKENDS
+        from runner import backends
 
         queued = self._followed()  # trials whose cluster jobs went on while no driver watched
         fresh = [t for t in todo if t.number not in queued]
-        if self.search is None and len(fresh) > 1 and (self.request.backend or "local") in CLUSTER_BACKENDS:
+        if self.search is None and len(fresh) > 1 and hasattr(backends.get(self.request.backend), "submit_array"):
             # Known in advance: one job array queues them all, at most `workers` running at once.
             queued.update(self._queue_array(fresh, workers))
             workers = len(todo)  # a thread follows each queued task

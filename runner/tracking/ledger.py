@@ -148,6 +148,12 @@ class Ledger:
         ).rowcount
         return self.get(run_id)[0] if changed else None
 
+    def mark_running(self, run_id: str) -> None:
+        """A queued job started (as its cluster says): SCHEDULED -> RUNNING. Its runner is on the
+        cluster and keeps its own ledger (Ray): no process here (runner_pid 0) answers for it."""
+        self._db.execute("UPDATE runs SET status = 'RUNNING', runner_pid = 0, runner_start = NULL"
+                         " WHERE id = ? AND status = 'SCHEDULED'", (run_id,))
+
     def reopen(self, run_id: str) -> None:
         """An ended row runs again, with this process as its runner (a sweep that is resumed)."""
         pid = os.getpid()
@@ -192,9 +198,10 @@ class Ledger:
         return [_record(row) for row in self._db.execute(query, args).fetchall()]
 
     def orphans(self) -> list[RunRecord]:
-        """RUNNING rows of this host whose runner process is gone."""
-        rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE status = 'RUNNING' AND (host IS NULL OR host = ?)",
-                                (this_host(),)).fetchall()
+        """RUNNING rows of this host whose runner process is gone (not those whose runner is on a
+        cluster, runner_pid 0: their cluster says how they are doing)."""
+        rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE status = 'RUNNING' AND runner_pid != 0"
+                                " AND (host IS NULL OR host = ?)", (this_host(),)).fetchall()
         return [r for r in map(_record, rows) if not process_is(r.runner_pid, r.runner_start)]
 
     def unfinished_jobs(self, backends: tuple[str, ...]) -> list[RunRecord]:

@@ -1,0 +1,360 @@
+"""The Ray backend: a run becomes a Ray job (the job submission API) that runs the runner itself.
+
+Submission (this host): the run is created in tracking (SCHEDULED) and in the ledger; the
+project goes to the cluster as the job's `runtime_env` `working_dir`, made from a
+content-addressed snapshot (see backends.staging: no `.git`, `mlruns`, `mlflow.db`; Ray
+leaves out what `.gitignore` excludes and uploads a package only once per content); the
+runner itself goes as `py_modules` (this host's `runner` package, uploaded once per
+version), so the nodes need only a Python with the runner's dependencies. The request
+travels as JSON in the job's environment (`MLPROJECT_JOB_REQUEST`), and the entrypoint
+only says `exec <python> -m runner job --from-env`.
+
+Nodes share no files with this host: the runner on the node keeps its own ledger row and
+ends the MLflow run; this host follows the job through Ray (its state, its exit code, its
+output, copied into the run's log here) and records its end in this host's ledger.
+
+Credentials never travel: a job's runtime_env is shown by the dashboard. The tracking URI
+is sent without them; a cluster that tracks to a server with authentication has the
+`MLFLOW_TRACKING_*` credentials in its own environment.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner import home
+from runner.backends.cluster import JobState
+from runner.errors import LaunchError, NotAvailableError, ProjectError, RunFailedError, RunnerError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+    from runner.backends.cluster import ClusterRun
+    from runner.request import PreparedRun, RunRequest
+
+KNOWN_KEYS = ("address", "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory", "entrypoint_resources",
+              "runtime_env", "metadata", "python", "staging_dir")
+REQUEST_VARIABLE = "MLPROJECT_JOB_REQUEST"
+JOB_PREFIX = "mlproject-"  # a job's submission ID is this and the run's ledger ID
+# Ray's final job states, as the run ends; PENDING and RUNNING are a job under way.
+_ENDS = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED"}
+_PREAMBLE_END = "Running entrypoint for job "  # Ray's own lines come before it in a job's log
+_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+# Ray stops a job with SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by default):
+# the runner on the node must have stopped its command's process group by then.
+_NODE_KILL_GRACE = "2"
+_NOT_READY_SECONDS = 60.0
+_CLIENT_LOCK = threading.Lock()
+SHARED_LEDGER = False  # the submit side records the end itself, from Ray's word (see cluster.py)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str
+    python: str = "python"
+    runtime_env: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+    entrypoint: dict = field(default_factory=dict)  # entrypoint_num_cpus, _gpus, _memory, _resources
+    staging_dir: Path = field(default_factory=lambda: home.home() / "staging")
+
+
+def _problem(message: str, hint: str) -> UsageError:
+    return UsageError(f"ray backend: {message}", hint=hint)
+
+
+def check(config: dict[str, Any], request: RunRequest) -> RayOptions:
+    """The config as options; the SDK is installed and the cluster's dashboard answers."""
+    unknown = sorted(set(config) - set(KNOWN_KEYS))
+    if unknown:
+        raise _problem(f"unknown config key(s): {', '.join(unknown)}", f"known keys: {', '.join(KNOWN_KEYS)}")
+    address = config.get("address") or os.environ.get("RAY_ADDRESS")
+    if not address or not isinstance(address, str):
+        raise _problem("no cluster address", 'give "address": "http://HEAD:8265" in -c, or set RAY_ADDRESS')
+    entrypoint = {}
+    for key in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory"):
+        value = config.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise _problem(f"{key} must be a number, not {json.dumps(value)}", f'for example "{key}": 1')
+            entrypoint[key] = value
+    for key in ("entrypoint_resources", "runtime_env", "metadata"):
+        value = config.get(key, {})
+        if not isinstance(value, dict):
+            raise _problem(f"{key} must be an object", f'for example "{key}": {{}}')
+        if value:
+            entrypoint[key] = value
+    runtime_env = entrypoint.pop("runtime_env", {})
+    if "working_dir" in runtime_env or "py_modules" in runtime_env:
+        raise _problem("runtime_env may not set working_dir or py_modules: the project and the runner travel there",
+                       "leave them out; other runtime_env keys (env_vars, pip, ...) are merged with ours")
+    metadata = entrypoint.pop("metadata", {})
+    python = config.get("python", "python")
+    if not isinstance(python, str) or not python:
+        raise _problem("python must be the nodes' interpreter (a name or a path)", '"python": "python3"')
+    staging = config.get("staging_dir")
+    options = RayOptions(address, python, runtime_env, {str(k): str(v) for k, v in metadata.items()}, entrypoint,
+                         Path(staging).expanduser().absolute() if staging else home.home() / "staging")
+    _client(options.address)  # the SDK is here and the dashboard answers
+    return options
+
+
+def _client(address: str):
+    try:
+        import logging
+
+        from ray.job_submission import JobSubmissionClient
+    except ImportError:
+        raise NotAvailableError("the ray backend needs Ray's job SDK, which is not installed",
+                                hint="pip install 'mlproject-runner[ray]'") from None
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # its upload notices are not our output
+    try:
+        with _CLIENT_LOCK:
+            # The SDK takes RAY_ADDRESS over the address it is given: the config's must win.
+            saved = os.environ.pop("RAY_ADDRESS", None)
+            try:
+                return JobSubmissionClient(address)
+            finally:
+                if saved is not None:
+                    os.environ["RAY_ADDRESS"] = saved
+    except Exception as exc:  # noqa: BLE001 - the SDK raises ConnectionError, ValueError, RuntimeError
+        raise _problem(f"cannot reach the Ray cluster at {address}: {_first_line(exc)}",
+                       "check the address (the dashboard's, usually http://HEAD:8265) and that the cluster is up") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or exc.__class__.__name__
+    return text.splitlines()[0][:300]
+
+
+# -- submission -------------------------------------------------------------------------
+def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None) -> ClusterRun:
+    """Record the run (SCHEDULED), submit its job; then follow it unless detached."""
+    from runner.backends.cluster import ClusterRun
+    from runner.tracking import pending
+
+    options: RayOptions = state.backend_options
+    tracked, ledger = state.tracked, state.ledger
+    run_id = (None if tracked.continued else tracked.run_id) or os.urandom(16).hex()
+    run_dir = home.subdir("runs") / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = None
+    job_id = JOB_PREFIX + run_id
+    try:
+        state.keep_source_state(run_dir)
+        record = state.ledger_record(run_id, run_dir / "output.log", status="SCHEDULED", backend="ray")
+        ledger.start(record)
+        pending.clear(state.note)  # the ledger has the run now
+        tracked.record_start()
+        tracked.set_status("SCHEDULED")
+        _submit_job(state, options, run_id, job_id)
+        ledger.set_job(run_id, job_id)
+    except BaseException as exc:
+        _abandon(state, exc, record)
+        raise
+    tracked.ended = True  # from here the runner inside the job (or Ray's word) ends it
+    try:
+        tracked.set_tags({"mlproject.ray.job_id": job_id})
+    except RunnerError as exc:
+        state.notify(f"warning: tracking: the run was not tagged with its job ID: {exc.message}")
+    ledger.close()
+    state.plan.source.release()
+    state.notify(f"=== Submitted run '{tracked.run_id or run_id}' as Ray job {job_id} ===")
+    record.job_id = job_id
+    context = tracked.context
+    submitted = ClusterRun(record, experiment_id=context.experiment_id if context else None, follow=False)
+    request = state.request
+    if request.stream_output and not request.detach:
+        submitted._echo, submitted._progress = True, state.progress
+    submitted.start_following()
+    if on_submitted is not None:
+        on_submitted(submitted)
+    if request.synchronous and not request.detach and not submitted.wait():
+        raise RunFailedError(f"run {run_id} {submitted.get_status().lower()} (exit code {submitted.exit_code})",
+                             submitted, submitted.exit_code or 1)
+    return submitted
+
+
+def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: str) -> None:
+    from runner.backends.staging import snapshot
+    from runner.progress import step
+
+    the_plan, request, tracked = state.plan, state.request, state.tracked
+    project = snapshot(the_plan.source.path, options.staging_dir, state.progress)
+    job_request = {
+        "uri": ".", "entry_point": request.entry_point, "parameters": dict(request.parameters or {}),
+        "env_manager": the_plan.env_manager, "docker_args": dict(request.docker_args or {}),
+        "build_image": request.build_image, "locked": request.locked, "storage_dir": request.storage_dir,
+        "run_id": tracked.run_id, "job_of": {"backend": "ray", "run_id": run_id},
+    }
+    env_vars = {**dict(options.runtime_env.get("env_vars") or {}), REQUEST_VARIABLE: json.dumps(job_request)}
+    env_vars.setdefault("MLPROJECT_KILL_GRACE", _NODE_KILL_GRACE)
+    if state.tracking.uri is None:
+        env_vars["MLPROJECT_NO_TRACKING"] = "1"
+    else:
+        from runner.tracking import redact
+
+        env_vars["MLFLOW_TRACKING_URI"] = redact(state.tracking.uri)
+        if redact(state.tracking.uri) != state.tracking.uri or any(os.environ.get(n) for n in _CREDENTIALS):
+            state.notify("note: tracking credentials are not sent to Ray (the dashboard shows a job's environment); "
+                         "the cluster's own environment must have them")
+    runtime_env = {**options.runtime_env, "working_dir": str(project),
+                   "py_modules": [str(_runner_module(options.staging_dir))], "env_vars": env_vars}
+    metadata = {**options.metadata, "mlproject_run_id": tracked.run_id or run_id}
+    client = _client(options.address)
+    with step(state.progress, f"submitting Ray job {job_id}"):
+        try:
+            _submit_when_ready(client, entrypoint=f"exec {_quote(options.python)} -m runner job --from-env",
+                               submission_id=job_id, runtime_env=runtime_env, metadata=metadata, **options.entrypoint)
+        except Exception as exc:  # noqa: BLE001 - the SDK's errors are RuntimeError, ValueError, HTTP errors
+            message = _first_line(exc)
+            if "maximum" in str(exc).lower() and "size" in str(exc).lower():  # the package, or the request carrying it
+                raise ProjectError(f"Ray refused the project: {message} (Ray takes a working_dir of at most 100 MiB)",
+                                   hint="list what the job does not need (data, checkpoints) in .gitignore") from None
+            raise LaunchError(f"Ray refused the job: {message}",
+                              hint="check the backend config (-c) and `ray job list` on the cluster") from None
+    _remember(run_id, options.address)
+
+
+def _runner_module(root: Path) -> Path:
+    """This runner as a module directory for the nodes (`root/runner-<hash>/runner`, with its
+    schemas inside, as in the wheel): made once per version of the code; Ray uploads it once."""
+    import shutil
+
+    from runner.backends.staging import _files, content_key
+    from runner.project.schema import schema_dir
+
+    package, schemas = Path(__file__).resolve().parents[1], schema_dir()
+    files = _files(package)
+    key = content_key(package, files) + content_key(schemas, _files(schemas))
+    final = root / f"runner-{key[:16]}{key[64:80]}" / "runner"
+    if final.is_dir():
+        return final
+    import tempfile
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".runner-", dir=root))  # (a sweep submits from several threads)
+    shutil.copytree(package, tmp / "runner", ignore=shutil.ignore_patterns("__pycache__", "schemas"))
+    shutil.copytree(schemas, tmp / "runner" / "schemas")
+    try:
+        os.rename(tmp, final.parent)
+    except OSError:  # made meanwhile by another submission: the same contents
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _submit_when_ready(client, **job: Any) -> None:
+    """submit_job, asked again while the cluster says it is not ready yet ("No available agent to
+    submit job, please try again later": a cluster that has just started), for up to a minute."""
+    import time
+
+    deadline = time.monotonic() + _NOT_READY_SECONDS
+    while True:
+        try:
+            client.submit_job(**job)
+            return
+        except RuntimeError as exc:
+            if "try again later" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def _quote(word: str) -> str:
+    import shlex
+
+    return shlex.quote(word)
+
+
+def _abandon(state: PreparedRun, exc: BaseException, record) -> None:
+    """A submission that failed: its run ends FAILED (KILLED when interrupted), everywhere."""
+    from runner.tracking import pending
+
+    interrupted = not isinstance(exc, Exception)
+    reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
+    status = "KILLED" if interrupted else "FAILED"
+    tracked, ledger = state.tracked, state.ledger
+    if record is not None:
+        ledger.finish(record.id, status, None, f"submission: {reason}")
+    tracked.finish(status, state.notify)
+    if record is not None and tracked.end_recorded:
+        ledger.tracking_ended(record.id)
+    pending.clear(state.note)
+    ledger.close()
+    state.plan.source.release()
+
+
+def _remember(run_id: str, address: str) -> None:
+    """Which cluster a run's job is on (a job ID alone does not say)."""
+    (home.subdir("runs") / run_id / "ray.json").write_text(json.dumps({"address": address}))
+
+
+def _address_of(job_id: str) -> str:
+    run_id = job_id.removeprefix(JOB_PREFIX)
+    try:
+        return json.loads((home.subdir("runs") / run_id / "ray.json").read_text())["address"]
+    except (OSError, ValueError, KeyError):
+        raise LaunchError(f"which Ray cluster runs job {job_id} was not recorded here",
+                          hint="follow it with `ray job status` on the cluster") from None
+
+
+# -- the job, as Ray sees it ------------------------------------------------------------
+def job_state(job_id: str) -> JobState | None:
+    """How job `job_id` is doing, from the cluster's job table; None when Ray does not know it."""
+    client = _client(_address_of(job_id))
+    try:
+        info = client.get_job_info(job_id)
+    except RuntimeError as exc:
+        if "does not exist" in str(exc) or "404" in str(exc):
+            return None
+        raise
+    name = str(getattr(info.status, "value", info.status))
+    status = _ENDS.get(name)
+    exit_code = info.driver_exit_code
+    if status == "FINISHED":
+        exit_code = 0
+    elif status == "KILLED" and exit_code is None:
+        exit_code = 143
+    reason = None
+    if status == "FAILED" and info.message:  # Ray appends the job's last logs: the run's log has them
+        reason = info.message.strip().splitlines()[0].split(", last available logs")[0][:300]
+    return JobState(name, status, exit_code, info.driver_node_id, reason)
+
+
+def cancel(job_id: str) -> None:
+    try:
+        _client(_address_of(job_id)).stop_job(job_id)
+    except RuntimeError as exc:
+        if "does not exist" not in str(exc):
+            raise LaunchError(f"Ray did not stop job {job_id}: {_first_line(exc)}",
+                              hint=f"ray job stop {job_id} --address {_address_of(job_id)}") from None
+
+
+def pull_output(job_id: str, log_path: Path) -> None:
+    """Copy the job's output (Ray keeps it on the cluster) into the run's log here. Ray answers
+    with the whole log each time; the file is replaced only when the log grew, so several
+    followers of one run can pull at once."""
+    logs = _client(_address_of(job_id)).get_job_logs(job_id)
+    marker = logs.find(_PREAMBLE_END)
+    if marker < 0:
+        return  # the entrypoint has not started: what there is is Ray's (its runtime_env setup)
+    newline = logs.find("\n", marker)
+    data = logs[newline + 1:].encode() if newline >= 0 else b""
+    try:
+        if log_path.stat().st_size >= len(data):
+            return
+    except FileNotFoundError:
+        pass
+    tmp = log_path.with_name(f".{log_path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, log_path)
+
+
+def stopped_by_cluster() -> tuple[str, str] | None:
+    """Ray says nothing about a stop until the job's processes are gone: the runner's own signal
+    handling records the stop (KILLED), and this host records Ray's word at the end."""
+    return None
+

@@ -1,0 +1,240 @@
+"""The ray backend against a real two-node Ray cluster that the tests start (tests/raycluster.py).
+
+The cluster's nodes have their own MLPROJECT_HOME: they share no ledger with the submitter,
+as the nodes of a real cluster do not. Tracking is this test's sqlite store, which both sides
+reach by its path."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import assert_clean_error
+from procs import processes_with
+
+PROJECT = """
+    name: on-ray
+    entry_points:
+      main:
+        parameters:
+          alpha: {type: float, default: 0.5}
+          secs: {type: float, default: 0}
+          code: {type: int, default: 0}
+        command: "echo alpha={alpha}; (sleep 300 &); sleep {secs}; exit {code}"
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from raycluster import RayCluster
+
+    cluster = RayCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def ray(ray_cluster, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
+    return ray_cluster
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runner", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _start_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "runner", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _submitted(stderr: str) -> tuple[str, str]:
+    for line in stderr.splitlines():
+        if line.startswith("=== Submitted run '"):
+            return line.split("'")[1], line.rsplit("Ray job ", 1)[1].split()[0]
+    raise AssertionError(stderr)
+
+
+def _row(run_id: str) -> dict:
+    shown = _cli("runs", "show", run_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    return json.loads(shown.stdout)
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _tracked(cwd: Path, run_id: str):
+    return MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}").get_run(run_id)
+
+
+def _left_behind(run_id: str) -> list[int]:
+    """Processes of the run (the node's runner gives the command MLPROJECT_RUN_ID) still alive."""
+    return processes_with(f"MLPROJECT_RUN_ID={run_id}".encode())
+
+
+def test_run_streams_output_and_records_the_same_run(ray, make_project, _work_in_tmp):
+    project = make_project(PROJECT)
+    result = _cli("run", str(project), "-b", "ray", "-P", "alpha=0.7", "--env-manager", "local")
+    assert result.returncode == 0, result.stderr
+    assert "alpha=0.7" in result.stdout  # streamed from the job's output
+    assert "Runtime env is setting up" not in result.stdout  # Ray's own lines are not the run's
+    run_id, job_id = _submitted(result.stderr)
+    assert f"=== Run (ID '{run_id}') succeeded ===" in result.stderr
+    row = _row(run_id)
+    assert (row["status"], row["exit_code"], row["backend"], row["job_id"]) == ("FINISHED", 0, "ray", job_id)
+    run = _tracked(_work_in_tmp, run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"alpha": "0.7", "secs": "0", "code": "0"}
+    assert run.data.tags["mlflow.project.backend"] == "ray" and run.data.tags["mlproject.ray.job_id"] == job_id
+    assert run.data.tags["mlflow.source.name"] == str(project)
+    # The node kept its own record of the run: the nodes share no ledger with this host.
+    assert (ray.home / "ledger.db").is_file() and (ray.home / "runs" / run_id).is_dir()
+    logs = _cli("runs", "logs", run_id)
+    assert "alpha=0.7" in logs.stdout
+    assert _left_behind(run_id) == []
+
+
+def test_failed_command_exits_with_its_code(ray, make_project, _work_in_tmp):
+    project = make_project(PROJECT)
+    result = _cli("run", str(project), "-b", "ray", "-P", "code=3", "--env-manager", "local")
+    assert result.returncode == 3, result.stderr
+    run_id, _ = _submitted(result.stderr)
+    row = _row(run_id)
+    assert (row["status"], row["exit_code"]) == ("FAILED", 3) and "exit code 3" in row["reason"]
+    assert _tracked(_work_in_tmp, run_id).info.status == "FAILED"
+
+
+def test_ctrl_c_stops_the_job_and_leaves_no_process_on_the_node(ray, make_project, _work_in_tmp):
+    project = make_project(PROJECT)
+    proc = _start_cli("run", str(project), "-b", "ray", "-P", "secs=300", "--env-manager", "local")
+    lines = []
+    _wait_for(lambda: lines.append(proc.stdout.readline()) or "alpha=" in lines[-1], 120, "the job's output")
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    run_id, _ = _submitted(stderr)
+    assert _row(run_id)["status"] == "KILLED"
+    assert _tracked(_work_in_tmp, run_id).info.status == "KILLED"
+    # (sleep 300 &) forked away from the command: stopped with the run's process group
+    _wait_for(lambda: _left_behind(run_id) == [], 15, "the run's processes to be gone")
+
+
+def test_detached_run_is_cancelled_from_another_process(ray, make_project, _work_in_tmp):
+    project = make_project(PROJECT)
+    result = _cli("run", str(project), "-b", "ray", "-P", "secs=300", "--env-manager", "local", "--detach")
+    assert result.returncode == 0, result.stderr
+    run_id, job_id = result.stdout.split()[0], result.stdout.split()[3]
+    assert job_id.startswith("mlproject-")
+    _wait_for(lambda: _row(run_id)["status"] == "RUNNING", 120, "the job to start")  # (settled by runs show)
+    listed = _cli("runs", "list")
+    assert f"ray:{job_id}" in listed.stdout
+    cancelled = _cli("runs", "cancel", run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert _row(run_id)["status"] == "KILLED"
+    assert _tracked(_work_in_tmp, run_id).info.status == "KILLED"
+    _wait_for(lambda: _left_behind(run_id) == [], 15, "the run's processes to be gone")
+
+
+def test_two_runs_at_once_on_the_two_nodes(ray, make_project, _work_in_tmp):
+    from ray.job_submission import JobSubmissionClient
+
+    project = make_project(PROJECT)
+    config = json.dumps({"entrypoint_num_cpus": 2})  # each node has 2: one such job per node
+    ids = []
+    for alpha in ("0.1", "0.2"):
+        result = _cli("run", str(project), "-b", "ray", "-c", config, "-P", f"alpha={alpha}", "-P", "secs=4",
+                      "--env-manager", "local", "--detach")
+        assert result.returncode == 0, result.stderr
+        ids.append(result.stdout.split())
+    client = JobSubmissionClient(ray.address)
+
+    def nodes_of_both() -> list | None:
+        nodes = [client.get_job_info(job).driver_node_id for _, _, _, job in ids]
+        return nodes if all(nodes) else None
+
+    nodes = _wait_for(nodes_of_both, 120, "both jobs to start")
+    assert len(set(nodes)) == 2  # on the two nodes, at once
+    for run_id, *_ in ids:
+        waited = _cli("runs", "logs", run_id, "-f")
+        assert waited.returncode == 0 and "alpha=" in waited.stdout, waited.stderr
+        assert _row(run_id)["status"] == "FINISHED"
+
+
+def test_sweep_on_ray(ray, make_project, _work_in_tmp):
+    project = make_project(PROJECT)
+    result = _cli("sweep", str(project), "-P", "alpha=0.1,0.2,0.3", "-b", "ray", "--env-manager", "local",
+                  "--max-parallel", "3")
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    runs = client.search_runs(["0"])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert sorted(r.data.params["alpha"] for r in children) == ["0.1", "0.2", "0.3"]
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.tags["mlflow.project.backend"] for r in children} == {"ray"}
+
+
+def test_submitter_killed_while_its_job_runs_is_reconciled(ray, make_project, _work_in_tmp):
+    project = make_project(PROJECT)
+    proc = _start_cli("run", str(project), "-b", "ray", "-P", "secs=6", "--env-manager", "local")
+    lines = []
+    _wait_for(lambda: lines.append(proc.stderr.readline()) or lines[-1].startswith("=== Submitted run"), 120,
+              "the submission")
+    run_id, _ = _submitted(lines[-1])
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # the job goes on without its submitter; the next invocation records how it ended
+    _wait_for(lambda: _row(run_id)["status"] == "FINISHED", 120, "the job's end to be recorded")
+    assert _tracked(_work_in_tmp, run_id).info.status == "FINISHED"
+
+
+def test_project_over_rays_working_dir_limit_is_one_clear_error(ray, make_project, _work_in_tmp):
+    project = make_project(PROJECT)
+    (project / "weights.bin").write_bytes(os.urandom(101 * 1024 * 1024))
+    result = _cli("run", str(project), "-b", "ray", "--env-manager", "local")
+    assert_clean_error(result, 2, "Ray refused the project")
+    assert "100 MiB" in result.stderr and ".gitignore" in result.stderr
+    rows = json.loads(_cli("runs", "list", "--json").stdout)
+    assert rows and rows[0]["status"] == "FAILED"  # ended, never left SCHEDULED or RUNNING
+    assert _tracked(_work_in_tmp, rows[0]["id"]).info.status == "FAILED"
+    # what .gitignore leaves out does not travel
+    (project / ".gitignore").write_text("weights.bin\n")
+    ignored = _cli("run", str(project), "-b", "ray", "--env-manager", "local")
+    assert ignored.returncode == 0, ignored.stderr
+
+
+def test_bad_config_and_unreachable_cluster_are_refused_before_anything(ray, make_project, _work_in_tmp):
+    project = make_project(PROJECT)
+    assert_clean_error(_cli("run", str(project), "-b", "ray", "-c", '{"adress": "x"}'), 2, "unknown config key")
+    closed = _cli("run", str(project), "-b", "ray", "-c", '{"address": "http://127.0.0.2:9"}')
+    assert_clean_error(closed, 2, "cannot reach the Ray cluster")
+    assert json.loads(_cli("runs", "list", "--json").stdout) == []
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").search_runs(["0"]) == []
+
+
+def test_api_run_on_ray(ray, make_project, _work_in_tmp):
+    import runner
+
+    project = make_project(PROJECT)
+    submitted = runner.run(str(project), parameters={"code": 4}, backend="ray", env_manager="local",
+                           backend_config={}, synchronous=False)
+    assert submitted.wait() is False
+    assert submitted.get_status() == "FAILED" and submitted.exit_code == 4
+    again = runner.attach(submitted.run_id)
+    assert again.done and again.get_status() == "FAILED"
