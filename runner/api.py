@@ -337,7 +337,10 @@ def _open_run(state: PreparedRun) -> None:
 
         ledger = Ledger()
         # (inside a cluster job, only this host's own: the submit side follows the jobs)
-        orphans = (reconcile_local if request.job_of is not None else reconcile)(ledger)
+        if request.job_of is not None:
+            orphans = reconcile_local(ledger)
+        else:
+            orphans = reconcile(ledger, quick_only=True, backend=request.backend)
     except BaseException as exc:
         try:
             created().finish("FAILED" if isinstance(exc, Exception) else "KILLED", state.notify)
@@ -356,7 +359,8 @@ def _open_run(state: PreparedRun) -> None:
         if orphan.backend == "local":
             state.notify(f"note: run {orphan.id} had lost its runner; recorded as FAILED")
         else:
-            state.notify(f"note: run {orphan.id} recorded as {orphan.status}: {orphan.reason}")
+            state.notify(f"note: run {orphan.id} recorded as {orphan.status}" + (f": {orphan.reason}" if orphan.reason else
+                                                                                   f" (its {orphan.backend} job ended)"))
 
 
 def _settle_note(note, exc: BaseException) -> None:

@@ -78,14 +78,14 @@ class RayCluster:
             raise AssertionError("Ray is not installed: pip install 'ray[default]' (`make setup` installs the dev "
                                  "extra, which has it)") from None
         started = time.monotonic()
-        # Each node has its own agent port: the default one would collide with any other Ray here.
+        # Each node has its own agent ports: the default ones would collide with any other Ray here.
         if os.geteuid() != 0:
             raise AssertionError("the Ray test cluster gives its second node a disk of its own with a mount namespace, "
                                  "which needs root (as `make test` runs in CI)")
         self.temp_dir.mkdir()
         self._ray("--head", f"--node-ip-address={HEAD_IP}", f"--port={self.gcs_port}",
                   f"--dashboard-host={HEAD_IP}", f"--dashboard-port={self.dashboard_port}",
-                  f"--dashboard-agent-listen-port={_free_port(HEAD_IP)}",
+                  f"--dashboard-agent-listen-port={_free_port(HEAD_IP)}", f"--ray-client-server-port={_free_port(HEAD_IP)}",
                   f"--temp-dir={self.temp_dir}", "--include-dashboard=true")
         self._ray(f"--address={HEAD_IP}:{self.gcs_port}", f"--node-ip-address={NODE_IP}",
                   f"--dashboard-agent-listen-port={_free_port(NODE_IP)}", f"--temp-dir={self.temp_dir}",

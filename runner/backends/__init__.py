@@ -15,6 +15,10 @@ the backend takes the PreparedRun. A backend is a module with:
         Asked by the runner inside a job that was signalled: was it the time limit?
     pull_output(job_id, log_path) -> None         (clusters that keep a job's output)
         Copy the job's output into the run's log on this host (Ray; Slurm writes it there).
+    QUICK_STATE: bool                             (cluster backends; default True)
+        Whether job_state answers in milliseconds, so that every run settles this backend's
+        finished jobs on its way (Slurm); otherwise only `runs`, `attach`, sweeps and runs of
+        this backend do (Ray: its SDK takes seconds to import).
     SHARED_LEDGER: bool                           (cluster backends)
         Whether the runner inside the job writes this host's ledger (a shared file system:
         Slurm) or its own (Ray): then this host records the end from the cluster's word.
@@ -103,13 +107,17 @@ def pull_output(record: RunRecord) -> None:
         pass
 
 
-def reconcile(ledger: Ledger) -> list[RunRecord]:
+def reconcile(ledger: Ledger, quick_only: bool = False, backend: str | None = None) -> list[RunRecord]:
     """Everything the ledger says is going but is not: local runs whose runner died (see
-    tracking.runs.reconcile), and cluster runs whose job is over. Returns the runs it ended."""
+    tracking.runs.reconcile), and cluster runs whose job is over. Returns the runs it ended.
+    `quick_only` (every run, on its way): only the clusters that answer in milliseconds (see
+    QUICK_STATE), and `backend`'s."""
     from runner.tracking.runs import reconcile as reconcile_local
 
     ended = reconcile_local(ledger)
     for record in ledger.unfinished_jobs(CLUSTER_BACKENDS):
+        if quick_only and record.backend != backend and not getattr(get(record.backend), "QUICK_STATE", True):
+            continue
         try:
             after = settle(ledger, record)
         except Exception:  # noqa: BLE001 - an unreachable cluster must not stop a local run

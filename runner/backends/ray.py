@@ -49,7 +49,9 @@ _CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_
 _NODE_KILL_GRACE = "2"
 _NOT_READY_SECONDS = 60.0
 _CLIENT_LOCK = threading.Lock()
+_CLIENTS: dict[str, Any] = {}
 SHARED_LEDGER = False  # the submit side records the end itself, from Ray's word (see cluster.py)
+QUICK_STATE = False  # asking Ray costs its SDK's import (~2 s): local runs do not settle Ray jobs
 
 
 @dataclass(frozen=True)
@@ -114,13 +116,15 @@ def _client(address: str):
         logging.getLogger(name).setLevel(logging.WARNING)  # its upload notices are not our output
     try:
         with _CLIENT_LOCK:
-            # The SDK takes RAY_ADDRESS over the address it is given: the config's must win.
-            saved = os.environ.pop("RAY_ADDRESS", None)
-            try:
-                return JobSubmissionClient(address)
-            finally:
-                if saved is not None:
-                    os.environ["RAY_ADDRESS"] = saved
+            if address not in _CLIENTS:  # (one per process: each asks the dashboard for its version)
+                # The SDK takes RAY_ADDRESS over the address it is given: the config's must win.
+                saved = os.environ.pop("RAY_ADDRESS", None)
+                try:
+                    _CLIENTS[address] = JobSubmissionClient(address)
+                finally:
+                    if saved is not None:
+                        os.environ["RAY_ADDRESS"] = saved
+            return _CLIENTS[address]
     except Exception as exc:  # noqa: BLE001 - the SDK raises ConnectionError, ValueError, RuntimeError
         raise _problem(f"cannot reach the Ray cluster at {address}: {_first_line(exc)}",
                        "check the address (the dashboard's, usually http://HEAD:8265) and that the cluster is up") from None
