@@ -10,12 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from clusterruns import ledger_row, submitted, wait_for
 from conftest import assert_clean_error
 from procs import processes_with
 
@@ -59,26 +59,14 @@ def _start_cli(*args: str) -> subprocess.Popen:
 
 
 def _submitted(stderr: str) -> tuple[str, str]:
-    for line in stderr.splitlines():
-        if line.startswith("=== Submitted run '"):
-            return line.split("'")[1], line.rsplit("Ray job ", 1)[1].split()[0]
-    raise AssertionError(stderr)
+    return submitted(stderr, "Ray")
 
 
 def _row(run_id: str) -> dict:
-    shown = _cli("runs", "show", run_id, "--json")
-    assert shown.returncode == 0, shown.stderr
-    return json.loads(shown.stdout)
+    return ledger_row(_cli, run_id)
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait_for = wait_for
 
 
 def _tracked(cwd: Path, run_id: str):

@@ -12,11 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from clusterruns import ledger_row, submitted, wait_for
 
 from conftest import assert_clean_error
 
@@ -66,17 +67,11 @@ def _start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 
 def _ledger_row(run_id: str) -> dict:
-    listed = _cli("runs", "show", run_id, "--json")
-    assert listed.returncode == 0, listed.stderr
-    return json.loads(listed.stdout)
+    return ledger_row(_cli, run_id)
 
 
 def _submitted(stderr: str) -> tuple[str, str]:
-    for line in stderr.splitlines():
-        if line.startswith("=== Submitted run '"):
-            run_id = line.split("'")[1]
-            return run_id, line.rsplit("Slurm job ", 1)[1].split()[0]
-    raise AssertionError(stderr)
+    return submitted(stderr, "Slurm")
 
 
 def _detach(project: Path, *args: str, config: dict | None = None) -> tuple[str, str]:
@@ -88,14 +83,7 @@ def _detach(project: Path, *args: str, config: dict | None = None) -> tuple[str,
     return run_id, job_id
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait_for = wait_for
 
 
 def _processes_of(run_id: str) -> list[int]:

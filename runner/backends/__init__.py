@@ -83,7 +83,9 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
         elif state.status == "FINISHED":
             reason = None  # (recorded here where the runner inside keeps its own ledger: Ray)
         else:
-            reason = f"{record.backend} job {record.job_id} ended {state.name}" + (f": {state.reason}" if state.reason else "")
+            reason = f"{record.backend} job {record.job_id} ended {state.name}"
+            if state.status == "FAILED" and state.reason:  # why it failed, in the scheduler's words
+                reason += f": {state.reason}"
     current = find(ledger, record.id)
     if current.finished:  # the runner inside the job recorded the end meanwhile
         return current

@@ -18,6 +18,7 @@ from runner.launch import RunHandle
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from runner.request import PreparedRun
     from runner.tracking.ledger import RunRecord
 
 _POLL_SECONDS = 0.1  # the ledger and the output file (local reads)
@@ -206,3 +207,41 @@ class ClusterRun(RunHandle):
             backends.settle(ledger, record, state)  # (a job started: RUNNING, where the cluster says so)
             return None
         return record
+
+
+# -- what every cluster backend's submit does around its own submission ----------------------
+def abandon(state: PreparedRun, exc: BaseException, run_id: str | None) -> None:
+    """A submission that failed: its run ends FAILED (KILLED when interrupted), everywhere
+    (`run_id`: its ledger row, once written)."""
+    from runner.errors import RunnerError
+    from runner.tracking import pending
+
+    interrupted = not isinstance(exc, Exception)
+    reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
+    status = "KILLED" if interrupted else "FAILED"
+    tracked, ledger = state.tracked, state.ledger
+    if run_id is not None:
+        ledger.finish(run_id, status, None, f"submission: {reason}")
+    tracked.finish(status, state.notify)
+    if run_id is not None and tracked.end_recorded:
+        ledger.tracking_ended(run_id)
+    pending.clear(state.note)
+    ledger.close()
+    state.plan.source.release()
+
+
+def follow_submitted(state: PreparedRun, submitted: ClusterRun, on_submitted) -> ClusterRun:
+    """After the job is queued: follow it (echoing its output unless detached or quiet), hand it
+    to the caller, and wait for its end when the request is synchronous, as a local run does."""
+    from runner.errors import RunFailedError
+
+    request = state.request
+    if request.stream_output and not request.detach:
+        submitted._echo, submitted._progress = True, state.progress
+    submitted.start_following()
+    if on_submitted is not None:
+        on_submitted(submitted)
+    if request.synchronous and not request.detach and not submitted.wait():
+        raise RunFailedError(f"run {submitted.ledger_id} {submitted.get_status().lower()} (exit code {submitted.exit_code})",
+                             submitted, submitted.exit_code or 1)
+    return submitted

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import home
-from runner.backends.cluster import JobState
-from runner.errors import LaunchError, NotAvailableError, ProjectError, RunFailedError, RunnerError, UsageError
+from runner.backends.cluster import JobState, abandon, follow_submitted
+from runner.errors import LaunchError, NotAvailableError, ProjectError, RunnerError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
         _submit_job(state, options, run_id, job_id)
         ledger.set_job(run_id, job_id)
     except BaseException as exc:
-        _abandon(state, exc, record)
+        abandon(state, exc, record.id if record is not None else None)
         raise
     tracked.ended = True  # from here the runner inside the job (or Ray's word) ends it
     try:
@@ -171,16 +171,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
     record.job_id = job_id
     context = tracked.context
     submitted = ClusterRun(record, experiment_id=context.experiment_id if context else None, follow=False)
-    request = state.request
-    if request.stream_output and not request.detach:
-        submitted._echo, submitted._progress = True, state.progress
-    submitted.start_following()
-    if on_submitted is not None:
-        on_submitted(submitted)
-    if request.synchronous and not request.detach and not submitted.wait():
-        raise RunFailedError(f"run {run_id} {submitted.get_status().lower()} (exit code {submitted.exit_code})",
-                             submitted, submitted.exit_code or 1)
-    return submitted
+    return follow_submitted(state, submitted, on_submitted)
 
 
 def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: str) -> None:
@@ -271,24 +262,6 @@ def _quote(word: str) -> str:
     import shlex
 
     return shlex.quote(word)
-
-
-def _abandon(state: PreparedRun, exc: BaseException, record) -> None:
-    """A submission that failed: its run ends FAILED (KILLED when interrupted), everywhere."""
-    from runner.tracking import pending
-
-    interrupted = not isinstance(exc, Exception)
-    reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
-    status = "KILLED" if interrupted else "FAILED"
-    tracked, ledger = state.tracked, state.ledger
-    if record is not None:
-        ledger.finish(record.id, status, None, f"submission: {reason}")
-    tracked.finish(status, state.notify)
-    if record is not None and tracked.end_recorded:
-        ledger.tracking_ended(record.id)
-    pending.clear(state.note)
-    ledger.close()
-    state.plan.source.release()
 
 
 def _remember(run_id: str, address: str) -> None:

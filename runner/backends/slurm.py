@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import home
-from runner.backends.cluster import JobState
-from runner.errors import LaunchError, RunFailedError, RunnerError, UsageError
+from runner.backends.cluster import JobState, abandon, follow_submitted
+from runner.errors import LaunchError, RunnerError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -174,18 +174,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
     except BaseException as exc:
         _abandon(state, exc, recorded)
         raise
-    submitted = _queued(recorded, job_id)
-    request = state.request
-    following = request.stream_output and not request.detach
-    if following:
-        submitted._echo, submitted._progress = True, state.progress
-    submitted.start_following()
-    if on_submitted is not None:
-        on_submitted(submitted)
-    if request.synchronous and not request.detach and not submitted.wait():
-        raise RunFailedError(f"run {recorded.record.id} {submitted.get_status().lower()} (exit code {submitted.exit_code})",
-                             submitted, submitted.exit_code or 1)
-    return submitted
+    return follow_submitted(state, _queued(recorded, job_id), on_submitted)
 
 
 def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list[ClusterRun]:
@@ -250,21 +239,7 @@ def _record(state: PreparedRun, run_dir: Path, log_path: Path) -> _Recorded:
 
 
 def _abandon(state: PreparedRun, exc: BaseException, recorded: _Recorded | None) -> None:
-    """A submission that failed: its run ends FAILED (KILLED when interrupted), everywhere."""
-    from runner.tracking import pending
-
-    interrupted = not isinstance(exc, Exception)
-    reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
-    status = "KILLED" if interrupted else "FAILED"
-    tracked, ledger = state.tracked, state.ledger
-    if recorded is not None:
-        ledger.finish(recorded.record.id, status, None, f"submission: {reason}")
-    tracked.finish(status, state.notify)
-    if recorded is not None and tracked.end_recorded:
-        ledger.tracking_ended(recorded.record.id)
-    pending.clear(state.note)
-    ledger.close()
-    state.plan.source.release()
+    abandon(state, exc, recorded.record.id if recorded is not None else None)
 
 
 def _queued(recorded: _Recorded, job_id: str) -> ClusterRun:
