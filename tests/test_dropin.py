@@ -26,7 +26,7 @@ def test_errors_are_mlflow_execution_exceptions_when_the_caller_uses_mlflow(make
     out = _python(script, tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["True True 3",
-                                       'NotAvailableError True choose one of: backend="local", backend="slurm"']
+                                       'NotAvailableError True choose one of: backend="local", backend="slurm", backend="ray"']
 
 
 def test_without_mlflow_imported_the_errors_stay_ours_and_mlflow_stays_out(make_project, tmp_path):
