@@ -254,3 +254,18 @@ def test_runs_cancel_of_the_parent_stops_the_sweep(quadratic, _work_in_tmp):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert sorted(r.info.status for r in client.search_runs(["0"])) == ["KILLED", "KILLED", "KILLED"]
+
+
+def test_optuna_trials_a_killed_driver_left_unrecorded_take_no_place(tmp_path):
+    """A driver killed inside ask() leaves the study a trial the sweep never recorded: the sweep
+    counts its own trials, so a resumed sweep still runs max_runs of them."""
+    from runner.sweeps.optuna_search import OptunaSearch
+    from runner.sweeps.space import parse_space
+
+    space = parse_space({"x": "uniform(-1,1)"})
+    killed = OptunaSearch(space, tmp_path, "sweep-t", "minimize", 0, 3)
+    killed.study.ask()  # asked, then the driver died before recording it
+    resumed = OptunaSearch(space, tmp_path, "sweep-t", "minimize", 0, 3)
+    asked = [resumed.ask(known) for known in range(4)]
+    assert [trial is not None for trial in asked] == [True, True, True, False]
+    assert len({trial.parameters["x"] for trial in asked[:3]}) == 3

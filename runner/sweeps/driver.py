@@ -406,9 +406,9 @@ class _Sweep:
         """The search's next trial (optuna), checked and recorded; None when it has no more."""
         if self.search is None:
             return None
-        trial = self.search.ask()
-        if trial is not None:
-            with self._lock:
+        with self._lock:  # (the count and the ask at once: two trial threads ask at the same time)
+            trial = self.search.ask(len(self.trials))
+            if trial is not None:
                 self.trials.append(trial)
                 self.store.add(self.id, trial)
         return trial

@@ -35,10 +35,12 @@ class OptunaSearch:
                                          direction="minimize" if goal == "minimize" else "maximize",
                                          sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=_startup(max_runs)))
 
-    def ask(self) -> Trial | None:
-        """The next trial Optuna proposes; None once max_runs trials were asked for."""
+    def ask(self, known: int) -> Trial | None:
+        """The next trial Optuna proposes; None once the sweep has max_runs trials (`known`: how
+        many it has). Counted by the sweep, not by the study: a driver killed inside ask() leaves
+        the study a trial the sweep never recorded, which must not take a resumed sweep's place."""
         with self._lock:
-            if len(self.study.trials) >= self.max_runs:
+            if known >= self.max_runs:
                 return None
             proposed = self.study.ask()
             parameters = dict(self.space.fixed)
