@@ -249,6 +249,8 @@ def _prepare(request: RunRequest, notify, progress):
     state = PreparedRun(request, tracking, the_plan, notify, progress, backend_options)
     try:
         _plan_environment(state)
+        if hasattr(backend, "check_plan"):  # what only the plan tells (its env manager), before the run exists
+            backend.check_plan(state)
         _open_run(state)
     except BaseException:
         the_plan.source.release()  # once launched, the run's end releases it

@@ -309,8 +309,9 @@ def _run_request(request, in_job: bool = False) -> int:
         code = 0
     else:
         why = getattr(submitted, "reason", None)  # a cluster's word on how its job ended
-        _say(f"=== Run (ID '{submitted.run_id}') {status.lower()} with exit code {submitted.exit_code}"
-             + (f" ({why})" if why else "") + " ===")
+        # (a job whose node was lost has no exit code: the cluster's word says what happened)
+        code_said = "" if submitted.exit_code is None else f" with exit code {submitted.exit_code}"
+        _say(f"=== Run (ID '{submitted.run_id}') {status.lower()}{code_said}" + (f" ({why})" if why else "") + " ===")
         code = submitted.exit_code or 1
     if sys.stderr.isatty():
         _say(where_it_went(submitted))

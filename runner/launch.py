@@ -6,6 +6,11 @@ asked for it (SIGINT for Ctrl-C, else SIGTERM) to the whole group, waits a grace
 period, then SIGKILLs it. When the command exits, any process it left behind in
 its group is stopped the same way: no process outlives its run.
 
+A cluster job's runner can be killed outright (Ray SIGKILLs the job's process group when
+the node's supervisor dies) while the command, in its own session, would go on unnoticed:
+there a guard process, started with the command, stops the command's group when the
+runner's end of a pipe closes without a word, which the kernel does when the runner dies.
+
 When the runner's own output is a terminal, the command's is one too: a
 pseudo-terminal whose output is teed to the screen and the log, with the
 screen's window size, so progress bars and colours behave as under `mlflow run`.
@@ -276,8 +281,12 @@ def start(
     echo: bool = True,
     on_started: Callable[[int], None] | None = None,
     on_finish: FinishCallback | None = None,
+    guarded: bool = False,
 ) -> None:
     """Start `argv` for `run`; a watcher thread ends the run when the command exits.
+
+    `guarded`: the command's process group is stopped if this process dies before it
+    (see the module's docstring).
 
     `on_started(pgid)` runs in the caller's thread once the process exists,
     before anything can end the run; `on_finish(outcome)` runs exactly once.
@@ -315,9 +324,10 @@ def start(
         run._finish(Outcome(KILLED, 128 + run.cancel_signal), on_finish)  # type: ignore[operator]
         return
 
+    guard = _start_guard(run._process.pid) if guarded else None  # type: ignore[union-attr]
     tee = _Tee({out_r: 1} if out_r == err_r else {out_r: 1, err_r: 2}, log_file, echo)
     watcher = threading.Thread(
-        target=_watch, args=(run, tee, log_file, on_finish), daemon=True, name="mlproject-watch"
+        target=_watch, args=(run, tee, log_file, on_finish, guard), daemon=True, name="mlproject-watch"
     )
     try:
         if on_started is not None:
@@ -374,11 +384,36 @@ def _close_all(*fds: int) -> None:
             pass
 
 
-def _watch(run: SubmittedRun, tee: _Tee, log_file, on_finish: FinishCallback | None) -> None:
+def _start_guard(pgid: int) -> int | None:
+    """A process, in a session of its own (out of reach of whatever kills this one's group),
+    that waits on a pipe from this one: a line means the command ended here and it goes away;
+    end of file without one means this process died, and it stops group `pgid` (TERM, the
+    grace period, KILL). Returns our end of the pipe, or None when no guard could start."""
+    read_end, write_end = os.pipe()  # (not inheritable: only the guard gets the read end)
+    script = 'read -r _ && exit 0; kill -TERM -"$0" 2>/dev/null; sleep "$1"; kill -KILL -"$0" 2>/dev/null'
+    try:
+        subprocess.Popen(["sh", "-c", script, str(pgid), f"{kill_grace():g}"], stdin=read_end,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    except OSError:
+        os.close(write_end)
+        return None
+    finally:
+        os.close(read_end)
+    return write_end
+
+
+def _release_guard(guard: int | None) -> None:
+    if guard is not None:
+        _write_all(guard, b"ended\n")
+        os.close(guard)
+
+
+def _watch(run: SubmittedRun, tee: _Tee, log_file, on_finish: FinishCallback | None, guard: int | None) -> None:
     process = run._process
     assert process is not None
     returncode = process.wait()
     stop_group(process.pid, kill_grace())
+    _release_guard(guard)
     tee.stop_after(_DRAIN_SECONDS)
     tee.join()
     run._terminal = None  # closed by the tee

@@ -24,12 +24,21 @@ from pathlib import Path
 from procs import processes_with, processes_with_files_under
 
 HEAD_IP, NODE_IP = "127.0.0.2", "127.0.0.3"
+NODE_RESOURCE = "second_node"  # only the second node has it: a job that asks for it runs there
 
 
 def _free_port(host: str) -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return [word.decode(errors="replace") for word in handle.read().split(b"\0") if word]
+    except OSError:
+        return []
 
 
 class RayCluster:
@@ -87,12 +96,24 @@ class RayCluster:
                   f"--dashboard-host={HEAD_IP}", f"--dashboard-port={self.dashboard_port}",
                   f"--dashboard-agent-listen-port={_free_port(HEAD_IP)}", f"--ray-client-server-port={_free_port(HEAD_IP)}",
                   f"--temp-dir={self.temp_dir}", "--include-dashboard=true")
-        self._ray(f"--address={HEAD_IP}:{self.gcs_port}", f"--node-ip-address={NODE_IP}",
-                  f"--dashboard-agent-listen-port={_free_port(NODE_IP)}", f"--temp-dir={self.temp_dir}",
-                  own_disk=self.root / "node-disk")
-        self._wait_for_two_nodes()
+        self.start_second_node()
         self._wait_for_jobs()
         print(f"ray test cluster up in {time.monotonic() - started:.1f} s at {self.address}", file=sys.stderr)
+
+    def start_second_node(self) -> None:
+        """(Again, after `lose_second_node`: a node that returns.)"""
+        self._ray(f"--address={HEAD_IP}:{self.gcs_port}", f"--node-ip-address={NODE_IP}",
+                  f"--dashboard-agent-listen-port={_free_port(NODE_IP)}", f"--temp-dir={self.temp_dir}",
+                  f"--resources={{\"{NODE_RESOURCE}\": 1}}", own_disk=self.root / "node-disk")
+        self._wait_for_two_nodes()
+
+    def lose_second_node(self) -> None:
+        """The second node's raylet dies (SIGKILL), as in a node failure: the cluster loses the
+        node, and the job supervisors on it die, while processes they started may go on."""
+        raylets = [pid for pid in self.processes() if _argv(pid)[:1] and _argv(pid)[0].endswith("/raylet")
+                   and f"--node_ip_address={NODE_IP}" in _argv(pid)]
+        assert len(raylets) == 1, f"the second node's raylet is not one process: {raylets}"
+        os.kill(raylets[0], signal.SIGKILL)
 
     def _wait_for_two_nodes(self, timeout: float = 120) -> None:
         from ray.util.state import list_nodes

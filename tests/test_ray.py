@@ -192,6 +192,33 @@ def test_submitter_killed_while_its_job_runs_is_reconciled(ray, make_project, _w
     assert _tracked(_work_in_tmp, run_id).info.status == "FINISHED"
 
 
+def test_node_lost_during_a_job_ends_the_run_and_leaves_nothing_running(ray, make_project, _work_in_tmp):
+    from raycluster import NODE_RESOURCE
+
+    project = make_project(PROJECT)
+    config = json.dumps({"entrypoint_resources": {NODE_RESOURCE: 1}})  # on the second node
+    proc = _start_cli("run", str(project), "-b", "ray", "-c", config, "-P", "secs=300", "--env-manager", "local")
+    lines = []
+    _wait_for(lambda: lines.append(proc.stdout.readline()) or "alpha=" in lines[-1], 120, "the job's output")
+    try:
+        ray.lose_second_node()
+        _, stderr = proc.communicate(timeout=120)  # Ray gives up on the node after ~20 s
+        assert proc.returncode == 1, stderr
+        run_id, job_id = _submitted(stderr)
+        assert f"=== Run (ID '{run_id}') failed (ray job {job_id} ended FAILED: " in stderr
+        assert "exit code None" not in stderr
+        row = _row(run_id)
+        assert row["status"] == "FAILED" and "ended FAILED" in row["reason"]
+        assert _tracked(_work_in_tmp, run_id).info.status == "FAILED"
+        # The runner on the node was killed with its supervisor; its command did not go on.
+        _wait_for(lambda: _left_behind(run_id) == [], 15, "the run's processes on the lost node to be gone")
+    finally:
+        proc.kill()
+        ray.start_second_node()  # the node returns: nothing of the run runs on it
+    assert _left_behind(run_id) == []
+    assert _row(run_id)["status"] == "FAILED"
+
+
 def test_project_over_rays_working_dir_limit_is_one_clear_error(ray, make_project, _work_in_tmp):
     project = make_project(PROJECT)
     (project / "weights.bin").write_bytes(os.urandom(101 * 1024 * 1024))
@@ -214,6 +241,25 @@ def test_bad_config_and_unreachable_cluster_are_refused_before_anything(ray, mak
     assert_clean_error(closed, 2, "cannot reach the Ray cluster")
     assert json.loads(_cli("runs", "list", "--json").stdout) == []
     assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").search_runs(["0"]) == []
+
+
+def test_nodes_python_is_checked_before_anything_and_the_answer_kept(ray, make_project, _work_in_tmp, tmp_path):
+    project = make_project(PROJECT)
+    bare = tmp_path / "bare"  # a Python on the nodes without the runner's dependencies
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    lacking = _cli("run", str(project), "-b", "ray", "-c", json.dumps({"python": str(bare / "bin" / "python")}),
+                   "--env-manager", "local")
+    assert_clean_error(lacking, 2, "lacks click, PyYAML, jsonschema, which the runner needs there")
+    assert "pip install mlproject-runner" in lacking.stderr
+    absent = _cli("run", str(project), "-b", "ray", "-c", '{"python": "no-such-python"}', "--env-manager", "local")
+    assert_clean_error(absent, 2, "the nodes could not run the runner with 'no-such-python'")
+    assert json.loads(_cli("runs", "list", "--json").stdout) == []  # nothing was recorded
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").search_runs(["0"]) == []
+    checked = "checking the Ray nodes' Python"
+    first = _cli("run", str(project), "-b", "ray", "--env-manager", "local")
+    assert first.returncode == 0 and checked in first.stderr, first.stderr
+    second = _cli("run", str(project), "-b", "ray", "--env-manager", "local")
+    assert second.returncode == 0 and checked not in second.stderr, second.stderr  # the kept answer
 
 
 def test_api_run_on_ray(ray, make_project, _work_in_tmp):

@@ -151,6 +151,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
             echo=state.request.stream_output,
             on_started=lambda pgid: ledger.set_process(run_id, pgid),
             on_finish=on_finish,
+            guarded=job_of is not None,  # a cluster may kill this runner outright (see launch.py)
         )
     except BaseException:
         prepared.release()

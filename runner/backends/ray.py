@@ -48,6 +48,7 @@ _CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_
 # the runner on the node must have stopped its command's process group by then.
 _NODE_KILL_GRACE = "2"
 _NOT_READY_SECONDS = 60.0
+_PROBE_SECONDS = 600.0  # a runtime_env with pip packages is installed before the check runs
 _CLIENT_LOCK = threading.Lock()
 _CLIENTS: dict[str, Any] = {}
 SHARED_LEDGER = False  # the submit side records the end itself, from Ray's word (see cluster.py)
@@ -133,6 +134,90 @@ def _client(address: str):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or exc.__class__.__name__
     return text.splitlines()[0][:300]
+
+
+# -- the nodes' Python ------------------------------------------------------------------
+def check_plan(state: PreparedRun) -> None:
+    """Before the run exists: the nodes' Python can run the runner for this plan (its
+    dependencies, and what its environment manager needs). Asked of the cluster by a probe
+    job (~2 s) once per cluster, Python, runtime_env and runner version; a good answer is
+    kept, a refusal is always a fresh one."""
+    from runner.backends import nodecheck
+
+    options: RayOptions = state.backend_options
+    needed = nodecheck.needed(state.plan.env_manager)
+    kept = _node_report_path(options)
+    report = _read_json(kept)
+    if report is None or _lacks(report, needed):
+        report = _probe_nodes(options, state.progress)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(report))
+    version = report.get("python", "?")
+    if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < nodecheck.MINIMUM_PYTHON:
+        raise _problem(f"the nodes' Python ({options.python}) is {version}; the runner needs 3.9 or newer",
+                       'set "python" in -c to a newer interpreter on the nodes')
+    lacking = _lacks(report, needed)
+    if lacking:
+        names = ", ".join(nodecheck.DISTRIBUTIONS.get(module, module) for module in lacking)
+        raise _problem(f"the nodes' Python ({options.python}, {version}) lacks {names}, which the runner needs there"
+                       + (f" (for --env-manager {state.plan.env_manager})" if set(lacking) - set(nodecheck.CORE) else ""),
+                       "pip install mlproject-runner on the nodes (or list it in runtime_env's pip), or set \"python\" "
+                       "to an interpreter that has it")
+
+
+def _lacks(report: dict, needed: tuple[str, ...]) -> list[str]:
+    return [module for module in needed if module in report.get("missing", [])]
+
+
+def _node_report_path(options: RayOptions) -> Path:
+    import hashlib
+
+    what = json.dumps([options.address, options.python, options.runtime_env, _runner_module(options.staging_dir).parent.name],
+                      sort_keys=True, default=str)
+    return options.staging_dir / "node-checks" / f"{hashlib.sha256(what.encode()).hexdigest()[:32]}.json"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _probe_nodes(options: RayOptions, progress) -> dict:
+    import time
+
+    from runner.backends import nodecheck
+    from runner.progress import step
+
+    client = _client(options.address)
+    runtime_env = {**options.runtime_env, "py_modules": [str(_runner_module(options.staging_dir))]}
+    job_id = f"{JOB_PREFIX}nodecheck-{os.urandom(8).hex()}"
+    with step(progress, f"checking the Ray nodes' Python ({options.python}; once per cluster and runner version)"):
+        try:
+            _submit_when_ready(client, entrypoint=f"exec {_quote(options.python)} -m runner.backends.nodecheck",
+                               submission_id=job_id, runtime_env=runtime_env, metadata={"mlproject": "node check"})
+            deadline = time.monotonic() + _PROBE_SECONDS
+            while str(getattr(status := client.get_job_status(job_id), "value", status)) not in _ENDS:
+                if time.monotonic() > deadline:
+                    client.stop_job(job_id)
+                    raise _problem(f"the check of the nodes' Python did not end in {_PROBE_SECONDS:.0f} s",
+                                   f"see `ray job logs {job_id}` on the cluster")
+                time.sleep(0.1)
+            logs = client.get_job_logs(job_id)
+        except RunnerError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the SDK's errors are RuntimeError, ValueError, HTTP errors
+            raise LaunchError(f"Ray refused the check of its nodes' Python: {_first_line(exc)}",
+                              hint="check the backend config (-c) and `ray job list` on the cluster") from None
+    report = nodecheck.read(logs)
+    if report is None:
+        said = [line for line in logs.split(_PREAMBLE_END)[-1].splitlines()[1:] if line.strip()]
+        raise _problem(f"the nodes could not run the runner with {options.python!r}: "
+                       f"{said[-1][:300] if said else 'no output'}",
+                       'set "python" in -c to the interpreter on the nodes that has mlproject-runner\'s dependencies')
+    return report
 
 
 # -- submission -------------------------------------------------------------------------
