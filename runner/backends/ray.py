@@ -51,6 +51,7 @@ _NOT_READY_SECONDS = 60.0
 _PROBE_SECONDS = 600.0  # a runtime_env with pip packages is installed before the check runs
 _CLIENT_LOCK = threading.Lock()
 _CLIENTS: dict[str, Any] = {}
+_RUNNER_MODULES: dict[Path, Path] = {}  # staging root -> this runner's module directory there
 SHARED_LEDGER = False  # the submit side records the end itself, from Ray's word (see cluster.py)
 QUICK_STATE = False  # asking Ray costs its SDK's import (~2 s): local runs do not settle Ray jobs
 
@@ -302,22 +303,29 @@ def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: st
 
 def _runner_module(root: Path) -> Path:
     """This runner as a module directory for the nodes (`root/runner-<hash>/runner`, with its
-    schemas inside, as in the wheel): made once per version of the code; Ray uploads it once."""
+    schemas inside, as in the wheel): made once per version of the code; Ray uploads it once.
+    Hashed once per process (a sweep submits many jobs)."""
+    with _CLIENT_LOCK:
+        if root not in _RUNNER_MODULES:
+            _RUNNER_MODULES[root] = _make_runner_module(root)
+        return _RUNNER_MODULES[root]
+
+
+def _make_runner_module(root: Path) -> Path:
     import shutil
 
-    from runner.backends.staging import _files, content_key
+    from runner.backends.staging import directory_key
     from runner.project.schema import schema_dir
 
     package, schemas = Path(__file__).resolve().parents[1], schema_dir()
-    files = _files(package)
-    key = content_key(package, files) + content_key(schemas, _files(schemas))
+    key = directory_key(package) + directory_key(schemas)
     final = root / f"runner-{key[:16]}{key[64:80]}" / "runner"
     if final.is_dir():
         return final
     import tempfile
 
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".runner-", dir=root))  # (a sweep submits from several threads)
+    tmp = Path(tempfile.mkdtemp(prefix=".runner-", dir=root))  # (another process may make it at once)
     shutil.copytree(package, tmp / "runner", ignore=shutil.ignore_patterns("__pycache__", "schemas"))
     shutil.copytree(schemas, tmp / "runner" / "schemas")
     try:

@@ -20,7 +20,7 @@ _SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__", "mlruns", "mlartifacts", 
 _SKIPPED_FILES = {_COMPLETE, "mlflow.db", "mlflow.db-journal", "mlflow.db-wal", "mlflow.db-shm"}
 
 
-def _files(directory: Path) -> list[tuple[str, os.stat_result]]:
+def project_files(directory: Path) -> list[tuple[str, os.stat_result]]:
     """(relative path, lstat) of what is copied, sorted: the order the hash reads them in."""
     found: list[tuple[str, os.stat_result]] = []
     for top, dirs, names in os.walk(directory):
@@ -42,11 +42,16 @@ def content_key(directory: Path, files: list[tuple[str, os.stat_result]]) -> str
     return files_digest(directory, (relative for relative, _ in files))
 
 
+def directory_key(directory: Path) -> str:
+    """The content key of what `snapshot` stages from `directory`."""
+    return content_key(directory, project_files(directory))
+
+
 def snapshot(directory: Path, root: Path, progress=None) -> Path:
     """The staged copy of `directory`'s current contents (made now unless one exists)."""
     directory = directory.resolve()
     try:
-        files = _files(directory)
+        files = project_files(directory)
         key = content_key(directory, files)
     except OSError as exc:
         raise ProjectError(f"cannot read the project to stage it: {exc}", hint="check the project's file permissions") from None

@@ -32,8 +32,9 @@ def compare(a: RecordedRun, b: RecordedRun) -> Comparison:
     params_a, metrics_a, note_a = a.results()
     params_b, metrics_b, note_b = b.results()
     notes += [note for note in (note_a, note_b) if note]
+    packages_a, packages_b = a.packages(), b.packages()  # (each a read of the run's lock, maybe a download)
     same = {}
-    for kind, left, right in (("parameter", params_a, params_b), ("package", a.packages(), b.packages()),
+    for kind, left, right in (("parameter", params_a, params_b), ("package", packages_a, packages_b),
                               ("metric", metrics_a, metrics_b)):
         count = 0
         for name in sorted(set(left) | set(right)):
@@ -43,7 +44,7 @@ def compare(a: RecordedRun, b: RecordedRun) -> Comparison:
             else:
                 rows.append((f"{kind} {name}", shown_left, shown_right))
         same[kind + "s"] = count
-    if not a.packages() or not b.packages():
+    if not packages_a or not packages_b:
         notes.append("packages: a run without a recorded lock whose environment is gone shows none")
     return Comparison(rows, same, notes)
 

@@ -204,31 +204,31 @@ class SqliteTracker:
 
     def results(self, run_id: str) -> tuple[dict[str, str], dict[str, float]]:
         """The run's parameters and the last value of each metric."""
-        db = self._db()
-        try:
-            params = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)).fetchall())
-            metrics = dict(db.execute("SELECT key, value FROM latest_metrics WHERE run_uuid = ?", (run_id,)).fetchall())
-        except sqlite3.Error as exc:
-            raise TrackingError(f"cannot read the MLflow store {self.uri}: {exc}") from None
-        finally:
-            db.close()
-        return params, metrics
+        params, metrics = self._read(("SELECT key, value FROM params WHERE run_uuid = ?", run_id),
+                                     ("SELECT key, value FROM latest_metrics WHERE run_uuid = ?", run_id))
+        return dict(params), dict(metrics)
 
     def recorded_run(self, run_id: str):
         from runner.tracking import RecordedRunData
 
+        rows, tags, params = self._read(
+            ("SELECT experiment_id, status, artifact_uri FROM runs WHERE run_uuid = ?", run_id),
+            ("SELECT key, value FROM tags WHERE run_uuid = ?", run_id),
+            ("SELECT key, value FROM params WHERE run_uuid = ?", run_id))
+        if not rows:
+            raise TrackingError(f"no run {run_id} in {self.uri}", hint="check MLFLOW_TRACKING_URI and the run ID")
+        (experiment_id, status, artifact_uri), = rows
+        return RecordedRunData(run_id, str(experiment_id), status or "", artifact_uri or "", dict(tags), dict(params))
+
+    def _read(self, *queries: tuple[str, str]) -> list[list[tuple]]:
+        """The rows of each (query, run ID), read in one connection."""
         db = self._db()
         try:
-            row = db.execute("SELECT experiment_id, status, artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
-            tags = dict(db.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)).fetchall())
-            params = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)).fetchall())
+            return [db.execute(query, (run_id,)).fetchall() for query, run_id in queries]
         except sqlite3.Error as exc:
             raise TrackingError(f"cannot read the MLflow store {self.uri}: {exc}") from None
         finally:
             db.close()
-        if row is None:
-            raise TrackingError(f"no run {run_id} in {self.uri}", hint="check MLFLOW_TRACKING_URI and the run ID")
-        return RecordedRunData(run_id, str(row[0]), row[1] or "", row[2] or "", tags, params)
 
     def read_artifact(self, run, path: str) -> bytes | None:
         from runner.tracking import read_local_artifact
