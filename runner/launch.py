@@ -207,6 +207,7 @@ class SubmittedRun(RunHandle):
     def __init__(self, run_id: str, log_path: Path | None, tracking_uri: str | None = None,
                  experiment_id: str | None = None):
         self.run_id = run_id
+        self.ledger_id = run_id  # the ledger's row (another ID when an MLflow run is continued)
         self.log_path = log_path
         self.tracking_uri = tracking_uri  # where the run is tracked (credentials masked); None: the ledger only
         self.experiment_id = experiment_id

@@ -49,6 +49,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     context = tracked.context
     submitted = SubmittedRun(tracked.run_id or run_id, run_dir / "output.log",
                              redact(context.tracking_uri) if context else None, context.experiment_id if context else None)
+    submitted.ledger_id = run_id
     if on_submitted is not None:
         on_submitted(submitted)  # from here on a cancel request stops the run, even mid-start
 

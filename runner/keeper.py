@@ -1,0 +1,197 @@
+"""An asynchronous API run that outlives its caller: `runner.run(..., synchronous=False)` on
+this machine hands the run to a keeper, a process of its own that lives as long as the run.
+
+Under `mlflow run` an asynchronous run's command is a plain child of the caller and goes on
+when the caller exits. Ours is watched by a runner thread (the tee of its output, the record
+of its end, the leases on its environment and source): in the caller's process it would die
+with the caller and leave the run RUNNING. So the keeper, started in a session of its own,
+carries out the request itself (the same pipeline as `mlproject run`) and keeps the run to its
+end. The caller waits only until the command has started, or the run failed before it, with
+the keeper's notes and errors passed back over a pipe as if the pipeline had run in the caller;
+then it follows the run through the ledger, as `runner.attach` does from any process:
+`wait()`, `get_status()` and `cancel()` work from the caller and from any later process.
+
+The keeper inherits the caller's environment and its stdout and stderr, as MLflow's child
+does; the request (with `docker_auth`, a credential) reaches it on its stdin, never its
+command line. Ctrl-C in the caller's terminal stops the run only while the caller waits for
+it (`wait()`), since the run no longer belongs to the caller's process group.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, replace
+
+from runner.errors import LaunchError, RunnerError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+    from runner.backends.cluster import ClusterRun
+    from runner.request import RunRequest
+
+STATUS_FD_VARIABLE = "MLPROJECT_KEEPER_STATUS_FD"
+_INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def wanted(request: RunRequest) -> bool:
+    """An asynchronous run on this machine, asked for by an API caller."""
+    return not request.synchronous and (request.backend or "local") == "local" and request.job_of is None
+
+
+# -- the caller's side ---------------------------------------------------------------------
+def hand_over(request: RunRequest, notify: Callable[[str], None], progress: Callable[[str], None] | None,
+              on_submitted: Callable[[ClusterRun], None] | None) -> ClusterRun:
+    """Start a keeper for `request`; return the run once its command has started."""
+    from runner.tracking.session import active_mlflow_run
+
+    # What only this process knows: its directory and the run it has open with mlflow.
+    request = replace(request, cwd=str(request.caller_cwd()),
+                      parent_run_id=request.parent_run_id or active_mlflow_run())
+    status_read, status_write = os.pipe()
+    try:
+        keeper = subprocess.Popen(
+            [sys.executable, "-m", "runner.keeper"], stdin=subprocess.PIPE, pass_fds=(status_write,),
+            env={**os.environ, STATUS_FD_VARIABLE: str(status_write)}, start_new_session=True,
+        )
+    except OSError as exc:
+        os.close(status_read)
+        raise LaunchError(f"cannot start the run's keeper process: {exc.strerror}") from None
+    finally:
+        os.close(status_write)
+    try:
+        keeper.stdin.write(json.dumps(asdict(request), default=str).encode())  # type: ignore[union-attr]
+        keeper.stdin.close()  # type: ignore[union-attr]
+        started = _read_status(os.fdopen(status_read, "rb"), notify, progress)
+    except BaseException:  # Ctrl-C while it prepares: the keeper ends the run KILLED, as a CLI run does
+        _interrupt(keeper)
+        raise
+    if started is None:
+        code = keeper.wait()
+        raise LaunchError(f"the run's keeper process ended before starting the run (exit code {code})")
+    return _follow(started, on_submitted)
+
+
+def _read_status(status, notify: Callable[[str], None], progress: Callable[[str], None] | None) -> str | None:
+    """The keeper's notes, passed on, until it says which run started (its ledger ID) or
+    raises the error it met; None when it died without a word."""
+    with status:
+        for line in status:
+            message = json.loads(line)
+            if "note" in message:
+                notify(message["note"])
+            elif "progress" in message:
+                if progress is not None:
+                    progress(message["progress"])
+            elif "started" in message:
+                return message["started"]
+            elif "error" in message:
+                raise _error(message["error"])
+    return None
+
+
+def _error(fields: dict) -> RunnerError:
+    from runner import errors
+
+    cls = getattr(errors, fields.pop("type", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, RunnerError)):
+        cls = RunnerError
+    error = cls.__new__(cls)
+    RunnerError.__init__(error, fields.pop("message"))
+    error.__dict__.update(fields)
+    return error
+
+
+def _interrupt(keeper: subprocess.Popen) -> None:
+    try:
+        keeper.send_signal(signal.SIGINT)
+        keeper.wait(30)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
+def _follow(ledger_id: str, on_submitted) -> ClusterRun:
+    from runner.backends.cluster import ClusterRun
+    from runner.tracking.ledger import Ledger
+    from runner.tracking.runs import find
+
+    ledger = Ledger()
+    try:
+        record = find(ledger, ledger_id)
+    finally:
+        ledger.close()
+    followed = ClusterRun(record)
+    if on_submitted is not None:
+        on_submitted(followed)
+    return followed
+
+
+# -- the keeper ----------------------------------------------------------------------------
+class _Interrupted(BaseException):
+    pass
+
+
+def main() -> int:
+    from runner import api
+    from runner.request import RunRequest
+
+    status = os.fdopen(int(os.environ.pop(STATUS_FD_VARIABLE)), "w", buffering=1)
+    request = RunRequest(**json.loads(sys.stdin.buffer.read()))
+    sys.stdin.close()
+    active: list = []
+
+    def tell(kind: str, value) -> None:
+        if not status.closed:
+            try:
+                status.write(json.dumps({kind: value}) + "\n")
+                return
+            except OSError:  # the caller is gone
+                pass
+        _say(value if isinstance(value, str) else "")
+
+    def on_signal(signum: int, _frame) -> None:
+        if active and active[0].launching:
+            active[0].request_cancel(signum)  # `runs cancel`, a caller's cancel(): the run ends KILLED
+        else:
+            raise _Interrupted()  # still preparing: the pipeline ends the run KILLED
+
+    for signum in _INTERRUPT_SIGNALS:
+        signal.signal(signum, on_signal)
+    try:
+        submitted = api.submit(request, notify=lambda text: tell("note", text),
+                               progress=lambda label: tell("progress", label), on_submitted=active.append)
+    except RunnerError as exc:
+        tell("error", {"type": type(exc).__name__, **{k: v for k, v in vars(exc).items() if _plain(v)}})
+        return exc.exit_code
+    except _Interrupted:
+        tell("error", {"type": "LaunchError", "message": "interrupted before the run's command started",
+                       "hint": "the run was recorded KILLED"})
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the caller gets it as one error, not a dead pipe
+        tell("error", {"type": "RunnerError", "message": f"{exc.__class__.__name__}: {exc}"})
+        return 1
+    tell("started", submitted.ledger_id)
+    status.close()
+    while not submitted.done:
+        submitted.wait(0.5)
+    return 0 if submitted.get_status() == "FINISHED" else submitted.exit_code or 1
+
+
+def _plain(value) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, list))
+
+
+def _say(text: str) -> None:
+    """A note after the caller stopped listening: to the stderr it left us, if still there."""
+    try:
+        os.write(2, f"{text}\n".encode())
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
