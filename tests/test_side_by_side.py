@@ -5,9 +5,11 @@ the README lists ("Differences from mlflow run"): parameter values logged unquot
 `mlproject.*` tags, and the run's log and source state kept as artifacts.
 
 The project has the forms public projects use and MLflow accepts: type names `str`,
-`integer`, `double`, `boolean`; a `path` parameter; a conda.yaml without python; a project in a
-subdirectory of a git work tree (the seed tutorial's `mlflow run train`), run as a directory,
-as a directory outside git, and as a git URL (a git daemon on loopback)."""
+`integer`, `double`, `boolean`; a `path` parameter; a parameter given as `name: type`, with a
+hyphen in its name; a top-level key of the file's own holding a YAML anchor; a conda.yaml
+without python; a project in a subdirectory of a git work tree (the seed tutorial's
+`mlflow run train`), run as a directory, as a directory outside git, and as a git URL (a git
+daemon on loopback)."""
 from __future__ import annotations
 
 import os
@@ -26,15 +28,17 @@ from gitservers import GitDaemon, free_port, git
 MLPROJECT = """\
 name: side-by-side
 conda_env: conda.yaml
+default_alpha: &alpha 0.5
 entry_points:
   main:
     parameters:
-      alpha: {type: double, default: 0.5}
+      alpha: {type: double, default: *alpha}
       name: {type: str, default: "a b"}
       n: {type: integer, default: 3}
       verbose: {type: boolean, default: true}
       data: {type: path, default: data/train.csv}
-    command: "python train.py --alpha {alpha} --name {name} --n {n} --data {data}"
+      batch-size: integer
+    command: "python train.py --alpha {alpha} --name {name} --n {n} --data {data} --batch {batch-size}"
 """
 CONDA_YAML = """\
 name: side-by-side
@@ -47,7 +51,7 @@ dependencies:
 TRAIN_PY = """\
 import argparse, os, mlflow
 parser = argparse.ArgumentParser()
-for name in ("--alpha", "--name", "--n", "--data"):
+for name in ("--alpha", "--name", "--n", "--data", "--batch"):
     parser.add_argument(name)
 args = parser.parse_args()
 with mlflow.start_run():
@@ -124,7 +128,7 @@ def _assert_same_run(theirs: dict, ours: dict) -> None:
 def test_the_same_run_as_mlflow_run(form, repo, tmp_path):
     store = tmp_path / "mlflow.db"
     env = _env(store)
-    args = ["--env-manager", "local", "-P", "alpha=0.7", "-P", "name=x y", "-P", "n=4"]
+    args = ["--env-manager", "local", "-P", "alpha=0.7", "-P", "name=x y", "-P", "n=4", "-P", "batch-size=8"]
     if form == "subdirectory of a git work tree":  # `mlflow run train` from the repository's root
         cwd, uri = repo, "train"
         args += ["-P", "data=train/data/train.csv"]  # (a path is taken from where you are, as by MLflow)
