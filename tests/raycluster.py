@@ -107,13 +107,11 @@ class RayCluster:
                   f"--resources={{\"{NODE_RESOURCE}\": 1}}", own_disk=self.root / "node-disk")
         self._wait_for_two_nodes()
 
-    def lose_second_node(self) -> None:
-        """The second node's raylet dies (SIGKILL), as in a node failure: the cluster loses the
-        node, and the job supervisors on it die, while processes they started may go on."""
+    def second_node_raylet(self) -> int:
         raylets = [pid for pid in self.processes() if _argv(pid)[:1] and _argv(pid)[0].endswith("/raylet")
                    and f"--node_ip_address={NODE_IP}" in _argv(pid)]
         assert len(raylets) == 1, f"the second node's raylet is not one process: {raylets}"
-        os.kill(raylets[0], signal.SIGKILL)
+        return raylets[0]
 
     def _wait_for_two_nodes(self, timeout: float = 120) -> None:
         from ray.util.state import list_nodes
