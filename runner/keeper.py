@@ -67,6 +67,9 @@ def hand_over(request: RunRequest, notify: Callable[[str], None], progress: Call
         keeper.stdin.write(json.dumps(asdict(request), default=str).encode())  # type: ignore[union-attr]
         keeper.stdin.close()  # type: ignore[union-attr]
         started = _read_status(os.fdopen(status_read, "rb"), notify, progress)
+    except RunnerError:  # the keeper's own: it ended the run, if there was one, and exits
+        keeper.wait()
+        raise
     except BaseException:  # Ctrl-C while it prepares: the keeper ends the run KILLED, as a CLI run does
         _interrupt(keeper)
         raise
@@ -169,7 +172,7 @@ def main() -> int:
         return exc.exit_code
     except _Interrupted:
         tell("error", {"type": "LaunchError", "message": "interrupted before the run's command started",
-                       "hint": "the run was recorded KILLED"})
+                       "hint": f"run {active[0].run_id} was recorded KILLED" if active else "no run was created"})
         return 130
     except Exception as exc:  # noqa: BLE001 - the caller gets it as one error, not a dead pipe
         tell("error", {"type": "RunnerError", "message": f"{exc.__class__.__name__}: {exc}"})
