@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import asdict, replace
 
 from runner.errors import LaunchError, RunnerError
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 STATUS_FD_VARIABLE = "MLPROJECT_KEEPER_STATUS_FD"
 _INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_KEEPERS: list[subprocess.Popen] = []  # this caller's keepers, reaped once they end (no zombies)
+_KEEPERS_LOCK = threading.Lock()  # (runner.run is called from many threads)
 
 
 def wanted(request: RunRequest) -> bool:
@@ -76,6 +79,8 @@ def hand_over(request: RunRequest, notify: Callable[[str], None], progress: Call
     if started is None:
         code = keeper.wait()
         raise LaunchError(f"the run's keeper process ended before starting the run (exit code {code})")
+    with _KEEPERS_LOCK:
+        _KEEPERS[:] = [other for other in _KEEPERS if other.poll() is None] + [keeper]
     return _follow(started, on_submitted)
 
 
