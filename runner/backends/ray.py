@@ -51,6 +51,8 @@ _NOT_READY_SECONDS = 60.0
 _PROBE_SECONDS = 600.0  # a runtime_env with pip packages is installed before the check runs
 _CLIENT_LOCK = threading.Lock()
 _CLIENTS: dict[str, Any] = {}
+_PROBE_LOCK = threading.Lock()
+_PROBED: dict[Path, dict] = {}  # the nodes' answers this process asked for, by where they are kept
 _RUNNER_MODULES: dict[Path, Path] = {}  # staging root -> this runner's module directory there
 SHARED_LEDGER = False  # the submit side records the end itself, from Ray's word (see cluster.py)
 QUICK_STATE = False  # asking Ray costs its SDK's import (~2 s): local runs do not settle Ray jobs
@@ -148,11 +150,14 @@ def check_plan(state: PreparedRun) -> None:
     options: RayOptions = state.backend_options
     needed = nodecheck.needed(state.plan.env_manager)
     kept = _node_report_path(options)
-    report = _read_json(kept)
-    if report is None or _lacks(report, needed):
-        report = _probe_nodes(options, state.progress)
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        kept.write_text(json.dumps(report))
+    with _PROBE_LOCK:  # (a sweep's trials, submitted at once, wait for one probe)
+        report = _PROBED.get(kept)  # asked by this process: fresh, even when it refuses
+        if report is None:
+            report = _read_json(kept)
+            if report is None or _lacks(report, needed):
+                report = _PROBED[kept] = _probe_nodes(options, state.progress)
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                kept.write_text(json.dumps(report))
     version = report.get("python", "?")
     if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < nodecheck.MINIMUM_PYTHON:
         raise _problem(f"the nodes' Python ({options.python}) is {version}; the runner needs 3.9 or newer",
