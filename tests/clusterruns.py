@@ -1,8 +1,17 @@
-"""What the cluster backends' tests (Slurm, Ray) share: waiting, and reading a submission."""
+"""What the cluster backends' tests (Slurm, Ray) share: the cluster fixture, waiting, and reading a submission."""
 from __future__ import annotations
 
 import json
 import time
+
+
+def started(cluster):
+    """A fixture's body for a test cluster (Slurm, Ray): started, yielded, stopped whatever happens."""
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.2):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from clusterruns import ledger_row, submitted, wait_for
+from clusterruns import ledger_row, started, submitted, wait_for
 from conftest import assert_clean_error
 from procs import processes_with
 
@@ -35,12 +35,7 @@ PROJECT = """
 def ray_cluster():
     from raycluster import RayCluster
 
-    cluster = RayCluster()
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from started(RayCluster())
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from clusterruns import ledger_row, submitted, wait_for
+from clusterruns import ledger_row, started, submitted, wait_for
 
 from conftest import assert_clean_error
 
@@ -41,12 +41,7 @@ SHELL_PROJECT = """
 def slurm_cluster():
     from slurmcluster import SlurmCluster
 
-    cluster = SlurmCluster()
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from started(SlurmCluster())
 
 
 @pytest.fixture
