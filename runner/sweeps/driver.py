@@ -371,18 +371,21 @@ class _Sweep:
             workers += len(queued)  # (followed jobs take no slot from new trials)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlproject-trial")
         futures: set = set()
+        signals = _DeferredSignals()
         try:
-            while True:
-                while len(futures) < workers and not self._stop.is_set():
-                    trial = todo.pop(0) if todo else self._proposed()
-                    if trial is None:
+            with signals:
+                while True:
+                    while len(futures) < workers and not self._stop.is_set():
+                        trial = todo.pop(0) if todo else self._proposed()
+                        if trial is None:
+                            break
+                        futures.add(pool.submit(self._one, trial, queued.get(trial.number)))
+                    if not futures:
                         break
-                    futures.add(pool.submit(self._one, trial, queued.get(trial.number)))
-                if not futures:
-                    break
-                done, futures = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
-                for future in done:
-                    future.result()  # a bug in the driver surfaces here, not silently
+                    done, futures = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()  # a bug in the driver surfaces here, not silently
+                    signals.raise_received()
         except BaseException:
             self._stop.set()
             with self._lock:
@@ -537,6 +540,48 @@ class _Sweep:
         if message.startswith("warning:") and message not in self._warned:
             self._warned.add(message)
             self.say(message)
+
+
+class _DeferredSignals:
+    """While trials run, Ctrl-C, SIGTERM and SIGHUP are recorded by their handler and raised by
+    the driver's loop (`raise_received`) where it holds no lock. Raised wherever they land, they
+    can leave a lock held (one taken just before the exception, in the driver or inside
+    concurrent.futures), and the trial threads, then the driver, wait on it forever. Only
+    signals that raise in Python are deferred, as what they raise; the main thread only."""
+
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._raising: dict[int, Callable] = {}
+
+    def __enter__(self) -> _DeferredSignals:
+        import signal
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                signum = getattr(signal, name)
+                handler = signal.getsignal(signum)
+                if callable(handler):
+                    self._raising[signum] = handler
+                    signal.signal(signum, self._record)
+        return self
+
+    def _record(self, signum: int, _frame) -> None:
+        self.received.append(signum)
+
+    def raise_received(self) -> None:
+        if self.received:
+            signum = self.received[0]
+            self._raising[signum](signum, None)  # (KeyboardInterrupt, or what the CLI's handler raises)
+
+    def __exit__(self, exc_type, *_exc) -> None:
+        import signal
+
+        for signum, handler in self._raising.items():
+            signal.signal(signum, handler)
+        if exc_type is None:
+            self.raise_received()  # one that came after the loop's last look
 
 
 def _safe(name: str) -> str:
