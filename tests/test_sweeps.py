@@ -176,10 +176,14 @@ def test_killed_sweep_resumes_without_losing_or_repeating_a_trial(quadratic, _wo
     assert not [r for r in listed if r["status"] == "RUNNING"]
 
 
-def test_ctrl_c_stops_the_trials_and_ends_the_parent_killed(quadratic, _work_in_tmp):
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["", "started-with-SIGINT-ignored"])
+def test_ctrl_c_stops_the_trials_and_ends_the_parent_killed(quadratic, _work_in_tmp, sigint_ignored):
+    # (A background job of a script, `cmd &`, starts with SIGINT ignored; Python keeps that.)
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     proc = subprocess.Popen([sys.executable, "-m", "runner", "sweep", str(quadratic), "-P", "x=0.1,0.2,0.3",
                              "-P", "secs=60", "--max-parallel", "2", "--env-manager", "local"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=ignore)
     client = _client(_work_in_tmp)
     deadline = time.monotonic() + 120
     while len(client.search_runs(["0"], "attributes.status = 'RUNNING'")) < 3 and time.monotonic() < deadline:
