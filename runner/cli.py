@@ -19,7 +19,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Sequence
 
-INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda", "docker")  # checked by runner.envs.check_manager_name
 RUN_STATUSES = ("SCHEDULED", "RUNNING", "FINISHED", "FAILED", "KILLED")
 
@@ -278,6 +277,8 @@ def _run_request(request, in_job: bool = False) -> int:
             active[0].request_cancel(signum)
         else:
             raise _Interrupted(signum)  # the command has not started: abandon the preparation
+
+    from runner.launch import INTERRUPT_SIGNALS
 
     for signum in INTERRUPT_SIGNALS:
         signal.signal(signum, on_signal)

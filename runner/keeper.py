@@ -27,6 +27,7 @@ import threading
 from dataclasses import asdict, replace
 
 from runner.errors import LaunchError, RunnerError
+from runner.launch import INTERRUPT_SIGNALS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from runner.request import RunRequest
 
 STATUS_FD_VARIABLE = "MLPROJECT_KEEPER_STATUS_FD"
-_INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _KEEPERS: list[subprocess.Popen] = []  # this caller's keepers, reaped once they end (no zombies)
 _KEEPERS_LOCK = threading.Lock()  # (runner.run is called from many threads)
 
@@ -167,7 +167,7 @@ def main() -> int:
         else:
             raise _Interrupted()  # still preparing: the pipeline ends the run KILLED
 
-    for signum in _INTERRUPT_SIGNALS:
+    for signum in INTERRUPT_SIGNALS:
         signal.signal(signum, on_signal)
     try:
         submitted = api.submit(request, notify=lambda text: tell("note", text),

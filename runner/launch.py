@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm 
     from typing import Callable, Mapping, Sequence
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+# What stops a run, wherever its runner is (the CLI, a keeper, a sweep driver): Ctrl-C, kill, hangup.
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 DEFAULT_GRACE_SECONDS = 10.0
 _DRAIN_SECONDS = 2.0  # output still held open by an escaped process is given up after this
 

@@ -549,8 +549,6 @@ class _DeferredSignals:
     concurrent.futures), and the trial threads, then the driver, wait on it forever. Only
     signals that raise in Python are deferred, as what they raise; the main thread only."""
 
-    SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
-
     def __init__(self) -> None:
         self.received: list[int] = []
         self._raising: dict[int, Callable] = {}
@@ -558,9 +556,10 @@ class _DeferredSignals:
     def __enter__(self) -> _DeferredSignals:
         import signal
 
+        from runner.launch import INTERRUPT_SIGNALS
+
         if threading.current_thread() is threading.main_thread():
-            for name in self.SIGNALS:
-                signum = getattr(signal, name)
+            for signum in INTERRUPT_SIGNALS:
                 handler = signal.getsignal(signum)
                 if callable(handler):
                     self._raising[signum] = handler
