@@ -7,6 +7,7 @@ temporary directory, no munge (`AuthType=auth/none`). Clients find it through
 """
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -89,26 +90,56 @@ class SlurmCluster:
             "PartitionName=debug Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP",
             "",
         ]))
-        env = {**os.environ, **self.env}
         for argv in (["slurmctld", "-D", "-i"], ["slurmd", "-D", "-N", "n1"], ["slurmd", "-D", "-N", "n2"]):
-            log = open(self.root / f"{argv[0]}-{argv[-1]}.out", "ab")  # noqa: SIM115 (closed with the process)
-            binary = shutil.which(argv[0]) or f"/usr/sbin/{argv[0]}"
-            self.procs.append(subprocess.Popen([binary, *argv[1:]], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                               start_new_session=True))
-        deadline = time.monotonic() + 60
+            self._daemon(argv)
+        self._wait_for_idle_nodes("the Slurm cluster did not come up")
+
+    def _daemon(self, argv: list[str]) -> None:
+        log = open(self.root / f"{argv[0]}-{argv[-1]}.out", "ab")  # noqa: SIM115 (closed with the process)
+        binary = shutil.which(argv[0]) or f"/usr/sbin/{argv[0]}"
+        self.procs.append(subprocess.Popen([binary, *argv[1:]], stdout=log, stderr=subprocess.STDOUT,
+                                           env={**os.environ, **self.env}, start_new_session=True))
+
+    def _wait_for_idle_nodes(self, failure: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
         states = ""
         while time.monotonic() < deadline:
             for proc in self.procs:
                 if proc.poll() is not None:
                     self.stop()
                     raise RuntimeError(f"a Slurm daemon exited at start: {proc.args}\n{self.logs()}")
-            done = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=env, capture_output=True, text=True)
+            done = self.command("sinfo", "-h", "-N", "-o", "%N %T")
             states = done.stdout
-            if done.returncode == 0 and states.count("idle") == 2:
+            if done.returncode == 0 and states.split().count("idle") == 2:
                 return
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"the Slurm cluster did not come up in 60 s (sinfo: {states!r})\n{self.logs()}")
+        raise RuntimeError(f"{failure} in {timeout:.0f} s (sinfo: {states!r})\n{self.logs()}")
+
+    def lose_node(self, name: str) -> None:
+        """Node `name` stops answering, as a machine cut off would: its slurmd is SIGKILLed. Its
+        jobs' processes (under their slurmstepd) go on running until the node returns."""
+        node = next(proc for proc in self.procs if proc.args[-2:] == ["-N", name])
+        node.kill()
+        node.wait()
+        self.procs.remove(node)
+
+    def return_node(self, name: str) -> None:
+        """(After `lose_node`.) Its slurmd starts again and registers; the node is idle again."""
+        self._daemon(["slurmd", "-D", "-N", name])
+        self._wait_for_idle_nodes(f"node {name} did not return", 120)
+
+    @contextlib.contextmanager
+    def node_timeout(self, seconds: int):
+        """While inside: a node that does not answer for `seconds` is DOWN (Slurm's default: 300 s)."""
+        original = self.conf.read_text()
+        self.conf.write_text(original + f"SlurmdTimeout={seconds}\n")
+        self.command("scontrol", "reconfigure")
+        try:
+            yield
+        finally:
+            self.conf.write_text(original)
+            self.command("scontrol", "reconfigure")
 
     def command(self, *argv: str) -> subprocess.CompletedProcess:
         return subprocess.run(list(argv), env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60)

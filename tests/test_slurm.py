@@ -242,6 +242,44 @@ def test_submitter_killed_while_its_job_runs(slurm, make_project, _work_in_tmp):
     assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED"
 
 
+def test_node_lost_during_a_job_fails_the_run_and_leaves_nothing_when_it_returns(slurm, make_project, _work_in_tmp):
+    """A node stops answering while its job runs (its slurmd SIGKILLed, as a machine cut off
+    would be): Slurm ends the job NODE_FAIL and the run is FAILED with that reason, with no exit
+    code, and not run again (jobs go with --no-requeue; Slurm's default would requeue it). When
+    the node returns, nothing of the run is left running there."""
+    project = make_project(SHELL_PROJECT)
+    lost = False
+    try:
+        with slurm.node_timeout(5):
+            proc = _start_cli("run", str(project), "-b", "slurm", "-c", '{"sbatch_args": ["--nodelist=n2"]}',
+                              "-P", "secs=300", "--env-manager", "local")
+            try:
+                run_id = _wait_for(lambda: next((row["id"] for row in json.loads(_cli("runs", "list", "--json").stdout)
+                                                 if row["status"] == "RUNNING"), None), 60, "the job to start")
+                _wait_for(lambda: _processes_of(run_id), 30, "the command on the node")
+                slurm.lose_node("n2")
+                lost = True
+                _, stderr = proc.communicate(timeout=120)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode == 1, stderr
+        run_id, job_id = _submitted(stderr)
+        last = stderr.strip().splitlines()[-1]
+        assert f"slurm job {job_id} ended NODE_FAIL" in last and "exit code" not in last, stderr
+        row = _ledger_row(run_id)
+        assert (row["status"], row["exit_code"]) == ("FAILED", None) and "NODE_FAIL" in row["reason"], row
+        assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id).info.status == "FAILED"
+        job = slurm.command("scontrol", "show", "job", "-o", job_id).stdout
+        assert "JobState=NODE_FAIL" in job and "Restarts=0" in job, job
+        assert _processes_of(run_id), "the job's processes went with its node's slurmd: nothing is left to test"
+    finally:
+        if lost:
+            slurm.return_node("n2")
+    _wait_for(lambda: not _processes_of(run_id), 60, "Slurm to stop the job's processes on the returned node")
+    assert _ledger_row(run_id)["status"] == "FAILED"
+
+
 def test_job_gone_without_its_runner_is_reconciled(slurm, make_project, _work_in_tmp):
     """The submitter is gone (detached) and the job ends without its runner ever starting: the
     next invocation reads Slurm's word and ends the run in the ledger and in tracking."""

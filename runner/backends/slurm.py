@@ -318,7 +318,10 @@ def _sbatch(options: SlurmOptions, script: Path, log_path: Path, run_dir: Path, 
             extra: list[str] | None = None) -> str:
     from runner.subprocesses import capture
 
-    argv = ["sbatch", *options.sbatch_args, *(extra or [])]
+    # --no-requeue: a job whose node fails (or that is preempted) ends NODE_FAIL (PREEMPTED) and
+    # its run FAILED, instead of Slurm's default of running the command again later under the
+    # same run. `"sbatch_args": ["--requeue"]` comes after it and wins (sbatch takes the last).
+    argv = ["sbatch", "--no-requeue", *options.sbatch_args, *(extra or [])]
     if options.exports is not None:
         names = [*options.exports, *(name for name in _RUNNER_VARIABLES if name in env)]
         argv.append("--export=" + ",".join(dict.fromkeys(names)))
@@ -378,7 +381,9 @@ def _state(fields: dict[str, str]) -> JobState:
     status = _ENDS.get(name)
     exit_code = None
     code, _, signal_number = fields.get("ExitCode", "").partition(":")
-    if status is not None and code.isdigit():
+    # "0:0" for a job that did not end by its own exit (a failed node, a preemption) says nothing
+    # of the command: no exit code then, rather than a success's 0.
+    if status is not None and code.isdigit() and (status == "FINISHED" or fields.get("ExitCode") != "0:0"):
         exit_code = 128 + int(signal_number) if signal_number.isdigit() and int(signal_number) else int(code)
     node = fields.get("NodeList")
     reason = fields.get("Reason")
