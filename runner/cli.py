@@ -394,8 +394,10 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
                            progress=Progress())
     except (KeyboardInterrupt, _Interrupted) as exc:
         number = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
+        sweep_id = getattr(exc, "sweep_id", None)
+        resume_with = f"mlproject sweep --resume {sweep_id}" if sweep_id else "mlproject sweep --resume ID (see `mlproject sweep list`)"
         _say(f"sweep interrupted by {signal.Signals(number).name}: its running trials and its parent run were "
-             "recorded as KILLED; run the rest with: mlproject sweep --resume ID (see `mlproject sweep list`)")
+             f"recorded as KILLED; run the rest with: {resume_with}")
         return 128 + number
     for line in table(result.trials, result.metric, result.goal):
         _out(line)

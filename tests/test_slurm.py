@@ -438,6 +438,45 @@ def test_sweep_on_the_cluster(slurm, make_project, _work_in_tmp):
     assert "queued as slurm job array" in result.stderr
 
 
+def test_ctrl_c_stops_a_sweep_on_the_cluster(slurm, make_project, _work_in_tmp):
+    """Two of four trials run at once (the array's throttle), two wait; Ctrl-C cancels all four:
+    the running ones and the waiting ones (never split out of the array's own record) are
+    KILLED, the parent too, nothing is left queued or running, and the line names the resume."""
+    project = make_project(SHELL_PROJECT)
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "sweep", str(project), "-P", "alpha=0.1,0.2,0.3,0.4",
+                             "-P", "secs=300", "-b", "slurm", "--max-parallel", "2", "--env-manager", "local"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PATH": BARE_PATH})
+    try:
+        running = _wait_for(lambda: (rows := [r for r in json.loads(_cli("runs", "list", "--json").stdout)
+                                              if r["status"] == "RUNNING" and r["backend"] == "slurm"])
+                            and len(rows) == 2 and rows, 60, "two trials running")
+        for row in running:
+            _wait_for(lambda: _processes_of(row["id"]), 30, "the commands on the nodes")
+        queue = slurm.command("squeue", "-h", "-o", "%i %t %r").stdout.split("\n")
+        assert sorted(line.split()[1] for line in queue if line) == ["PD", "R", "R"], queue  # 2 run, [2-3] wait
+        assert any("JobArrayTaskLimit" in line for line in queue), queue
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    sweep_id = next(line.split()[1].rstrip(":") for line in stderr.splitlines() if "trial(s) to run" in line)
+    assert f"run the rest with: mlproject sweep --resume {sweep_id}" in stderr.splitlines()[-1]
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    parent = client.search_runs(["0"], f"tags.`mlproject.sweep.id` = '{sweep_id}'")[0]
+    children = client.search_runs(["0"], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert parent.info.status == "KILLED"
+    assert sorted(c.info.status for c in children) == ["KILLED"] * 4
+    rows = {c.info.run_id: _ledger_row(c.info.run_id) for c in children}
+    assert all((row["status"], row["reason"]) == ("KILLED", f"slurm job {row['job_id']} ended CANCELLED")
+               for row in rows.values()), rows
+    assert slurm.command("squeue", "-h").stdout.strip() == ""
+    _wait_for(lambda: not any(_processes_of(run_id) for run_id in rows), 30, "the trials' processes to go")
+
+
 def test_resumed_sweep_follows_jobs_that_outlived_its_driver(slurm, make_project, _work_in_tmp):
     """The driver is killed while its array's jobs run: they go on; resumed, the sweep follows
     them to their end instead of running those trials again."""

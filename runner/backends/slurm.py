@@ -347,6 +347,14 @@ def job_state(job_id: str) -> JobState | None:
     code, output, _ = capture(["scontrol", "show", "job", "-o", job_id])
     if code == 0 and "JobState=" in output:
         return _state(_fields(output))
+    array_id, _, task = job_id.partition("_")
+    if task:
+        # An array's tasks that never started live in the array's own record (JobId = the array's
+        # ID) until they start; cancelled there, they are never split out under their own IDs.
+        code, output, _ = capture(["scontrol", "show", "job", "-o", array_id])
+        own = next((_fields(line) for line in output.splitlines() if line.startswith(f"JobId={array_id} ")), None)
+        if code == 0 and own is not None and _never_started(own):
+            return _state(own)
     code, output, _ = capture(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,NodeList"])
     line = output.strip().splitlines()[0] if code == 0 and output.strip() else ""
     if line.count("|") == 2:
@@ -354,17 +362,26 @@ def job_state(job_id: str) -> JobState | None:
         return _state({"JobState": state, "ExitCode": exit_code, "NodeList": nodes})
     completion_log = _completion_log()
     if completion_log is not None:
-        found = None
+        found = array_found = None
         try:
             with open(completion_log, encoding="utf-8", errors="replace") as handle:
                 for line in handle:
                     if line.startswith(f"JobId={job_id} "):
                         found = line  # the last one: a requeued job is logged at each end
+                    elif task and line.startswith(f"JobId={array_id} "):
+                        array_found = line
         except OSError:
             return None
         if found:
             return _state(_fields(found))
+        if task and array_found and _never_started(_fields(array_found)):
+            return _state(_fields(array_found))
     return None
+
+
+def _never_started(fields: dict[str, str]) -> bool:
+    """An ended record that ran on no node: the tasks of an array still pending when it ended."""
+    return _ENDS.get(fields.get("JobState", "").split(" ")[0]) is not None and fields.get("NodeList") in ("(null)", "", None)
 
 
 def _fields(line: str) -> dict[str, str]:
@@ -424,6 +441,8 @@ def stopped_by_cluster() -> tuple[str, str] | None:
     job_id = os.environ.get("SLURM_JOB_ID")
     if not job_id:
         return None
+    if os.environ.get("SLURM_ARRAY_TASK_ID"):  # a sweep's trial: named as its submitter named it, ARRAY_TASK
+        job_id = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     state = job_state(job_id)
     if state is None:
         return None

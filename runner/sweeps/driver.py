@@ -200,8 +200,9 @@ def _drive(request: SweepRequest, sweep_id: str, trials: list[Trial], parent: _P
     sweep.open_parent(parent, space, plan)
     try:
         sweep.run_trials()
-    except BaseException:
+    except BaseException as exc:
         sweep.interrupted = True
+        exc.sweep_id = sweep_id  # type: ignore[attr-defined]  # for the caller's "resume with" line
         raise
     finally:
         sweep.close()
@@ -296,7 +297,8 @@ class _Sweep:
             plot = self._plot()
             if plot is not None:
                 self.tracked.artifacts.append((plot, None))
-            self.ledger.finish(self.parent_id, result.status, None if result.succeeded else 1,
+            # (An interrupted sweep ran no command of its own to give an exit code.)
+            self.ledger.finish(self.parent_id, result.status, None if result.succeeded or self.interrupted else 1,
                                None if result.succeeded else _why(self.trials, self.interrupted))
             self.tracked.finish(result.status, self.notify)
             if self.tracked.end_recorded:
