@@ -229,6 +229,7 @@ class _Sweep:
         self._stop = threading.Event()
         self._warned: set[str] = set()
         self.following: set[int] = set()  # resumed: trials whose cluster jobs outlived the last driver
+        self.search = None  # an optuna search, once the trials run
         self.result = SweepResult(sweep_id, "", trials, request.metric, request.goal)
 
     # -- the parent run ------------------------------------------------------------------
@@ -525,8 +526,10 @@ class _Sweep:
         from runner.progress import human_duration
 
         done = sum(t.status not in ("PENDING", "RUNNING") for t in self.trials)
+        # Optuna's trials are asked for one by one: out of the runs it will make, not those asked so far.
+        total = len(self.trials) if self.search is None else max(self.search.max_runs, len(self.trials))
         metric = f"  {self.request.metric}={trial.metric:g}" if trial.metric is not None else ""
-        self.say(f"trial {trial.number} ({done}/{len(self.trials)}) {trial.status} in "
+        self.say(f"trial {trial.number} ({done}/{total}) {trial.status} in "
                  f"{human_duration(trial.duration or 0)}: {_shown(trial.parameters)}{metric}  (run {trial.run_id})")
 
     def say(self, line: str) -> None:
