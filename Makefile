@@ -62,7 +62,7 @@ test: setup system-packages
 stress: setup
 	$(BIN)/python -m pytest -q -m stress tests
 
-bench: setup
+bench: setup system-packages
 	@# Timings of our own code, not of compiling it: PYTHONDONTWRITEBYTECODE=1 here means
 	@# sources changed since `make setup` would otherwise be compiled again on every start.
 	$(BIN)/python -m compileall -q runner >/dev/null

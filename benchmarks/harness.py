@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -59,14 +60,19 @@ def measure(
     return timing
 
 
-def measure_interleaved(specs: list[tuple[str, list[str], dict[str, str]]], repeat: int, cwd: Path) -> list[Timing]:
+def measure_interleaved(specs: list[tuple[str, list[str], dict[str, str]]], repeat: int, cwd: Path,
+                        before: Callable[[], None] | None = None) -> list[Timing]:
     """Like `measure` for several commands, taken in turns (A B C A B C ...).
 
     When two medians are subtracted, a drift of the machine's load during the
-    measurement then moves both the same way instead of favouring one."""
+    measurement then moves both the same way instead of favouring one. `before`
+    runs (untimed) before each command: e.g. until a cluster is idle again, so no
+    command is timed against the work the previous one started."""
     timings = [Timing(label) for label, _, _ in specs]
     for _ in range(repeat):
         for timing, (label, argv, env) in zip(timings, specs):
+            if before is not None:
+                before()
             one = measure(label, argv, 1, cwd, env)
             timing.seconds.extend(one.seconds)
             timing.peak_rss_mb = max(timing.peak_rss_mb, one.peak_rss_mb)

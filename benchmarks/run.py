@@ -476,7 +476,7 @@ def slurm_backend(args: argparse.Namespace, work: Path) -> str:
         submit = measure_interleaved([("bare `sbatch --wrap ...`", bare, env),
                                       ("mlproject run -b slurm --detach (staged project, sqlite tracking)", ours, env),
                                       ("for reference: mlproject run of the same project here (local backend)", local, env)],
-                                     args.repeat, work)
+                                     args.repeat, work, before=cluster.wait_idle)
         cluster.wait_idle(300)
         overhead = (submit[1].median - submit[0].median) * 1000
         own = (submit[1].median - submit[0].median - submit[2].median) * 1000
