@@ -759,19 +759,36 @@ def cache_list(debug: bool) -> int:
     return 0
 
 
-@cache.command("gc", help="remove checkouts and mirrors not used for a while (never one in use)")
+@cache.command("gc", help="remove checkouts, mirrors and staged projects not used for a while (never one in use)")
 @click.option("--older-than", required=True, metavar="DURATION", help="30d, 12h, 45m, 30s; 0 for all unused")
 @click.option("--dry-run", is_flag=True, help="print what would be removed and the space freed; remove nothing")
+@click.option("--staging-dir", default=None, type=click.Path(file_okay=False),
+              help="the cluster backends' staging_dir (default: $MLPROJECT_HOME/staging)")
 @_debug
-def cache_gc(older_than: str, dry_run: bool, debug: bool) -> int:
+def cache_gc(older_than: str, dry_run: bool, staging_dir: str | None, debug: bool) -> int:
+    from pathlib import Path
+
+    from runner import home
+    from runner.backends import staging
     from runner.envs.admin import human_size, parse_duration
     from runner.sources import cache as git_cache
 
-    result = git_cache.gc(parse_duration(older_than), dry_run)
+    age = parse_duration(older_than)
+    result = git_cache.gc(age, dry_run)
     verb, freed = ("would remove", "would be freed") if dry_run else ("removed", "freed")
     _out(f"{verb} {result.checkouts_removed} checkout(s) and {result.mirrors_removed} mirror(s); "
          f"kept {result.checkouts_in_use} checkout(s) in use and {result.mirrors_kept} mirror(s); "
          f"{human_size(result.freed)} {freed}" + ("; nothing was removed (--dry-run)" if dry_run else ""))
+    ledger, _ = _ledger()  # settled first: a job that has ended no longer holds its snapshot
+    try:
+        in_use = staging.named_by_unfinished_jobs(ledger)
+    finally:
+        ledger.close()
+    root = Path(staging_dir).expanduser().absolute() if staging_dir else home.home() / "staging"
+    staged = staging.gc(root, age, in_use, dry_run)
+    _out(f"{verb} {staged.removed} staged project(s) and {staged.leftovers} leftover(s) in {root}; kept "
+         f"{staged.in_use} named by queued or running jobs and {staged.kept} used recently; "
+         f"{human_size(staged.freed)} {freed}" + ("; nothing was removed (--dry-run)" if dry_run else ""))
     return 0
 
 

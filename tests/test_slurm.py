@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -398,6 +399,48 @@ def test_local_projects_are_staged_by_content(make_project, tmp_path):
     copy = source.private_copy(tmp_path / "work")
     (copy / "written-by-run").write_text("x")
     assert not (second / "written-by-run").exists()
+
+
+def test_cache_gc_removes_staged_projects_no_job_needs(slurm, make_project, mlproject_home, _work_in_tmp):
+    """Every edit of a local project submitted to the cluster stages a copy: `cache gc` removes
+    those unused for the period, never one that a queued job will still read, and what an
+    interrupted staging left; a snapshot used again is dated anew."""
+    project = make_project(SHELL_PROJECT)
+    held, held_job = _detach(project, config={"sbatch_args": ["--hold"]})  # queued: needs its snapshot
+    staging = mlproject_home / "staging"
+    needed = Path(json.loads((mlproject_home / "runs" / held / "job.json").read_text())["uri"])
+    (project / "extra.txt").write_text("an edit\n")
+    done = _cli("run", str(project), "-b", "slurm", "--env-manager", "local")
+    assert done.returncode == 0, done.stderr
+    old = next(path for path in staging.iterdir() if (path / ".mlproject-staged").exists() and path != needed)
+    leftover = staging / ".tmp-interrupted"
+    leftover.mkdir()
+    day_ago = time.time() - 86400
+    for path in (needed / ".mlproject-staged", old / ".mlproject-staged", leftover):
+        os.utime(path, (day_ago, day_ago))
+
+    dry = _cli("cache", "gc", "--older-than", "1h", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would remove 1 staged project(s) and 1 leftover(s)" in dry.stdout and "kept 1 named by queued" in dry.stdout
+    assert old.exists() and leftover.exists()
+    collected = _cli("cache", "gc", "--older-than", "1h")
+    assert collected.returncode == 0, collected.stderr
+    assert "removed 1 staged project(s) and 1 leftover(s)" in collected.stdout, collected.stdout
+    assert not old.exists() and not leftover.exists() and needed.exists()
+    assert [p.name for p in staging.iterdir() if p.name.startswith(".tmp-")] == []
+
+    assert slurm.command("scontrol", "release", held_job).returncode == 0  # the queued job still finds its project
+    followed = _cli("runs", "logs", held, "-f")
+    assert _ledger_row(held)["status"] == "FINISHED", followed.stdout + followed.stderr
+    (project / "extra.txt").unlink()  # the first contents again: the same snapshot, used anew
+    again, _ = _detach(project)
+    assert json.loads((mlproject_home / "runs" / again / "job.json").read_text())["uri"] == str(needed)
+    assert (needed / ".mlproject-staged").stat().st_mtime > day_ago + 3600
+    _cli("runs", "logs", again, "-f")
+    assert _ledger_row(again)["status"] == "FINISHED"
+    kept = _cli("cache", "gc", "--older-than", "1h").stdout
+    assert "removed 0 staged project(s)" in kept and "kept 0 named by queued or running jobs and 1 used recently" in kept
+    assert needed.exists()
 
 
 def test_git_commit_reaches_the_node_through_the_cache(slurm, make_project, _work_in_tmp):

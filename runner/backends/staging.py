@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import ProjectError
 from runner.sources import STAGED_MARKER as _COMPLETE  # written last: without it, not a snapshot yet
+from runner.sources import mark_staged_use
 
 # Version control data, bytecode, local MLflow stores and virtual environments: large,
 # changing with every run, and not what the command reads as its code.
@@ -57,6 +59,7 @@ def snapshot(directory: Path, root: Path, progress=None) -> Path:
         raise ProjectError(f"cannot read the project to stage it: {exc}", hint="check the project's file permissions") from None
     final = root / key[:32]
     if (final / _COMPLETE).exists():
+        mark_staged_use(final)
         return final
     root.mkdir(parents=True, exist_ok=True)
     import tempfile
@@ -80,6 +83,77 @@ def snapshot(directory: Path, root: Path, progress=None) -> Path:
         if tmp.exists():
             _remove(tmp)
     return final
+
+
+# -- gc -----------------------------------------------------------------------------------
+# A submission chooses its snapshot before the job file that names it is written: whatever
+# was used this recently is kept, even by `--older-than 0`.
+RECENT = 600.0
+
+
+@dataclass
+class StagingGcResult:
+    removed: int
+    in_use: int  # named by a job still queued or running
+    kept: int  # used within the period
+    leftovers: int  # interrupted stagings
+    freed: int  # bytes, as du counts them
+
+
+def gc(root: Path, older_than: float, in_use: set[Path], dry_run: bool = False) -> StagingGcResult:
+    """Remove from `root` the staged trees last used more than `older_than` seconds ago, except
+    those in `in_use` (see `named_by_unfinished_jobs`), and what interrupted stagings left."""
+    import time
+
+    from runner.envs.store import disk_usage
+
+    cutoff = time.time() - max(older_than, RECENT)
+    doomed: list[Path] = []
+    result = StagingGcResult(0, 0, 0, 0, 0)
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        if entry.name.startswith((".tmp-", ".patched-", ".runner-")) and entry.is_dir():
+            if entry.stat().st_mtime <= cutoff:
+                doomed.append(entry)
+                result.leftovers += 1
+            continue
+        marker = entry / _COMPLETE
+        if not marker.exists():  # not a staged tree (node checks, the runner's own module for Ray)
+            continue
+        if entry.resolve() in in_use:
+            result.in_use += 1
+        elif marker.stat().st_mtime > cutoff:
+            result.kept += 1
+        else:
+            doomed.append(entry)
+            result.removed += 1
+    result.freed = sum(disk_usage(doomed))
+    if not dry_run:
+        for entry in doomed:
+            trash = root / f".tmp-trash-{entry.name}-{os.urandom(3).hex()}"
+            try:
+                os.rename(entry, trash)  # gone at once for any job that looks: a snapshot is whole or absent
+            except OSError:
+                continue
+            _remove(trash)
+    return result
+
+
+def named_by_unfinished_jobs(ledger) -> set[Path]:
+    """The staged trees that queued or running Slurm jobs of this ledger will read (their
+    job files name them). Ray's are uploaded at submission and not read again."""
+    import json
+
+    from runner import home
+
+    named: set[Path] = set()
+    for record in ledger.unfinished_jobs(("slurm",)):
+        try:
+            request = json.loads((home.subdir("runs") / record.id / "job.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if request.get("version") is None and request.get("uri"):
+            named.add(Path(request["uri"]).resolve())
+    return named
 
 
 def _copy(directory: Path, tmp: Path, files: list[tuple[str, os.stat_result]]) -> None:

@@ -32,6 +32,14 @@ if TYPE_CHECKING:
 STAGED_MARKER = ".mlproject-staged"  # written last into a snapshot staged for a cluster's nodes
 
 
+def mark_staged_use(tree: Path) -> None:
+    """A staged tree was just chosen for a run: `cache gc` dates its last use by its marker."""
+    try:
+        os.utime(tree / STAGED_MARKER)
+    except OSError:  # a staging directory this host may only read
+        pass
+
+
 @dataclass(frozen=True)
 class ProjectDir:
     path: Path  # the directory holding MLproject (subdirectory applied)

@@ -103,7 +103,7 @@ def patched(source: ProjectDir, patch: Path) -> ProjectDir:
 
     from runner import home
     from runner.errors import ProjectError
-    from runner.sources import STAGED_MARKER
+    from runner.sources import STAGED_MARKER, mark_staged_use
     from runner.subprocesses import capture as run
 
     if source.checkout is None or source.commit is None:
@@ -126,6 +126,8 @@ def patched(source: ProjectDir, patch: Path) -> ProjectDir:
             os.rename(tmp, root)
         except OSError:  # another rerun made it first: the same contents
             shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        mark_staged_use(root)
     from dataclasses import replace
 
     return replace(source, path=root / source.path.relative_to(source.checkout), checkout=root, dirty=True)
