@@ -381,7 +381,8 @@ def job_state(job_id: str) -> JobState | None:
 
 def _never_started(fields: dict[str, str]) -> bool:
     """An ended record that ran on no node: the tasks of an array still pending when it ended."""
-    return _ENDS.get(fields.get("JobState", "").split(" ")[0]) is not None and fields.get("NodeList") in ("(null)", "", None)
+    state = _state(fields)
+    return state.ended and state.node is None
 
 
 def _fields(line: str) -> dict[str, str]:
