@@ -401,6 +401,32 @@ def test_local_projects_are_staged_by_content(make_project, tmp_path):
     assert not (second / "written-by-run").exists()
 
 
+def test_a_staged_projects_key_is_read_once_per_state_of_its_files(make_project, mlproject_home, tmp_path):
+    """Resubmitting an unchanged project (each trial of a sweep) does not read its files again:
+    its key is remembered with the files' stat. Any write changes the stat (ctime at least), and
+    a file written within the last seconds is always read."""
+    import hashlib
+
+    from runner.backends.staging import snapshot
+
+    project = make_project(SHELL_PROJECT, {"data.csv": "a,b\n1,2\n"})
+    root = tmp_path / "staging"
+    fresh = snapshot(project, root)  # files just written: read, and not remembered
+    remembered = mlproject_home / "cache" / "staged-keys" / hashlib.sha256(str(project.resolve()).encode()).hexdigest()[:32]
+    assert not remembered.exists()
+    time.sleep(2.5)
+    assert snapshot(project, root) == fresh and remembered.exists()
+    stamp, key = remembered.read_text().split()
+    assert key[:32] == fresh.name
+    remembered.write_text(f"{stamp} {'0' * 64}\n")  # what is remembered for this very state is used, unread
+    assert snapshot(project, root).name == "0" * 32
+    data = project / "data.csv"
+    before = data.stat()
+    data.write_text("a,b\n3,4\n")  # same size, its times put back: only the ctime tells
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert snapshot(project, root) not in (fresh, root / ("0" * 32))
+
+
 def test_cache_gc_removes_staged_projects_no_job_needs(slurm, make_project, mlproject_home, _work_in_tmp):
     """Every edit of a local project submitted to the cluster stages a copy: `cache gc` removes
     those unused for the period, never one that a queued job will still read, and what an
