@@ -10,6 +10,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Iterable
 
+# A file changed this recently may change again within its timestamp's granularity, unseen
+# by its stat: a digest over such a file is not remembered (git's "racily clean" files).
+_SETTLED = 2.0
+
 
 def files_digest(root: Path, relatives: Iterable[str | Path]) -> str:
     """sha256 over each file's relative path, its executable bits and its bytes (a symlink: its
@@ -25,3 +29,36 @@ def files_digest(root: Path, relatives: Iterable[str | Path]) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def remembered_digest(root: Path, files: list[tuple[str, os.stat_result]], purpose: str) -> str:
+    """`files_digest` of `files` (relative path, lstat), read once per state of the files: the
+    digest is remembered with their stat (size, mtime and ctime in ns, inode), as git's index
+    does, so an unchanged tree is not read again. Any write changes the ctime at least; files
+    written in the last seconds are always read. `purpose` keeps apart the digests of different
+    selections of one directory (a staged project, a Docker build context)."""
+    import time
+
+    from runner import home
+
+    stamp = hashlib.sha256(repr([(relative, info.st_mode, info.st_size, info.st_mtime_ns, info.st_ctime_ns,
+                                  info.st_ino, info.st_dev) for relative, info in files]).encode()).hexdigest()
+    name = hashlib.sha256(f"{purpose}\0{root}".encode()).hexdigest()[:32]
+    remembered = home.home() / "cache" / "digests" / name
+    try:
+        known_stamp, known = remembered.read_text().split()
+        if known_stamp == stamp:
+            return known
+    except (OSError, ValueError):
+        pass
+    digest = files_digest(root, (relative for relative, _ in files))
+    newest = max((max(info.st_mtime_ns, info.st_ctime_ns) for _, info in files), default=0) / 1e9
+    if newest < time.time() - _SETTLED:
+        tmp = remembered.with_name(f".{name}.{os.getpid()}.tmp")
+        try:
+            remembered.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(f"{stamp} {digest}\n")
+            os.replace(tmp, remembered)
+        except OSError:  # only costs the next use a read
+            pass
+    return digest

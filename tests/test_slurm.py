@@ -412,7 +412,7 @@ def test_a_staged_projects_key_is_read_once_per_state_of_its_files(make_project,
     project = make_project(SHELL_PROJECT, {"data.csv": "a,b\n1,2\n"})
     root = tmp_path / "staging"
     fresh = snapshot(project, root)  # files just written: read, and not remembered
-    remembered = mlproject_home / "cache" / "staged-keys" / hashlib.sha256(str(project.resolve()).encode()).hexdigest()[:32]
+    remembered = mlproject_home / "cache" / "digests" / hashlib.sha256(f"staged\0{project.resolve()}".encode()).hexdigest()[:32]
     assert not remembered.exists()
     time.sleep(2.5)
     assert snapshot(project, root) == fresh and remembered.exists()

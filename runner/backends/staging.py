@@ -38,41 +38,12 @@ def project_files(directory: Path) -> list[tuple[str, os.stat_result]]:
     return sorted(found, key=lambda item: item[0])
 
 
-# A file changed this recently may change again within its timestamp's granularity, unseen
-# by its stat: a key over such a file is not remembered (git's "racily clean" files).
-_SETTLED = 2.0
-
-
 def content_key(directory: Path, files: list[tuple[str, os.stat_result]]) -> str:
-    """The digest of the files' bytes, read once per state of the files: it is remembered with
-    their stat (size, mtime and ctime in ns, inode), as git's index does, so resubmitting an
-    unchanged project (every trial of a sweep) does not read its data files again."""
-    import hashlib
-    import time
+    """The digest of the files' bytes, read once per state of the files (see filetree): resubmitting
+    an unchanged project, every trial of a sweep, does not read its data files again."""
+    from runner.filetree import remembered_digest
 
-    from runner import home
-    from runner.filetree import files_digest
-
-    stamp = hashlib.sha256(repr([(relative, info.st_mode, info.st_size, info.st_mtime_ns, info.st_ctime_ns,
-                                  info.st_ino, info.st_dev) for relative, info in files]).encode()).hexdigest()
-    remembered = home.home() / "cache" / "staged-keys" / hashlib.sha256(str(directory).encode()).hexdigest()[:32]
-    try:
-        known_stamp, known_key = remembered.read_text().split()
-        if known_stamp == stamp:
-            return known_key
-    except (OSError, ValueError):
-        pass
-    key = files_digest(directory, (relative for relative, _ in files))
-    newest = max((max(info.st_mtime_ns, info.st_ctime_ns) for _, info in files), default=0) / 1e9
-    if newest < time.time() - _SETTLED:
-        tmp = remembered.with_name(f".{remembered.name}.{os.getpid()}.tmp")
-        try:
-            remembered.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(f"{stamp} {key}\n")
-            os.replace(tmp, remembered)
-        except OSError:  # only costs the next submission a read
-            pass
-    return key
+    return remembered_digest(directory, files, "staged")
 
 
 def directory_key(directory: Path) -> str:

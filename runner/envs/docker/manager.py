@@ -168,9 +168,12 @@ def project_files(root: Path) -> list[Path]:
 
 
 def project_files_hash(root: Path) -> str:
-    from runner.filetree import files_digest
+    """The build context's key, its files read once per state (a dataset in the project is not
+    read again by every run)."""
+    from runner.filetree import remembered_digest
 
-    return files_digest(root, project_files(root))
+    return remembered_digest(root, [(str(relative), os.lstat(root / relative)) for relative in project_files(root)],
+                             "docker-context")
 
 
 # -- the store entry: a checked base image, or a built one ------------------------------
