@@ -231,7 +231,7 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
 
 
 @cli.command(hidden=True, help="(internal) the runner inside a cluster job: carry out a submitted request")
-@click.argument("request_file", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.argument("request_file", type=click.Path(dir_okay=False), required=False)
 @click.option("--from-env", is_flag=True, help="the request is in MLPROJECT_JOB_REQUEST (Ray jobs)")
 @_debug
 def job(request_file: str | None, from_env: bool, debug: bool) -> int:
@@ -247,6 +247,12 @@ def job(request_file: str | None, from_env: bool, debug: bool) -> int:
     else:
         if request_file is None:
             raise click.UsageError("give the request file, or --from-env")
+        if not os.path.isfile(request_file):  # written by the submitter: this node does not see its files
+            from runner.errors import LaunchError
+
+            raise LaunchError(f"the job's request {request_file} is not on this node ({os.uname().nodename})",
+                              hint="the nodes must share MLPROJECT_HOME (or the backend config's mlproject_home) "
+                                   "with the submit host")
         if request_file.endswith(".manifest"):  # a job array: task N runs the request on line N
             with open(request_file, encoding="utf-8") as handle:
                 request_file = handle.read().splitlines()[int(os.environ["SLURM_ARRAY_TASK_ID"])]

@@ -94,10 +94,15 @@ class SlurmCluster:
             self._daemon(argv)
         self._wait_for_idle_nodes("the Slurm cluster did not come up")
 
-    def _daemon(self, argv: list[str]) -> None:
+    def _daemon(self, argv: list[str], hidden: Path | None = None) -> None:
+        """Start a daemon; with `hidden`, in a mount namespace of its own where an empty file
+        system covers that directory (a node that does not share it with the submit host)."""
         log = open(self.root / f"{argv[0]}-{argv[-1]}.out", "ab")  # noqa: SIM115 (closed with the process)
-        binary = shutil.which(argv[0]) or f"/usr/sbin/{argv[0]}"
-        self.procs.append(subprocess.Popen([binary, *argv[1:]], stdout=log, stderr=subprocess.STDOUT,
+        command = [shutil.which(argv[0]) or f"/usr/sbin/{argv[0]}", *argv[1:]]
+        if hidden is not None:
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       'mount -t tmpfs none "$0" && exec "$@"', str(hidden), *command]
+        self.procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                            env={**os.environ, **self.env}, start_new_session=True))
 
     def _wait_for_idle_nodes(self, failure: str, timeout: float = 60) -> None:
@@ -124,9 +129,10 @@ class SlurmCluster:
         node.wait()
         self.procs.remove(node)
 
-    def return_node(self, name: str) -> None:
-        """(After `lose_node`.) Its slurmd starts again and registers; the node is idle again."""
-        self._daemon(["slurmd", "-D", "-N", name])
+    def return_node(self, name: str, hidden: Path | None = None) -> None:
+        """(After `lose_node`.) Its slurmd starts again and registers; the node is idle again.
+        `hidden`: a directory the node does not see (see `_daemon`); needs root."""
+        self._daemon(["slurmd", "-D", "-N", name], hidden)
         self._wait_for_idle_nodes(f"node {name} did not return", 120)
 
     @contextlib.contextmanager

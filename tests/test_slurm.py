@@ -281,6 +281,28 @@ def test_node_lost_during_a_job_fails_the_run_and_leaves_nothing_when_it_returns
     assert _ledger_row(run_id)["status"] == "FAILED"
 
 
+def test_a_node_that_does_not_share_mlproject_home_is_named_as_the_cause(slurm, make_project, mlproject_home,
+                                                                         _work_in_tmp):
+    """What goes wrong first on a real cluster: MLPROJECT_HOME is not on a file system the nodes
+    share. The job cannot start the runner there, and the run's end says what to check."""
+    project = make_project(SHELL_PROJECT)
+    slurm.lose_node("n2")
+    try:
+        slurm.return_node("n2", hidden=mlproject_home)  # n2 sees an empty directory there
+        result = _cli("run", str(project), "-b", "slurm", "-c", '{"sbatch_args": ["--nodelist=n2"]}',
+                      "--env-manager", "local", timeout=120)
+    finally:
+        slurm.lose_node("n2")
+        slurm.return_node("n2")
+    assert result.returncode == 1, result.stderr
+    run_id, job_id = _submitted(result.stderr)
+    last = result.stderr.strip().splitlines()[-1]
+    assert "its runner never started" in last and "the nodes must share MLPROJECT_HOME" in last, result.stderr
+    row = _ledger_row(run_id)
+    assert row["status"] == "FAILED" and "must share MLPROJECT_HOME" in row["reason"], row
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id).info.status == "FAILED"
+
+
 def test_job_gone_without_its_runner_is_reconciled(slurm, make_project, _work_in_tmp):
     """The submitter is gone (detached) and the job ends without its runner ever starting: the
     next invocation reads Slurm's word and ends the run in the ledger and in tracking."""
