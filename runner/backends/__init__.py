@@ -87,12 +87,6 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
             reason = f"{record.backend} job {record.job_id} ended {state.name}"
             if state.status == "FAILED" and state.reason:  # why it failed, in the scheduler's words
                 reason += f": {state.reason}"
-            if state.status == "FAILED" and record.status == "SCHEDULED" and getattr(backend, "SHARED_LEDGER", True) \
-                    and not os.path.exists(record.log_path):
-                # Its runner never took the run over, and the job's output is not where this host
-                # looks: the nodes do not see this host's MLPROJECT_HOME (the first thing to check).
-                reason += (f"; its runner never started, and the job's output {record.log_path} is not on this host:"
-                           " the nodes must share MLPROJECT_HOME (or the config's mlproject_home) with it")
     current = find(ledger, record.id)
     if current.finished:  # the runner inside the job recorded the end meanwhile
         return current
@@ -101,6 +95,11 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
     # ended with (a launch failure's, a cancel's) is not the command's.
     never_ran = current.status == "SCHEDULED" and getattr(backend, "SHARED_LEDGER", True)
     exit_code = None if never_ran else state.exit_code
+    if never_ran and state.status == "FAILED" and not os.path.exists(record.log_path):
+        # Nor is the job's output where this host looks: the nodes do not see this host's
+        # MLPROJECT_HOME (the first thing to check on a new cluster).
+        reason = (f"{reason}; its runner never started, and the job's output {record.log_path} is not on this host:"
+                  " the nodes must share MLPROJECT_HOME (or the config's mlproject_home) with it")
     if ledger.finish(record.id, state.status, exit_code, reason):  # type: ignore[arg-type]
         if end_in_tracking(record.tracking_run_id, record.tracking_uri, state.status):  # type: ignore[arg-type]
             ledger.tracking_ended(record.id)
