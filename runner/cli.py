@@ -772,8 +772,6 @@ def cache_list(debug: bool) -> int:
               help="the cluster backends' staging_dir (default: $MLPROJECT_HOME/staging)")
 @_debug
 def cache_gc(older_than: str, dry_run: bool, staging_dir: str | None, debug: bool) -> int:
-    from pathlib import Path
-
     from runner import home
     from runner.backends import staging
     from runner.envs.admin import human_size, parse_duration
@@ -785,13 +783,8 @@ def cache_gc(older_than: str, dry_run: bool, staging_dir: str | None, debug: boo
     _out(f"{verb} {result.checkouts_removed} checkout(s) and {result.mirrors_removed} mirror(s); "
          f"kept {result.checkouts_in_use} checkout(s) in use and {result.mirrors_kept} mirror(s); "
          f"{human_size(result.freed)} {freed}" + ("; nothing was removed (--dry-run)" if dry_run else ""))
-    ledger, _ = _ledger()  # settled first: a job that has ended no longer holds its snapshot
-    try:
-        in_use = staging.named_by_unfinished_jobs(ledger)
-    finally:
-        ledger.close()
-    root = Path(staging_dir).expanduser().absolute() if staging_dir else home.home() / "staging"
-    staged = staging.gc(root, age, in_use, dry_run)
+    root = home.staging(staging_dir)
+    staged = staging.gc(root, age, dry_run)
     _out(f"{verb} {staged.removed} staged project(s) and {staged.leftovers} leftover(s) in {root}; kept "
          f"{staged.in_use} named by queued or running jobs and {staged.kept} used recently; "
          f"{human_size(staged.freed)} {freed}" + ("; nothing was removed (--dry-run)" if dry_run else ""))

@@ -54,11 +54,5 @@ def remembered_digest(root: Path, files: list[tuple[str, os.stat_result]], purpo
     digest = files_digest(root, (relative for relative, _ in files))
     newest = max((max(info.st_mtime_ns, info.st_ctime_ns) for _, info in files), default=0) / 1e9
     if newest < time.time() - _SETTLED:
-        tmp = remembered.with_name(f".{name}.{os.getpid()}.tmp")
-        try:
-            remembered.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(f"{stamp} {digest}\n")
-            os.replace(tmp, remembered)
-        except OSError:  # only costs the next use a read
-            pass
+        home.save_text(remembered, f"{stamp} {digest}\n")  # (not written: only costs the next use a read)
     return digest

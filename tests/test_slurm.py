@@ -543,7 +543,7 @@ def test_ctrl_c_stops_a_sweep_on_the_cluster(slurm, make_project, _work_in_tmp):
                                               if r["status"] == "RUNNING" and r["backend"] == "slurm"])
                             and len(rows) == 2 and rows, 60, "two trials running")
         for row in running:
-            _wait_for(lambda: _processes_of(row["id"]), 30, "the commands on the nodes")
+            _wait_for(lambda run_id=row["id"]: _processes_of(run_id), 30, "the commands on the nodes")
         queue = slurm.command("squeue", "-h", "-o", "%i %t %r").stdout.split("\n")
         assert sorted(line.split()[1] for line in queue if line) == ["PD", "R", "R"], queue  # 2 run, [2-3] wait
         assert any("JobArrayTaskLimit" in line for line in queue), queue

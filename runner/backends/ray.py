@@ -65,7 +65,7 @@ class RayOptions:
     runtime_env: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
     entrypoint: dict = field(default_factory=dict)  # entrypoint_num_cpus, _gpus, _memory, _resources
-    staging_dir: Path = field(default_factory=lambda: home.home() / "staging")
+    staging_dir: Path = field(default_factory=home.staging)
 
 
 def _problem(message: str, hint: str) -> UsageError:
@@ -101,9 +101,8 @@ def check(config: dict[str, Any], request: RunRequest) -> RayOptions:
     python = config.get("python", "python")
     if not isinstance(python, str) or not python:
         raise _problem("python must be the nodes' interpreter (a name or a path)", '"python": "python3"')
-    staging = config.get("staging_dir")
     options = RayOptions(address, python, runtime_env, {str(k): str(v) for k, v in metadata.items()}, entrypoint,
-                         Path(staging).expanduser().absolute() if staging else home.home() / "staging")
+                         home.staging(config.get("staging_dir")))
     _client(options.address)  # the SDK is here and the dashboard answers
     return options
 

@@ -65,7 +65,7 @@ class SlurmOptions:
     environment: tuple[tuple[str, str], ...] = ()
     exports: tuple[str, ...] | None = None  # None: sbatch's default, the whole environment
     script_file: Path | None = None
-    staging_dir: Path = field(default_factory=lambda: home.home() / "staging")
+    staging_dir: Path = field(default_factory=home.staging)
     python: str = sys.executable
     home: Path = field(default_factory=home.home)
 
@@ -118,7 +118,7 @@ def check(config: dict[str, Any], request: RunRequest) -> SlurmOptions:
         environment=environment,
         exports=lists["exports"] if "exports" in config else None,
         script_file=(cwd / paths["sbatch-script-file"]) if paths["sbatch-script-file"] else None,
-        staging_dir=Path(paths["staging_dir"]).expanduser().absolute() if paths["staging_dir"] else home.home() / "staging",
+        staging_dir=home.staging(paths["staging_dir"]),
         python=python,
         home=Path(paths["mlproject_home"]).expanduser().absolute() if paths["mlproject_home"] else home.home(),
     )

@@ -102,13 +102,21 @@ class StagingGcResult:
     freed: int  # bytes, as du counts them
 
 
-def gc(root: Path, older_than: float, in_use: set[Path], dry_run: bool = False) -> StagingGcResult:
+def gc(root: Path, older_than: float, dry_run: bool = False) -> StagingGcResult:
     """Remove from `root` the staged trees last used more than `older_than` seconds ago, except
-    those in `in_use` (see `named_by_unfinished_jobs`), and what interrupted stagings left."""
+    those a queued or running job still needs, and what interrupted stagings left."""
     import time
 
+    from runner.backends import reconcile
     from runner.envs.store import disk_usage
+    from runner.tracking.ledger import Ledger
 
+    ledger = Ledger()
+    try:
+        reconcile(ledger)  # first: a job that has ended no longer holds its snapshot
+        in_use = _named_by_unfinished_jobs(ledger)
+    finally:
+        ledger.close()
     cutoff = time.time() - max(older_than, RECENT)
     doomed: list[Path] = []
     result = StagingGcResult(0, 0, 0, 0, 0)
@@ -140,7 +148,7 @@ def gc(root: Path, older_than: float, in_use: set[Path], dry_run: bool = False) 
     return result
 
 
-def named_by_unfinished_jobs(ledger) -> set[Path]:
+def _named_by_unfinished_jobs(ledger) -> set[Path]:
     """The staged trees that queued or running Slurm jobs of this ledger will read (their
     job files name them). Ray's are uploaded at submission and not read again."""
     import json
