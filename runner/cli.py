@@ -7,13 +7,17 @@ with 2. Shell completion: `eval "$(_MLPROJECT_COMPLETE=bash_source mlproject)"`
 """
 from __future__ import annotations
 
-import os
-import signal
-import sys
+from runner import startup
 
-import click
+startup.hold()  # (until main() runs: see runner.startup)
 
-from runner.errors import EXIT_USAGE, RunnerError
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+import click  # noqa: E402
+
+from runner.errors import EXIT_USAGE, RunnerError  # noqa: E402
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -271,6 +275,8 @@ def _run_request(request, in_job: bool = False) -> int:
     received: list[int] = []
 
     def on_signal(signum: int, _frame) -> None:
+        if active and active[0].done:
+            return  # the run has ended and its end is recorded: nothing left to stop
         received.append(signum)
         if active and active[0].launching:
             run_id = active[0].run_id
@@ -306,6 +312,12 @@ def _run_request(request, in_job: bool = False) -> int:
             _say(f"interrupted by {name} before a run was created")
         return 128 + interrupted.signum
     status = submitted.get_status()
+    end_error = getattr(submitted, "end_error", None)
+    if end_error:  # the outcome is known here but not recorded: never a silent success
+        _say(f"error: run {submitted.run_id} {status.lower()}, but its end could not be recorded: {end_error}")
+        _say("hint: free space where MLPROJECT_HOME and the tracking store are; the next mlproject command "
+             "records the run as FAILED (its runner ended without recording)")
+        return 1
     if in_job:  # the submitter, following the job's output, says how it ended
         return 128 + received[0] if received else 0 if status == "FINISHED" else submitted.exit_code or 1
     if received:
@@ -382,6 +394,7 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
     from runner import api
     from runner.progress import Progress
     from runner.sweeps import run_sweep
+    from runner.launch import INTERRUPT_SIGNALS
     from runner.sweeps.driver import table
 
     if (uri is None) == (resume is None):
@@ -399,6 +412,8 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
                            experiment_name, experiment_id, config=config_file, resume=resume, cwd=None, notify=_say,
                            progress=Progress())
     except (KeyboardInterrupt, _Interrupted) as exc:
+        for signum in INTERRUPT_SIGNALS:  # the sweep's runs are ended: nothing more to stop while it says so
+            signal.signal(signum, signal.SIG_IGN)
         number = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
         sweep_id = getattr(exc, "sweep_id", None)
         resume_with = f"mlproject sweep --resume {sweep_id}" if sweep_id else "mlproject sweep --resume ID (see `mlproject sweep list`)"
@@ -831,6 +846,7 @@ def lock(uri: str, platforms: tuple[str, ...], debug: bool) -> int:
 
 # -- entry point ------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
+    startup.release()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args and "_MLPROJECT_COMPLETE" not in os.environ:  # the shell asking for completions
         with click.Context(cli, info_name="mlproject", help_option_names=["-h", "--help"]) as ctx:
@@ -839,6 +855,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: Any = None
     try:
         result = cli.main(args, prog_name="mlproject", standalone_mode=False)
+        # The work is done and recorded: a signal now could only kill the process in its last
+        # milliseconds (Python restores the default handlers as it shuts down) and lose its exit code.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (`mlproject runs list | head -1`): what it did not read is dropped
@@ -863,7 +883,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         _print_error(exc.message, exc.hint, exc.details)
         return exc.exit_code
+    except Exception as exc:  # a full disk is the machine's state, not a bug: one line, as for any error
+        if not _out_of_space(exc) or "--debug" in args:
+            raise
+        _print_error(f"no space left on the device: {exc}",
+                     "free space where MLPROJECT_HOME and the tracking store are; the next mlproject command "
+                     "ends in the ledger and in tracking whatever this one could not")
+        return 1
     return result if isinstance(result, int) else 0
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    import errno
+
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "database or disk is full" in str(exc)  # (sqlite3's own words)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ it (`wait()`), since the run no longer belongs to the caller's process group.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # (a keeper starting: see runner.startup)
+    from runner import startup
+
+    startup.hold()
+
 import json
 import os
 import signal
@@ -27,7 +32,7 @@ import threading
 from dataclasses import asdict, replace
 
 from runner.errors import LaunchError, RunnerError
-from runner.launch import INTERRUPT_SIGNALS
+from runner.launch import INTERRUPT_SIGNALS, RUN_MARKER
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,7 +64,10 @@ def hand_over(request: RunRequest, notify: Callable[[str], None], progress: Call
     try:
         keeper = subprocess.Popen(
             [sys.executable, "-m", "runner.keeper"], stdin=subprocess.PIPE, pass_fds=(status_write,),
-            env={**os.environ, STATUS_FD_VARIABLE: str(status_write)}, start_new_session=True,
+            # Not marked as a process of the caller's own run (a workflow's step): an asynchronous
+            # run outlives its caller, and is a run of its own (see runner.launch.RUN_MARKER).
+            env={**{k: v for k, v in os.environ.items() if k != RUN_MARKER}, STATUS_FD_VARIABLE: str(status_write)},
+            start_new_session=True,
         )
     except OSError as exc:
         os.close(status_read)
@@ -78,6 +86,10 @@ def hand_over(request: RunRequest, notify: Callable[[str], None], progress: Call
         raise
     if started is None:
         code = keeper.wait()
+        signum = -code if code < 0 else code - 128 if code > 128 else 0
+        if signum in INTERRUPT_SIGNALS:  # (stopped while it was starting: it had created nothing)
+            raise LaunchError(f"the run's keeper process was stopped by {signal.Signals(signum).name} before "
+                              "the run's command started", hint="no run was created")
         raise LaunchError(f"the run's keeper process ended before starting the run (exit code {code})")
     with _KEEPERS_LOCK:
         _KEEPERS[:] = [other for other in _KEEPERS if other.poll() is None] + [keeper]
@@ -147,6 +159,8 @@ def main() -> int:
     from runner import api
     from runner.request import RunRequest
 
+    from runner import startup
+
     status = os.fdopen(int(os.environ.pop(STATUS_FD_VARIABLE)), "w", buffering=1)
     request = RunRequest(**json.loads(sys.stdin.buffer.read()))
     sys.stdin.close()
@@ -167,6 +181,7 @@ def main() -> int:
         else:
             raise _Interrupted()  # still preparing: the pipeline ends the run KILLED
 
+    startup.release()
     for signum in INTERRUPT_SIGNALS:
         signal.signal(signum, on_signal)
     try:
@@ -186,6 +201,9 @@ def main() -> int:
     status.close()
     while not submitted.done:
         submitted.wait(0.5)
+    if submitted.end_error:  # (a later command records the run: see runner.cli)
+        _say(f"error: run {submitted.run_id}: its end could not be recorded: {submitted.end_error}")
+        return 1
     return 0 if submitted.get_status() == "FINISHED" else submitted.exit_code or 1
 
 

@@ -11,6 +11,17 @@ the node's supervisor dies) while the command, in its own session, would go on u
 there a guard process, started with the command, stops the command's group when the
 runner's end of a pipe closes without a word, which the kernel does when the runner dies.
 
+A run's processes are its command's process group and every process that carries the run's
+marker (`MLPROJECT_RUN_ID=<id>`) in its environment: a descendant that left the group
+(`setsid sleep 301 &`, a daemonising server) keeps its environment, so it is found and stopped
+with the run. Only a process that empties its own environment escapes that.
+
+Signal handlers (Ctrl-C in the CLI, the keeper, the node-side runner) call `request_cancel`, so it
+must never wait for anything the code it interrupted may hold: no lock of the run (an RLock, so
+the interrupted thread's own `start()` can be re-entered), and no new thread (`Thread.start` takes
+a module-wide lock of `threading`). A cancel asked for while the command is being started is
+carried out as soon as its process exists; the grace period's end is watched by the watcher thread.
+
 When the runner's own output is a terminal, the command's is one too: a
 pseudo-terminal whose output is teed to the screen and the log, with the
 screen's window size, so progress bars and colours behave as under `mlflow run`.
@@ -100,6 +111,99 @@ def stop_group(pgid: int, grace: float) -> None:
             return
         time.sleep(0.02)
     _signal_group(pgid, signal.SIGKILL)
+
+
+RUN_MARKER = "MLPROJECT_RUN_ID"  # in the environment of every process a run starts
+
+
+def marked_processes(run_id: str) -> list[int]:
+    """Live processes whose environment carries run `run_id`'s marker, wherever they went
+    (another session, another process group): read from /proc (~3 ms for 300 processes)."""
+    marker = f"{RUN_MARKER}={run_id}".encode()
+    found = []
+    own = os.getpid()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        if pid == own:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                if marker not in handle.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                if handle.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
+                    continue
+        except (OSError, IndexError):
+            continue
+        found.append(pid)
+    return found
+
+
+def stop_run_processes(run_id: str, pgid: int | None, grace: float) -> None:
+    """Stop everything of a run: its command's group, and every marked process that left it
+    (TERM, up to `grace`, then KILL)."""
+    if pgid is not None:
+        stop_group(pgid, grace)
+    escaped = marked_processes(run_id)
+    if not escaped:
+        return
+    for pid in escaped:
+        _signal_pid(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while escaped and time.monotonic() < deadline:
+        time.sleep(0.02)
+        escaped = [pid for pid in escaped if _pid_alive(pid)]
+    for pid in escaped:
+        _signal_pid(pid, signal.SIGKILL)
+
+
+def _signal_pid(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
+class _Deferred:
+    """One thread that runs work handed to it from signal handlers: `queue.SimpleQueue.put` is
+    reentrant (safe in a handler that interrupted any code), where starting a thread is not."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def ready(self) -> None:
+        """Start the thread; called outside handlers, before one may need it."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, daemon=True, name="mlproject-deferred")
+            self._thread.start()
+
+    def call(self, work: Callable[[], None]) -> None:
+        self._queue.put(work)
+
+    def _work(self) -> None:
+        while True:
+            work = self._queue.get()
+            try:
+                work()
+            except Exception:  # noqa: BLE001 - one failed piece of work must not stop the others
+                pass
+
+
+deferred = _Deferred()
 
 
 def _signal_group(pgid: int, signum: int) -> None:
@@ -218,34 +322,48 @@ class SubmittedRun(RunHandle):
         self._status = RUNNING
         self.launching = False  # set just before the command starts; until then it is preparing
         self._done = threading.Event()
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler may interrupt this thread inside start() (see the module).
+        self._lock = threading.RLock()
+        self._cancels = 0  # cancel requests so far; the first stops the command, the second kills it
+        self._delivered = 0  # of those, carried out on the process
+        self._kill_at: float | None = None  # the first cancel's grace period ends (the watcher kills then)
         self._process: subprocess.Popen[bytes] | None = None
+        self.marker: str | None = None  # the RUN_MARKER value in the command's environment
+        self.end_error: str | None = None  # why the run's end could not be recorded, if it could not
         self._terminal: int | None = None  # the pseudo-terminal's master side, when the command has one
 
     # -- public API (and wait, get_status, done, cancel: RunHandle's) ----------------
     # cancel() stops the whole process group: TERM (INT for Ctrl-C), a grace period, KILL.
     def request_cancel(self, signum: int = signal.SIGTERM) -> None:
-        """Start cancelling without blocking (safe inside a signal handler).
+        """Start cancelling without blocking: safe inside a signal handler, even one that
+        interrupted this run's own start(). Before the command exists, the request is kept and
+        start() either starts nothing or carries it out as soon as the process exists.
 
         A second request while the first is still in its grace period kills at once.
         """
         with self._lock:
             if self._done.is_set():
                 return
-            again = self.cancel_signal is not None
+            self._cancels += 1
             self.cancel_signal = self.cancel_signal or signum
+        self._deliver_cancels()
+
+    def _deliver_cancels(self) -> None:
+        """Carry out the cancel requests not carried out yet, if the process exists."""
+        with self._lock:
             process = self._process
-        if process is None:
-            return
-        if again:
+            if process is None or self._delivered >= self._cancels:
+                return
+            first = self._delivered == 0
+            self._delivered = self._cancels
+            if first:
+                self._kill_at = time.monotonic() + kill_grace()
+        if not first or self._cancels > 1:  # a second request (two Ctrl-C during the start too)
             _signal_group(process.pid, signal.SIGKILL)
             return
         # Ctrl-C reaches the command as Ctrl-C (Python code sees KeyboardInterrupt, as under
         # mlflow run, where the command shares the terminal); anything else as SIGTERM.
-        _signal_group(process.pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
-        timer = threading.Timer(kill_grace(), self._kill_if_running)
-        timer.daemon = True
-        timer.start()
+        _signal_group(process.pid, signal.SIGINT if self.cancel_signal == signal.SIGINT else signal.SIGTERM)
 
     def sync_window_size(self, from_fd: int = 1) -> None:
         """Give the command's terminal the size of ours (after a SIGWINCH)."""
@@ -256,15 +374,12 @@ class SubmittedRun(RunHandle):
         return f"SubmittedRun(run_id={self.run_id!r}, status={self._status!r}, exit_code={self.exit_code!r})"
 
     # -- internals -----------------------------------------------------------
-    def _kill_if_running(self) -> None:
-        process = self._process
-        if process is not None and not self._done.is_set():
-            _signal_group(process.pid, signal.SIGKILL)
-
     def _finish(self, outcome: Outcome, on_finish: FinishCallback | None) -> None:
         try:
             if on_finish is not None:
                 on_finish(outcome)
+        except Exception as exc:  # noqa: BLE001 - (a full disk under the ledger): said by whoever waits
+            self.end_error = f"{exc.__class__.__name__}: {exc}"
         finally:
             with self._lock:
                 self.exit_code = outcome.exit_code
@@ -296,14 +411,18 @@ def start(
 
     Raises LaunchError (after ending the run as FAILED) if the command cannot start.
     """
+    run.marker = env.get(RUN_MARKER)
     log_file = open(run.log_path, "ab") if run.log_path else open(os.devnull, "wb")
     out_r, out_w, err_r, err_w = _output_channels(echo)
     if out_r == err_r:  # one pseudo-terminal for both, as a terminal is
         run._terminal = out_r
+    from runner import faults
+
     try:
         with run._lock:
             cancelled_early = run.cancel_signal is not None
             if not cancelled_early:
+                faults.checkpoint("launch.popen")  # (a signal landing here is handled inside this lock)
                 run._process = subprocess.Popen(
                     list(argv),
                     cwd=str(cwd),
@@ -327,6 +446,8 @@ def start(
         run._finish(Outcome(KILLED, 128 + run.cancel_signal), on_finish)  # type: ignore[operator]
         return
 
+    faults.checkpoint("launch.started")  # (the process exists; its group is not recorded yet)
+    run._deliver_cancels()  # one that came while the process was being started
     guard = _start_guard(run._process.pid) if guarded else None  # type: ignore[union-attr]
     tee = _Tee({out_r: 1} if out_r == err_r else {out_r: 1, err_r: 2}, log_file, echo)
     watcher = threading.Thread(
@@ -414,8 +535,19 @@ def _release_guard(guard: int | None) -> None:
 def _watch(run: SubmittedRun, tee: _Tee, log_file, on_finish: FinishCallback | None, guard: int | None) -> None:
     process = run._process
     assert process is not None
-    returncode = process.wait()
-    stop_group(process.pid, kill_grace())
+    while True:
+        try:
+            returncode = process.wait(timeout=0.05)
+            break
+        except subprocess.TimeoutExpired:
+            if run._kill_at is not None and time.monotonic() >= run._kill_at:  # a cancel's grace is over
+                run._kill_at = None
+                _signal_group(process.pid, signal.SIGKILL)
+    # What the command left behind: in its group, and marked processes that left the group.
+    if run.marker is not None:
+        stop_run_processes(run.marker, process.pid, kill_grace())
+    else:
+        stop_group(process.pid, kill_grace())
     _release_guard(guard)
     tee.stop_after(_DRAIN_SECONDS)
     tee.join()

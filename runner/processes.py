@@ -7,10 +7,13 @@ from __future__ import annotations
 
 
 def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22)."""
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); None when
+    it is gone, or has ended and only waits to be reaped (a zombie: an async run's keeper whose
+    caller, its parent, is still following the run through the ledger)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
-            return int(handle.read().rsplit(b")", 1)[1].split()[19])
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return None if fields[0] in (b"Z", b"X") else int(fields[19])
     except (OSError, IndexError, ValueError):
         return None
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.launch import RunHandle
+from runner.launch import RunHandle, deferred
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class ClusterRun(RunHandle):
         self._progress = progress  # shows the time a job waits in its queue (see runner.progress)
         self._done = threading.Event()
         self._cancelling = threading.Lock()
+        deferred.ready()  # request_cancel hands its work there (see runner.launch)
         if record.finished:
             self._done.set()
             if echo:
@@ -93,7 +94,7 @@ class ClusterRun(RunHandle):
         if self._done.is_set() or not self._cancelling.acquire(blocking=False):
             return  # already asked: the scheduler is taking the job down
         self.cancel_signal = self.cancel_signal or signum
-        threading.Thread(target=self._cancel_job, daemon=True, name="mlproject-cancel").start()
+        deferred.call(self._cancel_job)  # (no thread is started in a handler: see runner.launch)
 
     def sync_window_size(self, from_fd: int = 1) -> None:
         """The job's output is a file, not a terminal: nothing to resize."""
@@ -167,7 +168,11 @@ class ClusterRun(RunHandle):
                 if now >= next_job_poll:
                     next_job_poll = now + _JOB_POLL_SECONDS
                     backends.pull_output(record)
-                    record = self._check_job(ledger, record)
+                    try:
+                        record = self._check_job(ledger, record)
+                    except _EndedUnrecorded as unrecorded:
+                        self._status, self.reason = "FAILED", str(unrecorded)
+                        return
                     if record is not None and ended_at is None:
                         ended_at = now
                     if record is not None and now - ended_at >= self._grace(record):
@@ -192,9 +197,15 @@ class ClusterRun(RunHandle):
         from runner import backends
 
         if record.backend == "local":  # its runner died without a word: the ledger's reconcile ends it
-            from runner.tracking.runs import reconcile
+            from runner.processes import process_is
+            from runner.tracking.runs import RUNNER_DIED, reconcile
 
-            reconcile(ledger)
+            try:
+                reconcile(ledger)
+            except Exception as exc:  # noqa: BLE001 - e.g. a full disk: the ledger cannot be written now
+                if not process_is(record.runner_pid, record.runner_start):
+                    # Its runner is gone: how it ended is known here, and a later command records it.
+                    raise _EndedUnrecorded(f"{RUNNER_DIED}; not recorded yet ({exc})") from None
             return None
         if record.job_id is None:
             return None
@@ -207,6 +218,10 @@ class ClusterRun(RunHandle):
             backends.settle(ledger, record, state)  # (a job started: RUNNING, where the cluster says so)
             return None
         return record
+
+
+class _EndedUnrecorded(Exception):
+    """A followed run whose runner died while its end cannot be recorded (see _check_job)."""
 
 
 # -- what every cluster backend's submit does around its own submission ----------------------

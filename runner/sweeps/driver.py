@@ -198,14 +198,17 @@ def _drive(request: SweepRequest, sweep_id: str, trials: list[Trial], parent: _P
     sweep = _Sweep(request, sweep_id, trials, version, manager, notify, cwd)
     sweep.following = following or set()
     sweep.open_parent(parent, space, plan)
-    try:
-        sweep.run_trials()
-    except BaseException as exc:
-        sweep.interrupted = True
-        exc.sweep_id = sweep_id  # type: ignore[attr-defined]  # for the caller's "resume with" line
-        raise
-    finally:
-        sweep.close()
+    # Signals are raised only where the trials' loop looks for them; while the trials are being
+    # stopped and the parent ended, another one escalates (the trials are killed) instead.
+    with _DeferredSignals() as signals:
+        try:
+            sweep.run_trials(signals)
+        except BaseException as exc:
+            sweep.interrupted = True
+            exc.sweep_id = sweep_id  # type: ignore[attr-defined]  # for the caller's "resume with" line
+            raise
+        finally:
+            sweep.close()
     return sweep.result
 
 
@@ -292,12 +295,15 @@ class _Sweep:
             with self._lock:
                 self._record_best(result)
         finally:
-            table = self.directory / "trials.csv"
-            _write_csv(table, self.trials, self.request.metric, self.request.goal)
-            self.tracked.artifacts.append((table, None))
-            plot = self._plot()
-            if plot is not None:
-                self.tracked.artifacts.append((plot, None))
+            try:  # (its files are worth a warning, never the parent's end: a full disk refuses them)
+                table = self.directory / "trials.csv"
+                _write_csv(table, self.trials, self.request.metric, self.request.goal)
+                self.tracked.artifacts.append((table, None))
+                plot = self._plot()
+                if plot is not None:
+                    self.tracked.artifacts.append((plot, None))
+            except OSError as exc:
+                result.notes.append(f"warning: the sweep's table and plot were not written: {exc}")
             # (An interrupted sweep ran no command of its own to give an exit code.)
             self.ledger.finish(self.parent_id, result.status, None if result.succeeded or self.interrupted else 1,
                                None if result.succeeded else _why(self.trials, self.interrupted))
@@ -353,7 +359,7 @@ class _Sweep:
             self.notify(f"warning: tracking: the best trial was not recorded on the parent run: {exc.message}")
 
     # -- the trials ----------------------------------------------------------------------
-    def run_trials(self) -> None:
+    def run_trials(self, signals: _DeferredSignals) -> None:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         todo = [t for t in self.trials if not t.done]
@@ -374,31 +380,37 @@ class _Sweep:
             workers += len(queued)  # (followed jobs take no slot from new trials)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlproject-trial")
         futures: set = set()
-        signals = _DeferredSignals()
         try:
-            with signals:
-                while True:
-                    while len(futures) < workers and not self._stop.is_set():
-                        trial = todo.pop(0) if todo else self._proposed()
-                        if trial is None:
-                            break
-                        futures.add(pool.submit(self._one, trial, queued.get(trial.number)))
-                    if not futures:
+            while True:
+                while len(futures) < workers and not self._stop.is_set():
+                    trial = todo.pop(0) if todo else self._proposed()
+                    if trial is None:
                         break
-                    done, futures = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        future.result()  # a bug in the driver surfaces here, not silently
-                    signals.raise_received()
+                    futures.add(pool.submit(self._one, trial, queued.get(trial.number)))
+                if not futures:
+                    break
+                done, futures = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()  # a bug in the driver surfaces here, not silently
+                signals.raise_received()
         except BaseException:
             self._stop.set()
-            with self._lock:
-                active = list(self._active.values())
-            for submitted in active:
-                submitted.request_cancel()
-            wait(futures)
+            asked = len(signals.received)
+            self._cancel_running()
+            while futures:
+                _, futures = wait(futures, timeout=0.25)
+                if len(signals.received) > asked:  # asked again: a second request kills at once
+                    asked = len(signals.received)
+                    self._cancel_running()
             raise
         finally:
             pool.shutdown(wait=True)
+
+    def _cancel_running(self) -> None:
+        with self._lock:
+            active = list(self._active.values())
+        for submitted in active:
+            submitted.request_cancel()
 
     def _search(self):
         if self.request.method != "optuna":
@@ -537,7 +549,7 @@ class _Sweep:
         try:
             self.log.write(line + "\n")
             self.log.flush()
-        except ValueError:
+        except (ValueError, OSError):  # (closed; or a full disk: the line was said all the same)
             pass
 
     def _quiet(self, message: str) -> None:
@@ -582,10 +594,10 @@ class _DeferredSignals:
     def __exit__(self, exc_type, *_exc) -> None:
         import signal
 
+        # (One that came after the loop's last look is not raised: every trial had ended, and
+        # the parent run was ended with the sweep's own outcome.)
         for signum, handler in self._raising.items():
             signal.signal(signum, handler)
-        if exc_type is None:
-            self.raise_received()  # one that came after the loop's last look
 
 
 def _safe(name: str) -> str:

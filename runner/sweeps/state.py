@@ -59,7 +59,8 @@ class SweepStore:
                 [(sweep_id, t.number, json.dumps(t.parameters)) for t in trials])
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # (not after a COMMIT an interrupt landed just behind)
+                self._db.execute("ROLLBACK")
             raise
 
     def add(self, sweep_id: str, trial: Trial) -> None:

@@ -106,7 +106,8 @@ class Ledger:
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # (not after a COMMIT an interrupt landed just behind)
+                self._db.execute("ROLLBACK")
             raise
 
     def close(self) -> None:

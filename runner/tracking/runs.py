@@ -5,9 +5,10 @@ import os
 import signal
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from runner.errors import UsageError
-from runner.launch import group_alive, group_members, stop_group
+from runner.launch import group_alive, group_members, stop_run_processes
 from runner.processes import process_is
 from runner.tracking.ledger import Ledger, RunRecord
 
@@ -27,13 +28,20 @@ def _group_is_ours(pgid: int, run_id: str) -> bool:
     return False
 
 
+def _stop_what_is_left(record: RunRecord, grace: float) -> None:
+    """A dead runner's command: its group (when the group is still the run's, not a reused
+    number), and every process carrying the run's marker, including those that left the group
+    and one started before the runner could record the group (see runner.launch)."""
+    ours = bool(record.pgid) and group_alive(record.pgid) and _group_is_ours(record.pgid, record.id)  # type: ignore[arg-type]
+    stop_run_processes(record.id, record.pgid if ours else None, grace)
+
+
 def reconcile(ledger: Ledger) -> list[RunRecord]:
     """End the runs whose runner died: stop what they left running, mark them FAILED; and end
     in tracking every run whose end has not reached it yet. Returns the orphans."""
     ended = []
     for record in ledger.orphans():
-        if record.pgid and group_alive(record.pgid) and _group_is_ours(record.pgid, record.id):
-            stop_group(record.pgid, 2.0)
+        _stop_what_is_left(record, 2.0)
         ledger.finish(record.id, "FAILED", record.exit_code, RUNNER_DIED)
         record.status, record.reason = "FAILED", RUNNER_DIED
         ended.append(record)
@@ -41,7 +49,7 @@ def reconcile(ledger: Ledger) -> list[RunRecord]:
     for record in ledger.not_ended_in_tracking():
         if record.tracking_uri in unreachable:
             continue
-        if end_in_tracking(record.tracking_run_id, record.tracking_uri, record.status):
+        if end_in_tracking(record.tracking_run_id, record.tracking_uri, record.status, record.log_path):
             ledger.tracking_ended(record.id)
         else:
             unreachable.add(record.tracking_uri)
@@ -51,14 +59,19 @@ def reconcile(ledger: Ledger) -> list[RunRecord]:
     return ended
 
 
-def end_in_tracking(tracking_run_id: str | None, tracking_uri: str | None, status: str = "FAILED") -> bool:
-    """End a run whose runner is gone in MLflow, once, quickly; False if the store could not be reached."""
+def end_in_tracking(tracking_run_id: str | None, tracking_uri: str | None, status: str = "FAILED",
+                    log_path: str | None = None) -> bool:
+    """End a run whose runner is gone in MLflow, once, quickly, with the artifacts its run
+    directory (that of `log_path`) lists as undelivered; False if the store could not be reached."""
     if not tracking_run_id or not tracking_uri:
         return True
     try:
-        from runner.tracking import tracker_for
+        from runner.tracking import tracker_for, undelivered
 
-        tracker_for(tracking_uri, quick=True).end(tracking_run_id, status)
+        tracker = tracker_for(tracking_uri, quick=True)
+        if log_path:
+            undelivered.deliver(Path(log_path).parent, tracker, tracking_run_id)
+        tracker.end(tracking_run_id, status)
     except Exception:  # noqa: BLE001 - a dead run's tracking must never block a new run
         return False
     return True
@@ -144,8 +157,7 @@ def cancel(ledger: Ledger, run_id: str, wait: float = 30.0) -> RunRecord:
                 return current
             time.sleep(0.1)
         raise UsageError(f"run {record.id} did not stop within {wait:.0f} s")
-    if record.pgid and group_alive(record.pgid) and _group_is_ours(record.pgid, record.id):
-        stop_group(record.pgid, 5.0)
+    _stop_what_is_left(record, 5.0)
     ledger.finish(record.id, "KILLED", record.exit_code, "cancelled after its runner had gone")
     return find(ledger, record.id)
 

@@ -88,7 +88,8 @@ class SqliteTracker:
             db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (location, int(experiment_id)))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # (not after a COMMIT an interrupt landed just behind)
+                db.execute("ROLLBACK")
             raise
         return experiment_id, location
 
@@ -116,7 +117,8 @@ class SqliteTracker:
                 db.executemany("INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?)", [(k, v, run_id) for k, v in request.params.items()])
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # (not after a COMMIT an interrupt landed just behind)
+                    db.execute("ROLLBACK")
                 raise
             return RunContext(run_id, experiment_id, self.uri, artifact_uri)
         except sqlite3.Error as exc:
@@ -146,7 +148,8 @@ class SqliteTracker:
                            [(k, v, request.existing_run_id) for k, v in request.params.items() if k not in existing])
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # (not after a COMMIT an interrupt landed just behind)
+                db.execute("ROLLBACK")
             raise
         return RunContext(request.existing_run_id, str(row[0]), self.uri, row[1])
 

@@ -58,14 +58,17 @@ def main(argv: list[str]) -> int:
     except (APIError, DockerException) as exc:
         return _fail(f"cannot create the container: {getattr(exc, 'explanation', None) or exc}")
 
+    from runner.launch import deferred
+
     received: list[int] = []
+    deferred.ready()  # a handler hands the stop to it: starting a thread in a handler can deadlock
 
     def stop(signum: int, _frame) -> None:
         if received:
             return
         received.append(signum)
         # From another thread and client: the main thread is reading the output stream.
-        threading.Thread(target=_stop, args=(container.id, spec["grace"]), daemon=True).start()
+        deferred.call(lambda: _stop(container.id, spec["grace"]))
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)

@@ -1,0 +1,116 @@
+"""Strikes at the named phases where the fault campaign (tests/chaos.py) found races: each
+replays one deterministically through the runner's fault hook (runner/faults.py)."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import pid_alive
+
+SLOW = "entry_points:\n  main:\n    command: \"echo started; sleep 30\"\n"
+
+
+def _statuses(home, cwd) -> tuple[list[str], list[str]]:
+    with sqlite3.connect(home / "ledger.db") as ledger:
+        rows = [r[0] for r in ledger.execute("select status from runs")]
+    with sqlite3.connect(cwd / "mlflow.db") as store:
+        tracked = [r[0] for r in store.execute("select status from runs")]
+    return rows, tracked
+
+
+def _marked(run_marker_prefix: bytes = b"MLPROJECT_RUN_ID=") -> list[int]:
+    """Live processes that carry any run's marker (each test has its own runs only)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if any(item.startswith(run_marker_prefix) for item in environ) and pid_alive(int(pid)):
+            found.append(int(pid))
+    return found
+
+
+def _no_process_left(deadline_s: float = 10) -> list[int]:
+    deadline = time.monotonic() + deadline_s
+    while (left := _marked()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.parametrize("strike", ["SIGINT", "SIGINT*2", "SIGTERM", "SIGHUP"])
+def test_a_signal_while_the_command_is_being_started_is_carried_out(make_project, mlproject_home, _work_in_tmp, strike):
+    """The handler used to wait on the run's lock, held by the Popen it interrupted: a hang."""
+    root = make_project(SLOW)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MLPROJECT_FAULT_AT": f"launch.popen:{strike}"})
+    assert time.monotonic() - started < 15, "the runner hung"
+    signum = getattr(signal, strike.split("*")[0])
+    assert proc.returncode == 128 + signum, proc.stderr
+    assert "Traceback" not in proc.stderr
+    ledger, tracked = _statuses(mlproject_home, _work_in_tmp)
+    assert ledger == ["KILLED"] and tracked == ["KILLED"], (ledger, tracked, proc.stderr)
+    assert _no_process_left() == []
+
+
+def test_a_cancel_while_a_keeper_starts_the_command(make_project, mlproject_home, _work_in_tmp):
+    """The keeper's handler (`runs cancel`, a caller's cancel()) has the same rule."""
+    root = make_project(SLOW)
+    script = ("import runner, sys\n"
+              f"r = runner.run({str(root)!r}, env_manager='local', synchronous=False)\n"
+              "r.wait(); print(r.get_status())\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MLPROJECT_FAULT_AT": "launch.popen:SIGTERM"})
+    assert proc.stdout.splitlines()[-1] == "KILLED", proc.stderr  # (the command may have printed first)
+    ledger, tracked = _statuses(mlproject_home, _work_in_tmp)
+    assert ledger == ["KILLED"] and tracked == ["KILLED"]
+    assert _no_process_left() == []
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "own-end"])
+def test_a_process_that_left_the_group_goes_with_the_run(make_project, mlproject_home, _work_in_tmp, how):
+    """`setsid sleep 301 &` leaves the command's process group; it carries the run's marker."""
+    command = "setsid sleep 301 & echo started; sleep 30" if how == "ctrl-c" else "setsid sleep 301 & echo started"
+    root = make_project(f"entry_points:\n  main:\n    command: \"{command}\"\n")
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout.readline().strip() == "started"
+    deadline = time.monotonic() + 10
+    while not _marked() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == (130 if how == "ctrl-c" else 0), stderr
+    assert _no_process_left() == [], "a process that left the group outlived its run"
+
+
+def test_a_driver_killed_as_a_trial_starts_never_runs_it_twice(make_project, mlproject_home, _work_in_tmp):
+    """Killed after a trial's command started but before its group was recorded: the command
+    went on unseen, ended its own MLflow run FINISHED after the resume had run the trial again."""
+    root = make_project("entry_points:\n  main:\n    parameters:\n      x: float\n"
+                        "    command: \"python trial.py {x}\"\n",
+                        {"trial.py": "import sys, time, mlflow\ntime.sleep(3)\nmlflow.log_metric('x', float(sys.argv[1]))\n"})
+    first = subprocess.run([sys.executable, "-m", "runner", "sweep", str(root), "-P", "x=1,2", "--max-parallel", "1",
+                            "--env-manager", "local"], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "MLPROJECT_FAULT_AT": "launch.started:SIGKILL"})
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    sweep_id = next(line.split()[1].rstrip(":") for line in first.stderr.splitlines() if "trial(s) to run" in line)
+    resumed = subprocess.run([sys.executable, "-m", "runner", "sweep", "--resume", sweep_id], capture_output=True,
+                             text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    time.sleep(4)  # longer than the killed trial's command would have run
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    finished = [r.data.params["x"] for r in client.search_runs(["0"], "attributes.status = 'FINISHED'")
+                if "x" in r.data.params]
+    assert sorted(finished) == ["1", "2"], finished  # each trial exactly once
+    assert _no_process_left() == []
