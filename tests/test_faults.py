@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -164,5 +165,35 @@ def test_tracking_end_that_never_got_through_is_completed_by_a_later_invocation(
         assert client.get_run(run_id).info.status == "FINISHED"
         [record] = json.loads(cli("runs", "list", "--json", env=env).stdout)
         assert record["tracking_ended"] == 1
+    finally:
+        proxy.close()
+
+
+def test_artifacts_of_a_run_that_ended_while_the_server_was_down_are_delivered_later(make_project, cli, mlflow_server):
+    """The server stops while the command runs: the run's end and its artifacts (output.log,
+    source/) reach it from the next invocation once it is back, not only its status."""
+    from mlflow.tracking import MlflowClient
+
+    root = make_project("entry_points:\n  main:\n    command: \"echo hello; sleep 2\"\n")
+    proxy = FaultyProxy(mlflow_server)
+    try:
+        env = {"MLFLOW_TRACKING_URI": proxy.url, "MLPROJECT_TRACKING_RETRY_SECONDS": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
+                                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "hello"
+        proxy.stop()
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "warning: tracking:" in stderr, stderr
+        run_id = re.search(r"run with ID '([0-9a-f]{32})'", stderr).group(1)
+        client = MlflowClient(mlflow_server)
+        assert client.get_run(run_id).info.status == "RUNNING"
+        assert [a.path for a in client.list_artifacts(run_id)] == []
+        proxy.restart()
+        assert cli("runs", "list", env=env).returncode == 0  # any later invocation delivers
+        assert client.get_run(run_id).info.status == "FINISHED"
+        names = {a.path for a in client.list_artifacts(run_id)}
+        assert {"output.log", "source"} <= names, names
+        local = client.download_artifacts(run_id, "output.log")
+        assert open(local).read() == "hello\n"
     finally:
         proxy.close()

@@ -31,7 +31,7 @@ class FaultyProxy:
         import http.client
         import threading
         import time
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
         from urllib.parse import urlparse
 
         target = urlparse(upstream)
@@ -87,17 +87,41 @@ class FaultyProxy:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        scheme = "http"
-        if tls is not None:
+        self._handler, self._tls = Handler, tls
+        self._switch, self._stopped = threading.Lock(), False
+        self._serve(0)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+
+    def _serve(self, port: int) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler)
+        if self._tls is not None:
             import ssl
 
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            context.load_cert_chain(str(self._tls[0]), str(self._tls[1]))
             self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-            scheme = "https"
-        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        """As a stopped server: connections to its address are refused until `restart()`."""
+        with self._switch:
+            if not self._stopped:
+                self._port = self.server.server_address[1]
+                self.close()
+                self._stopped = True
+
+    def restart(self) -> None:
+        self.restart_if_stopped()
+
+    def restart_if_stopped(self) -> None:
+        with self._switch:
+            if self._stopped:
+                self._serve(self._port)
+                self._stopped = False
 
     def close(self) -> None:
         self.server.shutdown()

@@ -101,7 +101,7 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
         reason = (f"{reason}; its runner never started, and the job's output {record.log_path} is not on this host:"
                   " the nodes must share MLPROJECT_HOME (or the config's mlproject_home) with it")
     if ledger.finish(record.id, state.status, exit_code, reason):  # type: ignore[arg-type]
-        if end_in_tracking(record.tracking_run_id, record.tracking_uri, state.status):  # type: ignore[arg-type]
+        if end_in_tracking(record.tracking_run_id, record.tracking_uri, state.status, record.log_path):  # type: ignore[arg-type]
             ledger.tracking_ended(record.id)
     return find(ledger, record.id)
 

@@ -141,6 +141,11 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
             the_plan.source.release()
             _remove_inputs(inputs_dir, private)
 
+    if tracked.context is not None:  # listed until delivered: a runner killed from here on loses none
+        from runner.tracking import undelivered
+
+        tracked.undelivered = run_dir / undelivered.FILE_NAME
+        undelivered.keep(tracked.undelivered, tracked.context.artifact_uri, tracked.artifacts)
     notify(f"=== Running command '{command}' in run with ID '{submitted.run_id}' ===")
     submitted.launching = True  # from here a cancel stops the command instead of the preparation
     try:

@@ -59,7 +59,11 @@ class TrackedRun:
     request: StartRequest | None = None  # what record_start() logs once the ledger has the run
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
     ended: bool = False
-    end_recorded: bool = False  # the tracking store has the run's end
+    end_recorded: bool = False  # the tracking store has the run's end, and every artifact
+    # Where the artifacts not yet in the store are listed (all of them while the command runs, so
+    # that a runner killed meanwhile loses none), for a later invocation to deliver with the run's
+    # end (see runner.tracking.runs.end_in_tracking); None: a failed upload is only warned of.
+    undelivered: Path | None = None
 
     @property
     def continued(self) -> bool:
@@ -103,6 +107,7 @@ class TrackedRun:
         import threading
 
         problems: list[str] = []
+        missed: list[tuple[Path, str | None]] = []
 
         def upload() -> None:
             for path, artifact_path in self.artifacts:
@@ -111,6 +116,7 @@ class TrackedRun:
                         self.uploader.log_artifact(self.context.run_id, path, artifact_path, self.context.artifact_uri)  # type: ignore[union-attr]
                     except (TrackingError, OSError) as exc:
                         problems.append(f"artifact {path.name}: {exc}")
+                        missed.append((path, artifact_path))
 
         uploading = threading.Thread(target=upload, name="mlproject-artifacts")
         uploading.start()
@@ -121,6 +127,14 @@ class TrackedRun:
             problems.append(str(exc))
         finally:
             uploading.join()
+        if self.undelivered is not None:
+            if missed:
+                from runner.tracking.undelivered import keep
+
+                keep(self.undelivered, self.context.artifact_uri, missed)
+                self.end_recorded = False  # (a later invocation delivers them, then ends the run again)
+            else:
+                self.undelivered.unlink(missing_ok=True)
         for problem in problems:
             notify(f"warning: tracking: {problem}")
         return "; ".join(problems) or None
