@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages run run-example test stress bench lint clean
+.PHONY: setup system-packages run run-example test stress chaos bench lint clean
 
 setup: $(STAMP)
 
@@ -61,6 +61,14 @@ test: setup system-packages
 # Load and fault tests too heavy for every CI run (see docs/reliability.md).
 stress: setup
 	$(BIN)/python -m pytest -q -m stress tests
+
+# The fault campaign (tests/chaos.py; docs/reliability.md): real runs of every local kind, each
+# struck once at a random instant of its life; a violation's seed and index replay it
+# (`python -m tests.chaos --replay SEED:INDEX`). `make test` runs a short version of it.
+CHAOS_RUNS ?= 2000
+CHAOS_SEED ?= 20261204
+chaos: setup system-packages
+	$(BIN)/python -m tests.chaos --runs $(CHAOS_RUNS) --seed $(CHAOS_SEED)
 
 bench: setup system-packages
 	@# Timings of our own code, not of compiling it: PYTHONDONTWRITEBYTECODE=1 here means
