@@ -114,3 +114,38 @@ def test_a_driver_killed_as_a_trial_starts_never_runs_it_twice(make_project, mlp
                 if "x" in r.data.params]
     assert sorted(finished) == ["1", "2"], finished  # each trial exactly once
     assert _no_process_left() == []
+
+
+def test_an_interrupt_just_after_the_run_is_created_ends_it(make_project, mlproject_home, _work_in_tmp):
+    """Ctrl-C right after the store's COMMIT: a ROLLBACK outside any transaction raised a store
+    error that hid the interrupt (exit 2) and left the created MLflow run RUNNING for ever."""
+    root = make_project(SLOW)
+    proc = subprocess.run([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MLPROJECT_FAULT_AT": "tracking.created:SIGINT"})
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert subprocess.run([sys.executable, "-m", "runner", "runs", "list"], capture_output=True).returncode == 0
+    with sqlite3.connect(_work_in_tmp / "mlflow.db") as store:
+        tracked = [r[0] for r in store.execute("select status from runs")]
+    assert tracked and "RUNNING" not in tracked, tracked
+
+
+def test_a_caller_whose_keeper_died_is_told_and_returns(make_project, mlproject_home, _work_in_tmp):
+    """A keeper SIGKILLed while its caller waits: the ended keeper is a zombie until the caller
+    reaps it, and was taken for a live runner, so the caller followed the run for ever."""
+    root = make_project(SLOW)
+    script = ("import runner\n"
+              f"r = runner.run({str(root)!r}, env_manager='local', synchronous=False)\n"
+              "print('waiting', flush=True); print(r.wait(), r.get_status(), flush=True)\n")
+    caller = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while (line := caller.stdout.readline()) and line.strip() != "waiting":
+        pass
+    keepers = [int(pid) for pid in filter(str.isdigit, os.listdir("/proc"))
+               if b"runner.keeper" in open(f"/proc/{pid}/cmdline", "rb").read()
+               and int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]) == caller.pid]
+    assert len(keepers) == 1
+    os.kill(keepers[0], signal.SIGKILL)
+    out, err = caller.communicate(timeout=30)  # (before the fix: no answer, ever)
+    assert out.strip().splitlines()[-1] == "False FAILED", (out, err)
+    assert _no_process_left() == []

@@ -13,6 +13,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+from runner import faults
 from runner.errors import TrackingError
 from runner.tracking import RunContext, StartRequest
 from runner.tracking.common import experiment_choice, now_ms, random_run_name, refuse_changed_params
@@ -116,6 +117,7 @@ class SqliteTracker:
                 db.executemany("INSERT INTO tags (key, value, run_uuid) VALUES (?, ?, ?)", [(k, v, run_id) for k, v in tags.items()])
                 db.executemany("INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?)", [(k, v, run_id) for k, v in request.params.items()])
                 db.execute("COMMIT")
+                faults.checkpoint("tracking.created")  # (made, and not returned yet)
             except BaseException:
                 if db.in_transaction:  # (not after a COMMIT an interrupt landed just behind)
                     db.execute("ROLLBACK")
