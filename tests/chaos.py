@@ -46,6 +46,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -56,9 +57,14 @@ PYTHON = sys.executable
 MARKER = b"MLPROJECT_RUN_ID="
 GRACE = 2.0  # MLPROJECT_KILL_GRACE of every struck run
 EXIT_WITHIN = 10.0  # the invariant: a runner exits within this of the strike, plus the grace
-FAULTS = ("SIGINT", "SIGINT*2", "SIGTERM", "SIGHUP", "SIGKILL", "KILL_GROUP", "TRACKING_DOWN", "DISK_FULL")
+FAULTS = ("SIGINT", "SIGINT*2", "SIGTERM", "SIGHUP", "SIGKILL", "KILL_GROUP", "TRACKING_DOWN", "DISK_FULL",
+          "SLURMD_KILLED", "SLURMCTLD_RESTARTED")
 QUICK_KINDS = ("local", "keeper", "sweep", "git", "uv")
-ALL_KINDS = (*QUICK_KINDS, "server")
+CLUSTER_KINDS = ("slurm", "slurm-sweep")
+ALL_KINDS = (*QUICK_KINDS, "server", "conda", "docker", *CLUSTER_KINDS, "ray")
+# A kind's own faults, and those it is not struck with (see draw).
+ONLY = {"TRACKING_DOWN": ("server",), "SLURMD_KILLED": CLUSTER_KINDS, "SLURMCTLD_RESTARTED": CLUSTER_KINDS}
+NO_SMALL_DISK = ("uv", "server", "conda", "docker", *CLUSTER_KINDS, "ray")  # (what does not fit 24 MB, or is not ours)
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -87,8 +93,8 @@ class Outcome:
 def draw(seed: int, index: int, kinds: tuple[str, ...], faults: tuple[str, ...]) -> Strike:
     rng = random.Random(f"{seed}:{index}")
     kind = rng.choice(kinds)
-    usable = [f for f in faults if f != "TRACKING_DOWN" or kind == "server"]
-    if kind in ("uv", "server"):  # (a uv environment does not fit the small disk; a server's store is not ours)
+    usable = [f for f in faults if kind in ONLY.get(f, (kind,))]
+    if kind in NO_SMALL_DISK:
         usable = [f for f in usable if f != "DISK_FULL"]
     return Strike(seed, index, kind, rng.choice(usable), rng.uniform(0.0, 1.05))
 
@@ -101,6 +107,14 @@ UV_PROJECT = ("name: chaos-uv\npython_env: python_env.yaml\nentry_points:\n  mai
               "    command: \"python -c 'import signal, six, time; signal.signal(signal.SIGINT, signal.SIG_DFL);"
               " time.sleep(0.3); print(six.__version__)'\"\n")
 UV_ENV = "python: '{python}'\ndependencies: [six==1.16.0]\n"
+
+
+CONDA_PROJECT = ("name: chaos-conda\nconda_env: conda.yaml\nentry_points:\n  main:\n"
+                 "    command: \"python -c 'import signal, pyhello, time; signal.signal(signal.SIGINT, signal.SIG_DFL);"
+                 " time.sleep(0.3); print(pyhello.greet(1))'\"\n")
+CONDA_ENV = "channels: [conda-forge]\ndependencies: [python=3.11, pyhello]\n"
+DOCKER_PROJECT = ("name: chaos-docker\ndocker_env:\n  image: {image}\nentry_points:\n  main:\n"
+                  "    command: \"echo begin; sleep 0.6; echo end\"\n")
 
 
 def _write_projects(root: Path) -> dict[str, str]:
@@ -119,12 +133,33 @@ def _write_projects(root: Path) -> dict[str, str]:
     subprocess.run([*git, "-C", str(work), "add", "-A"], check=True)
     subprocess.run([*git, "-C", str(work), "commit", "-qm", "chaos"], check=True)
     subprocess.run(["git", "clone", "-q", "--bare", str(work), str(repo)], check=True)
-    return {"shell": str(shell), "uv": str(uv), "git": f"file://{repo}"}
+    conda = root / "conda"
+    conda.mkdir()
+    (conda / "MLproject").write_text(CONDA_PROJECT)
+    (conda / "conda.yaml").write_text(CONDA_ENV)
+    docker = root / "docker"
+    docker.mkdir()
+    from dockerd import BASE_IMAGE
+
+    (docker / "MLproject").write_text(DOCKER_PROJECT.format(image=BASE_IMAGE))
+    return {"shell": str(shell), "uv": str(uv), "git": f"file://{repo}", "conda": str(conda), "docker": str(docker)}
+
+
+@dataclass
+class Components:
+    """The real services some kinds of run need, started once for the campaign."""
+
+    server: str | None = None  # an mlflow server's URL
+    condarc: str | None = None  # a .condarc whose channel_alias is a local channel
+    docker_host: str | None = None
+    slurm: Any = None  # a tests.slurmcluster.SlurmCluster
+    ray: Any = None  # a tests.raycluster.RayCluster
+    slurm_lock: threading.Lock = field(default_factory=threading.Lock)  # one cluster-wide strike at a time
 
 
 # -- one worker: its own home, store and projects -------------------------------------------------
 class Worker:
-    def __init__(self, root: Path, number: int, template_db: Path, server: str | None):
+    def __init__(self, root: Path, number: int, template_db: Path, components: Components):
         self.root = root / f"worker{number}"
         self.projects = _write_projects(self.root / "projects")
         self.home = self.root / "home"
@@ -134,7 +169,8 @@ class Worker:
         self.template_db = template_db
         self.full = self.root / "full"  # a small tmpfs: the disk that fills
         self.full.mkdir()
-        self.proxy = FaultyProxy(server) if server else None
+        self.components = components
+        self.proxy = FaultyProxy(components.server) if components.server else None
         self.life: dict[str, float] = {}
 
     def close(self) -> None:
@@ -151,6 +187,12 @@ class Worker:
             env.pop(name, None)
         if kind == "server":
             env["MLFLOW_TRACKING_URI"] = self.proxy.url  # type: ignore[union-attr]
+        if self.components.condarc:
+            env["CONDARC"] = self.components.condarc
+        if self.components.docker_host:
+            env["DOCKER_HOST"] = self.components.docker_host
+        if self.components.slurm is not None:
+            env.update(self.components.slurm.env)
         env["PATH"] = f"{Path(PYTHON).parent}{os.pathsep}{env.get('PATH', '')}"
         return env
 
@@ -162,6 +204,18 @@ class Worker:
             return [*run, self.projects["git"], "--env-manager", "local", "-P", f"x={x}"]
         if kind == "uv":
             return [*run, self.projects["uv"], "--env-manager", "uv"]
+        if kind == "conda":
+            return [*run, self.projects["conda"], "--env-manager", "conda"]
+        if kind == "docker":
+            return [*run, self.projects["docker"]]
+        if kind == "slurm":
+            return [*run, self.projects["shell"], "-b", "slurm", "-c", "{}", "--env-manager", "local", "-P", f"x={x}"]
+        if kind == "ray":
+            config = json.dumps({"address": self.components.ray.address})
+            return [*run, self.projects["shell"], "-b", "ray", "-c", config, "--env-manager", "local", "-P", f"x={x}"]
+        if kind == "slurm-sweep":
+            return [PYTHON, "-m", "runner", "sweep", self.projects["shell"], "-P", f"x={x}.1,{x}.2,{x}.3",
+                    "--max-parallel", "2", "--env-manager", "local", "-b", "slurm", "-c", "{}"]
         if kind == "sweep":
             return [PYTHON, "-m", "runner", "sweep", self.projects["shell"], "-P", f"x={x}.1,{x}.2,{x}.3",
                     "--max-parallel", "2", "--env-manager", "local"]
@@ -175,7 +229,7 @@ class Worker:
     def measure(self, kinds: tuple[str, ...]) -> None:
         """Each kind's life, undisturbed (its environment and checkout made first)."""
         for kind in kinds:
-            if kind == "uv":
+            if kind in ("uv", "conda"):
                 self._run(kind, 0, self.home, self.cwd)  # the build's downloads, once
                 self._gc(self.home)
             if kind == "git":
@@ -198,12 +252,19 @@ class Worker:
 
     # -- one strike --------------------------------------------------------------------
     def strike(self, strike: Strike) -> Outcome:
+        import contextlib
+
+        # One cluster run struck at a time: a lost node or a restarted controller hits every job on it.
+        with self.components.slurm_lock if strike.kind in CLUSTER_KINDS else contextlib.nullcontext():
+            return self._strike(strike)
+
+    def _strike(self, strike: Strike) -> Outcome:
         outcome = Outcome(strike)
         home, cwd = self.home, self.cwd
         if strike.fault == "DISK_FULL":
             home, cwd = self._small_disk()
-        if strike.kind == "uv" and strike.index % 2 == 0:
-            self._gc(home)  # every other uv strike builds its environment anew
+        if strike.kind in ("uv", "conda") and strike.index % 2 == 0:
+            self._gc(home)  # every other uv or conda strike builds its environment anew
         if strike.kind == "git" and strike.index % 3 == 0:
             shutil.rmtree(home / "git", ignore_errors=True)  # and every third git strike clones anew
         since = time.time()
@@ -215,11 +276,17 @@ class Worker:
         time.sleep(outcome.at)
         struck_at = time.monotonic()
         outcome.landed = self._hit(strike, proc, home)
-        limit = struck_at + EXIT_WITHIN + GRACE + (3.0 if strike.fault == "TRACKING_DOWN" else 0.0)
+        # A lost node is declared after SlurmdTimeout (5 s here) and the job then ends NODE_FAIL.
+        extra = {"TRACKING_DOWN": 3.0, "SLURMD_KILLED": 30.0, "SLURMCTLD_RESTARTED": 10.0}.get(strike.fault, 0.0)
+        limit = struck_at + EXIT_WITHIN + GRACE + extra
         code = _wait(proc, limit)
         keepers_left = _wait_for_keepers(home, limit)
         if strike.fault == "TRACKING_DOWN" and self.proxy is not None:
             self.proxy.restart_if_stopped()
+        if strike.fault == "SLURMD_KILLED":
+            self._return_nodes()
+        if strike.kind in CLUSTER_KINDS:
+            self._wait_for_empty_queue(60)
         if strike.fault == "DISK_FULL":
             (home.parent / "filler").unlink(missing_ok=True)
         stderr_file.seek(0)
@@ -253,6 +320,22 @@ class Worker:
             _unmount(self.full)
         return outcome
 
+    def _return_nodes(self) -> None:
+        cluster = self.components.slurm
+        lost = getattr(self, "_lost", None)
+        if lost is not None:
+            cluster.return_node(lost)
+            self._lost = None
+
+    def _wait_for_empty_queue(self, seconds: float) -> None:
+        """Cluster runs: the jobs the strike left are given time to end as their cluster decides."""
+        cluster = self.components.slurm
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not cluster.command("squeue", "-h", "-o", "%i").stdout.strip():
+                return
+            time.sleep(0.3)
+
     def _small_disk(self) -> tuple[Path, Path]:
         _unmount(self.full)
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(self.full)], check=True)
@@ -272,6 +355,15 @@ class Worker:
             return proc.poll() is None
         if fault == "DISK_FULL":
             _fill(home.parent / "filler")
+            return proc.poll() is None
+        if fault == "SLURMD_KILLED":  # the node running the job (or, before it runs, n2)
+            cluster = self.components.slurm
+            nodes = cluster.command("squeue", "-h", "-t", "RUNNING", "-o", "%N").stdout.split()
+            self._lost = nodes[0] if nodes else "n2"
+            cluster.lose_node(self._lost)
+            return bool(nodes)
+        if fault == "SLURMCTLD_RESTARTED":
+            self.components.slurm.restart_controller()
             return proc.poll() is None
         if fault == "KILL_GROUP":
             groups = {os.getpgid(pid) for pid in _marked_processes(home) if _pgid_or_none(pid) is not None}
@@ -325,11 +417,20 @@ class Worker:
         held = _held_locks(home)
         if held:
             v.append(f"lock(s) held: {held}")
+        if strike.kind == "docker":
+            left_containers = subprocess.run(["docker", "ps", "-aq", "--filter", "label=mlproject.run_id"],
+                                             env=self._env(home, "docker"), capture_output=True, text=True).stdout.split()
+            if left_containers:
+                v.append(f"{len(left_containers)} container(s) left")
+        if strike.kind in CLUSTER_KINDS:
+            queued = self.components.slurm.command("squeue", "-h", "-o", "%i %T").stdout.strip()
+            if queued:
+                v.append(f"jobs left in the queue: {queued}")
         mine = [row for row in rows if row["start_time"] >= since]
         self._check_codes(strike, outcome, mine)
-        if strike.kind == "sweep":
+        if strike.kind in ("sweep", "slurm-sweep"):
             self._check_sweep(strike, outcome, home, cwd, stderr)
-        elif strike.kind in ("uv", "git") or strike.fault == "DISK_FULL":
+        elif strike.kind in ("uv", "git", "conda") or strike.fault == "DISK_FULL":
             code, next_stderr = self._run(strike.kind, strike.index, home, cwd)
             if code != 0:
                 v.append(f"the next run failed ({code}): {next_stderr.strip()[-300:]}")
@@ -354,10 +455,11 @@ class Worker:
                 v.append(f"exit code {code} after {fault}")
             if code == 128 + signum:
                 # A sweep's trials that ended before the strike keep their outcome; its parent is KILLED.
-                wrong = [s for s in statuses if s != "KILLED" and not (strike.kind == "sweep" and s == "FINISHED")]
+                wrong = [s for s in statuses if s != "KILLED" and not (strike.kind in ("sweep", "slurm-sweep")
+                                                                           and s == "FINISHED")]
                 if wrong or any(s != "KILLED" for s in parents):
                     v.append(f"exit code {code} after {fault} but runs recorded {sorted(statuses + parents)}")
-        if fault in ("SIGKILL", "KILL_GROUP") and "KILLED" in statuses and strike.kind != "sweep":
+        if fault in ("SIGKILL", "KILL_GROUP") and "KILLED" in statuses and strike.kind not in ("sweep", "slurm-sweep"):
             v.append(f"{fault} recorded a run KILLED (a crash is FAILED)")
         if len(v) > before and said:
             v.append(f"(recorded: {said[:300]})")
@@ -370,7 +472,7 @@ class Worker:
             return  # struck before the sweep was recorded: nothing to resume
         if outcome.exit_code != 0:
             resumed = subprocess.run([PYTHON, "-m", "runner", "sweep", "--resume", sweep_id], cwd=cwd,
-                                     env=self._env(home, "sweep"), capture_output=True, text=True, timeout=300)
+                                     env=self._env(home, strike.kind), capture_output=True, text=True, timeout=300)
             # (a trial whose command was killed from outside, or that met a full disk, failed with a
             # reason: kept by design, and the sweep is FAILED)
             if resumed.returncode != 0 and strike.fault not in ("KILL_GROUP", "DISK_FULL"):
@@ -430,14 +532,25 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _run_ids(home: Path) -> set[bytes]:
+    try:
+        with sqlite3.connect(f"file:{home / 'ledger.db'}?mode=ro", uri=True) as db:
+            return {row[0].encode() for row in db.execute("SELECT id FROM runs")}
+    except sqlite3.Error:
+        return set()
+
+
 def _marked_processes(home: Path) -> list[int]:
-    """Live processes of a run (its marker) started under this MLPROJECT_HOME."""
+    """Live processes of a run (its marker) started under this MLPROJECT_HOME, or of a run in its
+    ledger wherever it runs (a Ray node has an MLPROJECT_HOME of its own)."""
     wanted = f"MLPROJECT_HOME={home}".encode()
+    ids = _run_ids(home)
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             environ = _environ(int(name))
-            if wanted in environ and any(item.startswith(MARKER) for item in environ) and _alive(int(name)):
+            marks = [item[len(MARKER):] for item in environ if item.startswith(MARKER)]
+            if marks and (wanted in environ or ids.intersection(marks)) and _alive(int(name)):
                 found.append(int(name))
     return found
 
@@ -606,20 +719,62 @@ class Report:
         return lines
 
 
+def _components(root: Path, kinds: tuple[str, ...], server: str | None, stack) -> Components:
+    """Start what the kinds need; `stack` (an ExitStack) stops it all."""
+    components = Components(server=server)
+    if "server" in kinds and server is None:
+        process, components.server = _start_server(root)
+
+        def stop_server() -> None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+
+        stack.callback(stop_server)
+    if "conda" in kinds:
+        from condachannel import build_channel, condarc
+
+        build_channel(root / "channels" / "conda-forge")
+        components.condarc = str(condarc(root / "condarc", channel_alias=f"file://{root / 'channels'}"))
+    if "docker" in kinds:
+        from dockerd import Daemon
+
+        daemon = Daemon()
+        stack.callback(daemon.stop)
+        daemon.start()
+        daemon.load_base_image()
+        components.docker_host = daemon.host
+    if any(kind in CLUSTER_KINDS for kind in kinds):
+        from slurmcluster import SlurmCluster
+
+        cluster = SlurmCluster()
+        stack.callback(cluster.stop)
+        cluster.start()
+        stack.enter_context(cluster.node_timeout(5))  # (a lost node is declared in seconds, not 5 minutes)
+        components.slurm = cluster
+    if "ray" in kinds:
+        from raycluster import RayCluster
+
+        ray = RayCluster()
+        stack.callback(ray.stop)
+        ray.start()
+        components.ray = ray
+    return components
+
+
 def campaign(runs: int, seed: int, workers: int = 2, kinds: tuple[str, ...] = QUICK_KINDS,
              faults: tuple[str, ...] = FAULTS, indexes: list[int] | None = None, say=print,
              server: str | None = None) -> Report:
     """`server`: a running `mlflow server` for the server kind (else one is started and stopped)."""
+    import contextlib
+
     if os.geteuid() != 0 and "DISK_FULL" in faults:
         raise RuntimeError("the DISK_FULL strike mounts a small tmpfs and needs root (or leave DISK_FULL out)")
     root = Path(tempfile.mkdtemp(prefix="mlproject-chaos-"))
-    started_server = None
+    stack = contextlib.ExitStack()
     try:
         template = _template_db(root)
-        url, started_server = server, None
-        if "server" in kinds and url is None:
-            started_server, url = _start_server(root)
-        pool = [Worker(root, n, template, url) for n in range(workers)]
+        components = _components(root, kinds, server, stack)
+        pool = [Worker(root, n, template, components) for n in range(workers)]
         started = time.monotonic()
         for worker in pool:
             worker.measure(kinds)
@@ -656,9 +811,7 @@ def campaign(runs: int, seed: int, workers: int = 2, kinds: tuple[str, ...] = QU
         outcomes.sort(key=lambda o: o.strike.index)
         return Report(outcomes, time.monotonic() - started, pool[0].life)
     finally:
-        if started_server is not None:
-            os.killpg(started_server.pid, signal.SIGTERM)
-            started_server.wait(timeout=30)
+        stack.close()
         for leftover in root.glob("worker*/full"):
             _unmount(leftover)
         shutil.rmtree(root, ignore_errors=True)

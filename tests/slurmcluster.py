@@ -135,6 +135,14 @@ class SlurmCluster:
         self._daemon(["slurmd", "-D", "-N", name], hidden)
         self._wait_for_idle_nodes(f"node {name} did not return", 120)
 
+    def restart_controller(self) -> None:
+        """slurmctld killed and started again from its saved state (jobs run on meanwhile)."""
+        controller = next(proc for proc in self.procs if "slurmctld" in " ".join(map(str, proc.args)))
+        controller.kill()
+        controller.wait()
+        self.procs.remove(controller)
+        self._daemon(["slurmctld", "-D"])  # (no -i: it takes its jobs back from StateSaveLocation)
+
     @contextlib.contextmanager
     def node_timeout(self, seconds: int):
         """While inside: a node that does not answer for `seconds` is DOWN (Slurm's default: 300 s)."""
