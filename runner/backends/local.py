@@ -61,8 +61,16 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
                 # A node that shares no files with the submitter (Ray): this node's own record.
                 ledger.start(state.ledger_record(run_id, submitted.log_path, backend=job_of.backend))
             else:
-                tracked.ended = True  # its end was recorded by whoever ended the row
-                ledger.close()
+                # Its end was recorded by whoever ended the row (a cancel; or this is a second
+                # launch of a job that already ran, as Slurm does after its controller restarts).
+                # Continuing the tracked run set it RUNNING again: it gets its recorded end back.
+                ended = ledger.get(run_id)
+                try:
+                    if ended:
+                        tracked.finish(ended[0].status, notify)
+                finally:
+                    tracked.ended = True
+                    ledger.close()
                 raise LaunchError(f"run {run_id} was ended before its job started (cancelled?)",
                                   hint=f"see `mlproject runs show {run_id}`")
     else:
@@ -136,7 +144,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
             end(outcome.status, outcome.exit_code, reason)
         finally:
             if environment.container is not None:  # gone even if its launcher was killed
-                environment.container.cleanup(run_id)
+                environment.container.cleanup(run_id, launcher_killed=outcome.exit_code == 128 + 9)
             prepared.release()
             the_plan.source.release()
             _remove_inputs(inputs_dir, private)

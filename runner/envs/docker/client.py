@@ -49,18 +49,27 @@ def image_id(reference: str) -> str | None:
         client.close()
 
 
-def remove_container(name: str) -> None:
-    """Remove a container whatever its state; nothing if it is already gone or the daemon is."""
+def remove_container(name: str, wait: float = 0.0) -> None:
+    """Remove a container whatever its state; nothing if it is already gone or the daemon is.
+    `wait`: if it is not there, look again for that long (a creation still under way)."""
+    import time
+
     import docker
 
     try:
         client = sdk_client()
     except EnvironmentBuildError:
         return
+    deadline = time.monotonic() + wait
     try:
-        client.containers.get(name).remove(force=True, v=True)
-    except docker.errors.NotFound:
-        pass
+        while True:
+            try:
+                client.containers.get(name).remove(force=True, v=True)
+                return
+            except docker.errors.NotFound:
+                if time.monotonic() >= deadline:
+                    return
+                time.sleep(0.25)
     except (docker.errors.DockerException, OSError):
         pass  # the launcher removes its container too; this is the second line of defence
     finally:

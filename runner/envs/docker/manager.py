@@ -280,10 +280,15 @@ class ContainerLauncher:
         }
         return [sys.executable, "-m", "runner.envs.docker.run", json.dumps(spec)]
 
-    def cleanup(self, run_id: str) -> None:
+    def cleanup(self, run_id: str, launcher_killed: bool = False) -> None:
+        """Remove the run's container. `launcher_killed`: its launcher was SIGKILLed, maybe while
+        the daemon was creating the container, which it then finishes: wait a while for it."""
         from runner.envs.docker import client as docker_client
 
-        docker_client.remove_container(container_name(run_id))
+        docker_client.remove_container(container_name(run_id), wait=CREATION_WAIT if launcher_killed else 0.0)
+
+
+CREATION_WAIT = 10.0  # seconds: a creation on the vfs storage driver takes up to a few here
 
 
 def container_name(run_id: str) -> str:

@@ -13,6 +13,11 @@ their values, so no credential (a tracking token) appears on a command line.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # (a signal while it imports: nothing exists yet; see runner.startup)
+    from runner import startup
+
+    startup.hold()
+
 import json
 import os
 import signal
@@ -44,6 +49,24 @@ def main(argv: list[str]) -> int:
     volumes = list(spec["volumes"]) + options.pop("volumes", [])
     labels = {**spec["labels"], **options.pop("labels", {})}
     options.setdefault("working_dir", spec["workdir"])
+    from runner.launch import deferred
+
+    # Handled from here on, before the container exists: a signal that lands inside the creation
+    # must not interrupt it (the daemon would finish making a container no one removes); it is
+    # carried out once the creation has answered.
+    received: list[int] = []
+    created: list = []
+    deferred.ready()  # a handler hands the stop to it: starting a thread in a handler can deadlock
+
+    def stop(signum: int, _frame) -> None:
+        if received:
+            return
+        received.append(signum)
+        if created:  # from another thread and client: the main thread is reading the output stream
+            deferred.call(lambda: _stop(created[0].id, spec["grace"]))
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
     try:
         client = docker.from_env(timeout=600)
         if "network_mode" not in options:
@@ -57,21 +80,13 @@ def main(argv: list[str]) -> int:
                      f"rebuild it with `mlproject env rm {spec['key'][:12]}` and run again")
     except (APIError, DockerException) as exc:
         return _fail(f"cannot create the container: {getattr(exc, 'explanation', None) or exc}")
-
-    from runner.launch import deferred
-
-    received: list[int] = []
-    deferred.ready()  # a handler hands the stop to it: starting a thread in a handler can deadlock
-
-    def stop(signum: int, _frame) -> None:
-        if received:
-            return
-        received.append(signum)
-        # From another thread and client: the main thread is reading the output stream.
-        deferred.call(lambda: _stop(container.id, spec["grace"]))
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, stop)
+    created.append(container)
+    if received:  # asked to stop while it was being created: it never starts
+        try:
+            container.remove(force=True, v=True)
+        except DockerException:
+            pass
+        return 128 + received[0]
     # The daemon removes the container when it exits (auto_remove), without making
     # the run wait for it; the exit code comes from a wait registered before the start.
     exit_status: list[int] = []
