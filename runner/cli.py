@@ -320,7 +320,11 @@ def _run_request(request, in_job: bool = False) -> int:
         return 1
     if in_job:  # the submitter, following the job's output, says how it ended
         return 128 + received[0] if received else 0 if status == "FINISHED" else submitted.exit_code or 1
-    if received:
+    if received and status == "FINISHED":  # (a cluster's job that ended before the stop reached it)
+        _say(f"=== Run (ID '{submitted.run_id}') succeeded: the stop asked by {signal.Signals(received[0]).name} "
+             "came after its end ===")
+        code = 0
+    elif received:
         _say(f"=== Run (ID '{submitted.run_id}') killed by {signal.Signals(received[0]).name} ===")
         code = 128 + received[0]
     elif status == "FINISHED":

@@ -55,6 +55,11 @@ def get(name: str | None) -> ModuleType:
     return importlib.import_module(f"runner.backends.{name}")
 
 
+# In the reason of a cluster run whose job ended before its runner took the run over: the
+# command never ran (a resumed sweep runs such a trial again).
+NEVER_STARTED = "its runner never started"
+
+
 def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> RunRecord:
     """Record the end of a cluster run whose job is over but whose runner never said how it went
     (cancelled while pending, killed with its node, out of memory). Returns the row as it is now."""
@@ -95,11 +100,13 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
     # ended with (a launch failure's, a cancel's) is not the command's.
     never_ran = current.status == "SCHEDULED" and getattr(backend, "SHARED_LEDGER", True)
     exit_code = None if never_ran else state.exit_code
-    if never_ran and state.status == "FAILED" and not os.path.exists(record.log_path):
+    if never_ran and state.status == "FAILED" and state.name != "UNKNOWN" and not os.path.exists(record.log_path):
         # Nor is the job's output where this host looks: the nodes do not see this host's
         # MLPROJECT_HOME (the first thing to check on a new cluster).
-        reason = (f"{reason}; its runner never started, and the job's output {record.log_path} is not on this host:"
+        reason = (f"{reason}; {NEVER_STARTED}, and the job's output {record.log_path} is not on this host:"
                   " the nodes must share MLPROJECT_HOME (or the config's mlproject_home) with it")
+    elif never_ran and state.status == "FAILED":  # (a job the cluster lost before it ran: a resumed sweep runs it again)
+        reason = f"{reason}; {NEVER_STARTED}"
     if ledger.finish(record.id, state.status, exit_code, reason):  # type: ignore[arg-type]
         if end_in_tracking(record.tracking_run_id, record.tracking_uri, state.status, record.log_path):  # type: ignore[arg-type]
             ledger.tracking_ended(record.id)

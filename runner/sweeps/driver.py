@@ -101,8 +101,9 @@ def start(request: SweepRequest, *, notify: Callable[[str], None], progress=None
 
 
 def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> SweepResult:
-    """Run what a sweep still lacks: trials that never ran, or whose run was cut short with its
-    driver. Trials that finished or failed on their own are kept."""
+    """Run what a sweep still lacks: trials that never ran, whose run was cut short with its
+    driver, or whose cluster job was lost before its runner started. Trials that finished or
+    failed on their own are kept."""
     record = find(sweep_id)
     request = SweepRequest(**record.request)
     from runner import backends
@@ -114,14 +115,15 @@ def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> Sw
     try:
         backends.reconcile(ledger)  # runs a dead driver left are ended first
         for trial in record.trials:
-            if trial.status in ("RUNNING", "KILLED") and trial.run_id:
+            if trial.status in ("RUNNING", "KILLED", "FAILED") and trial.run_id:
                 try:
                     run = find_run(ledger, trial.run_id)
                 except UsageError:
                     run = None
                 if run is not None and not run.finished and run.backend in backends.CLUSTER_BACKENDS:
                     following.add(trial.number)  # its job went on without the driver: follow it, not again
-                elif run is not None and run.status in ("FINISHED", "FAILED") and run.reason != _runner_died():
+                elif (run is not None and run.status in ("FINISHED", "FAILED") and run.reason != _runner_died()
+                      and not _never_started(run)):
                     trial.status, trial.duration = run.status, (run.end_time or run.start_time) - run.start_time
                 else:
                     trial.status, trial.run_id = "PENDING", None  # cut short with its driver: run again
@@ -158,6 +160,14 @@ def find(sweep_id: str) -> SweepRecord:
     from runner.tracking.runs import one_of
 
     return one_of(matches, [m for m in matches if m.id == sweep_id], "sweep", sweep_id, "`mlproject sweep list`")
+
+
+def _never_started(run) -> bool:
+    """A cluster job whose runner never took its run over (the job was lost before it ran: a
+    controller that died before saving it): its trial has not run, whatever the row says."""
+    from runner import backends
+
+    return run.status == "FAILED" and backends.NEVER_STARTED in (run.reason or "")
 
 
 def _runner_died() -> str:
