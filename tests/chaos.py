@@ -277,7 +277,8 @@ class Worker:
         struck_at = time.monotonic()
         outcome.landed = self._hit(strike, proc, home)
         # A lost node is declared after SlurmdTimeout (5 s here) and the job then ends NODE_FAIL.
-        extra = {"TRACKING_DOWN": 3.0, "SLURMD_KILLED": 30.0, "SLURMCTLD_RESTARTED": 10.0}.get(strike.fault, 0.0)
+        # A restarted controller takes its jobs back at its own pace: the runner follows them to their end.
+        extra = {"TRACKING_DOWN": 3.0, "SLURMD_KILLED": 30.0, "SLURMCTLD_RESTARTED": 90.0}.get(strike.fault, 0.0)
         limit = struck_at + EXIT_WITHIN + GRACE + extra
         code = _wait(proc, limit)
         keepers_left = _wait_for_keepers(home, limit)
@@ -418,10 +419,14 @@ class Worker:
         if held:
             v.append(f"lock(s) held: {held}")
         if strike.kind == "docker":
-            left_containers = subprocess.run(["docker", "ps", "-aq", "--filter", "label=mlproject.run_id"],
-                                             env=self._env(home, "docker"), capture_output=True, text=True).stdout.split()
+            listed = subprocess.run(["docker", "ps", "-a", "--filter", "label=mlproject.run_id", "--format",
+                                     '{{.Label "mlproject.run_id"}}: {{.Status}}'],
+                                    env=self._env(home, "docker"), capture_output=True, text=True).stdout.splitlines()
+            ours = _run_ids(home)
+            left_containers = [line for line in listed if line.split(":")[0].encode() in ours
+                               and "Removal In Progress" not in line]
             if left_containers:
-                v.append(f"{len(left_containers)} container(s) left")
+                v.append(f"container(s) left: {left_containers}")
         if strike.kind in CLUSTER_KINDS:
             queued = self.components.slurm.command("squeue", "-h", "-o", "%i %T").stdout.strip()
             if queued:
@@ -476,7 +481,8 @@ class Worker:
             # (a trial whose command was killed from outside, or that met a full disk, failed with a
             # reason: kept by design, and the sweep is FAILED)
             if resumed.returncode != 0 and strike.fault not in ("KILL_GROUP", "DISK_FULL"):
-                v.append(f"the resumed sweep failed ({resumed.returncode}): {resumed.stderr.strip()[-300:]}")
+                v.append(f"the resumed sweep failed ({resumed.returncode}): {resumed.stderr.strip()[-300:]}; "
+                         f"failed runs: {_failed_reasons(home)}")
                 return
         with sqlite3.connect(cwd / "mlflow.db") as db:
             parent = db.execute("SELECT run_uuid FROM tags WHERE key = 'mlproject.sweep.id' AND value = ?",
@@ -530,6 +536,15 @@ def _alive(pid: int) -> bool:
             return handle.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except (OSError, IndexError):
         return False
+
+
+def _failed_reasons(home: Path) -> list[str]:
+    try:
+        with sqlite3.connect(f"file:{home / 'ledger.db'}?mode=ro", uri=True) as db:
+            return [f"{row[0][:8]} {row[1]}: {row[2]}" for row in
+                    db.execute("SELECT id, backend, reason FROM runs WHERE status = 'FAILED' ORDER BY start_time DESC LIMIT 4")]
+    except sqlite3.Error:
+        return []
 
 
 def _run_ids(home: Path) -> set[bytes]:
@@ -790,7 +805,13 @@ def campaign(runs: int, seed: int, workers: int = 2, kinds: tuple[str, ...] = QU
                     if not queue:
                         return
                     strike = queue.pop(0)
-                outcome = worker.strike(strike)
+                try:
+                    outcome = worker.strike(strike)
+                except Exception as exc:  # noqa: BLE001 - the campaign's own failure is reported, not lost
+                    import traceback
+
+                    outcome = Outcome(strike, violations=[f"the campaign failed: {exc!r}: "
+                                                          + traceback.format_exc()[-1500:]])
                 with lock:
                     outcomes.append(outcome)
                     if outcome.violations:
