@@ -321,6 +321,20 @@ class Worker:
             _unmount(self.full)
         return outcome
 
+    def _wait_for_cluster_runs(self, strike: Strike, home: Path, cwd: Path, seconds: float) -> None:
+        """A cluster's job goes on when its submitter is killed: its run ends when the job does, as
+        the next command finds (each `runs list` reconciles). Given that long, not judged before."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            listed = subprocess.run([PYTHON, "-m", "runner", "runs", "list", "--json", "--limit", "10000"], cwd=cwd,
+                                    env=self._env(home, strike.kind), capture_output=True, text=True, timeout=120)
+            try:
+                if all(row["status"] in TERMINAL for row in json.loads(listed.stdout)):
+                    return
+            except ValueError:
+                return  # (judged by the check itself)
+            time.sleep(1.0)
+
     def _return_nodes(self) -> None:
         cluster = self.components.slurm
         lost = getattr(self, "_lost", None)
@@ -390,6 +404,8 @@ class Worker:
     # -- the invariants ----------------------------------------------------------------
     def _check(self, strike: Strike, outcome: Outcome, home: Path, cwd: Path, since: float, stderr: str) -> None:
         v = outcome.violations
+        if strike.kind in (*CLUSTER_KINDS, "ray"):
+            self._wait_for_cluster_runs(strike, home, cwd, 90)
         reconcile = subprocess.run([PYTHON, "-m", "runner", "runs", "list", "--json", "--limit", "10000"], cwd=cwd,
                                    env=self._env(home, strike.kind), capture_output=True, text=True, timeout=120)
         if reconcile.returncode != 0:
