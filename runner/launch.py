@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import LaunchError
+from runner.processes import start_ticks  # (alive and not a zombie)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
@@ -133,12 +134,10 @@ def marked_processes(run_id: str) -> list[int]:
             with open(f"/proc/{pid}/environ", "rb") as handle:
                 if marker not in handle.read().split(b"\0"):
                     continue
-            with open(f"/proc/{pid}/stat", "rb") as handle:
-                if handle.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
-                    continue
-        except (OSError, IndexError):
+        except OSError:
             continue
-        found.append(pid)
+        if start_ticks(pid) is not None:  # (not a zombie)
+            found.append(pid)
     return found
 
 
@@ -155,7 +154,7 @@ def stop_run_processes(run_id: str, pgid: int | None, grace: float) -> None:
     deadline = time.monotonic() + grace
     while escaped and time.monotonic() < deadline:
         time.sleep(0.02)
-        escaped = [pid for pid in escaped if _pid_alive(pid)]
+        escaped = [pid for pid in escaped if start_ticks(pid) is not None]
     for pid in escaped:
         _signal_pid(pid, signal.SIGKILL)
 
@@ -165,14 +164,6 @@ def _signal_pid(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
 
 
 class _Deferred:
