@@ -8,6 +8,14 @@ Public API only; heavy modules load on first use so `import runner` stays cheap.
 """
 from __future__ import annotations
 
+from runner import startup as _startup
+
+if _startup.started_as_command():  # (a signal while the command imports: see runner.startup)
+    _startup.hold()
+    from runner import faults as _faults
+
+    _faults.checkpoint("import")
+
 from runner.errors import (
     EnvironmentBuildError,
     LaunchError,

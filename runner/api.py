@@ -204,6 +204,9 @@ def submit(
     notify = notify or _default_notify
     backend, state = _prepare(request, notify, progress)
     try:
+        from runner import faults
+
+        faults.checkpoint("pipeline.submit")  # (the run is open; its backend has not taken it yet)
         return backend.submit(state, on_submitted)
     except BaseException as exc:
         _abandon(state, exc)
@@ -231,11 +234,15 @@ def submit_array(requests: list[RunRequest], *, notify: Notify | None = None, th
 def _abandon(state: PreparedRun, exc: BaseException) -> None:
     """Normally ended already (finish() is idempotent); this covers an interrupt or failure
     between the run's creation and the ledger taking over."""
+    from runner import faults
     from runner.tracking import pending
 
+    faults.checkpoint("pipeline.abandon")
     state.plan.source.release()
-    state.tracked.finish("FAILED" if isinstance(exc, Exception) else "KILLED", state.notify)
-    pending.clear(state.note)
+    if state.tracked.finish("FAILED" if isinstance(exc, Exception) else "KILLED", state.notify) is None:
+        pending.clear(state.note)
+    elif not isinstance(exc, Exception):  # (the end did not reach tracking: the note's reconcile ends it)
+        pending.mark_interrupted(state.note)
 
 
 def _prepare(request: RunRequest, notify, progress):
@@ -355,8 +362,10 @@ def _open_run(state: PreparedRun) -> None:
             orphans = reconcile(ledger, quick_only=True, backend=request.backend)
     except BaseException as exc:
         try:
-            created().finish("FAILED" if isinstance(exc, Exception) else "KILLED", state.notify)
-            pending.clear(state.note)
+            if created().finish("FAILED" if isinstance(exc, Exception) else "KILLED", state.notify) is None:
+                pending.clear(state.note)
+            elif not isinstance(exc, Exception):
+                pending.mark_interrupted(state.note)
         except BaseException:  # noqa: BLE001 - the note stays; the next invocation ends the run
             pass
         raise
@@ -382,6 +391,8 @@ def _settle_note(note, exc: BaseException) -> None:
 
     if isinstance(exc, Exception) and not getattr(exc, "outcome_unknown", False):
         pending.clear(note)
+    elif not isinstance(exc, Exception):
+        pending.mark_interrupted(note)
 
 
 def prepare_environment(

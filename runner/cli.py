@@ -273,6 +273,7 @@ def _run_request(request, in_job: bool = False) -> int:
 
     active = []  # the SubmittedRun, once it exists
     received: list[int] = []
+    abandoning: list[int] = []  # the signal that abandoned the preparation
 
     def on_signal(signum: int, _frame) -> None:
         if active and active[0].done:
@@ -287,12 +288,13 @@ def _run_request(request, in_job: bool = False) -> int:
             elif len(received) == 2:
                 os.write(2, f"killing run {run_id} now\n".encode())
             active[0].request_cancel(signum)
-        else:
+        elif not abandoning:
+            abandoning.append(signum)
             raise _Interrupted(signum)  # the command has not started: abandon the preparation
+        # (else: the preparation is being abandoned; another signal would cut its cleanup short)
 
-    from runner.launch import INTERRUPT_SIGNALS
 
-    for signum in INTERRUPT_SIGNALS:
+    for signum in startup.INTERRUPT_SIGNALS:
         signal.signal(signum, on_signal)
     # A resized window reaches the command's terminal (see runner.launch).
     signal.signal(signal.SIGWINCH, lambda _signum, _frame: active[0].sync_window_size() if active else None)
@@ -305,11 +307,12 @@ def _run_request(request, in_job: bool = False) -> int:
         while not submitted.done:
             submitted.wait(0.25)
     except _Interrupted as interrupted:
+        startup.ignore()  # the run is ended: nothing more to stop while it says so
         name = signal.Signals(interrupted.signum).name
         if active:  # the run exists: it was ended KILLED before its command started
             _say(f"interrupted by {name}: run {active[0].run_id} recorded as KILLED before its command started")
         else:
-            _say(f"interrupted by {name} before a run was created")
+            _say(f"interrupted by {name} before the command started (a run already created is recorded as KILLED)")
         return 128 + interrupted.signum
     status = submitted.get_status()
     end_error = getattr(submitted, "end_error", None)
@@ -398,7 +401,6 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
     from runner import api
     from runner.progress import Progress
     from runner.sweeps import run_sweep
-    from runner.launch import INTERRUPT_SIGNALS
     from runner.sweeps.driver import table
 
     if (uri is None) == (resume is None):
@@ -416,8 +418,7 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
                            experiment_name, experiment_id, config=config_file, resume=resume, cwd=None, notify=_say,
                            progress=Progress())
     except (KeyboardInterrupt, _Interrupted) as exc:
-        for signum in INTERRUPT_SIGNALS:  # the sweep's runs are ended: nothing more to stop while it says so
-            signal.signal(signum, signal.SIG_IGN)
+        startup.ignore()  # the sweep's runs are ended: nothing more to stop while it says so
         number = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
         sweep_id = getattr(exc, "sweep_id", None)
         resume_with = f"mlproject sweep --resume {sweep_id}" if sweep_id else "mlproject sweep --resume ID (see `mlproject sweep list`)"
@@ -861,8 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = cli.main(args, prog_name="mlproject", standalone_mode=False)
         # The work is done and recorded: a signal now could only kill the process in its last
         # milliseconds (Python restores the default handlers as it shuts down) and lose its exit code.
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
+        startup.ignore()
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (`mlproject runs list | head -1`): what it did not read is dropped
@@ -877,7 +877,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as exc:
         _print_error(exc.format_message(), "see `mlproject --help`")
         return exc.exit_code
-    except click.Abort:
+    except click.Abort:  # (Ctrl-C before a command's own handlers: nothing was started)
+        startup.ignore()  # (a second one must not turn the exit code into a death by signal)
         _say("aborted")
         return 130
     except RunnerError as exc:

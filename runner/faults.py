@@ -1,6 +1,6 @@
 """Named phases of a run where a test can strike deterministically.
 
-`MLPROJECT_FAULT_AT=PHASE:ACTION` makes the runner strike itself when it reaches PHASE:
+`MLPROJECT_FAULT_AT=PHASE:ACTION[,PHASE:ACTION...]` makes the runner strike itself when it reaches PHASE:
 `SIGINT`, `SIGINT*2` (twice, 50 ms apart), `SIGTERM`, `SIGHUP`, `SIGKILL`, or `pause` (say so
 on stderr and sleep, so that a test strikes from outside while the runner waits there). The fault
 campaign (`python -m tests.chaos`) strikes at random instants; each violation it finds is replayed
@@ -18,9 +18,10 @@ def checkpoint(phase: str) -> None:
     wanted = os.environ.get(VARIABLE)
     if not wanted:
         return
-    name, _, action = wanted.partition(":")
-    if name == phase:
-        strike(action or "pause", phase)
+    for item in wanted.split(","):  # (several phases: a strike, then another inside its handling)
+        name, _, action = item.partition(":")
+        if name == phase:
+            strike(action or "pause", phase)
 
 
 def strike(action: str, phase: str) -> None:

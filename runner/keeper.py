@@ -32,7 +32,8 @@ import threading
 from dataclasses import asdict, replace
 
 from runner.errors import LaunchError, RunnerError
-from runner.launch import INTERRUPT_SIGNALS, RUN_MARKER
+from runner.launch import RUN_MARKER
+from runner.startup import INTERRUPT_SIGNALS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -165,6 +166,7 @@ def main() -> int:
     request = RunRequest(**json.loads(sys.stdin.buffer.read()))
     sys.stdin.close()
     active: list = []
+    abandoning: list[int] = []
 
     def tell(kind: str, value) -> None:
         if not status.closed:
@@ -178,8 +180,10 @@ def main() -> int:
     def on_signal(signum: int, _frame) -> None:
         if active and active[0].launching:
             active[0].request_cancel(signum)  # `runs cancel`, a caller's cancel(): the run ends KILLED
-        else:
+        elif not abandoning:
+            abandoning.append(signum)
             raise _Interrupted()  # still preparing: the pipeline ends the run KILLED
+        # (else: the preparation is being abandoned; another signal would cut its cleanup short)
 
     startup.release()
     for signum in INTERRUPT_SIGNALS:
@@ -191,9 +195,10 @@ def main() -> int:
         tell("error", {"type": type(exc).__name__, **{k: v for k, v in vars(exc).items() if _plain(v)}})
         return exc.exit_code
     except _Interrupted:
+        startup.ignore()  # the run is ended: nothing more to stop while it says so
         tell("error", {"type": "LaunchError", "message": "interrupted before the run's command started",
                        "hint": f"run {active[0].run_id} was recorded KILLED" if active else "no run was created"})
-        return 130
+        return 128 + abandoning[0]
     except Exception as exc:  # noqa: BLE001 - the caller gets it as one error, not a dead pipe
         tell("error", {"type": "RunnerError", "message": f"{exc.__class__.__name__}: {exc}"})
         return 1

@@ -45,8 +45,6 @@ if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm 
     from typing import Callable, Mapping, Sequence
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
-# What stops a run, wherever its runner is (the CLI, a keeper, a sweep driver): Ctrl-C, kill, hangup.
-INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 DEFAULT_GRACE_SECONDS = 10.0
 _DRAIN_SECONDS = 2.0  # output still held open by an escaped process is given up after this
 
@@ -217,6 +215,14 @@ class _Tee(threading.Thread):
     def stop_after(self, seconds: float) -> None:
         self._stop_at = time.monotonic() + seconds
 
+    def _write_log(self, chunk: bytes) -> None:
+        try:
+            self._log.write(chunk)
+            self._log.flush()
+        except OSError as exc:  # a full disk: the command goes on, and its output still reaches us
+            self._log = None
+            os.write(2, f"warning: the run's log is incomplete from here on: {exc.strerror or exc}\n".encode())
+
     def run(self) -> None:
         selector = selectors.DefaultSelector()
         for fd in self._streams:
@@ -235,8 +241,8 @@ class _Tee(threading.Thread):
                         selector.unregister(key.fd)
                         open_fds.discard(key.fd)
                         continue
-                    self._log.write(chunk)
-                    self._log.flush()
+                    if self._log is not None:
+                        self._write_log(chunk)
                     if self._echo:
                         _write_all(self._streams[key.fd], chunk)
         finally:
@@ -246,6 +252,13 @@ class _Tee(threading.Thread):
                     os.close(fd)
                 except OSError:
                     pass
+
+
+def _close_quietly(log_file) -> None:
+    try:
+        log_file.close()
+    except OSError:  # (what a full disk kept in its buffer: the tee said the log is incomplete)
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -543,7 +556,7 @@ def _watch(run: SubmittedRun, tee: _Tee, log_file, on_finish: FinishCallback | N
     tee.stop_after(_DRAIN_SECONDS)
     tee.join()
     run._terminal = None  # closed by the tee
-    log_file.close()
+    _close_quietly(log_file)
     if run.cancel_signal is not None:
         status = KILLED
     else:

@@ -309,7 +309,8 @@ class Worker:
         # KeyboardInterrupt, uncaught there, is Python and the API doing as documented.)
         last = (stderr.strip().splitlines() or [""])[-1]
         api_error = strike.kind == "keeper" and (last.startswith("runner.errors.") or last == "KeyboardInterrupt")
-        if "Traceback" in stderr and "/runner/" not in stderr[stderr.index("Traceback"):]:
+        if "Could not import runpy module" in stderr or (
+                "Traceback" in stderr and "/runner/" not in stderr[stderr.index("Traceback"):]):
             # Struck inside the interpreter's own start (`Could not import runpy module`), before
             # the runner's first line: nothing of ours existed to handle it.
             outcome.landed = False

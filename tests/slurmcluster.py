@@ -105,7 +105,9 @@ class SlurmCluster:
         self.procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                            env={**os.environ, **self.env}, start_new_session=True))
 
-    def _wait_for_idle_nodes(self, failure: str, timeout: float = 60) -> None:
+    def _wait_for_idle_nodes(self, failure: str, timeout: float = 60, resume: bool = False) -> None:
+        """`resume`: a node Slurm drained or downed meanwhile (a job's node lost mid-step drains
+        the node the step had reached too) is given back to service, as an administrator would."""
         deadline = time.monotonic() + timeout
         states = ""
         while time.monotonic() < deadline:
@@ -117,6 +119,10 @@ class SlurmCluster:
             states = done.stdout
             if done.returncode == 0 and states.split().count("idle") == 2:
                 return
+            for line in states.splitlines() if resume else ():
+                name, _, state = line.partition(" ")
+                if state.startswith(("drain", "down")):
+                    self.command("scontrol", "update", f"nodename={name}", "state=resume")
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"{failure} in {timeout:.0f} s (sinfo: {states!r})\n{self.logs()}")
@@ -133,7 +139,7 @@ class SlurmCluster:
         """(After `lose_node`.) Its slurmd starts again and registers; the node is idle again.
         `hidden`: a directory the node does not see (see `_daemon`); needs root."""
         self._daemon(["slurmd", "-D", "-N", name], hidden)
-        self._wait_for_idle_nodes(f"node {name} did not return", 120)
+        self._wait_for_idle_nodes(f"node {name} did not return", 120, resume=True)
 
     def restart_controller(self) -> None:
         """slurmctld killed and started again from its saved state (jobs run on meanwhile)."""

@@ -47,6 +47,22 @@ def test_disk_full_during_a_build_fails_clearly_and_leaves_the_store_usable(smal
     assert "1.16.0" in ok.stdout
 
 
+def test_disk_full_while_the_command_writes_its_log(small_store, make_project, cli, _work_in_tmp):
+    """The log filled the disk: the tee and watcher threads died with OSError tracebacks
+    (campaign seed 77:16, git, disk full). The output still reaches the terminal, the log is
+    said to be incomplete, and the run's outcome is its command's."""
+    root = make_project("name: loud\nentry_points:\n  main:\n"
+                        "    command: \"yes 0123456789abcdef | head -c 60000000; echo done\"\n")
+    result = cli("run", str(root), "--env-manager", "local", timeout=300)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "warning: the run's log is incomplete from here on: No space left on device" in result.stderr
+    assert len(result.stdout) >= 60000000 and result.stdout.rstrip().endswith("done")
+    for log in small_store.glob("runs/*/output.log"):  # the space the run's end needs
+        log.unlink()
+    listed = cli("runs", "list", "--json")
+    assert listed.returncode == 0 and '"RUNNING"' not in listed.stdout, listed.stdout
+
+
 # -- a tracking server that fails or stalls: a fault-injecting proxy in front of a real one --
 def _project(make_project):
     """A project with one parameter, so that a run also logs parameters (`runs/log-batch`)."""

@@ -149,3 +149,67 @@ def test_a_caller_whose_keeper_died_is_told_and_returns(make_project, mlproject_
     out, err = caller.communicate(timeout=30)  # (before the fix: no answer, ever)
     assert out.strip().splitlines()[-1] == "False FAILED", (out, err)
     assert _no_process_left() == []
+
+
+@pytest.mark.parametrize("strike", ["SIGINT", "SIGINT*2", "SIGTERM", "SIGHUP"])
+def test_a_signal_while_the_runner_imports_exits_quietly(make_project, mlproject_home, _work_in_tmp, strike):
+    """Struck while `runner/__init__.py` was imported, before the CLI held the signals: a
+    KeyboardInterrupt traceback (`20261204:272`); and a held signal's SystemExit raised inside a
+    class body came out as `RuntimeError: Error calling __set_name__` (`20261204:752`)."""
+    root = make_project(SLOW)
+    proc = subprocess.run([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MLPROJECT_FAULT_AT": f"import:{strike}"})
+    assert proc.returncode == 128 + getattr(signal, strike.split("*")[0]), proc.stderr
+    assert proc.stderr == "" and proc.stdout == ""
+    assert not (mlproject_home / "ledger.db").exists()  # nothing of a run existed
+
+
+def test_a_library_that_imports_runner_keeps_its_keyboard_interrupt():
+    """Only the project's own commands exit quietly on an early signal: `import runner` from a
+    user's script leaves Python's handling alone."""
+    code = "import signal, runner; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "True", done.stderr
+
+
+def test_a_second_ctrl_c_while_the_preparation_is_abandoned(make_project, mlproject_home, _work_in_tmp):
+    """The second of two Ctrl-C landed in the cleanup of the first, or in its report: a traceback
+    after "interrupted by SIGINT" (`20261204:580`)."""
+    root = make_project(SLOW)
+    proc = subprocess.run([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MLPROJECT_FAULT_AT": "pipeline.submit:SIGINT,pipeline.abandon:SIGINT*2"})
+    err = proc.stderr
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    subprocess.run([sys.executable, "-m", "runner", "runs", "list"], capture_output=True, timeout=60, check=True)
+    with sqlite3.connect(_work_in_tmp / "mlflow.db") as store:
+        tracked = [r[0] for r in store.execute("select status from runs")]
+    assert tracked == ["KILLED"], (tracked, err)
+
+
+def test_a_signal_while_the_server_creates_the_run_ends_it_killed(make_project, mlproject_home, _work_in_tmp,
+                                                                  mlflow_server):
+    """SIGHUP after the creation was sent to the server and before its answer: the pending note's
+    reconcile ended the run FAILED (a dead runner), where the runner had exited 129 (`20261204:929`)."""
+    root = make_project(SLOW)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLPROJECT_FAULT_AT": "tracking.sent:SIGHUP"}
+    proc = subprocess.run([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local",
+                           "--experiment-name", "sent-then-hung-up"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 129, proc.stderr
+    assert "Traceback" not in proc.stderr
+    env.pop("MLPROJECT_FAULT_AT")
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("sent-then-hung-up")
+    deadline = time.monotonic() + 60
+    statuses: list[str] = []
+    while time.monotonic() < deadline:  # (the note's reconcile waits until the server has the run)
+        subprocess.run([sys.executable, "-m", "runner", "runs", "list"], capture_output=True, timeout=60, env=env)
+        statuses = [r.info.status for r in client.search_runs([experiment.experiment_id])] if experiment else []
+        if statuses and "RUNNING" not in statuses:
+            break
+        time.sleep(0.5)
+        experiment = experiment or client.get_experiment_by_name("sent-then-hung-up")
+    assert statuses == ["KILLED"], statuses
+    assert not list((mlproject_home / "pending").glob("*.json"))

@@ -583,7 +583,7 @@ class _DeferredSignals:
     def __enter__(self) -> _DeferredSignals:
         import signal
 
-        from runner.launch import INTERRUPT_SIGNALS
+        from runner.startup import INTERRUPT_SIGNALS
 
         if threading.current_thread() is threading.main_thread():
             for signum in INTERRUPT_SIGNALS:

@@ -7,7 +7,9 @@ So before the creation is sent, a small note names the attempt
 (`$MLPROJECT_HOME/pending/<attempt>.json`, with the runner's PID), and the run
 is created with the tag `mlproject.attempt=<attempt>`. Once the ledger holds the
 run, the note goes. `reconcile` (run by every invocation) settles the notes of
-runners that are gone: it finds their runs by the tag and ends them FAILED.
+runners that are gone: it finds their runs by the tag and ends them FAILED, or
+KILLED when the runner was interrupted while the creation was on its way (it
+marked the note so before it exited).
 """
 from __future__ import annotations
 
@@ -41,6 +43,19 @@ def note(attempt: str, tracking_uri: str, experiment_name: str | None, experimen
     return path
 
 
+def mark_interrupted(path: Path | None) -> None:
+    """The runner is exiting on a signal with its creation's outcome unknown: the run, if the
+    server made it, ends KILLED (a cancel), not FAILED (a dead runner)."""
+    if path is None:
+        return
+    try:
+        data = json.loads(path.read_text())
+        data["status"] = "KILLED"
+        home.save_json(path, data)
+    except (OSError, ValueError):  # (a full disk: the run ends FAILED, as for a runner that died)
+        pass
+
+
 def clear(path: Path | None) -> None:
     if path is not None:
         try:
@@ -50,7 +65,8 @@ def clear(path: Path | None) -> None:
 
 
 def reconcile() -> list[str]:
-    """End, FAILED, the tracking runs of notes whose runner died; returns their run IDs.
+    """End the tracking runs of notes whose runner died (FAILED, or KILLED for a runner that
+    exited on a signal); returns their run IDs.
 
     A note whose store cannot be reached now is kept for the next invocation."""
     from runner.errors import TrackingError
@@ -72,7 +88,7 @@ def reconcile() -> list[str]:
             run_ids = [data["run_id"]] if data.get("run_id") else tracker.find_running(
                 data.get("experiment_name"), data.get("experiment_id"), ATTEMPT_TAG, data["attempt"])
             for run_id in run_ids:
-                tracker.end(run_id, "FAILED")
+                tracker.end(run_id, "KILLED" if data.get("status") == "KILLED" else "FAILED")
         except (TrackingError, KeyError):
             if age < _GIVE_UP_SECONDS:
                 continue

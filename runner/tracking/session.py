@@ -167,6 +167,9 @@ def begin_tracking(
     begin = getattr(tracker, "begin", None)
     if begin is not None:
         created = begin(request)
+        from runner import faults
+
+        faults.checkpoint("tracking.sent")  # (sent to the server, its answer not read yet)
         return lambda: TrackedRun(tracker, created(), request=request)
     tracked = TrackedRun(tracker, tracker.start(request), request=request)
     return lambda: tracked
