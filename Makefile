@@ -78,6 +78,7 @@ bench: setup system-packages
 
 lint: setup
 	$(BIN)/ruff check runner tests benchmarks
+	$(BIN)/pyright
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

@@ -22,18 +22,19 @@ from pathlib import Path
 from runner.errors import RunnerError, UsageError
 from runner.project.params import parse_assignments, resolve
 from runner.project.spec import load_project
-from runner.request import Plan, PreparedRun, RunRequest
+from runner.request import Plan, PlannedRun, PreparedRun, RunRequest
 from runner.sources import fetch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
     from typing import Any, Callable, Mapping
 
-    from runner.launch import SubmittedRun
+    from runner.envs import Planned
+    from runner.launch import RunHandle
+    from runner.request import Notify
+    from runner.tracking.session import TrackingPlan
 
 __all__ = ["Plan", "RunRequest", "attach", "plan", "run", "submit"]
-
-Notify = "Callable[[str], None]"
 
 
 def _default_notify(message: str) -> None:
@@ -131,10 +132,10 @@ def run(
     stream_output: bool = True,
     notify: Notify | None = None,
     progress: Notify | None = None,
-    on_submitted: Callable[[SubmittedRun], None] | None = None,
+    on_submitted: Callable[[RunHandle], None] | None = None,
     locked: bool = False,
     detach: bool = False,
-) -> SubmittedRun:
+) -> RunHandle:
     """Run an MLflow project; the arguments are those of `mlflow.projects.run`.
 
     Returns a SubmittedRun. With `synchronous=True` (the default) it waits and,
@@ -171,7 +172,7 @@ def rerun(
     stream_output: bool = True,
     notify: Notify | None = None,
     progress: Notify | None = None,
-) -> SubmittedRun:
+) -> RunHandle:
     """Run a recorded run again (see runner.reproduce.rerun): its source at its commit with its
     uncommitted changes, its entry point and parameters (`parameters` change some), and the
     packages its environment held; a new run tagged mlproject.rerunOf in its experiment.
@@ -196,8 +197,8 @@ def submit(
     *,
     notify: Notify | None = None,
     progress: Notify | None = None,
-    on_submitted: Callable[[SubmittedRun], None] | None = None,
-) -> SubmittedRun:
+    on_submitted: Callable[[RunHandle], None] | None = None,
+) -> RunHandle:
     """The pipeline: check the request, plan the tracking, fetch and load the project, plan its
     environment, open the run, prepare, launch. Nothing is created before the run is opened,
     and from then on every way out ends it."""
@@ -225,9 +226,13 @@ def submit_array(requests: list[RunRequest], *, notify: Notify | None = None, th
         for _, state in prepared:
             _abandon(state, exc)
         raise
-    backend = prepared[0][0]
-    if not hasattr(backend, "submit_array"):
-        raise UsageError(f"backend {requests[0].backend!r} has no job arrays")
+    from runner import backends
+
+    name = requests[0].backend
+    if name not in backends.CLUSTER_BACKENDS or not (backend := backends.cluster(name)).JOB_ARRAYS:
+        for _, state in prepared:
+            _abandon(state, UsageError("no job arrays"))
+        raise UsageError(f"backend {name!r} has no job arrays")
     return backend.submit_array([state for _, state in prepared], throttle)
 
 
@@ -263,12 +268,11 @@ def _prepare(request: RunRequest, notify, progress):
         notify(tracking.note)
     the_plan = plan(request.uri, request.entry_point, request.version, request.parameters, request.env_manager,
                     caller_cwd, notify=notify, progress=progress, patch=request.patch)
-    state = PreparedRun(request, tracking, the_plan, notify, progress, backend_options)
     try:
-        _plan_environment(state)
-        if hasattr(backend, "check_plan"):  # what only the plan tells (its env manager), before the run exists
-            backend.check_plan(state)
-        _open_run(state)
+        planned = PlannedRun(request, tracking, the_plan, notify, progress, backend_options,
+                             _plan_environment(request, tracking, the_plan, notify, progress))
+        backend.check_plan(planned)  # what only the plan tells (its env manager), before the run exists
+        state = _open_run(planned)
     except BaseException:
         the_plan.source.release()  # once launched, the run's end releases it
         raise
@@ -295,25 +299,26 @@ def attach(run_id: str):
     return ClusterRun(record)
 
 
-def _plan_environment(state: PreparedRun) -> None:
+def _plan_environment(request: RunRequest, tracking: TrackingPlan, the_plan: Plan, notify: Notify,
+                      progress: Notify | None) -> Planned:
     """Everything about the environment that can fail before a run exists (a conda solve)."""
     from runner.envs import plan_environment, resolve_before_run
     from runner.tracking import downloads
 
-    for warning in [*state.plan.project.warnings, *state.plan.invocation.warnings]:
-        state.notify(f"warning: {warning}")
-    state.environment = plan_environment(state.plan.env_manager, state.plan.project, state.notify,
-                                         **state.request.env_options())
-    resolve_before_run(state.environment, state.progress)
-    remote = state.plan.invocation.remote
+    for warning in [*the_plan.project.warnings, *the_plan.invocation.warnings]:
+        notify(f"warning: {warning}")
+    environment = plan_environment(the_plan.env_manager, the_plan.project, notify, **request.env_options())
+    resolve_before_run(environment, progress)
+    remote = the_plan.invocation.remote
     downloads.require(remote)
-    if remote and state.tracking.library is None:
+    if remote and tracking.library is None:
         from runner.tracking import BackgroundImport
 
-        state.tracking.library = BackgroundImport()
+        tracking.library = BackgroundImport()
+    return environment
 
 
-def _open_run(state: PreparedRun) -> None:
+def _open_run(state: PlannedRun) -> PreparedRun:
     """Create the run in tracking and open the ledger, settling what dead runners left."""
     from runner.tracking import ATTEMPT_TAG, pending, redact
     from runner.tracking.session import begin_tracking, project_tags
@@ -333,19 +338,20 @@ def _open_run(state: PreparedRun) -> None:
         params = invocation.logged
     # Before the creation is sent, a note names this attempt and the run carries it
     # as a tag: a SIGKILL anywhere from here leaves a run that can be found and ended.
+    note: Path | None = None
     if state.tracking.uri is not None and request.job_of is None:
         from runner.tracking.common import experiment_choice
 
         attempt = pending.new_attempt()
         tags[ATTEMPT_TAG] = attempt
-        state.note = pending.note(attempt, redact(state.tracking.uri),
+        note = pending.note(attempt, redact(state.tracking.uri),
                                   *experiment_choice(request.experiment_name, request.experiment_id), request.run_id)
     try:
         created = begin_tracking(state.tracking, experiment_name=request.experiment_name,
                                  experiment_id=request.experiment_id, run_id=request.run_id, run_name=request.run_name,
                                  tags=tags, params=params)
     except BaseException as exc:
-        _settle_note(state.note, exc)
+        _settle_note(note, exc)
         raise
     # While a tracking server creates the run: import and open the ledger (sqlite3 and
     # all), settle what dead runners left.
@@ -363,25 +369,25 @@ def _open_run(state: PreparedRun) -> None:
     except BaseException as exc:
         try:
             if created().finish("FAILED" if isinstance(exc, Exception) else "KILLED", state.notify) is None:
-                pending.clear(state.note)
+                pending.clear(note)
             elif not isinstance(exc, Exception):
-                pending.mark_interrupted(state.note)
+                pending.mark_interrupted(note)
         except BaseException:  # noqa: BLE001 - the note stays; the next invocation ends the run
             pass
         raise
     try:
-        state.tracked = created()
+        tracked = created()
     except BaseException as exc:
         ledger.close()
-        _settle_note(state.note, exc)
+        _settle_note(note, exc)
         raise
-    state.ledger = ledger
     for orphan in orphans:
         if orphan.backend == "local":
             state.notify(f"note: run {orphan.id} had lost its runner; recorded as FAILED")
         else:
             state.notify(f"note: run {orphan.id} recorded as {orphan.status}" + (f": {orphan.reason}" if orphan.reason else
                                                                                    f" (its {orphan.backend} job ended)"))
+    return PreparedRun.opened(state, tracked, ledger, note)
 
 
 def _settle_note(note, exc: BaseException) -> None:
@@ -421,7 +427,7 @@ def prepare_environment(
     found = existing(planned)
     if found is None:
         raise EnvironmentBuildError(
-            f"the {planned.manager} environment of this project is not built yet (key {planned.key[:12]})",
+            f"the {planned.manager} environment of this project is not built yet (key {(planned.key or '')[:12]})",
             hint=f"build it with `mlproject env build {uri}`",
         )
     return found

@@ -315,7 +315,7 @@ def _run_request(request, in_job: bool = False) -> int:
             _say(f"interrupted by {name} before the command started (a run already created is recorded as KILLED)")
         return 128 + interrupted.signum
     status = submitted.get_status()
-    end_error = getattr(submitted, "end_error", None)
+    end_error = submitted.end_error
     if end_error:  # the outcome is known here but not recorded: never a silent success
         _say(f"error: run {submitted.run_id} {status.lower()}, but its end could not be recorded: {end_error}")
         _say("hint: free space where MLPROJECT_HOME and the tracking store are; the next mlproject command "
@@ -334,7 +334,7 @@ def _run_request(request, in_job: bool = False) -> int:
         _say(f"=== Run (ID '{submitted.run_id}') succeeded ===")
         code = 0
     else:
-        why = getattr(submitted, "reason", None)  # a cluster's word on how its job ended
+        why = submitted.reason  # a cluster's word on how its job ended
         # (a job whose node was lost has no exit code: the cluster's word says what happened)
         code_said = "" if submitted.exit_code is None else f" with exit code {submitted.exit_code}"
         _say(f"=== Run (ID '{submitted.run_id}') {status.lower()}{code_said}" + (f" ({why})" if why else "") + " ===")
@@ -697,7 +697,7 @@ def _job_line(record) -> str:
     from runner import backends
 
     try:
-        state = backends.get(record.backend).job_state(record.job_id)
+        state = backends.cluster(record.backend).job_state(record.job_id)
     except Exception as exc:  # noqa: BLE001 - the ledger's view is still worth showing
         return f"{line} (the scheduler did not answer: {exc})"
     if state is None:

@@ -72,7 +72,7 @@ def as_mlflow(error: RunnerError) -> RunnerError:
     if twin is None:
         twin = _MLFLOW_TWINS[cls] = type(cls.__name__, (cls, execution), {"__module__": cls.__module__,
                                                                          "__str__": RunnerError.__str__})
-    converted = twin.__new__(twin)
+    converted = BaseException.__new__(twin)
     execution.__init__(converted, error.message)  # MlflowException's own fields (error_code, ...)
     converted.__dict__.update(error.__dict__)
     converted.args = error.args

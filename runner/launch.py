@@ -44,6 +44,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
     from typing import Callable, Mapping, Sequence
 
+    FinishCallback = Callable[["Outcome"], None]
+
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 DEFAULT_GRACE_SECONDS = 10.0
 _DRAIN_SECONDS = 2.0  # output still held open by an escaped process is given up after this
@@ -62,7 +64,6 @@ class Outcome:
     exit_code: int  # shell convention: 128+N for a child killed by signal N
 
 
-FinishCallback = "Callable[[Outcome], None]"
 
 
 def exit_code_of(returncode: int) -> int:
@@ -216,6 +217,8 @@ class _Tee(threading.Thread):
         self._stop_at = time.monotonic() + seconds
 
     def _write_log(self, chunk: bytes) -> None:
+        if self._log is None:
+            return
         try:
             self._log.write(chunk)
             self._log.flush()
@@ -241,8 +244,7 @@ class _Tee(threading.Thread):
                         selector.unregister(key.fd)
                         open_fds.discard(key.fd)
                         continue
-                    if self._log is not None:
-                        self._write_log(chunk)
+                    self._write_log(chunk)
                     if self._echo:
                         _write_all(self._streams[key.fd], chunk)
         finally:
@@ -272,8 +274,21 @@ def _write_all(fd: int, data: bytes) -> None:
 
 class RunHandle:
     """What every submitted run offers, wherever it runs: `wait()`, `get_status()`, `done`,
-    `cancel()`. A subclass keeps `_status` and `_done` and says how to `request_cancel()`."""
+    `cancel()`, and what is known of it. A subclass keeps `_status` and `_done` and says how to
+    `request_cancel()`."""
 
+    run_id: str  # the MLflow run's ID when tracked, else the ledger's
+    ledger_id: str
+    log_path: Path | None
+    tracking_uri: str | None  # where the run is tracked (credentials masked); None: the ledger only
+    experiment_id: str | None
+    exit_code: int | None
+    cancel_signal: int | None
+    launching: bool  # its command is (being) started: a cancel now stops the command
+    backend: str = "local"
+    job_id: str | None = None  # the cluster's ID of its job
+    reason: str | None = None  # why it ended so, when the ledger knows (a cluster's word)
+    end_error: str | None = None  # the outcome is known but could not be recorded (a full disk)
     _status: str
     _done: threading.Event
 
@@ -305,6 +320,9 @@ class RunHandle:
 
     def request_cancel(self, signum: int = signal.SIGTERM) -> None:
         raise NotImplementedError
+
+    def sync_window_size(self, from_fd: int = 1) -> None:
+        """A resized terminal reaches the command's (where it has one)."""
 
 
 class SubmittedRun(RunHandle):
@@ -471,7 +489,11 @@ def _output_channels(echo: bool) -> tuple[int, int, int, int]:
     for each of our own streams that is a terminal (one shared when both are), else pipes."""
     out_tty = echo and os.isatty(1)
     err_tty = echo and os.isatty(2)
-    terminal = _open_terminal(1 if out_tty else 2) if (out_tty or err_tty) else None
+    if not (out_tty or err_tty):
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        return out_r, out_w, err_r, err_w
+    terminal = _open_terminal(1 if out_tty else 2)
     out_r, out_w = terminal if out_tty else os.pipe()
     if err_tty and out_tty:
         return out_r, out_w, out_r, out_w

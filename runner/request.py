@@ -12,6 +12,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
     from typing import Any, Callable, Mapping
 
+    from runner.backends.cluster import JobOf
     from runner.envs import Planned
     from runner.project.params import Invocation
     from runner.project.spec import Project
@@ -51,8 +52,8 @@ class RunRequest:
     detach: bool = False
     # The run is a child of this MLflow run (a sweep's trials); else of the caller's active run.
     parent_run_id: str | None = None
-    # Internal: this process is the cluster job of the ledger row with this ID (see backends).
-    job_of: str | None = None
+    # Internal: this process is the cluster job of this ledger row (see runner.backends).
+    job_of: JobOf | None = None
     # A rerun (runner.rerun): where the original was tracked, the uncommitted changes it ran
     # with (applied to the checkout of `version`), the lock its environment was installed
     # from, and the tags that say what it reruns.
@@ -81,21 +82,31 @@ class Plan:
 
 
 @dataclass
-class PreparedRun:
-    """One run on its way down the pipeline: the request and what each stage made of it.
-
-    A backend receives it once the run exists in tracking and the ledger is open."""
+class PlannedRun:
+    """A run planned: the request, its tracking plan, its project and parameters, and its
+    environment decided (not built yet). Nothing of it exists anywhere yet."""
 
     request: RunRequest
     tracking: TrackingPlan
     plan: Plan
     notify: Notify
     progress: Notify | None
-    backend_options: Any = None  # what the backend's check() made of the backend config
-    environment: Planned | None = None  # decided, not built yet
-    tracked: TrackedRun | None = None  # the MLflow run, once created
-    ledger: Ledger | None = None
+    backend_options: Any  # what the backend's check() made of the backend config
+    environment: Planned
+
+
+@dataclass
+class PreparedRun(PlannedRun):
+    """A run opened: it exists in tracking, the ledger is open, and a backend takes it from here."""
+
+    tracked: TrackedRun  # the MLflow run (or, untracked, its stand-in)
+    ledger: Ledger
     note: Path | None = None  # names the run until the ledger has it (see tracking.pending)
+
+    @classmethod
+    def opened(cls, planned: PlannedRun, tracked: TrackedRun, ledger: Ledger, note: Path | None) -> PreparedRun:
+        return cls(planned.request, planned.tracking, planned.plan, planned.notify, planned.progress,
+                   planned.backend_options, planned.environment, tracked, ledger, note)
 
     def keep_source_state(self, run_dir: Path) -> None:
         """What a rerun needs of a dirty working copy (its diff, its untracked files' names) and
@@ -123,5 +134,5 @@ class PreparedRun:
             entry_point=invocation.entry_point, command=invocation.command, env_manager=self.plan.env_manager,
             env_key=self.environment.key, log_path=str(log_path), parameters={**invocation.texts, **invocation.extra},
             git_commit=source.commit, tracking_run_id=tracked.run_id,
-            tracking_uri=redact(self.tracking.uri) if tracked.run_id else None, **extra,
+            tracking_uri=redact(self.tracking.uri) if tracked.run_id and self.tracking.uri else None, **extra,
         )

@@ -1,58 +1,79 @@
-"""Where a run executes, behind one seam.
+"""Where a run executes, behind one seam: the Protocols of `runner.backends.base`.
 
 The pipeline (`runner.api`) is the same for every backend: fetch, load, check the
 parameters, plan the environment, open the run in tracking and the ledger. Then
-the backend takes the PreparedRun. A backend is a module with:
+the backend takes the PreparedRun. Each backend is one module, registered below by
+one loader whose return type (`Backend` or `ClusterBackend`) has the type checker
+check the module against its contract.
 
-    check(config: dict, request) -> options
-        Before anything is created: refuse a bad backend config (UsageError, exit 2).
-    submit(run: PreparedRun, on_submitted) -> SubmittedRun-like handle
-        (`run_id`, `wait()`, `get_status()`, `cancel()`, `exit_code`, `log_path`).
-    job_state(record) -> JobState | None          (cluster backends)
-        How the job of a ledger row is doing; None when the cluster has no record of it.
-    cancel(record) -> None                        (cluster backends)
-    stopped_by_cluster(job_id) -> (status, reason) | None   (cluster backends)
-        Asked by the runner inside a job that was signalled: was it the time limit?
-    pull_output(job_id, log_path) -> None         (clusters that keep a job's output)
-        Copy the job's output into the run's log on this host (Ray; Slurm writes it there).
-    QUICK_STATE: bool                             (cluster backends; default True)
-        Whether job_state answers in milliseconds, so that every run settles this backend's
-        finished jobs on its way (Slurm); otherwise only `runs`, `attach`, sweeps and runs of
-        this backend do (Ray: its SDK takes seconds to import).
-    SHARED_LEDGER: bool                           (cluster backends)
-        Whether the runner inside the job writes this host's ledger (a shared file system:
-        Slurm) or its own (Ray): then this host records the end from the cluster's word.
-
-A cluster job runs the runner itself (`python -m runner job FILE`): the node builds or
-reuses the environment by its hash, with the store's locks, and ends the run as a
-local run does. What the node cannot record (a job cancelled while pending, a node
-that died) the submit side reads from the cluster and records (`settle`).
+A cluster job runs the runner itself (`python -m runner job FILE`, `runner.backends.job`):
+the node builds or reuses the environment by its hash, with the store's locks, and ends
+the run as a local run does. What the node cannot record (a job cancelled while
+pending, a node that died) the submit side reads from the cluster and records (`settle`).
 """
 from __future__ import annotations
 
-import importlib
 import os
 
 from runner.errors import NotAvailableError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from types import ModuleType
+    from typing import Callable
 
+    from runner.backends.base import Backend, ClusterBackend
     from runner.backends.cluster import JobState
     from runner.tracking.ledger import Ledger, RunRecord
 
-BACKENDS = ("local", "slurm", "ray")
-CLUSTER_BACKENDS = ("slurm", "ray")  # a run's job lives in a scheduler, which says how it ended
+
+# -- the registry: one loader per backend (imported only when used) ----------------------------
+def _local() -> Backend:
+    from runner.backends import local
+
+    return local
 
 
-def get(name: str | None) -> ModuleType:
+def _slurm() -> ClusterBackend:
+    from runner.backends import slurm
+
+    return slurm
+
+
+def _ray() -> ClusterBackend:
+    from runner.backends import ray
+
+    return ray
+
+
+_LOCAL: dict[str, Callable[[], Backend]] = {"local": _local}
+_CLUSTERS: dict[str, Callable[[], ClusterBackend]] = {"slurm": _slurm, "ray": _ray}
+BACKENDS = (*_LOCAL, *_CLUSTERS)
+CLUSTER_BACKENDS = tuple(_CLUSTERS)  # a run's job lives in a scheduler, which says how it ended
+
+
+def get(name: str | None) -> Backend:
     name = name or "local"
     if name not in BACKENDS:
         raise NotAvailableError(f"backend {name!r} is not available",
                                 hint=f"choose one of: {', '.join(BACKENDS)} (-b/--backend)",
                                 python_hint="choose one of: " + ", ".join(f'backend="{b}"' for b in BACKENDS))
-    return importlib.import_module(f"runner.backends.{name}")
+    return _CLUSTERS[name]() if name in _CLUSTERS else _LOCAL[name]()
+
+
+def cluster(name: str) -> ClusterBackend:
+    """The cluster backend `name` (a ledger row's backend, known to be a cluster's)."""
+    return _CLUSTERS[name]()
+
+
+def register(name: str, loader: Callable[[], Backend], *, is_cluster: bool = False) -> None:
+    """Another backend, from outside the package (a plugin; the tests' toy backend)."""
+    global BACKENDS, CLUSTER_BACKENDS
+    if is_cluster:
+        _CLUSTERS[name] = loader  # type: ignore[assignment]
+    else:
+        _LOCAL[name] = loader
+    BACKENDS = (*_LOCAL, *_CLUSTERS)
+    CLUSTER_BACKENDS = tuple(_CLUSTERS)
 
 
 # In the reason of a cluster run whose job ended before its runner took the run over: the
@@ -68,7 +89,7 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
 
     if record.finished or record.backend == "local":
         return record
-    backend = get(record.backend)
+    backend = cluster(record.backend)
     if record.job_id is None:
         from runner.processes import process_is
 
@@ -98,7 +119,7 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
     pull_output(record)  # the job's last output, where the cluster keeps it, into the run's log here
     # A runner that never took its run over never started the command: whatever code the job
     # ended with (a launch failure's, a cancel's) is not the command's.
-    never_ran = current.status == "SCHEDULED" and getattr(backend, "SHARED_LEDGER", True)
+    never_ran = current.status == "SCHEDULED" and backend.SHARED_LEDGER
     exit_code = None if never_ran else state.exit_code
     if never_ran and state.status == "FAILED" and state.name != "UNKNOWN" and not os.path.exists(record.log_path):
         # Nor is the job's output where this host looks: the nodes do not see this host's
@@ -115,13 +136,12 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
 
 def pull_output(record: RunRecord) -> None:
     """The run's output, as far as its cluster has it, into its log here (see the protocol)."""
-    pull = getattr(get(record.backend), "pull_output", None) if record.backend in CLUSTER_BACKENDS else None
-    if pull is None or record.job_id is None or not record.log_path:
+    if record.backend not in CLUSTER_BACKENDS or record.job_id is None or not record.log_path:
         return
     from pathlib import Path
 
     try:
-        pull(record.job_id, Path(record.log_path))
+        cluster(record.backend).pull_output(record.job_id, Path(record.log_path))
     except Exception:  # noqa: BLE001 - the output is fetched again at the next poll
         pass
 
@@ -135,7 +155,7 @@ def reconcile(ledger: Ledger, quick_only: bool = False, backend: str | None = No
 
     ended = reconcile_local(ledger)
     for record in ledger.unfinished_jobs(CLUSTER_BACKENDS):
-        if quick_only and record.backend != backend and not getattr(get(record.backend), "QUICK_STATE", True):
+        if quick_only and record.backend != backend and not cluster(record.backend).QUICK_STATE:
             continue
         try:
             after = settle(ledger, record)
@@ -152,9 +172,8 @@ def cancel(ledger: Ledger, record: RunRecord, wait: float = 30.0) -> RunRecord:
 
     from runner.tracking.runs import find
 
-    backend = get(record.backend)
     if record.job_id is not None:
-        backend.cancel(record.job_id)
+        cluster(record.backend).cancel(record.job_id)
     deadline = time.monotonic() + wait
     while True:
         current = settle(ledger, find(ledger, record.id))

@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm 
     from typing import Callable
 
     from runner.backends.cluster import JobOf
-    from runner.request import PreparedRun, RunRequest
+    from runner.backends.base import ClusterBackend
+    from runner.request import PlannedRun, PreparedRun, RunRequest
 
 
 def check(config: dict, request: RunRequest) -> None:
@@ -30,6 +31,10 @@ def check(config: dict, request: RunRequest) -> None:
         raise UsageError("--detach is for cluster backends (-b slurm); a local run ends with its runner",
                          hint="run it in the background with your shell (&, nohup, tmux) instead",
                          python_hint="use synchronous=False and keep the process alive")
+
+
+def check_plan(state: PlannedRun) -> None:
+    """Any plan runs here."""
 
 
 def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | None) -> SubmittedRun:
@@ -47,7 +52,8 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     run_dir = home.subdir("runs") / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     context = tracked.context
-    submitted = SubmittedRun(tracked.run_id or run_id, run_dir / "output.log",
+    log_path = run_dir / "output.log"
+    submitted = SubmittedRun(tracked.run_id or run_id, log_path,
                              redact(context.tracking_uri) if context else None, context.experiment_id if context else None)
     submitted.ledger_id = run_id
     if on_submitted is not None:
@@ -57,9 +63,9 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     command = invocation.command
     if job_of is not None:
         if ledger.take_over(run_id) is None:
-            if not ledger.get(run_id) and not getattr(_backend(job_of), "SHARED_LEDGER", True):
+            if not ledger.get(run_id) and not _backend(job_of).SHARED_LEDGER:
                 # A node that shares no files with the submitter (Ray): this node's own record.
-                ledger.start(state.ledger_record(run_id, submitted.log_path, backend=job_of.backend))
+                ledger.start(state.ledger_record(run_id, log_path, backend=job_of.backend))
             else:
                 # Its end was recorded by whoever ended the row (a cancel; or this is a second
                 # launch of a job that already ran, as Slurm does after its controller restarts).
@@ -75,9 +81,9 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
                                   hint=f"see `mlproject runs show {run_id}`")
     else:
         state.keep_source_state(run_dir)
-        ledger.start(state.ledger_record(run_id, submitted.log_path))
+        ledger.start(state.ledger_record(run_id, log_path))
     pending.clear(state.note)  # the ledger has the run now
-    tracked.artifacts.append((submitted.log_path, None))
+    tracked.artifacts.append((log_path, None))
     tracked.artifacts.extend(provenance.artifacts(run_dir))  # (a cluster job's were kept at submission)
 
     def end(status: str, exit_code: int | None, reason: str | None) -> None:
@@ -233,17 +239,15 @@ def _remove_inputs(*directories: Path) -> None:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _backend(job_of: JobOf):
-    from runner.backends import get
+def _backend(job_of: JobOf) -> ClusterBackend:
+    from runner import backends
 
-    return get(job_of.backend)
+    return backends.cluster(job_of.backend)
 
 
 def _cluster_verdict(job_of: JobOf, status: str, reason: str | None) -> tuple[str, str | None]:
-    from runner.backends import get
-
     try:
-        verdict = get(job_of.backend).stopped_by_cluster()
+        verdict = _backend(job_of).stopped_by_cluster()
     except Exception:  # noqa: BLE001 - the signal's own account stands
         return status, reason
     return verdict or (status, reason)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
     from runner.backends.cluster import ClusterRun
-    from runner.request import PreparedRun, RunRequest
+    from runner.request import PlannedRun, PreparedRun, RunRequest
 
 KNOWN_KEYS = ("address", "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory", "entrypoint_resources",
               "runtime_env", "metadata", "python", "staging_dir")
@@ -54,8 +54,9 @@ _CLIENTS: dict[str, Any] = {}
 _PROBE_LOCK = threading.Lock()
 _PROBED: dict[Path, dict] = {}  # the nodes' answers this process asked for, by where they are kept
 _RUNNER_MODULES: dict[Path, Path] = {}  # staging root -> this runner's module directory there
-SHARED_LEDGER = False  # the submit side records the end itself, from Ray's word (see cluster.py)
-QUICK_STATE = False  # asking Ray costs its SDK's import (~2 s): local runs do not settle Ray jobs
+SHARED_LEDGER: bool = False  # the submit side records the end itself, from Ray's word (see cluster.py)
+QUICK_STATE: bool = False  # asking Ray costs its SDK's import (~2 s): local runs do not settle Ray jobs
+JOB_ARRAYS: bool = False  # Ray has no job arrays: a sweep submits its trials one job each
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 # -- the nodes' Python ------------------------------------------------------------------
-def check_plan(state: PreparedRun) -> None:
+def check_plan(state: PlannedRun) -> None:
     """Before the run exists: the nodes' Python can run the runner for this plan (its
     dependencies, and what its environment manager needs). Asked of the cluster by a probe
     job (~2 s) once per cluster, Python, runtime_env and runner version; a good answer is
@@ -262,6 +263,10 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
     context = tracked.context
     submitted = ClusterRun(record, experiment_id=context.experiment_id if context else None, follow=False)
     return follow_submitted(state, submitted, on_submitted)
+
+
+def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list[ClusterRun]:
+    raise UsageError("the ray backend has no job arrays", hint="a sweep submits its trials one job each")
 
 
 def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: str) -> None:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
     from runner.backends.cluster import ClusterRun
-    from runner.request import PreparedRun, RunRequest
+    from runner.request import PlannedRun, PreparedRun, RunRequest
 
 # mlflow-slurm's keys, with its meaning: key -> sbatch option (None: handled below).
 _SBATCH_OPTIONS = {
@@ -54,6 +54,11 @@ _RUNNER_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_
                      "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
                      "MLFLOW_TRACKING_CLIENT_CERT_PATH", "MLPROJECT_HOME", "MLPROJECT_NO_TRACKING",
                      "MLPROJECT_KILL_GRACE", "PYTHONPATH")
+
+
+QUICK_STATE: bool = True  # squeue and sacct answer in milliseconds: every run settles finished jobs
+SHARED_LEDGER: bool = True  # the nodes share MLPROJECT_HOME: the runner inside the job writes the ledger
+JOB_ARRAYS: bool = True  # a sweep's trials go out as one `sbatch --array`
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,10 @@ def _check_cluster(partition: str | None) -> None:
 
 
 # -- submission -------------------------------------------------------------------------
+def check_plan(state: PlannedRun) -> None:
+    """The nodes build what the plan names, as this host would."""
+
+
 def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None) -> ClusterRun:
     """Write the job, record the run (SCHEDULED), queue the job; then follow it unless detached."""
     options: SlurmOptions = state.backend_options
@@ -434,6 +443,10 @@ def cancel(job_id: str) -> None:
     code, output, _ = capture(["scancel", job_id])
     if code != 0 and "already completed" not in output and "Invalid job id" not in output:
         raise LaunchError(f"scancel {job_id} failed: {output.strip()}", hint="check `squeue -j " + job_id + "`")
+
+
+def pull_output(job_id: str, log_path: Path) -> None:
+    """Nothing to pull: the job writes the run's log itself, on the shared file system."""
 
 
 def stopped_by_cluster() -> tuple[str, str] | None:

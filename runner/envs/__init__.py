@@ -230,6 +230,7 @@ def realize(planned: Planned, progress: Callable[[str], None] | None = None) -> 
     if ready is not None:
         return ready
     module, plan, manager_name = planned.module, planned.plan, planned.manager
+    assert plan is not None  # (existing() answers for a manager without a plan)
     from runner.envs.store import Store
 
     store = Store()

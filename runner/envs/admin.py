@@ -146,7 +146,7 @@ def gc(older_than: str, dry_run: bool = False) -> list[str]:
     verb = "would remove" if dry_run else "removed"
     if not dry_run:
         _remove_images(images, removed)
-    sizes = [measured.get(env.name, env.meta.get("size", 0)) for env in removed]
+    sizes = [int(measured.get(env.name, env.meta.get("size")) or 0) for env in removed]
     lines = [f"{verb} {env.name} ({human_size(size)}, {env.meta.get('project', '?')})" for env, size in zip(removed, sizes)]
     lines += [f"kept {env.name}: in use" for env in in_use]
     if leftovers:

@@ -183,7 +183,7 @@ def _describe(error: Any) -> str:
         return f"{_short(value)} is not one of {', '.join(map(str, error.validator_value))}"
     if kind == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        names = " or ".join(_SCHEMA_TYPE_NAMES.get(w, w) for w in wanted if w != "null")
+        names = " or ".join(str(_SCHEMA_TYPE_NAMES.get(w, w)) for w in wanted if w != "null")
         return f"expected {names}, got {_type_name(value)} {_short(value)}".rstrip()
     if kind == "required":
         missing = [k for k in error.validator_value if isinstance(value, dict) and k not in value]

@@ -155,7 +155,9 @@ def _environment(original: RecordedRun, manager: str, result: RerunPlan) -> str 
             result.differences.append(Difference(f"environment: the recorded lock has no packages for this machine "
                                                  f"({platform})", True))
         return str(path)
-    lock = original.lock()
+    from runner.envs.python import pylock
+
+    lock = pylock.read(path)
     if lock.platforms and platform not in lock.platforms:
         result.differences.append(Difference(f"environment: the recorded lock covers {', '.join(lock.platforms)}, "
                                              f"not this machine ({platform})", True))

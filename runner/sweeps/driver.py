@@ -280,7 +280,8 @@ class _Sweep:
                 entry_point=request.entry_point, command=f"sweep {self.id}: {request.method}, {len(self.trials)} trials",
                 env_manager=self.manager, log_path=str(self.directory / "sweep.log"), parameters=space,
                 git_commit=plan.source.commit, tracking_run_id=self.tracked.run_id,
-                tracking_uri=redact(self.tracking.uri) if self.tracked.run_id else None, backend="sweep"))
+                tracking_uri=redact(self.tracking.uri) if self.tracked.run_id and self.tracking.uri else None,
+                backend="sweep"))
             self.store.create(self.id, self.parent_id, _as_json(request, self.cwd), self.trials)
         else:
             self.ledger.reopen(self.parent_id)
@@ -294,7 +295,7 @@ class _Sweep:
         ended = [t for t in self.trials if t.status == "FINISHED"]
         ranked = [t for t in ended if t.metric is not None]
         if ranked:
-            result.best = (min if self.request.goal == "minimize" else max)(ranked, key=lambda t: t.metric)
+            result.best = (min if self.request.goal == "minimize" else max)(ranked, key=lambda t: float(t.metric or 0.0))  # (ranked: all have one)
         elif self.request.metric and ended:
             result.notes.append(f"note: no trial logged a metric named {self.request.metric!r}")
         if self.interrupted:
@@ -378,11 +379,10 @@ class _Sweep:
         count = len(todo) if self.search is None else self.search.max_runs - sum(t.done for t in self.trials)
         self.say(f"sweep {self.id}: {count} trial(s) to run, {workers} at a time "
                  f"(parent run {self.parent_id}); see it with: mlproject sweep show {self.id}")
-        from runner import backends
 
         queued = self._followed()  # trials whose cluster jobs went on while no driver watched
         fresh = [t for t in todo if t.number not in queued]
-        if self.search is None and len(fresh) > 1 and hasattr(backends.get(self.request.backend), "submit_array"):
+        if self.search is None and len(fresh) > 1 and self._arrays():
             # Known in advance: one job array queues them all, at most `workers` running at once.
             queued.update(self._queue_array(fresh, workers))
             workers = len(todo)  # a thread follows each queued task
@@ -451,6 +451,12 @@ class _Sweep:
             env_manager=self.manager, run_name=f"sweep-{self.id}-{trial.number}", cwd=self.cwd, stream_output=False,
             parent_run_id=self.tracked.run_id,
         )
+
+    def _arrays(self) -> bool:
+        from runner import backends
+
+        name = self.request.backend
+        return name in backends.CLUSTER_BACKENDS and backends.cluster(name).JOB_ARRAYS
 
     def _followed(self) -> dict[int, Any]:
         from runner.backends.cluster import ClusterRun
@@ -534,7 +540,7 @@ class _Sweep:
                 handle.request_cancel()
 
     def _metric(self, run_id: str) -> float | None:
-        if self.tracked.tracker is None:
+        if self.tracked.tracker is None or self.request.metric is None:
             return None
         try:
             _, metrics = self.tracked.tracker.results(run_id)

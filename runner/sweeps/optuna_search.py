@@ -45,14 +45,17 @@ class OptunaSearch:
             proposed = self.study.ask()
             parameters = dict(self.space.fixed)
             for dimension in self.space.dimensions:
+                low, high = dimension.low, dimension.high
                 if dimension.values is not None:
                     parameters[dimension.name] = proposed.suggest_categorical(dimension.name, list(dimension.values))
+                elif low is None or high is None:  # (a dimension is either values or a range)
+                    raise AssertionError(f"dimension {dimension.name} has neither values nor a range")
                 elif dimension.integer:
                     parameters[dimension.name] = str(proposed.suggest_int(
-                        dimension.name, round(dimension.low), round(dimension.high), log=dimension.log))
+                        dimension.name, round(low), round(high), log=dimension.log))
                 else:
                     parameters[dimension.name] = repr(proposed.suggest_float(
-                        dimension.name, dimension.low, dimension.high, log=dimension.log))
+                        dimension.name, low, high, log=dimension.log))
             return Trial(proposed.number + 1, parameters)
 
     def tell(self, trial: Trial) -> None:

@@ -78,9 +78,10 @@ class LibraryTracker:
             else:
                 name, experiment_id = experiment_choice(request.experiment_name, request.experiment_id)
                 if experiment_id is None:
+                    assert name is not None  # (experiment_choice names one whenever it gives no ID)
                     experiment_id = _experiment_by_name(client, name)
                 run = client.create_run(experiment_id=str(experiment_id), tags=request.tags, run_name=request.run_name)
-            return RunContext(run.info.run_id, str(run.info.experiment_id), self.uri, run.info.artifact_uri)
+            return RunContext(run.info.run_id, str(run.info.experiment_id), self.uri, run.info.artifact_uri or "")
 
         return self._call("creating the run", create)
 
@@ -120,6 +121,7 @@ class LibraryTracker:
         def search() -> list[str]:
             name, chosen = experiment_choice(experiment_name, experiment_id)
             if chosen is None:
+                assert name is not None  # (experiment_choice names one whenever it gives no ID)
                 found = client.get_experiment_by_name(name)
                 if found is None:
                     return []
@@ -138,7 +140,7 @@ class LibraryTracker:
         from runner.tracking import RecordedRunData
 
         run = self._call("reading the run", lambda: self.client().get_run(run_id))
-        return RecordedRunData(run_id, str(run.info.experiment_id), run.info.status, run.info.artifact_uri,
+        return RecordedRunData(run_id, str(run.info.experiment_id), run.info.status, run.info.artifact_uri or "",
                                dict(run.data.tags), dict(run.data.params))
 
     def read_artifact(self, run, path: str) -> bytes | None:

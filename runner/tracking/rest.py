@@ -21,6 +21,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
+    from runner.tracking.connection import Connection
+
 # As MLflow's own client: MLFLOW_HTTP_REQUEST_TIMEOUT, 120 s by default. A server
 # that many runs start against at once can take seconds to answer each.
 _TIMEOUT = float(os.environ.get("MLPROJECT_HTTP_TIMEOUT") or os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or "120")
@@ -59,7 +61,7 @@ class RestTracker:
             self._headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
 
     # -- transport ---------------------------------------------------------------
-    def _connection(self):
+    def _connection(self) -> Connection:
         from runner.tracking.connection import Connection, Endpoint
 
         endpoint = Endpoint(
@@ -74,13 +76,42 @@ class RestTracker:
         """One call, answered. A busy or overloaded server (429, 5xx) is asked again with backoff
         for a bounded time, as MLflow's own client does; every call sent this way is idempotent."""
         if not transient_retry:
-            return self._send(method, endpoint, body, query, raw, content_type, wait=True)
-        return retry(lambda: self._send(method, endpoint, body, query, raw, content_type, wait=True), endpoint,
+            return self._request(method, endpoint, body, query, raw, content_type)
+        return retry(lambda: self._request(method, endpoint, body, query, raw, content_type), endpoint,
                      when=_transient)
 
-    def _send(self, method: str, endpoint: str, body: dict | None = None, query: dict | None = None,
-              raw: bytes | None = None, content_type: str = "application/json", wait: bool = False):
-        """Send a call; with `wait`, its JSON answer, otherwise a function that waits for it."""
+    def _request(self, method: str, endpoint: str, body: dict | None = None, query: dict | None = None,
+                 raw: bytes | None = None, content_type: str = "application/json") -> dict:
+        """One call sent and its JSON answer read."""
+        from runner.tracking.connection import TransportError
+
+        conn, path, data, headers = self._prepared(endpoint, body, query, raw, content_type)
+        try:
+            return self._answer(endpoint, conn.request(method, path, data, headers))
+        except TransportError as exc:
+            raise self._unreachable(exc, sent=False) from None
+
+    def _send(self, method: str, endpoint: str, body: dict | None = None) -> Callable[[], dict]:
+        """Send a call now; returns the function that waits for its JSON answer."""
+        from runner.tracking.connection import TransportError
+
+        conn, path, data, headers = self._prepared(endpoint, body, None, None, "application/json")
+        try:
+            conn.send(method, path, data, headers)
+        except TransportError as exc:
+            raise self._unreachable(exc, sent=False) from None
+
+        def answer() -> dict:
+            try:
+                response = conn.receive()
+            except TransportError as exc:
+                raise self._unreachable(exc, sent=True) from None
+            return self._answer(endpoint, response)
+
+        return answer
+
+    def _prepared(self, endpoint: str, body: dict | None, query: dict | None, raw: bytes | None,
+                  content_type: str) -> tuple[Connection, str, bytes | None, dict[str, str]]:
         path = self._base + endpoint + (f"?{urlencode(query)}" if query else "")
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         headers = dict(self._headers)
@@ -88,23 +119,7 @@ class RestTracker:
             headers["Content-Type"] = content_type
         if self._conn is None:
             self._conn = self._connection()
-        from runner.tracking.connection import TransportError
-
-        try:
-            if wait:
-                return self._answer(endpoint, self._conn.request(method, path, data, headers))
-            self._conn.send(method, path, data, headers)
-        except TransportError as exc:
-            raise self._unreachable(exc, sent=False) from None
-
-        def answer() -> dict:
-            try:
-                response = self._conn.receive()
-            except TransportError as exc:
-                raise self._unreachable(exc, sent=True) from None
-            return self._answer(endpoint, response)
-
-        return answer
+        return self._conn, path, data, headers
 
     def _unreachable(self, exc: Exception, sent: bool) -> TrackingError:
         reason = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
@@ -159,6 +174,7 @@ class RestTracker:
         name, experiment_id = experiment_choice(name, experiment_id)
         if experiment_id is not None:
             return str(experiment_id)
+        assert name is not None  # (experiment_choice names one whenever it gives no ID)
         found = self._find_experiment(name)
         if found is not None:
             return found
@@ -245,6 +261,7 @@ class RestTracker:
         """IDs of the RUNNING runs tagged key=value (a run whose creation's answer was lost)."""
         name, experiment_id = experiment_choice(experiment_name, experiment_id)
         if experiment_id is None:
+            assert name is not None  # (experiment_choice names one whenever it gives no ID)
             experiment_id = self._find_experiment(name)
             if experiment_id is None:
                 return []

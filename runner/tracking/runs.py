@@ -45,7 +45,7 @@ def reconcile(ledger: Ledger) -> list[RunRecord]:
         ledger.finish(record.id, "FAILED", record.exit_code, RUNNER_DIED)
         record.status, record.reason = "FAILED", RUNNER_DIED
         ended.append(record)
-    unreachable: set[str] = set()  # one failed attempt per store and invocation is enough
+    unreachable: set[str | None] = set()  # one failed attempt per store and invocation is enough
     for record in ledger.not_ended_in_tracking():
         if record.tracking_uri in unreachable:
             continue

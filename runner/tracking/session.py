@@ -20,6 +20,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
+    from runner.tracking import Tracker
+
 
 @dataclass
 class TrackingPlan:
@@ -54,7 +56,7 @@ def plan_tracking(cwd: Path, experiment_name: str | None, experiment_id: str | N
 
 @dataclass
 class TrackedRun:
-    tracker: object | None
+    tracker: Tracker | None
     context: RunContext | None
     request: StartRequest | None = None  # what record_start() logs once the ledger has the run
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)

@@ -62,6 +62,7 @@ class SqliteTracker:
             if row is None:
                 raise TrackingError(f"no MLflow experiment with ID {experiment_id!r} in {self.uri}")
         else:
+            assert name is not None  # (experiment_choice names one whenever it gives no ID)
             row = _experiment_named(db, name)
             if row is None:
                 return self._create_experiment(db, name)
@@ -132,28 +133,30 @@ class SqliteTracker:
         """Nothing left: start() wrote the parameters in the creation's own transaction."""
 
     def _continue(self, db: sqlite3.Connection, request: StartRequest) -> RunContext:
+        run_id = request.existing_run_id
+        assert run_id is not None  # (asked only to continue a run)
         row = db.execute(
-            "SELECT experiment_id, artifact_uri, lifecycle_stage FROM runs WHERE run_uuid = ?", (request.existing_run_id,)
+            "SELECT experiment_id, artifact_uri, lifecycle_stage FROM runs WHERE run_uuid = ?", (run_id,)
         ).fetchone()
         if row is None or row[2] != "active":
-            raise TrackingError(f"no active MLflow run {request.existing_run_id!r} in {self.uri}", hint="check --run-id", python_hint="check run_id=")
+            raise TrackingError(f"no active MLflow run {run_id!r} in {self.uri}", hint="check --run-id", python_hint="check run_id=")
         db.execute("BEGIN IMMEDIATE")  # the parameters are read inside it: no other writer in between
         try:
-            db.execute("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?", (request.existing_run_id,))
+            db.execute("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?", (run_id,))
             db.executemany(
                 "INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
-                [(k, v, request.existing_run_id) for k, v in request.tags_for_existing_run().items()],
+                [(k, v, run_id) for k, v in request.tags_for_existing_run().items()],
             )
-            existing = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (request.existing_run_id,)))
-            refuse_changed_params(request.existing_run_id, existing, request.params)
+            existing = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)))
+            refuse_changed_params(run_id, existing, request.params)
             db.executemany("INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?)",
-                           [(k, v, request.existing_run_id) for k, v in request.params.items() if k not in existing])
+                           [(k, v, run_id) for k, v in request.params.items() if k not in existing])
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # (not after a COMMIT an interrupt landed just behind)
                 db.execute("ROLLBACK")
             raise
-        return RunContext(request.existing_run_id, str(row[0]), self.uri, row[1])
+        return RunContext(run_id, str(row[0]), self.uri, row[1])
 
     def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
         try:

@@ -188,9 +188,9 @@ def _lock_pip(contents: CondaContents, platform: str, python: str, progress) -> 
         run_step([uv_binary(), "pip", "compile", *args, "--format", "pylock.toml", "--python-version", version,
                   "--python-platform", UV_PLATFORMS[platform], "--quiet", "-o", str(out)],
                  f"locking the pip: list for {platform}", env=uv_env(), progress=progress)
-        import tomllib
+        from runner.envs.python.pylock import toml_loads
 
-        data = tomllib.loads(out.read_text())
+        data = toml_loads(out.read_text())
     entries = []
     for package in data.get("packages", []):
         artifact = _pick_wheel(package.get("wheels") or [], platform, version) or package.get("sdist")

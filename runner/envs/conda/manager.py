@@ -195,6 +195,7 @@ def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
     contents: CondaContents = plan.contents
     resolve(plan, progress)
     records = contents.records
+    assert records is not None  # (resolve() solved them)
     from runner.progress import step
 
     packages = [{"name": r["name"], "url": r["url"], "sha256": r["sha256"], "md5": r["md5"]} for r in records]

@@ -24,6 +24,7 @@ def unreachable(exc: BaseException) -> EnvironmentBuildError:
 def sdk_client():
     try:
         import docker
+        import docker.errors  # (what it raises; named for the type checker)
     except ImportError:
         raise EnvironmentBuildError("the docker SDK is not installed", hint="pip install docker") from None
     try:
@@ -35,6 +36,7 @@ def sdk_client():
 def image_id(reference: str) -> str | None:
     """The local image's ID, or None when the daemon does not have it."""
     import docker
+    import docker.errors  # (what it raises; named for the type checker)
 
     client = sdk_client()
     try:
@@ -55,6 +57,7 @@ def remove_container(name: str, wait: float = 0.0) -> None:
     import time
 
     import docker
+    import docker.errors  # (what it raises; named for the type checker)
 
     try:
         client = sdk_client()

@@ -106,11 +106,12 @@ def _pull(image: str, notify) -> str:
 
     client = docker_client.sdk_client()
     import docker
+    import docker.errors  # (what it raises; named for the type checker)
 
     if notify is not None:
         notify(f"pulling {image}")
     try:
-        return client.images.pull(image).id
+        return str(client.images.pull(image).id)
     except docker.errors.DockerException as exc:
         raise EnvironmentBuildError(
             f"image {image} is neither on the Docker daemon nor pullable ({getattr(exc, 'explanation', None) or exc})",
@@ -217,6 +218,7 @@ def _build_image(contents: DockerContents, key: str, tag: str) -> str:
     context.seek(0)
     client = docker_client.sdk_client()
     import docker
+    import docker.errors  # (what it raises; named for the type checker)
 
     try:
         image, _ = client.images.build(
@@ -228,7 +230,7 @@ def _build_image(contents: DockerContents, key: str, tag: str) -> str:
         raise EnvironmentBuildError(f"building image {tag} failed: {exc.msg}", details="\n".join(line for line in lines if line)) from None
     except docker.errors.DockerException as exc:
         raise EnvironmentBuildError(f"building image {tag} failed: {getattr(exc, 'explanation', None) or exc}") from None
-    return image.id
+    return str(image.id)
 
 
 def remove_image(meta: dict) -> None:

@@ -34,6 +34,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[1])
     try:
         import docker
+        import docker.errors  # (what it raises; named for the type checker)
         from docker.errors import APIError, DockerException, ImageNotFound
     except ImportError:
         return _fail("the docker SDK is not installed (pip install docker)")
@@ -134,6 +135,7 @@ def _default_network(client) -> str:
 
 def _stop(container_id: str, grace: float) -> None:
     import docker
+    import docker.errors  # (what it raises; named for the type checker)
 
     try:
         docker.from_env().containers.get(container_id).stop(timeout=max(1, int(grace)))

@@ -67,14 +67,22 @@ def content_hash(contents: PythonEnvContents) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def read(path: Path) -> PyLock:
-    import tomllib
+def toml_loads(text: str) -> dict:
+    import sys
 
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # (tomli is what became tomllib)
+        import tomli as tomllib  # pyright: ignore[reportMissingImports]
+    return tomllib.loads(text)
+
+
+def read(path: Path) -> PyLock:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = toml_loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise EnvironmentBuildError(f"{path.name} cannot be read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # (TOMLDecodeError)
         raise EnvironmentBuildError(f"{path.name} is not valid TOML: {exc}",
                                     hint="write it again with `mlproject lock PROJECT`") from None
     packages = data.get("packages")

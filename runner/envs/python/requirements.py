@@ -17,6 +17,10 @@ from pathlib import Path
 from runner.errors import EnvironmentBuildError
 from runner.project.paths import resolve_inside
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Sequence
+
 _OPTION_WITH_FILE = re.compile(r"^(-r|--requirement|-c|--constraint)(?:\s+|=)(.+)$")
 _COMMENT = re.compile(r"(^|\s)#.*$")
 _LOCAL = re.compile(r"^(-e\s+|--editable\s+|--editable=)?(\.{1,2}(/|$)|/|file:)")
@@ -40,7 +44,7 @@ def clean(line: str) -> str:
     return " ".join(_COMMENT.sub("", line).split())
 
 
-def collect(lines: list[str] | tuple[str, ...], project_dir: Path, base_dir: Path | None = None) -> Requirements:
+def collect(lines: Sequence[str], project_dir: Path, base_dir: Path | None = None) -> Requirements:
     result = Requirements()
     _collect(list(lines), project_dir, base_dir or project_dir, result, depth=0)
     return result

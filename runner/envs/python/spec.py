@@ -23,7 +23,7 @@ from runner.project.spec import Project
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable
+    from typing import Callable, Sequence
 
 
 RECIPE = "python-2"  # bump when the way environments are built changes (2: each records its pylock.toml)
@@ -160,7 +160,7 @@ def _contents(manager: str, project: Project, notify) -> PythonEnvContents:
     env = project.env
     python_wanted: str | None = None
     where = "the project"
-    build_lines: tuple[str, ...] = ()
+    build_lines: Sequence[str] = ()
     lines: tuple[str, ...] = ()
     source = "no env file: empty environment"
     base_dir = root
@@ -192,8 +192,8 @@ def _contents(manager: str, project: Project, notify) -> PythonEnvContents:
         source = "uv.lock"
         version_file = root / ".python-version"
         if python_wanted is None and version_file.is_file():
-            lines = version_file.read_text().split()
-            python_wanted = lines[0] if lines else None
+            words = version_file.read_text().split()
+            python_wanted = words[0] if words else None
             where = ".python-version"
     interpreter = _interpreter(python_wanted, where)
     if env.kind == "conda_env":

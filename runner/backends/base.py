@@ -1,0 +1,74 @@
+"""The backend seam: what the pipeline asks of the place a run executes, as typed contracts.
+
+A backend is a module that satisfies `Backend` (a cluster's, `ClusterBackend`), registered
+once in `runner.backends` by a loader whose return type names its Protocol: the type checker
+(`make lint`) then checks the module against it, function by function. Capabilities are
+attributes every cluster backend states, never defaults probed for at run time.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from runner.backends.cluster import JobState
+    from runner.launch import RunHandle  # (what `submit` returns: SubmittedRun, ClusterRun)
+    from runner.request import PlannedRun, PreparedRun, RunRequest
+
+
+OnSubmitted = Callable[[Any], None]  # called with the handle as soon as a cancel can reach the run
+
+
+class Backend(Protocol):
+    """Where a run executes. The pipeline (`runner.api`) fetches, loads, checks the parameters,
+    plans the environment, and opens the run in tracking and the ledger; then `submit` takes it."""
+
+    def check(self, config: dict[str, Any], request: RunRequest) -> Any:
+        """Before anything is created: the backend config as options, or a UsageError (exit 2)."""
+        ...
+
+    def check_plan(self, state: PlannedRun) -> None:
+        """What only the plan tells (its environment), before the run exists: UsageError or
+        NotAvailableError when this backend cannot run it."""
+        ...
+
+    def submit(self, state: PreparedRun, on_submitted: Optional[OnSubmitted]) -> RunHandle: ...
+
+
+class ClusterBackend(Backend, Protocol):
+    """A backend whose runs are jobs of a scheduler, which says how they ended.
+
+    A job runs the runner itself (`python -m runner job FILE`, see `runner.backends.job`); what
+    the node cannot record (a job cancelled while pending, a node that died) the submit side
+    reads from the cluster and records (`runner.backends.settle`)."""
+
+    # Whether job_state answers in milliseconds, so that every run settles this backend's
+    # finished jobs on its way (Slurm); otherwise only `runs`, `attach`, sweeps and runs of
+    # this backend do (Ray: its SDK takes seconds to import).
+    QUICK_STATE: bool
+    # Whether the runner inside the job writes this host's ledger (a shared file system:
+    # Slurm) or its own (Ray), in which case this host records the end from the cluster's word.
+    SHARED_LEDGER: bool
+    # Whether many runs go out as one job array (`submit_array`; a sweep's trials).
+    JOB_ARRAYS: bool
+
+    def submit_array(self, states: list[PreparedRun], throttle: Optional[int] = None) -> list[Any]:
+        """(JOB_ARRAYS) Many runs as one array of jobs, at most `throttle` at a time."""
+        ...
+
+    def job_state(self, job_id: str) -> Optional[JobState]:
+        """How the job is doing; None when the cluster has no record of it."""
+        ...
+
+    def cancel(self, job_id: str) -> None: ...
+
+    def stopped_by_cluster(self) -> Optional[tuple[str, str]]:
+        """Asked by the runner inside a job that was signalled: (status, reason) when the
+        cluster says why (its time limit, a cancel), else None."""
+        ...
+
+    def pull_output(self, job_id: str, log_path: Path) -> None:
+        """Copy the job's output, as far as the cluster keeps it, into the run's log here
+        (Ray; a no-op where the job writes the log itself: Slurm)."""
+        ...
