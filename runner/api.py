@@ -229,7 +229,7 @@ def submit_array(requests: list[RunRequest], *, notify: Notify | None = None, th
     from runner import backends
 
     name = requests[0].backend
-    if name not in backends.CLUSTER_BACKENDS or not (backend := backends.cluster(name)).JOB_ARRAYS:
+    if name not in backends.CLUSTER_BACKENDS or not (backend := backends.cluster_backend(name)).JOB_ARRAYS:
         for _, state in prepared:
             _abandon(state, UsageError("no job arrays"))
         raise UsageError(f"backend {name!r} has no job arrays")
@@ -451,20 +451,9 @@ def lock(
                              hint="clone the repository, lock it, and commit the lock file")
         project = load_project(source.path)
         chosen = list(platforms or [platform_name()])
-        if project.env.kind == "python_env" and project.env.path is not None:
-            from runner.envs.python import pylock
-            from runner.envs.python import spec as pythonenv
+        from runner.envs import choose_manager, manager_module
 
-            plan_ = pythonenv.plan("uv", project, notify)
-            return pylock.write(plan_.contents, project.env.path, chosen, progress)
-        if project.env.kind != "conda_env":
-            raise UsageError("mlproject lock needs a python_env.yaml or a conda.yaml (this project has neither)",
-                             hint="add python_env.yaml (python_env: in MLproject) and lock it")
-        from runner.envs.conda import lock as condalock
-        from runner.envs.conda import manager as conda
-
-        plan_ = conda.plan(project, notify)
-        return condalock.write(plan_.contents, chosen, progress)
+        return manager_module(choose_manager(project, None)).write_lock(project, chosen, notify, progress)
     finally:
         source.release()
 

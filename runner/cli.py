@@ -23,7 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Sequence
 
-ENV_MANAGERS = ("local", "virtualenv", "uv", "conda", "docker")  # checked by runner.envs.check_manager_name
+from runner.seams import ENV_MANAGERS  # noqa: E402 - (the registry: names only, nothing imported)
 RUN_STATUSES = ("SCHEDULED", "RUNNING", "FINISHED", "FAILED", "KILLED")
 
 
@@ -697,7 +697,7 @@ def _job_line(record) -> str:
     from runner import backends
 
     try:
-        state = backends.cluster(record.backend).job_state(record.job_id)
+        state = backends.cluster_backend(record.backend).job_state(record.job_id)
     except Exception as exc:  # noqa: BLE001 - the ledger's view is still worth showing
         return f"{line} (the scheduler did not answer: {exc})"
     if state is None:
@@ -816,7 +816,7 @@ def cache_gc(older_than: str, dry_run: bool, staging_dir: str | None, debug: boo
 @click.argument("run_id", shell_complete=_complete_run_ids)
 @click.option("-P", "--param-list", "param_list", multiple=True, metavar="NAME=VALUE",
               help="change one parameter (a changed rerun, tagged as such)")
-@click.option("--env-manager", type=click.Choice(ENV_MANAGERS), default=None, help="default: the run's own")
+@click.option("--env-manager", type=click.Choice(list(ENV_MANAGERS)), default=None, help="default: the run's own")
 @click.option("-b", "--backend", default=None, help="default: the run's own")
 @click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE")
 @click.option("--allow-differences", is_flag=True, help="run even when it cannot be run as it ran")

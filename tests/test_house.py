@@ -47,7 +47,7 @@ def test_a_toy_backend_is_one_module_and_one_registry_line(make_project, mlproje
     import toybackend
 
     import runner
-    from runner import backends
+    from runner import seams
 
     # The module is held to the Backend contract by the type checker, as a registered one is.
     shutil.copy(Path(toybackend.__file__), _work_in_tmp / "toybackend.py")
@@ -57,7 +57,7 @@ def test_a_toy_backend_is_one_module_and_one_registry_line(make_project, mlproje
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:]
 
-    backends.register("toy", lambda: toybackend)
+    seams.register_backend("toy", lambda: toybackend)
     try:
         root = make_project("name: toy\nentry_points:\n  main:\n    command: 'echo ran on the toy'\n")
         with caplog.at_level(logging.INFO, logger="runner"):
@@ -66,5 +66,34 @@ def test_a_toy_backend_is_one_module_and_one_registry_line(make_project, mlproje
         assert "ran on the toy" in Path(submitted.log_path).read_text()  # type: ignore[arg-type]
         assert f"{toybackend.TAKEN} of main" in caplog.text
     finally:
-        backends._LOCAL.pop("toy")
-        backends.BACKENDS = (*backends._LOCAL, *backends._CLUSTERS)
+        seams.unregister("toy")
+
+
+def test_a_toy_env_manager_is_one_module_and_one_registry_line(make_project, mlproject_home, _work_in_tmp):
+    """A manager that builds a directory with one script on PATH: the store builds it once
+    (locks, atomic publication), the run finds the script, and a second run reuses it."""
+    import toymanager
+
+    import runner
+    from runner import seams
+
+    shutil.copy(Path(toymanager.__file__), _work_in_tmp / "toymanager.py")
+    check = _work_in_tmp / "check_toy_manager.py"
+    check.write_text("from runner.envs.base import EnvManager\nimport toymanager\n\n_: EnvManager = toymanager\n")
+    done = subprocess.run([_pyright(), "--pythonpath", sys.executable, str(check)], cwd=_work_in_tmp,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+
+    seams.register_env_manager("toy", lambda: toymanager)
+    try:
+        root = make_project("name: toy\nentry_points:\n  main:\n    command: 'toy-hello'\n")
+        first = runner.run(str(root), env_manager="toy")
+        second = runner.run(str(root), env_manager="toy")
+        for submitted in (first, second):
+            assert submitted.get_status() == "FINISHED"
+            assert "hello from the toy environment" in Path(submitted.log_path).read_text()  # type: ignore[arg-type]
+        built = list((mlproject_home / "envs").glob("toy-*"))
+        assert len(built) == 1, built
+        assert (built[0] / "bin" / "toy-hello").is_file()
+    finally:
+        seams.unregister("toy")

@@ -213,3 +213,19 @@ def test_a_signal_while_the_server_creates_the_run_ends_it_killed(make_project, 
         experiment = experiment or client.get_experiment_by_name("sent-then-hung-up")
     assert statuses == ["KILLED"], statuses
     assert not list((mlproject_home / "pending").glob("*.json"))
+
+
+@pytest.mark.parametrize("strike", ["SIGINT", "SIGHUP"])
+def test_a_signal_just_after_the_ledger_row_is_written_ends_it_killed(make_project, mlproject_home, _work_in_tmp,
+                                                                      strike):
+    """Struck between the ledger's INSERT and the code that ends the run on any way out: the
+    runner exited 128+N, and the row, left RUNNING, was later recorded FAILED as a dead runner's
+    (campaign seed 20261206, strikes 237, 1008, 1333, 1975: git, sweep and server runs)."""
+    root = make_project(SLOW)
+    proc = subprocess.run([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MLPROJECT_FAULT_AT": f"ledger.started:{strike}"})
+    assert proc.returncode == 128 + getattr(signal, strike), proc.stderr
+    assert "Traceback" not in proc.stderr
+    ledger, tracked = _statuses(mlproject_home, _work_in_tmp)
+    assert ledger == ["KILLED"] and tracked == ["KILLED"], (ledger, tracked, proc.stderr)

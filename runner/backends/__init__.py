@@ -2,9 +2,9 @@
 
 The pipeline (`runner.api`) is the same for every backend: fetch, load, check the
 parameters, plan the environment, open the run in tracking and the ledger. Then
-the backend takes the PreparedRun. Each backend is one module, registered below by
-one loader whose return type (`Backend` or `ClusterBackend`) has the type checker
-check the module against its contract.
+the backend takes the PreparedRun. Each backend is one module, registered in
+`runner.seams` by one loader whose return type (`Backend` or `ClusterBackend`) has the
+type checker check the module against its contract.
 
 A cluster job runs the runner itself (`python -m runner job FILE`, `runner.backends.job`):
 the node builds or reuses the environment by its hash, with the store's locks, and ends
@@ -16,39 +16,14 @@ from __future__ import annotations
 import os
 
 from runner.errors import NotAvailableError
+from runner.seams import BACKENDS
+from runner.seams import CLUSTERS as CLUSTER_BACKENDS  # (name -> loader: `in` and iteration give the names)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable
-
     from runner.backends.base import Backend, ClusterBackend
     from runner.backends.cluster import JobState
     from runner.tracking.ledger import Ledger, RunRecord
-
-
-# -- the registry: one loader per backend (imported only when used) ----------------------------
-def _local() -> Backend:
-    from runner.backends import local
-
-    return local
-
-
-def _slurm() -> ClusterBackend:
-    from runner.backends import slurm
-
-    return slurm
-
-
-def _ray() -> ClusterBackend:
-    from runner.backends import ray
-
-    return ray
-
-
-_LOCAL: dict[str, Callable[[], Backend]] = {"local": _local}
-_CLUSTERS: dict[str, Callable[[], ClusterBackend]] = {"slurm": _slurm, "ray": _ray}
-BACKENDS = (*_LOCAL, *_CLUSTERS)
-CLUSTER_BACKENDS = tuple(_CLUSTERS)  # a run's job lives in a scheduler, which says how it ended
 
 
 def get(name: str | None) -> Backend:
@@ -57,23 +32,12 @@ def get(name: str | None) -> Backend:
         raise NotAvailableError(f"backend {name!r} is not available",
                                 hint=f"choose one of: {', '.join(BACKENDS)} (-b/--backend)",
                                 python_hint="choose one of: " + ", ".join(f'backend="{b}"' for b in BACKENDS))
-    return _CLUSTERS[name]() if name in _CLUSTERS else _LOCAL[name]()
+    return BACKENDS[name]()
 
 
-def cluster(name: str) -> ClusterBackend:
+def cluster_backend(name: str) -> ClusterBackend:  # (not `cluster`: the submodule of that name would shadow it)
     """The cluster backend `name` (a ledger row's backend, known to be a cluster's)."""
-    return _CLUSTERS[name]()
-
-
-def register(name: str, loader: Callable[[], Backend], *, is_cluster: bool = False) -> None:
-    """Another backend, from outside the package (a plugin; the tests' toy backend)."""
-    global BACKENDS, CLUSTER_BACKENDS
-    if is_cluster:
-        _CLUSTERS[name] = loader  # type: ignore[assignment]
-    else:
-        _LOCAL[name] = loader
-    BACKENDS = (*_LOCAL, *_CLUSTERS)
-    CLUSTER_BACKENDS = tuple(_CLUSTERS)
+    return CLUSTER_BACKENDS[name]()
 
 
 # In the reason of a cluster run whose job ended before its runner took the run over: the
@@ -89,7 +53,7 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
 
     if record.finished or record.backend == "local":
         return record
-    backend = cluster(record.backend)
+    backend = cluster_backend(record.backend)
     if record.job_id is None:
         from runner.processes import process_is
 
@@ -141,7 +105,7 @@ def pull_output(record: RunRecord) -> None:
     from pathlib import Path
 
     try:
-        cluster(record.backend).pull_output(record.job_id, Path(record.log_path))
+        cluster_backend(record.backend).pull_output(record.job_id, Path(record.log_path))
     except Exception:  # noqa: BLE001 - the output is fetched again at the next poll
         pass
 
@@ -154,8 +118,8 @@ def reconcile(ledger: Ledger, quick_only: bool = False, backend: str | None = No
     from runner.tracking.runs import reconcile as reconcile_local
 
     ended = reconcile_local(ledger)
-    for record in ledger.unfinished_jobs(CLUSTER_BACKENDS):
-        if quick_only and record.backend != backend and not cluster(record.backend).QUICK_STATE:
+    for record in ledger.unfinished_jobs(tuple(CLUSTER_BACKENDS)):
+        if quick_only and record.backend != backend and not cluster_backend(record.backend).QUICK_STATE:
             continue
         try:
             after = settle(ledger, record)
@@ -173,7 +137,7 @@ def cancel(ledger: Ledger, record: RunRecord, wait: float = 30.0) -> RunRecord:
     from runner.tracking.runs import find
 
     if record.job_id is not None:
-        cluster(record.backend).cancel(record.job_id)
+        cluster_backend(record.backend).cancel(record.job_id)
     deadline = time.monotonic() + wait
     while True:
         current = settle(ledger, find(ledger, record.id))

@@ -43,15 +43,24 @@ class ClusterBackend(Backend, Protocol):
     the node cannot record (a job cancelled while pending, a node that died) the submit side
     reads from the cluster and records (`runner.backends.settle`)."""
 
-    # Whether job_state answers in milliseconds, so that every run settles this backend's
-    # finished jobs on its way (Slurm); otherwise only `runs`, `attach`, sweeps and runs of
-    # this backend do (Ray: its SDK takes seconds to import).
-    QUICK_STATE: bool
-    # Whether the runner inside the job writes this host's ledger (a shared file system:
-    # Slurm) or its own (Ray), in which case this host records the end from the cluster's word.
-    SHARED_LEDGER: bool
-    # Whether many runs go out as one job array (`submit_array`; a sweep's trials).
-    JOB_ARRAYS: bool
+    # (Read-only members: a module's constants satisfy them.)
+    @property
+    def QUICK_STATE(self) -> bool:
+        """Whether job_state answers in milliseconds, so that every run settles this backend's
+        finished jobs on its way (Slurm); otherwise only `runs`, `attach`, sweeps and runs of
+        this backend do (Ray: its SDK takes seconds to import)."""
+        ...
+
+    @property
+    def SHARED_LEDGER(self) -> bool:
+        """Whether the runner inside the job writes this host's ledger (a shared file system:
+        Slurm) or its own (Ray), in which case this host records the end from the cluster's word."""
+        ...
+
+    @property
+    def JOB_ARRAYS(self) -> bool:
+        """Whether many runs go out as one job array (`submit_array`; a sweep's trials)."""
+        ...
 
     def submit_array(self, states: list[PreparedRun], throttle: Optional[int] = None) -> list[Any]:
         """(JOB_ARRAYS) Many runs as one array of jobs, at most `throttle` at a time."""

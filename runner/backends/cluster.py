@@ -119,7 +119,7 @@ class ClusterRun(RunHandle):
                 ledger.close()
         elif self.job_id is not None:
             try:
-                backends.cluster(self.backend).cancel(self.job_id)
+                backends.cluster_backend(self.backend).cancel(self.job_id)
             except Exception:  # noqa: BLE001 - the follower still records whatever happens
                 pass
 
@@ -190,7 +190,7 @@ class ClusterRun(RunHandle):
         writes this host's ledger (see backends: SHARED_LEDGER)."""
         from runner import backends
 
-        return _RUNNER_GRACE_SECONDS if backends.cluster(record.backend).SHARED_LEDGER else 0.0
+        return _RUNNER_GRACE_SECONDS if backends.cluster_backend(record.backend).SHARED_LEDGER else 0.0
 
     def _check_job(self, ledger, record: RunRecord) -> RunRecord | None:
         """The record when the scheduler says its job has ended (or forgot it); else None."""
@@ -211,7 +211,7 @@ class ClusterRun(RunHandle):
             return None
         self.job_id = record.job_id
         try:
-            state = backends.cluster(record.backend).job_state(record.job_id)
+            state = backends.cluster_backend(record.backend).job_state(record.job_id)
         except Exception:  # noqa: BLE001 - the scheduler did not answer this time; ask again later
             return None
         if state is not None and not state.ended:

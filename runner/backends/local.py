@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm 
 
     from runner.backends.cluster import JobOf
     from runner.backends.base import ClusterBackend
+    from runner.envs.base import EnvManager
     from runner.request import PlannedRun, PreparedRun, RunRequest
 
 
@@ -39,6 +40,7 @@ def check_plan(state: PlannedRun) -> None:
 
 def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | None) -> SubmittedRun:
     """Record the run in the ledger, prepare its environment and inputs, start its command here."""
+    from runner import faults
     from runner.envs import realize
     from runner.tracking import downloads, pending, redact
 
@@ -58,6 +60,24 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     submitted.ledger_id = run_id
     if on_submitted is not None:
         on_submitted(submitted)  # from here on a cancel request stops the run, even mid-start
+
+    def end(status: str, exit_code: int | None, reason: str | None) -> None:
+        if job_of is not None:
+            # Whatever the command's own exit said: was the job being taken down by the cluster
+            # (its time limit: FAILED; a cancel: KILLED)? Slurm signals every process of the job,
+            # so the command may end (even with 0) before this runner hears of it.
+            status, reason = _cluster_verdict(job_of, status, reason)
+        # The ledger first: the outcome is never lost, even if tracking is down. Until
+        # the row says the MLflow run was ended, a later invocation will end it there.
+        try:
+            ledger.finish(run_id, status, exit_code, reason)
+        finally:
+            try:
+                tracked.finish(status, notify)
+                if tracked.end_recorded:
+                    ledger.tracking_ended(run_id)
+            finally:
+                ledger.close()
 
     invocation = the_plan.invocation
     command = invocation.command
@@ -79,35 +99,19 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
                     ledger.close()
                 raise LaunchError(f"run {run_id} was ended before its job started (cancelled?)",
                                   hint=f"see `mlproject runs show {run_id}`")
-    else:
-        state.keep_source_state(run_dir)
-        ledger.start(state.ledger_record(run_id, log_path))
-    pending.clear(state.note)  # the ledger has the run now
-    tracked.artifacts.append((log_path, None))
-    tracked.artifacts.extend(provenance.artifacts(run_dir))  # (a cluster job's were kept at submission)
-
-    def end(status: str, exit_code: int | None, reason: str | None) -> None:
-        if job_of is not None:
-            # Whatever the command's own exit said: was the job being taken down by the cluster
-            # (its time limit: FAILED; a cancel: KILLED)? Slurm signals every process of the job,
-            # so the command may end (even with 0) before this runner hears of it.
-            status, reason = _cluster_verdict(job_of, status, reason)
-        # The ledger first: the outcome is never lost, even if tracking is down. Until
-        # the row says the MLflow run was ended, a later invocation will end it there.
-        try:
-            ledger.finish(run_id, status, exit_code, reason)
-        finally:
-            try:
-                tracked.finish(status, notify)
-                if tracked.end_recorded:
-                    ledger.tracking_ended(run_id)
-            finally:
-                ledger.close()
 
     inputs_dir = run_dir / "inputs"
     private = run_dir / "work"  # this run's own copy of a cached commit (see ProjectDir.private_copy)
     prepared = None
     try:
+        # (Inside the try: an interrupt landing just after the row is written ends it KILLED.)
+        if job_of is None:
+            state.keep_source_state(run_dir)
+            ledger.start(state.ledger_record(run_id, log_path))
+            faults.checkpoint("ledger.started")
+        pending.clear(state.note)  # the ledger has the run now
+        tracked.artifacts.append((log_path, None))
+        tracked.artifacts.extend(provenance.artifacts(run_dir))  # (a cluster job's were kept at submission)
         tracked.record_start()  # a refusal here ends the run FAILED, in the ledger and in tracking
         prepared = realize(planned, progress)
         if the_plan.source.checkout is not None and prepared.environment.container is None:
@@ -132,7 +136,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     environment = prepared.environment
     if environment.prefix is not None:
         tracked.artifacts.append((environment.prefix / ".mlproject" / "packages.txt", "environment"))
-        tracked.artifacts.extend(_keep_environment_lock(environment.prefix, run_dir))
+        tracked.artifacts.extend(_keep_environment_lock(planned.module, environment.prefix, run_dir))
 
     child_env = environment.apply(os.environ)
     child_env.update(tracked.child_env())
@@ -192,20 +196,20 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     return submitted
 
 
-def _keep_environment_lock(prefix: Path, run_dir: Path) -> list[tuple[Path, str]]:
-    """The environment's own lock (what it holds, in pylock.toml or conda-lock.yml form), kept
-    in the run's directory too: the environment may be removed before a rerun wants it."""
+def _keep_environment_lock(manager: EnvManager, prefix: Path, run_dir: Path) -> list[tuple[Path, str]]:
+    """The environment's own lock (what it holds, in its manager's lock form), kept in the
+    run's directory too: the environment may be removed before a rerun wants it."""
     from runner.envs.store import META_DIR
 
-    kept = []
-    for name in ("pylock.toml", "conda-lock.yml"):
-        lock = prefix / META_DIR / name
-        if lock.is_file():
-            copy = run_dir / "environment" / name
-            copy.parent.mkdir(exist_ok=True)
-            copy.write_bytes(lock.read_bytes())
-            kept.append((copy, "environment"))
-    return kept
+    if manager.LOCK_NAME is None:
+        return []
+    lock = prefix / META_DIR / manager.LOCK_NAME
+    if not lock.is_file():
+        return []
+    copy = run_dir / "environment" / manager.LOCK_NAME
+    copy.parent.mkdir(exist_ok=True)
+    copy.write_bytes(lock.read_bytes())
+    return [(copy, "environment")]
 
 
 def _keep_evidence(submitted: SubmittedRun, exc: RunnerError) -> None:
@@ -242,7 +246,7 @@ def _remove_inputs(*directories: Path) -> None:
 def _backend(job_of: JobOf) -> ClusterBackend:
     from runner import backends
 
-    return backends.cluster(job_of.backend)
+    return backends.cluster_backend(job_of.backend)
 
 
 def _cluster_verdict(job_of: JobOf, status: str, reason: str | None) -> tuple[str, str | None]:

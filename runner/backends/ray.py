@@ -154,7 +154,7 @@ def check_plan(state: PlannedRun) -> None:
         report = _PROBED.get(kept)  # asked by this process: fresh, even when it refuses
         if report is None:
             report = _read_json(kept)
-            if report is None or _lacks(report, needed):
+            if report is None or _lacks(report, needed) or set(needed) - set(report.get("checked", ())):
                 report = _PROBED[kept] = _probe_nodes(options, state.progress)
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 kept.write_text(json.dumps(report))
@@ -202,7 +202,8 @@ def _probe_nodes(options: RayOptions, progress) -> dict:
     job_id = f"{JOB_PREFIX}nodecheck-{os.urandom(8).hex()}"
     with step(progress, f"checking the Ray nodes' Python ({options.python}; once per cluster and runner version)"):
         try:
-            _submit_when_ready(client, entrypoint=f"exec {_quote(options.python)} -m runner.backends.nodecheck",
+            _submit_when_ready(client, entrypoint=f"exec {_quote(options.python)} -m runner.backends.nodecheck "
+                                       + " ".join(map(_quote, nodecheck.probed())),
                                submission_id=job_id, runtime_env=runtime_env, metadata={"mlproject": "node check"})
             deadline = time.monotonic() + _PROBE_SECONDS
             while str(getattr(status := client.get_job_status(job_id), "value", status)) not in _ENDS:

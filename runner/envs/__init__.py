@@ -1,43 +1,43 @@
-"""Environment managers behind one small protocol.
+"""Environment managers behind one seam: the `EnvManager` Protocol of `runner.envs.base`.
 
-A manager is a module with:
-    plan(project, notify) -> EnvPlan | None   what the environment must contain (None: nothing to build)
-    build(plan, tmp_dir, final_dir, progress)  fill tmp_dir; it is renamed to final_dir afterwards
-    activate(plan, prefix) -> Environment      how a command runs inside it
-    describe(project) -> str                   for `mlproject validate`
-and optionally:
-    resolve(plan, progress)                    what can fail before a run exists (conda's solve)
-    check(plan, progress)                      resolve without building (`validate --resolve`)
-The key is the sha256 of the plan's canonical description. The store
-(store.py) does locking, atomic publication, listing and gc; adding a manager
-adds a module and a line in `_MODULES`, and touches nothing else.
+Each manager is one module, registered in `runner.seams` by one loader whose return type
+has the type checker check the module against the contract; the rest of the runner asks the
+manager (its lock's name, what a node needs) instead of naming managers. The key of an
+environment is the sha256 of its plan's canonical description. The store (store.py)
+does locking, atomic publication, listing and gc.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import NotAvailableError, UsageError
-from runner.project.spec import Project
+from runner.seams import ENV_MANAGERS as MANAGERS  # (name -> loader: `in` and iteration give the names)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Mapping
 
 
+    from runner.envs.base import EnvManager
     from runner.envs.store import Lease
+    from runner.project.spec import Project
 
-MANAGERS = ("local", "virtualenv", "uv", "conda", "docker")
-_MODULES = {
-    "local": "runner.envs.local",
-    "uv": "runner.envs.python.uv",
-    "virtualenv": "runner.envs.python.virtualenv",
-    "conda": "runner.envs.conda.manager",
-    "docker": "runner.envs.docker.manager",
-}
+
+def all_managers() -> list[EnvManager]:
+    return [load() for load in MANAGERS.values()]
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """What some managers take (each lists which in its OPTIONS)."""
+
+    locked: bool = False  # install only from a current lock (pylock.toml, conda-lock.yml)
+    lock_file: str | None = None  # install exactly this recorded lock (a rerun)
+    build_image: bool = False  # docker: bake the project into an image
+    docker_args: Mapping[str, Any] = field(default_factory=dict)  # docker: extra `docker run` options
 
 
 @dataclass(frozen=True)
@@ -149,12 +149,12 @@ def check_manager_name(requested: str | None) -> None:
         )
 
 
-def manager_module(name: str):
-    module_name = _MODULES.get(name)
-    if module_name is None:
+def manager_module(name: str) -> EnvManager:
+    load = MANAGERS.get(name)
+    if load is None:
         hint = "run in the current Python environment with --env-manager local"
         raise NotAvailableError(f"the {name} environment manager is not available in this version", hint=hint)
-    return importlib.import_module(module_name)
+    return load()
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class Planned:
     """A manager and what its environment must contain: decided, nothing built yet."""
 
     manager: str
-    module: Any
+    module: EnvManager
     plan: EnvPlan | None
 
     @property
@@ -181,7 +181,7 @@ def plan_environment(
     given only the options set, and an option it does not know is a usage error."""
     module = manager_module(manager_name)
     given = {name: value for name, value in options.items() if value}
-    unknown = [name for name in given if name not in getattr(module, "OPTIONS", ())]
+    unknown = [name for name in given if name not in module.OPTIONS]
     if unknown:
         flags = {"locked": "--locked", "build_image": "--build-image", "docker_args": "-A/--docker-args"}
         raise UsageError(
@@ -189,35 +189,33 @@ def plan_environment(
             hint="--locked is for uv, virtualenv and conda environments; --build-image and -A for docker_env projects",
             python_hint="locked=True is for uv, virtualenv and conda environments; build_image= and docker_args= for docker_env projects",
         )
-    return Planned(manager_name, module, module.plan(project, notify, **given))
+    return Planned(manager_name, module, module.plan(project, notify, PlanOptions(**given)))
 
 
 def resolve_before_run(planned: Planned, progress: Callable[[str], None] | None = None) -> None:
     """A manager that can find its spec unsatisfiable before building (conda's solve)
     does so now, before a run exists; an environment already built needs nothing."""
-    resolve = getattr(planned.module, "resolve", None)
-    if resolve is None or planned.plan is None:
+    if planned.plan is None:
         return
     from runner.envs.store import Store
 
     store = Store()
     if not store.is_complete(store.path_of(planned.manager, planned.plan.key)):
-        resolve(planned.plan, progress)
+        planned.module.resolve(planned.plan, progress)
 
 
 def check_resolves(planned: Planned, progress: Callable[[str], None] | None = None) -> None:
     """Resolve the planned environment without building it (`mlproject validate --resolve`):
     pip requirements are resolved, conda specs solved; a docker image was found when planned."""
-    check = getattr(planned.module, "check", None) or getattr(planned.module, "resolve", None)
-    if check is not None and planned.plan is not None:
-        check(planned.plan, progress)
+    if planned.plan is not None:
+        planned.module.check(planned.plan, progress)
 
 
 def existing(planned: Planned) -> Prepared | None:
     """The planned environment if it is already built (held shared until released), else None."""
     module, plan = planned.module, planned.plan
-    if plan is None:
-        return Prepared(module.activate(None, None))
+    if plan is None:  # (nothing built: the current environment, as `local` is)
+        return Prepared(Environment(planned.manager))
     from runner.envs.store import Store
 
     found = Store().lookup(planned.manager, plan.key)

@@ -47,10 +47,12 @@ class RecordedRun:
 
     @property
     def lock_path(self) -> Path | None:
-        from runner.envs.python.pylock import LOCK_NAME
+        """Its pylock.toml (a uv or virtualenv run's lock), if it recorded one."""
+        from runner.envs import manager_module
 
-        path = self.run_dir / "environment" / LOCK_NAME
-        return path if path.is_file() else None
+        name = manager_module("uv").LOCK_NAME
+        path = self.run_dir / "environment" / name if name else None
+        return path if path is not None and path.is_file() else None
 
     def lock(self) -> PyLock | None:
         from runner.envs.python import pylock
@@ -64,7 +66,9 @@ class RecordedRun:
         lock = self.lock()
         if lock is not None:
             return lock.versions()
-        conda_lock = self.run_dir / "environment" / "conda-lock.yml"
+        from runner.envs import manager_module
+
+        conda_lock = self.run_dir / "environment" / str(manager_module("conda").LOCK_NAME)
         if conda_lock.is_file():
             from runner.envs.conda import lock as condalock
             from runner.envs.conda.contents import platform_name
@@ -119,9 +123,7 @@ def recorded(run_id: str) -> RecordedRun:
 
 # Files a run keeps (see runner.sources.provenance and backends.local), as artifact paths.
 _KEPT = (f"{provenance.SOURCE_DIR}/{provenance.DIFF_NAME}", f"{provenance.SOURCE_DIR}/{provenance.UNTRACKED_NAME}",
-         f"{provenance.SOURCE_DIR}/{provenance.OVER_CAP_NAME}", f"{provenance.SOURCE_DIR}/{provenance.INPUTS_NAME}",
-         "environment/pylock.toml",
-         "environment/conda-lock.yml")
+         f"{provenance.SOURCE_DIR}/{provenance.OVER_CAP_NAME}", f"{provenance.SOURCE_DIR}/{provenance.INPUTS_NAME}")
 
 
 def _from_tracking(run_id: str, not_in_ledger: Exception) -> RecordedRun:
@@ -147,7 +149,10 @@ def _from_tracking(run_id: str, not_in_ledger: Exception) -> RecordedRun:
         status=data.status, backend=tags.get("mlflow.project.backend", "local"),
     )
     run_dir = home.subdir("runs") / f"tracked-{run_id}"  # what the store kept of it, downloaded once
-    for path in _KEPT:
+    from runner.envs import all_managers
+
+    locks = sorted({f"environment/{m.LOCK_NAME}" for m in all_managers() if m.LOCK_NAME})
+    for path in (*_KEPT, *locks):
         target = run_dir / path
         if target.is_file():
             continue

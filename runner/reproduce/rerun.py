@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 RERUN_OF_TAG = "mlproject.rerunOf"
 CHANGED_TAG = "mlproject.rerunChanged"  # what the caller changed: parameter names, env_manager, backend
-LOCKED_MANAGERS = {"uv": "pylock.toml", "virtualenv": "pylock.toml", "conda": "conda-lock.yml"}  # the lock a rerun installs
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,9 @@ def _environment(original: RecordedRun, manager: str, result: RerunPlan) -> str 
             result.differences.append(Difference("environment: the docker image is built again from the "
                                                  "recorded source (or reused by its tag)", False))
         return None
-    name = LOCKED_MANAGERS.get(manager)
+    from runner.envs import manager_module
+
+    name = manager_module(manager).LOCK_NAME  # the lock a rerun installs
     path = original.run_dir / "environment" / name if name else None
     if path is None or not path.is_file():
         result.differences.append(Difference(

@@ -456,7 +456,7 @@ class _Sweep:
         from runner import backends
 
         name = self.request.backend
-        return name in backends.CLUSTER_BACKENDS and backends.cluster(name).JOB_ARRAYS
+        return name in backends.CLUSTER_BACKENDS and backends.cluster_backend(name).JOB_ARRAYS
 
     def _followed(self) -> dict[int, Any]:
         from runner.backends.cluster import ClusterRun

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from runner import home
-from runner.envs import Environment, EnvPlan
+from runner.envs import Environment, EnvPlan, PlanOptions
 from runner.envs.conda.contents import LOCK_NAME, CondaContents, platform_name
 from runner.envs.conda.solve import locked_dict, solve_for, worker
 from runner.envs.python.requirements import Requirements, collect
@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 
 NAME = "conda"
 RECIPE = "conda-2"  # bump when the way environments are built changes (2: each records its conda-lock.yml)
-OPTIONS = ("locked", "lock_file")
+OPTIONS: tuple[str, ...] = ("locked", "lock_file")
+NODE_NEEDS: tuple[str, ...] = ("rattler",)  # py-rattler solves and installs: no conda binary
+# (LOCK_NAME, conda-lock.yml: from contents, where the lock code reads it too)
 
 
 def _virtual_packages_key() -> dict[str, str]:
@@ -51,13 +53,13 @@ def _virtual_packages_key() -> dict[str, str]:
 
 
 def describe(project: Project) -> str:
-    return plan(project, None).summary
+    return plan(project, None, PlanOptions()).summary
 
 
-def plan(project: Project, notify: Callable[[str], None] | None = None, locked: bool = False,
-         lock_file: str | None = None) -> EnvPlan:
-    """`locked`: install only from a current conda-lock.yml; `lock_file`: install exactly this
-    lock (a recorded one, for a rerun), whatever conda.yaml says now."""
+def plan(project: Project, notify: Callable[[str], None] | None, options: PlanOptions) -> EnvPlan:
+    """`options.locked`: install only from a current conda-lock.yml; `options.lock_file`: install
+    exactly this lock (a recorded one, for a rerun), whatever conda.yaml says now."""
+    locked, lock_file = options.locked, options.lock_file
     from runner.envs.conda import channels as condachannels
     from runner.envs.python.spec import _index_settings
     from runner.project.envfiles import load_conda_env
@@ -189,6 +191,17 @@ def resolve(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> Non
     chosen = next((r["version"] for r in contents.records if r["name"] == "python"), None)
     if not contents.names_python and chosen and progress is not None:
         progress(f"note: {contents.env_file.name} names no python; the solve chose python {chosen}")
+
+
+def check(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> None:
+    """`validate --resolve`: the solve."""
+    resolve(plan, progress)
+
+
+def write_lock(project: Project, platforms: list[str], notify, progress) -> Path:
+    from runner.envs.conda import lock as condalock
+
+    return condalock.write(plan(project, notify, PlanOptions()).contents, platforms, progress)
 
 
 def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.envs import Environment, EnvPlan
+from runner.envs import Environment, EnvPlan, PlanOptions
 from runner.errors import EnvironmentBuildError, UsageError
 from runner.project.spec import Project
 
@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 NAME = "docker"
 RECIPE = "docker-1"
 CODE_DIR = "/mlflow/projects/code"
-OPTIONS = ("build_image", "docker_args")
+OPTIONS: tuple[str, ...] = ("build_image", "docker_args")
+LOCK_NAME: str | None = None  # (an image is its own record)
+NODE_NEEDS: tuple[str, ...] = ("docker",)  # the SDK
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,21 @@ def describe(project: Project) -> str:
     return f"docker: image {docker_env.image}" if docker_env else "docker: no docker_env"
 
 
-def plan(project: Project, notify: Callable[[str], None] | None = None, build_image: bool = False,
-         docker_args: Mapping[str, Any] | None = None) -> EnvPlan:
+def resolve(plan: EnvPlan, progress=None) -> None:
+    """The base image was found when planned."""
+
+
+def check(plan: EnvPlan, progress=None) -> None:
+    """The base image was found when planned."""
+
+
+def write_lock(project: Project, platforms: list[str], notify, progress) -> Path:
+    raise UsageError("mlproject lock needs a python_env.yaml or a conda.yaml (a docker_env project's image is "
+                     "its environment)", hint="pin the image by digest in MLproject's docker_env")
+
+
+def plan(project: Project, notify: Callable[[str], None] | None, options: PlanOptions) -> EnvPlan:
+    build_image, docker_args = options.build_image, options.docker_args
     from runner.envs.docker import client as docker_client
     from runner.envs.docker import options as dockeroptions
 
@@ -63,11 +78,11 @@ def plan(project: Project, notify: Callable[[str], None] | None = None, build_im
     if project.env.kind != "docker_env" or docker_env is None:
         raise UsageError("--env-manager docker needs a project with docker_env in its MLproject")
     environment = _environment(docker_env.environment)  # a missing host variable fails before anything starts
-    options = tuple(dockeroptions.check(docker_args or {}))
+    run_options = tuple(dockeroptions.check(docker_args or {}))
     base_id = docker_client.image_id(docker_env.image) or _pull(docker_env.image, notify)
     volumes = tuple(_absolute_volume(item, project.directory) for item in docker_env.volumes)
     contents = DockerContents(project.name or "", project.directory, docker_env.image, base_id, build_image, volumes,
-                              environment, options)
+                              environment, run_options)
     description = {"recipe": RECIPE, "manager": NAME, "image": docker_env.image, "image_id": base_id,
                    "mode": "build" if build_image else "mounted"}
     if build_image:

@@ -13,12 +13,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.envs import Environment, EnvPlan
+from runner.envs import Environment, EnvPlan, PlanOptions
 from runner.envs.python import pylock
 from runner.envs.python.interpreters import Interpreter, discover, find
 from runner.envs.python.pylock import PyLock
 from runner.envs.python.requirements import Requirements, collect
-from runner.errors import EnvironmentBuildError
+from runner.errors import EnvironmentBuildError, UsageError
 from runner.project.spec import Project
 
 TYPE_CHECKING = False
@@ -131,15 +131,28 @@ def _current_lock(contents: PythonEnvContents, platform: str, notify, locked: bo
 
 
 def manager_api(manager: str):
-    """The describe/plan/activate functions of a Python environment manager module."""
+    """The describe, plan, resolve, activate and write_lock functions of a Python environment
+    manager module (uv, virtualenv: the same plans and locks, two installers)."""
 
     def describe(project: Project) -> str:
         return plan(manager, project, None).summary
 
-    def plan_for(project: Project, notify=None, **options) -> EnvPlan:
-        return plan(manager, project, notify, **options)
+    def plan_for(project: Project, notify: Callable[[str], None] | None, options: PlanOptions) -> EnvPlan:
+        return plan(manager, project, notify, locked=options.locked, lock_file=options.lock_file)
 
-    return describe, plan_for, activate
+    def resolve(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> None:
+        """Nothing fails before the build that `check` would not find at no lower cost."""
+
+    def write_lock(project: Project, platforms: list[str], notify: Callable[[str], None] | None,
+                   progress: Callable[[str], None] | None) -> Path:
+        if project.env.kind != "python_env" or project.env.path is None:
+            raise UsageError("mlproject lock needs a python_env.yaml or a conda.yaml (this project has neither)",
+                             hint="add python_env.yaml (python_env: in MLproject) and lock it")
+        from runner.envs.python import pylock
+
+        return pylock.write(plan(manager, project, notify).contents, project.env.path, platforms, progress)
+
+    return describe, plan_for, resolve, activate, write_lock
 
 
 def activate(plan: EnvPlan, prefix: Path) -> Environment:

@@ -21,8 +21,10 @@ from runner.errors import EnvironmentBuildError
 
 NAME = "uv"
 
-OPTIONS = pythonenv.OPTIONS
-describe, plan, activate = pythonenv.manager_api(NAME)
+OPTIONS: tuple[str, ...] = pythonenv.OPTIONS
+LOCK_NAME: str | None = pylock.LOCK_NAME  # (recorded in every environment built)
+NODE_NEEDS: tuple[str, ...] = ("uv",)
+describe, plan, resolve, activate, write_lock = pythonenv.manager_api(NAME)
 
 
 def uv_binary() -> str:

@@ -20,8 +20,10 @@ from runner.envs.python.uv import check, finish, requirement_args  # noqa: F401 
 
 NAME = "virtualenv"
 
-OPTIONS = pythonenv.OPTIONS
-describe, plan, activate = pythonenv.manager_api(NAME)
+OPTIONS: tuple[str, ...] = pythonenv.OPTIONS
+LOCK_NAME: str | None = pylock.LOCK_NAME  # (recorded in every environment built)
+NODE_NEEDS: tuple[str, ...] = ("virtualenv",)
+describe, plan, resolve, activate, write_lock = pythonenv.manager_api(NAME)
 
 
 def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
