@@ -172,6 +172,9 @@ class Worker:
         self.components = components
         self.proxy = FaultyProxy(components.server) if components.server else None
         self.life: dict[str, float] = {}
+        # MLflow runs found stuck by an earlier strike's check: the store outlives strikes, and a
+        # run left behind once is that strike's violation, not every later one's.
+        self.stuck_before: set[str] = set()
 
     def close(self) -> None:
         if self.proxy is not None:
@@ -426,9 +429,12 @@ class Worker:
                     v.append(f"run {row['id']}: its end never reached tracking")
             if row["status"] == "FAILED" and not row.get("reason") and row.get("exit_code") in (None, 0):
                 v.append(f"run {row['id']} FAILED with no reason and no exit code")
-        stuck = [run_id for run_id, status in tracked.items() if status not in TERMINAL]
+        stuck = [run_id for run_id, status in tracked.items()
+                 if status not in TERMINAL and run_id not in self.stuck_before]
         if stuck:
-            v.append(f"{len(stuck)} MLflow run(s) left {sorted(set(tracked[s] for s in stuck))}")
+            self.stuck_before.update(stuck)
+            v.append(f"{len(stuck)} MLflow run(s) left {sorted(set(tracked[s] for s in stuck))}: "
+                     + "; ".join(self._described(cwd, run_id) for run_id in stuck))
         left = _wait_until_gone(home, 3.0)
         if left:
             v.append(f"{len(left)} process(es) of a run left: {_cmdlines(left)}")
@@ -518,6 +524,17 @@ class Worker:
             v.append(f"sweep {sweep_id}: trials FINISHED more than once: {twice}")
         elif set(counts) != wanted and strike.fault not in ("KILL_GROUP", "DISK_FULL"):
             v.append(f"sweep {sweep_id}: trials FINISHED {sorted(counts)}, wanted each of {sorted(wanted)}")
+
+    def _described(self, cwd: Path, run_id: str) -> str:
+        """What a stuck run is (its tags), to tell which strike and which stage left it."""
+        try:
+            with sqlite3.connect(cwd / "mlflow.db") as db:
+                tags = dict(db.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)))
+        except sqlite3.Error:
+            return run_id
+        shown = {k: v for k, v in tags.items() if k in ("mlflow.runName", "mlproject.attempt", "mlflow.parentRunId",
+                                                        "mlproject.sweep", "mlflow.project.entryPoint")}
+        return f"{run_id} {shown}"
 
     def _tracked_statuses(self, kind: str, cwd: Path, rows: list[dict]) -> dict[str, str]:
         """The MLflow status of every run in this worker's store, and of each row tracked on the server."""
