@@ -38,6 +38,11 @@ def _marked(run_marker_prefix: bytes = b"MLPROJECT_RUN_ID=") -> list[int]:
     return found
 
 
+def _default_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def _no_process_left(deadline_s: float = 10) -> list[int]:
     deadline = time.monotonic() + deadline_s
     while (left := _marked()) and time.monotonic() < deadline:
@@ -157,9 +162,11 @@ def test_a_signal_while_the_runner_imports_exits_quietly(make_project, mlproject
     KeyboardInterrupt traceback (`20261204:272`); and a held signal's SystemExit raised inside a
     class body came out as `RuntimeError: Error calling __set_name__` (`20261204:752`)."""
     root = make_project(SLOW)
+    # As from a terminal: under nohup (a CI runner) SIGHUP arrives ignored, and an ignored
+    # signal stays ignored while the runner starts.
     proc = subprocess.run([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
                           capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "MLPROJECT_FAULT_AT": f"import:{strike}"})
+                          env={**os.environ, "MLPROJECT_FAULT_AT": f"import:{strike}"}, preexec_fn=_default_signals)
     assert proc.returncode == 128 + getattr(signal, strike.split("*")[0]), proc.stderr
     assert proc.stderr == "" and proc.stdout == ""
     assert not (mlproject_home / "ledger.db").exists()  # nothing of a run existed
