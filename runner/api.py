@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm 
     from runner.envs import Planned
     from runner.launch import RunHandle
     from runner.request import Notify
-    from runner.tracking.session import TrackingPlan
+    from runner.tracking.session import TrackedRun, TrackingPlan
 
 __all__ = ["Plan", "RunRequest", "attach", "plan", "run", "submit"]
 
@@ -240,14 +240,10 @@ def _abandon(state: PreparedRun, exc: BaseException) -> None:
     """Normally ended already (finish() is idempotent); this covers an interrupt or failure
     between the run's creation and the ledger taking over."""
     from runner import faults
-    from runner.tracking import pending
 
     faults.checkpoint("pipeline.abandon")
     state.plan.source.release()
-    if state.tracked.finish("FAILED" if isinstance(exc, Exception) else "KILLED", state.notify) is None:
-        pending.clear(state.note)
-    elif not isinstance(exc, Exception):  # (the end did not reach tracking: the note's reconcile ends it)
-        pending.mark_interrupted(state.note)
+    _end_tracked(state.tracked, state.note, exc, state.notify)
 
 
 def _prepare(request: RunRequest, notify, progress):
@@ -368,10 +364,7 @@ def _open_run(state: PlannedRun) -> PreparedRun:
             orphans = reconcile(ledger, quick_only=True, backend=request.backend)
     except BaseException as exc:
         try:
-            if created().finish("FAILED" if isinstance(exc, Exception) else "KILLED", state.notify) is None:
-                pending.clear(note)
-            elif not isinstance(exc, Exception):
-                pending.mark_interrupted(note)
+            _end_tracked(created(), note, exc, state.notify)
         except BaseException:  # noqa: BLE001 - the note stays; the next invocation ends the run
             pass
         raise
@@ -388,6 +381,17 @@ def _open_run(state: PlannedRun) -> PreparedRun:
             state.notify(f"note: run {orphan.id} recorded as {orphan.status}" + (f": {orphan.reason}" if orphan.reason else
                                                                                    f" (its {orphan.backend} job ended)"))
     return PreparedRun.opened(state, tracked, ledger, note)
+
+
+def _end_tracked(tracked: TrackedRun, note: Path | None, exc: BaseException, notify: Notify) -> None:
+    """End a run the pipeline is abandoning (FAILED, or KILLED on an interrupt). Its pending
+    note goes once the end reached tracking; otherwise the note's reconcile ends it later."""
+    from runner.tracking import pending
+
+    if tracked.finish("FAILED" if isinstance(exc, Exception) else "KILLED", notify) is None:
+        pending.clear(note)
+    elif not isinstance(exc, Exception):
+        pending.mark_interrupted(note)
 
 
 def _settle_note(note, exc: BaseException) -> None:

@@ -18,6 +18,17 @@ def _pyright() -> str:
     return found
 
 
+def _assert_satisfies(module, protocol_module: str, protocol: str, work: Path) -> None:
+    """pyright says `module` (a file beside the tests) satisfies `protocol_module.protocol`."""
+    name = module.__name__
+    shutil.copy(Path(module.__file__), work / f"{name}.py")
+    check = work / f"check_{name}.py"
+    check.write_text(f"from {protocol_module} import {protocol}\nimport {name}\n\n_: {protocol} = {name}\n")
+    done = subprocess.run([_pyright(), "--pythonpath", sys.executable, str(check)], cwd=work,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+
+
 def test_the_runner_type_checks_clean():
     """pyright (basic, pyproject's [tool.pyright]) on runner/: 0 errors."""
     done = subprocess.run([_pyright()], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -50,12 +61,7 @@ def test_a_toy_backend_is_one_module_and_one_registry_line(make_project, mlproje
     from runner import seams
 
     # The module is held to the Backend contract by the type checker, as a registered one is.
-    shutil.copy(Path(toybackend.__file__), _work_in_tmp / "toybackend.py")
-    check = _work_in_tmp / "check_toy.py"
-    check.write_text("from runner.backends.base import Backend\nimport toybackend\n\n_: Backend = toybackend\n")
-    done = subprocess.run([_pyright(), "--pythonpath", sys.executable, str(check)], cwd=_work_in_tmp,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:]
+    _assert_satisfies(toybackend, "runner.backends.base", "Backend", _work_in_tmp)
 
     seams.register_backend("toy", lambda: toybackend)
     try:
@@ -77,12 +83,7 @@ def test_a_toy_env_manager_is_one_module_and_one_registry_line(make_project, mlp
     import runner
     from runner import seams
 
-    shutil.copy(Path(toymanager.__file__), _work_in_tmp / "toymanager.py")
-    check = _work_in_tmp / "check_toy_manager.py"
-    check.write_text("from runner.envs.base import EnvManager\nimport toymanager\n\n_: EnvManager = toymanager\n")
-    done = subprocess.run([_pyright(), "--pythonpath", sys.executable, str(check)], cwd=_work_in_tmp,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:]
+    _assert_satisfies(toymanager, "runner.envs.base", "EnvManager", _work_in_tmp)
 
     seams.register_env_manager("toy", lambda: toymanager)
     try:
