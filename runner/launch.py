@@ -354,6 +354,11 @@ class SubmittedRun(RunHandle):
         self.end_error: str | None = None  # why the run's end could not be recorded, if it could not
         self._terminal: int | None = None  # the pseudo-terminal's master side, when the command has one
 
+    @property
+    def started(self) -> bool:
+        """Its command's process exists: from then on its watcher ends the run."""
+        return self._process is not None
+
     # -- public API (and wait, get_status, done, cancel: RunHandle's) ----------------
     # cancel() stops the whole process group: TERM (INT for Ctrl-C), a grace period, KILL.
     def request_cancel(self, signum: int = signal.SIGTERM) -> None:
@@ -468,18 +473,21 @@ def start(
         run._finish(Outcome(KILLED, 128 + run.cancel_signal), on_finish)  # type: ignore[operator]
         return
 
-    faults.checkpoint("launch.started")  # (the process exists; its group is not recorded yet)
-    run._deliver_cancels()  # one that came while the process was being started
-    guard = _start_guard(run._process.pid) if guarded else None  # type: ignore[union-attr]
+    # Once the process exists its watcher starts, whatever is raised from here on (an
+    # interrupt in an API caller's thread, a full ledger in on_started): it ends the run.
     tee = _Tee({out_r: 1} if out_r == err_r else {out_r: 1, err_r: 2}, log_file, echo)
-    watcher = threading.Thread(
-        target=_watch, args=(run, tee, log_file, on_finish, guard), daemon=True, name="mlproject-watch"
-    )
+    guard = None
     try:
+        faults.checkpoint("launch.started")  # (the process exists; its group is not recorded yet)
+        run._deliver_cancels()  # one that came while the process was being started
+        if guarded:
+            guard = _start_guard(run._process.pid)  # type: ignore[union-attr]
         if on_started is not None:
             on_started(run._process.pid)  # type: ignore[union-attr]
     finally:
-        # Whatever on_started did, the process is watched and its run will end.
+        watcher = threading.Thread(
+            target=_watch, args=(run, tee, log_file, on_finish, guard), daemon=True, name="mlproject-watch"
+        )
         tee.start()
         watcher.start()
 

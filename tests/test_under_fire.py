@@ -236,3 +236,20 @@ def test_a_signal_just_after_the_ledger_row_is_written_ends_it_killed(make_proje
     assert "Traceback" not in proc.stderr
     ledger, tracked = _statuses(mlproject_home, _work_in_tmp)
     assert ledger == ["KILLED"] and tracked == ["KILLED"], (ledger, tracked, proc.stderr)
+
+
+@pytest.mark.parametrize("strike", ["SIGTERM", "SIGHUP"])
+def test_a_signal_once_all_is_ready_but_before_the_command_starts_ends_the_run_killed(
+        make_project, mlproject_home, _work_in_tmp, strike):
+    """Struck after the environment was ready and before the command was started (while its
+    command line was made or its artifacts listed): that stretch was outside the code that ends
+    the run on any way out, and the row was left RUNNING (campaign seed 20261207, strike 478)."""
+    root = make_project(SLOW)
+    proc = subprocess.run([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MLPROJECT_FAULT_AT": f"local.launching:{strike}"})
+    assert proc.returncode == 128 + getattr(signal, strike), proc.stderr
+    assert "Traceback" not in proc.stderr
+    ledger, tracked = _statuses(mlproject_home, _work_in_tmp)
+    assert ledger == ["KILLED"] and tracked == ["KILLED"], (ledger, tracked, proc.stderr)
+    assert _no_process_left() == []

@@ -123,7 +123,33 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
             command = invocation.command
         if prepared.environment.run_tags:
             tracked.set_tags(dict(prepared.environment.run_tags))
+        environment = prepared.environment
+        if environment.prefix is not None:
+            tracked.artifacts.append((environment.prefix / ".mlproject" / "packages.txt", "environment"))
+            tracked.artifacts.extend(_keep_environment_lock(planned.module, environment.prefix, run_dir))
+
+        child_env = environment.apply(os.environ)
+        child_env.update(tracked.child_env())
+        if tracked.context is not None and tracked.context.artifact_uri:
+            # Where the run's artifacts go: a container must be able to write there too.
+            child_env["MLPROJECT_ARTIFACT_URI"] = tracked.context.artifact_uri
+        # Output goes through a pipe to be teed; keep Python children streaming live.
+        child_env.setdefault("PYTHONUNBUFFERED", "1")
+        # Lets a later invocation recognise this run's processes if the runner dies.
+        child_env["MLPROJECT_RUN_ID"] = run_id
+        argv = environment.argv(command, child_env)
+
+        if tracked.context is not None:  # listed until delivered: a runner killed from here on loses none
+            from runner.tracking import undelivered
+
+            tracked.undelivered = run_dir / undelivered.FILE_NAME
+            undelivered.keep(tracked.undelivered, tracked.context.artifact_uri, tracked.artifacts)
+        notify(f"=== Running command '{command}' in run with ID '{submitted.run_id}' ===")
+        faults.checkpoint("local.launching")  # (all is ready; the command is not started yet)
+        submitted.launching = True  # from here a cancel stops the command instead of the preparation
     except BaseException as exc:
+        # Everything from the ledger's row to here: any way out (an error, or a signal that
+        # lands while the environment is built or the command line is made) ends the run.
         interrupted = not isinstance(exc, Exception)
         reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
         end("KILLED" if interrupted else "FAILED", None, f"preparation: {reason}")
@@ -133,20 +159,6 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
         if isinstance(exc, RunnerError):
             _keep_evidence(submitted, exc)
         raise
-    environment = prepared.environment
-    if environment.prefix is not None:
-        tracked.artifacts.append((environment.prefix / ".mlproject" / "packages.txt", "environment"))
-        tracked.artifacts.extend(_keep_environment_lock(planned.module, environment.prefix, run_dir))
-
-    child_env = environment.apply(os.environ)
-    child_env.update(tracked.child_env())
-    if tracked.context is not None and tracked.context.artifact_uri:
-        # Where the run's artifacts go: a container must be able to write there too.
-        child_env["MLPROJECT_ARTIFACT_URI"] = tracked.context.artifact_uri
-    # Output goes through a pipe to be teed; keep Python children streaming live.
-    child_env.setdefault("PYTHONUNBUFFERED", "1")
-    # Lets a later invocation recognise this run's processes if the runner dies.
-    child_env["MLPROJECT_RUN_ID"] = run_id
 
     def on_finish(outcome) -> None:
         try:
@@ -159,17 +171,10 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
             the_plan.source.release()
             _remove_inputs(inputs_dir, private)
 
-    if tracked.context is not None:  # listed until delivered: a runner killed from here on loses none
-        from runner.tracking import undelivered
-
-        tracked.undelivered = run_dir / undelivered.FILE_NAME
-        undelivered.keep(tracked.undelivered, tracked.context.artifact_uri, tracked.artifacts)
-    notify(f"=== Running command '{command}' in run with ID '{submitted.run_id}' ===")
-    submitted.launching = True  # from here a cancel stops the command instead of the preparation
     try:
         start(
             submitted,
-            environment.argv(command, child_env),
+            argv,
             invocation.cwd,
             child_env,
             echo=state.request.stream_output,
@@ -177,7 +182,17 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
             on_finish=on_finish,
             guarded=job_of is not None,  # a cluster may kill this runner outright (see launch.py)
         )
-    except BaseException:
+    except BaseException as exc:
+        if not submitted.started and not submitted.done:
+            # Out of start() before the command existed (start ends the run itself when the
+            # command cannot start; once it exists its watcher does): the run still ends.
+            interrupted = not isinstance(exc, Exception)
+            try:
+                end("KILLED" if interrupted else "FAILED", None, f"launch: {exc.__class__.__name__}: {exc}")
+            finally:
+                _remove_inputs(inputs_dir, private)
+                prepared.release()
+            raise
         prepared.release()
         raise
     if tracked.run_id is not None:
