@@ -347,7 +347,7 @@ def _open_run(state: PlannedRun) -> PreparedRun:
                                  experiment_id=request.experiment_id, run_id=request.run_id, run_name=request.run_name,
                                  tags=tags, params=params)
     except BaseException as exc:
-        _settle_note(note, exc)
+        pending.settle(note, exc)
         raise
     # While a tracking server creates the run: import and open the ledger (sqlite3 and
     # all), settle what dead runners left.
@@ -372,7 +372,7 @@ def _open_run(state: PlannedRun) -> PreparedRun:
         tracked = created()
     except BaseException as exc:
         ledger.close()
-        _settle_note(note, exc)
+        pending.settle(note, exc)
         raise
     for orphan in orphans:
         if orphan.backend == "local":
@@ -389,17 +389,6 @@ def _end_tracked(tracked: TrackedRun, note: Path | None, exc: BaseException, not
     from runner.tracking import pending
 
     if tracked.finish("FAILED" if isinstance(exc, Exception) else "KILLED", notify) is None:
-        pending.clear(note)
-    elif not isinstance(exc, Exception):
-        pending.mark_interrupted(note)
-
-
-def _settle_note(note, exc: BaseException) -> None:
-    """After a failed creation: the note goes unless the server may have created the run anyway
-    (sent but unanswered, or interrupted while waiting); then the next invocation ends it."""
-    from runner.tracking import pending
-
-    if isinstance(exc, Exception) and not getattr(exc, "outcome_unknown", False):
         pending.clear(note)
     elif not isinstance(exc, Exception):
         pending.mark_interrupted(note)

@@ -253,3 +253,21 @@ def test_a_signal_once_all_is_ready_but_before_the_command_starts_ends_the_run_k
     ledger, tracked = _statuses(mlproject_home, _work_in_tmp)
     assert ledger == ["KILLED"] and tracked == ["KILLED"], (ledger, tracked, proc.stderr)
     assert _no_process_left() == []
+
+
+@pytest.mark.parametrize("strike", ["SIGINT", "SIGHUP"])
+def test_a_signal_while_a_sweep_opens_its_parent_ends_the_parent_killed(make_project, mlproject_home, _work_in_tmp,
+                                                                        strike):
+    """Struck after the parent's rows were written and before the driver's loop took its signals
+    over: the driver exited 128+N and the parent run stayed RUNNING, in the ledger and in MLflow,
+    until a later command called it a dead runner's (campaign seed 20261207, strike 447)."""
+    root = make_project("entry_points:\n  main:\n    parameters:\n      x: float\n"
+                        "    command: \"echo {x}\"\n")
+    proc = subprocess.run([sys.executable, "-m", "runner", "sweep", str(root), "-P", "x=1,2", "--env-manager", "local"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MLPROJECT_FAULT_AT": f"sweep.parent:{strike}"})
+    assert proc.returncode == 128 + getattr(signal, strike), proc.stderr
+    assert "Traceback" not in proc.stderr
+    ledger, tracked = _statuses(mlproject_home, _work_in_tmp)
+    assert ledger == ["KILLED"] and tracked == ["KILLED"], (ledger, tracked, proc.stderr)  # the parent; no trial ran
+    assert not list((mlproject_home / "pending").glob("*.json"))

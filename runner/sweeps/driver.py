@@ -10,6 +10,7 @@ start, so `resume()` runs only what is missing after a kill, a crash or a reboot
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -207,15 +208,19 @@ def _drive(request: SweepRequest, sweep_id: str, trials: list[Trial], parent: _P
         api.prepare_environment(env_uri, version, manager, notify=notify, progress=progress).release()
     sweep = _Sweep(request, sweep_id, trials, version, manager, notify, cwd)
     sweep.following = following or set()
-    sweep.open_parent(parent, space, plan)
-    # Signals are raised only where the trials' loop looks for them; while the trials are being
-    # stopped and the parent ended, another one escalates (the trials are killed) instead.
+    # Signals are raised only where the driver looks for them (and while the parent's MLflow run
+    # is created); while the trials are being stopped and the parent ended, another one
+    # escalates (the trials are killed) instead. The parent is opened inside: a signal that
+    # lands just after its rows are written still ends it.
     with _DeferredSignals() as signals:
         try:
+            sweep.open_parent(parent, space, plan, signals)
+            signals.raise_received()
             sweep.run_trials(signals)
         except BaseException as exc:
             sweep.interrupted = True
-            exc.sweep_id = sweep_id  # type: ignore[attr-defined]  # for the caller's "resume with" line
+            if sweep.created:
+                exc.sweep_id = sweep_id  # type: ignore[attr-defined]  # for the caller's "resume with" line
             raise
         finally:
             sweep.close()
@@ -244,11 +249,23 @@ class _Sweep:
         self.following: set[int] = set()  # resumed: trials whose cluster jobs outlived the last driver
         self.search = None  # an optuna search, once the trials run
         self.result = SweepResult(sweep_id, "", trials, request.metric, request.goal)
+        # Until open_parent has made them: no parent run in tracking, no ledger row.
+        from runner.tracking.ledger import Ledger
+        from runner.tracking.session import TrackedRun
+
+        self.tracked = TrackedRun(None, None)
+        self.note: Path | None = None  # the parent's pending note, until the ledger has its row
+        self.parent_id = ""
+        self.created = False  # the sweep is in the ledger: it can be resumed
+        self.ledger = Ledger()
+        self.store = SweepStore(self.ledger)
 
     # -- the parent run ------------------------------------------------------------------
-    def open_parent(self, parent: _Parent | None, space: dict, plan) -> None:
-        from runner.tracking import redact
-        from runner.tracking.ledger import Ledger, RunRecord
+    def open_parent(self, parent: _Parent | None, space: dict, plan, signals: _DeferredSignals) -> None:
+        from runner import faults
+        from runner.tracking import ATTEMPT_TAG, pending, redact
+        from runner.tracking.common import experiment_choice
+        from runner.tracking.ledger import RunRecord
         from runner.tracking.session import begin_tracking, plan_tracking, project_tags
 
         request = self.request
@@ -267,13 +284,25 @@ class _Sweep:
                      "mlproject.sweep.trials": str(len(self.trials))})
         if request.metric:
             tags["mlproject.sweep.metric"] = f"{request.metric} ({request.goal})"
-        self.tracked = begin_tracking(self.tracking, experiment_name=request.experiment_name,
-                                      experiment_id=request.experiment_id, run_id=continued,
-                                      run_name=None if parent else f"sweep-{self.id}", tags=tags, params={})()
+        if self.tracking.uri is not None:
+            # As for a run (see runner.tracking.pending): a driver killed while the parent is
+            # created leaves a run that the next invocation finds by its tag and ends.
+            attempt = pending.new_attempt()
+            tags[ATTEMPT_TAG] = attempt
+            self.note = pending.note(attempt, redact(self.tracking.uri),
+                                     *experiment_choice(request.experiment_name, request.experiment_id), continued)
+        try:
+            with signals.raising():  # (a wait on the server, with no lock of ours held)
+                self.tracked = begin_tracking(self.tracking, experiment_name=request.experiment_name,
+                                              experiment_id=request.experiment_id, run_id=continued,
+                                              run_name=None if parent else f"sweep-{self.id}", tags=tags,
+                                              params={})()
+        except BaseException as exc:
+            pending.settle(self.note, exc)
+            self.note = None
+            raise
         self.parent_id = parent.ledger_id if parent else self.tracked.run_id or os.urandom(16).hex()
         self.result.parent_run_id = self.parent_id
-        self.ledger = Ledger()
-        self.store = SweepStore(self.ledger)
         if parent is None:
             self.ledger.start(RunRecord(
                 id=self.parent_id, project_uri=plan.source.uri, project_dir=str(plan.project.directory),
@@ -282,11 +311,17 @@ class _Sweep:
                 git_commit=plan.source.commit, tracking_run_id=self.tracked.run_id,
                 tracking_uri=redact(self.tracking.uri) if self.tracked.run_id and self.tracking.uri else None,
                 backend="sweep"))
+            faults.checkpoint("sweep.parent")  # (the parent's rows are written; no trial has started)
+            pending.clear(self.note)  # the ledger has the parent now
+            self.note = None
             self.store.create(self.id, self.parent_id, _as_json(request, self.cwd), self.trials)
         else:
             self.ledger.reopen(self.parent_id)
+            pending.clear(self.note)
+            self.note = None
             for trial in self.trials:
                 self.store.update(self.id, trial)
+        self.created = True
         self.experiment_id = self.tracked.context.experiment_id if self.tracked.context else None
 
     def close(self) -> None:
@@ -316,11 +351,19 @@ class _Sweep:
             except OSError as exc:
                 result.notes.append(f"warning: the sweep's table and plot were not written: {exc}")
             # (An interrupted sweep ran no command of its own to give an exit code.)
-            self.ledger.finish(self.parent_id, result.status, None if result.succeeded or self.interrupted else 1,
-                               None if result.succeeded else _why(self.trials, self.interrupted))
+            if self.parent_id:
+                self.ledger.finish(self.parent_id, result.status, None if result.succeeded or self.interrupted else 1,
+                                   None if result.succeeded else _why(self.trials, self.interrupted))
             self.tracked.finish(result.status, self.notify)
-            if self.tracked.end_recorded:
+            if self.tracked.end_recorded and self.parent_id:
                 self.ledger.tracking_ended(self.parent_id)
+            if self.note is not None:  # made in tracking, not in the ledger (a signal in between)
+                from runner.tracking import pending
+
+                if self.tracked.end_recorded:
+                    pending.clear(self.note)
+                else:
+                    pending.mark_interrupted(self.note)
             self.ledger.close()
             self.log.close()
 
@@ -607,11 +650,32 @@ class _DeferredSignals:
             signum = self.received[0]
             self._raising[signum](signum, None)  # (KeyboardInterrupt, or what the CLI's handler raises)
 
+    @contextlib.contextmanager
+    def raising(self):
+        """Signals raise where they land again, for a stretch that holds no lock and is
+        abandoned as a whole when one does (a wait on the tracking server)."""
+        import signal
+
+        self.raise_received()
+        for signum, handler in self._raising.items():
+            signal.signal(signum, handler)
+        try:
+            yield
+        finally:
+            for signum in self._raising:
+                signal.signal(signum, self._record)
+
     def __exit__(self, exc_type, *_exc) -> None:
         import signal
 
+        from runner import startup
+
         # (One that came after the loop's last look is not raised: every trial had ended, and
-        # the parent run was ended with the sweep's own outcome.)
+        # the parent run was ended with the sweep's own outcome.) The mlproject command is
+        # done once the parent is ended: a signal now could only cut its last words short.
+        if self._raising and startup.started_as_command():
+            startup.ignore()
+            return
         for signum, handler in self._raising.items():
             signal.signal(signum, handler)
 

@@ -56,6 +56,15 @@ def mark_interrupted(path: Path | None) -> None:
         pass
 
 
+def settle(path: Path | None, exc: BaseException) -> None:
+    """After a failed creation: the note goes unless the server may have created the run anyway
+    (sent but unanswered, or interrupted while waiting); then the next invocation ends it."""
+    if isinstance(exc, Exception) and not getattr(exc, "outcome_unknown", False):
+        clear(path)
+    elif not isinstance(exc, Exception):
+        mark_interrupted(path)
+
+
 def clear(path: Path | None) -> None:
     if path is not None:
         try:
