@@ -498,7 +498,8 @@ def validate(uri: str, entry_point: str, param_list: tuple[str, ...], version: s
     for problem in problems:
         sys.stderr.write(f"error: {problem}\n")
     if problems:
-        sys.stderr.write(f"hint: {len(problems)} problem(s) above; fix them and validate again\n")
+        counted = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
+        sys.stderr.write(f"hint: {counted} above; fix them and validate again\n")
     return EXIT_USAGE if problems else 0
 
 

@@ -84,7 +84,7 @@ def _report(
         if resolve_environment:
             problems.extend(_resolve(project, manager, progress, lines))
     except RunnerError as exc:
-        problems.append(exc.message)
+        problems.extend(exc.problems)
     return lines, list(dict.fromkeys(problems))
 
 

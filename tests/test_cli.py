@@ -92,11 +92,11 @@ def test_inferred_python_and_shell_entry_points(make_project, cli):
 
 def test_usage_errors_are_one_line(make_project, cli, tmp_path):
     root = make_project(ECHO_ARGS, SHOW_ARGS)
-    assert_clean_error(cli("run", str(root), "--env-manager", "local"), contains="missing value for parameter name")
+    assert_clean_error(cli("run", str(root), "--env-manager", "local"), contains="No value given for missing parameters: 'name'")
     assert_clean_error(cli("run", str(root), "--env-manager", "local", "-P", "name=a", "-P", "n=x"), contains="parameter 'n': value 'x' is not an int")
     assert_clean_error(cli("run", str(root), "--env-manager", "local", "-P", "name=a", "-P", "name=b"), contains="given more than once")
     assert_clean_error(cli("run", str(root), "--env-manager", "local", "-P", "noequals"), contains="expected NAME=VALUE")
-    assert_clean_error(cli("run", str(root), "-e", "nope", "--env-manager", "local"), contains="entry point 'nope' not found")
+    assert_clean_error(cli("run", str(root), "-e", "nope", "--env-manager", "local"), contains="Could not find nope among entry points")
     assert_clean_error(cli("run", str(root), "--env-manager", "bogus", "-P", "name=a"), contains="--env-manager 'bogus'")
     assert_clean_error(cli("run", str(tmp_path / "missing")), contains="does not exist")
     assert_clean_error(cli("run", str(root), "--no-such-flag"), contains="No such option '--no-such-flag'")
@@ -247,7 +247,7 @@ def test_validate_resolve_reports_a_misspelled_requirement(make_project, cli, ml
     result = cli("validate", str(root), "--resolve")
     assert result.returncode == 2
     assert "error: environment build failed: resolving dependencies" in result.stderr
-    assert "scikit-lern" in result.stdout + result.stderr and "hint: 1 problem(s) above" in result.stderr
+    assert "scikit-lern" in result.stdout + result.stderr and "hint: 1 problem above" in result.stderr
     (root / "python_env.yaml").write_text("python: '3.11'\ndependencies: [six==1.16.0]\n")
     good = cli("validate", str(root), "--resolve")
     assert good.returncode == 0 and "environment: resolves" in good.stdout, good.stderr

@@ -59,15 +59,16 @@ def test_valid_values_convert(typed_project, name, text, value):
         ("f", "notafloat", "is not a float"), ("f", "", "is not a float"),
         ("i", "not-an-int", "is not an int"), ("i", "2.5", "is not an int"),
         ("b", "maybe", "is not a bool"),
-        ("u", "just/a/path", "is not a URI"),
-        ("p", "no/such/file.csv", "is not an existing file"),
+        ("u", "just/a/path", "Expected URI for parameter u"),
+        ("p", "no/such/file.csv", "no such file or directory was found"),
     ],
 )
 def test_wrong_values_name_parameter_value_and_type(typed_project, name, text, expected):
     with pytest.raises(ParameterError) as info:
         resolve(typed_project, "main", {name: text}, typed_project.directory)
-    assert f"parameter {name!r}" in info.value.message
-    assert repr(text) in info.value.message
+    message = info.value.message
+    assert f"parameter {name!r}" in message or f"parameter {name} " in message or f"parameter {name}," in message
+    assert repr(text) in message
     assert expected in info.value.message
     assert info.value.exit_code == 2
 
@@ -91,8 +92,25 @@ def test_all_missing_required_listed_at_once(make_project):
     )
     with pytest.raises(ParameterError) as info:
         resolve(project, "main", {}, project.directory)
-    assert "missing value for parameters a, b" in info.value.message
+    assert "No value given for missing parameters: 'a', 'b'" in info.value.message
     assert info.value.hint == "give -P a=VALUE -P b=VALUE"
+
+
+def test_every_parameter_problem_at_once_with_its_misspelling(make_project):
+    """A misspelt required parameter used to say only that the real one was missing, and a
+    second bad value waited for the first to be fixed."""
+    project = load_project(make_project(
+        "entry_points:\n  main:\n    parameters:\n      alpha: float\n      n: {type: int, default: 1}\n"
+        "      data: path\n    command: x {alpha} {n} {data}\n"))
+    with pytest.raises(ParameterError) as info:
+        resolve(project, "main", {"alpah": "0.4", "n": "many", "data": "no/such.csv"}, project.directory)
+    message = info.value.message
+    assert message.startswith("3 problems with the parameters of entry point 'main': ")
+    assert "No value given for missing parameters: 'alpha'" in message and "did you mean alpha?" in message
+    assert "parameter 'n': value 'many' is not an int" in message
+    assert "Got value 'no/such.csv' for parameter data, but no such file or directory was found" in message
+    assert len(info.value.problems) == 3
+    assert "-P alpha=VALUE" in info.value.hint and "whole number" in info.value.hint
 
 
 def test_undeclared_appended_quoted(make_project):

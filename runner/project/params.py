@@ -105,14 +105,15 @@ def resolve(
     given = dict(given or {})
     caller_cwd = caller_cwd or Path.cwd()
 
+    # Every problem at once (a user fixes them in one go), each misspelling with its guess.
+    problems: list[str] = []
+    hints: list[str] = []
     missing = [p.name for p in entry.parameters.values() if p.required and given.get(p.name) is None]
     if missing:
-        raise ParameterError(
-            f"missing value for parameter{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-            f"(entry point {entry.name!r})",
-            hint="give " + " ".join(f"-P {name}=VALUE" for name in missing),
-            python_hint="give parameters={" + ", ".join(f"{name!r}: ..." for name in missing) + "}",
-        )
+        # (MLflow's words first: callers match on them)
+        problems.append(f"No value given for missing parameters: {', '.join(repr(m) for m in missing)} "
+                        f"(entry point {entry.name!r}{_guesses(missing, given, entry)})")
+        hints.append("give " + " ".join(f"-P {name}=VALUE" for name in missing))
     values: dict[str, Any] = {}
     texts: dict[str, str] = {}
     remote: dict[str, str] = {}
@@ -120,6 +121,8 @@ def resolve(
         raw = given.get(param.name)
         from_default = raw is None
         if from_default:
+            if param.required:
+                continue  # (said above)
             raw = param.default
         if param.type == "path" and _is_remote(_text(raw)):
             values[param.name] = texts[param.name] = remote[param.name] = _text(raw)
@@ -127,31 +130,66 @@ def resolve(
         try:
             values[param.name], texts[param.name] = convert(param.type, raw, project.directory, caller_cwd)
         except ValueError as exc:
-            origin = "default value" if from_default else "value"
-            raise ParameterError(
-                f"parameter {param.name!r}: {origin} {_show(raw)} {exc}",
-                hint=_type_hint(param.type),
-            ) from None
+            problems.append(_conversion_problem(param.name, param.type, raw, from_default, str(exc)))
+            hints.append(_type_hint(param.type))
     extra = {}
     for name, raw in given.items():
         if name in entry.parameters:
             continue
-        extra[name] = _plain_text(name, raw)
+        if raw is None:
+            problems.append(f"parameter {name!r}: no value given")
+            continue
+        extra[name] = _text(raw)
 
     for name, text in list(texts.items()) + list(extra.items()):
         if "\0" in text:
-            raise ParameterError(f"parameter {name!r}: value contains a NUL byte", hint="NUL cannot be passed to a program")
-        if _UNDECODABLE.search(name + text):
+            problems.append(f"parameter {name!r}: value contains a NUL byte")
+            hints.append("NUL cannot be passed to a program")
+        elif _UNDECODABLE.search(name + text):
             # Bytes that were not UTF-8 on the command line (Python keeps them as lone
             # surrogates): they can be neither recorded as text nor logged to MLflow.
-            raise ParameterError(f"parameter {name.encode('utf-8', 'backslashreplace').decode()!r}: "
-                                 "the value is not valid UTF-8 text",
-                                 hint="give parameters as UTF-8 (check the terminal's or the script's encoding)")
+            problems.append(f"parameter {name.encode('utf-8', 'backslashreplace').decode()!r}: "
+                            "the value is not valid UTF-8 text")
+            hints.append("give parameters as UTF-8 (check the terminal's or the script's encoding)")
+    if problems:
+        message = problems[0] if len(problems) == 1 else (
+            f"{len(problems)} problems with the parameters of entry point {entry.name!r}: " + "; ".join(problems))
+        python_hint = None
+        if missing and len(problems) == 1:
+            python_hint = "give parameters={" + ", ".join(f"{name!r}: ..." for name in missing) + "}"
+        raise ParameterError(message, hint="; ".join(dict.fromkeys(hints)) or None, problems=problems,
+                             python_hint=python_hint)
     command = render(entry, texts, extra)
     given_paths = {p.name: _text(p.default if given.get(p.name) is None else given[p.name])
                    for p in entry.parameters.values() if p.type == "path" and p.name not in remote}
     return Invocation(entry.name, command, project.directory, values, texts, extra, remote,
                       _misspellings(extra, entry), given_paths)
+
+
+def _conversion_problem(name: str, type_name: str, raw: Any, from_default: bool, why: str) -> str:
+    origin = "default value" if from_default else "value"
+    # (MLflow's words first for the path and URI checks: callers match on them)
+    if type_name == "path":
+        return f"Got {origin} {_show(raw)} for parameter {name}, but {why}"
+    if type_name == "uri":
+        return f"Expected URI for parameter {name} but got {_show(raw)} ({why})"
+    return f"parameter {name!r}: {origin} {_show(raw)} {why}"
+
+
+def _guesses(missing: list[str], given: Mapping[str, Any], entry: EntryPoint) -> str:
+    """'; alpah was given: did you mean alpha?' for each given name that is not declared and is
+    close to a missing one: the typo is why the required parameter has no value."""
+    undeclared = [name for name in given if name not in entry.parameters]
+    if not undeclared:
+        return ""
+    import difflib
+
+    said = []
+    for name in undeclared:
+        close = difflib.get_close_matches(name, missing, n=1, cutoff=0.75)
+        if close:
+            said.append(f"{name} was given: did you mean {close[0]}?")
+    return "".join(f"; {guess}" for guess in said)
 
 
 def _misspellings(extra: Mapping[str, str], entry: EntryPoint) -> list[str]:
@@ -189,12 +227,6 @@ def render(entry: EntryPoint, texts: Mapping[str, str], extra: Mapping[str, str]
     for name, text in extra.items():
         pieces.append(f"{shlex.quote('--' + name)} {shlex.quote(text)}")
     return " ".join(pieces)
-
-
-def _plain_text(name: str, raw: Any) -> str:
-    if raw is None:
-        raise ParameterError(f"parameter {name!r}: no value given")
-    return _text(raw)
 
 
 def _text(value: Any) -> str:
@@ -281,7 +313,7 @@ def _is_remote(text: str) -> bool:
 def _path(raw: Any, project_dir: Path, caller_cwd: Path) -> tuple[Any, str]:
     text = _text(raw)
     if not text:
-        raise ValueError("is not a path")
+        raise ValueError("no such file or directory was found (the path is empty)")
     if _has_scheme(text):  # a file: URI (remote ones are handled by resolve)
         from urllib.parse import unquote, urlparse
 
@@ -292,15 +324,13 @@ def _path(raw: Any, project_dir: Path, caller_cwd: Path) -> tuple[Any, str]:
         if candidate.exists():
             resolved = os.path.abspath(candidate)
             return resolved, resolved
-    raise ValueError(
-        f"is not an existing file or directory (looked in {caller_cwd} and in the project)"
-    )
+    raise ValueError(f"no such file or directory was found (looked in {caller_cwd} and in the project)")
 
 
 def _uri(raw: Any, _p: Path, _c: Path) -> tuple[Any, str]:
     text = _text(raw)
     if not _has_scheme(text):
-        raise ValueError("is not a URI (it needs a scheme, like s3://bucket/key or file:///data)")
+        raise ValueError("a URI needs a scheme, like s3://bucket/key or file:///data")
     return text, text
 
 
