@@ -137,8 +137,12 @@ class RunFailedError(RunnerError):
 
     default_hint = "the run's output: mlproject runs logs RUN_ID (or the SubmittedRun's log_path)"
 
-    def __init__(self, message: str, submitted_run, exit_code: int):
-        super().__init__(message, exit_code=exit_code,
+    def __init__(self, submitted_run):
+        # MLflow's words first ("Run (ID '...') failed"): callers match on them.
+        status = submitted_run.get_status()
+        how = ": killed" if status == "KILLED" else ""
+        message = f"Run (ID '{submitted_run.run_id}') failed{how} (exit code {submitted_run.exit_code})"
+        super().__init__(message, exit_code=submitted_run.exit_code or 1,
                          hint=f"the run's output: mlproject runs logs {getattr(submitted_run, 'run_id', 'RUN_ID')}",
                          python_hint=f"the run's output is in {getattr(submitted_run, 'log_path', 'its log')}")
         self.submitted_run = submitted_run

@@ -302,12 +302,12 @@ def test_errors_are_one_line_and_create_no_run(cli, demo, daemon, tmp_path, _wor
         (["run", f"git://127.0.0.1:{closed}/org/demo.git"], "cannot reach"),
         (["run", daemon.url("org/missing.git")], "not a git repository"),
         (["run", f"file://{not_a_repo}"], "not a git repository"),
-        (["run", f"file://{demo.bare}", "-v", "no-such-branch"], "no branch, tag or commit 'no-such-branch'"),
+        (["run", f"file://{demo.bare}", "-v", "no-such-branch"], "Unable to checkout version 'no-such-branch'"),
         (["run", f"file://{demo.bare}", "-v", "0" * 40], "no branch, tag or commit"),
-        (["run", f"file://{demo.bare}#nope"], "subdirectory 'nope' does not exist"),
-        (["run", f"file://{demo.bare}", "-e", "train"], "entry point"),
+        (["run", f"file://{demo.bare}#nope"], "Could not find subdirectory nope"),
+        (["run", f"file://{demo.bare}", "-e", "train"], "Could not find train among entry points"),
         (["run", f"file://{demo.bare}", "--version=--upload-pack=touch /tmp/x"], "not a branch, tag or commit"),
-        (["run", str(not_a_repo), "-v", "v1"], "needs a git repository"),
+        (["run", str(not_a_repo), "-v", "v1"], "Setting a version is only supported for Git project URIs"),
     ]
     for args, message in cases:
         result = cli(*args, "--env-manager", "local", timeout=60)

@@ -115,7 +115,7 @@ def test_more_than_one_env_key(make_project):
         "name: x\nconda_env: conda.yaml\npython_env: python_env.yaml\nentry_points: {}\n",
         {"conda.yaml": "dependencies: []\n", "python_env.yaml": "python: '3.11'\n"},
     )
-    with pytest.raises(SpecValidationError, match=r"MLproject:3: only one of conda_env, python_env, docker_env"):
+    with pytest.raises(SpecValidationError, match=r"MLproject:3: Project cannot contain multiple environment fields"):
         load_project(root)
 
 
@@ -143,7 +143,7 @@ def test_env_file_outside_project_refused(make_project, tmp_path):
 
 def test_missing_env_file(make_project):
     root = make_project("name: x\nconda_env: conda.yaml\nentry_points: {}\n")
-    with pytest.raises(SpecValidationError, match="does not exist in the project"):
+    with pytest.raises(SpecValidationError, match="but no such file was found in the project"):
         load_project(root)
 
 
@@ -159,7 +159,7 @@ def test_inferred_entry_points(make_project, monkeypatch):
     project = load_project(root)
     assert project.entry_point("train.py").command == "python train.py"
     assert project.entry_point("go.sh").command == "/bin/bash go.sh"
-    with pytest.raises(ProjectError, match="entry point 'main' not found"):
+    with pytest.raises(ProjectError, match="Could not find main among entry points"):
         project.entry_point("main")
     with pytest.raises(ProjectError, match="no such file"):
         project.entry_point("missing.py")

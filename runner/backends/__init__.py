@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 def get(name: str | None) -> Backend:
     name = name or "local"
     if name not in BACKENDS:
-        raise NotAvailableError(f"backend {name!r} is not available",
+        raise NotAvailableError(f"Got unsupported execution mode {name}: backend {name!r} is not available",
                                 hint=f"choose one of: {', '.join(BACKENDS)} (-b/--backend)",
                                 python_hint="choose one of: " + ", ".join(f'backend="{b}"' for b in BACKENDS))
     return BACKENDS[name]()

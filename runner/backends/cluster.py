@@ -257,6 +257,5 @@ def follow_submitted(state: PreparedRun, submitted: ClusterRun, on_submitted) ->
     if on_submitted is not None:
         on_submitted(submitted)
     if request.synchronous and not request.detach and not submitted.wait():
-        raise RunFailedError(f"run {submitted.ledger_id} {submitted.get_status().lower()} (exit code {submitted.exit_code})",
-                             submitted, submitted.exit_code or 1)
+        raise RunFailedError(submitted)
     return submitted

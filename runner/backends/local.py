@@ -203,11 +203,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
         BackgroundImport("runner.tracking.artifacts")
     if state.request.synchronous:
         if not submitted.wait():
-            raise RunFailedError(
-                f"run {run_id} {submitted.get_status().lower()} (exit code {submitted.exit_code})",
-                submitted,
-                submitted.exit_code or 1,
-            )
+            raise RunFailedError(submitted)
     return submitted
 
 

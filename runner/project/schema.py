@@ -187,7 +187,10 @@ def _describe(error: Any) -> str:
         return f"expected {names}, got {_type_name(value)} {_short(value)}".rstrip()
     if kind == "required":
         missing = [k for k in error.validator_value if isinstance(value, dict) and k not in value]
-        return f"missing required key {', '.join(repr(m) for m in missing)}"
+        said = f"missing required key {', '.join(repr(m) for m in missing)}"
+        if list(error.absolute_path) == ["docker_env"] and "image" in missing:  # (MLflow's words first)
+            return f"Docker environment specified but no image attribute found ({said})"
+        return said
     if kind == "minLength":
         return "must not be empty"
     if kind == "pattern":

@@ -113,10 +113,12 @@ class Project:
         inferred = _infer_entry_point(self.directory, name)
         if inferred is not None:
             return inferred
+        # (MLflow's words first: callers match on them)
         known = ", ".join(sorted(self.entry_points)) or "none"
-        where = "in MLproject" if self.spec_path else "(the project has no MLproject file)"
+        where = "in MLproject" if self.spec_path else "the project has no MLproject file"
         raise ProjectError(
-            f"entry point {name!r} not found {where}; entry points: {known}",
+            f"Could not find {name} among entry points ({known}) or interpret {name} as a runnable script "
+            f"({where}; a script must end in .py or .sh)",
             hint="choose one with -e, or name a .py or .sh file inside the project",
         )
 
@@ -176,8 +178,8 @@ def _env_from_spec(root: Path, spec_path: Path, data: dict[str, Any], text: str)
 
         line = line_of(text, [present[1]], key=True)
         raise SpecValidationError(
-            f"{spec_path.name}:{line}: only one of conda_env, python_env, docker_env may be given "
-            f"(found {' and '.join(present)})",
+            f"{spec_path.name}:{line}: Project cannot contain multiple environment fields: found "
+            f"{' and '.join(present)} (give only one of conda_env, python_env, docker_env)",
             hint="keep the one environment the project should run in",
         )
     if not present:
@@ -197,7 +199,8 @@ def _env_from_spec(root: Path, spec_path: Path, data: dict[str, Any], text: str)
         raise SpecValidationError(f"{spec_path.name}: {exc}") from None
     if not env_path.is_file():
         raise SpecValidationError(
-            f"{spec_path.name}: {key}: file {relative!r} does not exist in the project",
+            f"{spec_path.name}: Project specified {key.removesuffix('_env')} environment file {relative}, "
+            "but no such file was found in the project",
             hint=f"create {relative} or fix the {key} entry",
         )
     return EnvSpec(key, env_path)
@@ -226,7 +229,8 @@ def _infer_entry_point(root: Path, name: str) -> EntryPoint | None:
     script = project_path(root, name, "entry point", "entry point scripts must be inside the project")
     if not script.is_file():
         raise ProjectError(
-            f"entry point {name!r}: no such file in the project",
+            f"Could not find {name} among entry points or interpret {name} as a runnable script "
+            "(no such file in the project)",
             hint="check the file name given with -e",
         )
     runner = _SCRIPT_RUNNERS[ext] or os.environ.get("SHELL", "bash")

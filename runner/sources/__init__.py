@@ -144,7 +144,7 @@ def fetch(
     if version is not None:
         if top is None:
             raise ProjectError(
-                f"--version needs a git repository, and {base or '.'} is not in one",
+                f"Setting a version is only supported for Git project URIs: {base or '.'} is not in a git repository",
                 hint="leave out --version to run the directory as it is",
                 python_hint="leave out version= to run the directory as it is",
             )
@@ -189,7 +189,7 @@ def _subdirectory(root: Path, subdir: str, where: str) -> Path:
         return root
     path = project_path(root, subdir, "subdirectory", "#subdir must name a directory inside the project")
     if not path.is_dir():
-        raise ProjectError(f"subdirectory {subdir!r} does not exist in {where}", hint="check the part after '#'")
+        raise ProjectError(f"Could not find subdirectory {subdir} of {where}", hint="check the part after '#'")
     return path
 
 

@@ -154,7 +154,7 @@ class Mirror:
         _touch(self.path / _USED_MARKER)
         if found is None:
             raise ProjectError(
-                f"{self.remote.url} has no branch, tag or commit {version!r}"
+                f"Unable to checkout version {version!r}: {self.remote.url} has no branch, tag or commit of that name"
                 if version else f"{self.remote.url} has no default branch (an empty repository?)",
                 hint=f"list its branches and tags with `git ls-remote {self.remote.url}`",
             )

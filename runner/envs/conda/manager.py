@@ -67,6 +67,7 @@ def plan(project: Project, notify: Callable[[str], None] | None, options: PlanOp
     env = project.env
     if env.kind != "conda_env" or env.path is None:
         raise EnvironmentBuildError(
+            f"{'python_env' if env.kind == 'python_env' else 'This'} project cannot be executed using conda: "
             "--env-manager conda needs a conda.yaml (conda_env in MLproject)",
             hint="use --env-manager uv for python_env.yaml projects",
             python_hint='use env_manager="uv" for python_env.yaml projects',
