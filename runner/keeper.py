@@ -11,9 +11,11 @@ the keeper's notes and errors passed back over a pipe as if the pipeline had run
 then it follows the run through the ledger, as `runner.attach` does from any process:
 `wait()`, `get_status()` and `cancel()` work from the caller and from any later process.
 
-The keeper inherits the caller's environment and its stdout and stderr, as MLflow's child
-does; the request (with `docker_auth`, a credential) reaches it on its stdin, never its
-command line. Ctrl-C in the caller's terminal stops the run only while the caller waits for
+The keeper inherits the caller's environment, and its stdout and stderr when they are a
+terminal or a file, as MLflow's child does; a pipe (a caller whose output is captured) is not
+passed on, so that its reader is not held until the run ends (MLflow's is: an 8 s run kept
+`$(python -c ...)` waiting 12.9 s with mlflow 3.17.2), and the output is in the run's log.
+The request (with `docker_auth`, a credential) reaches it on its stdin, never its command line. Ctrl-C in the caller's terminal stops the run only while the caller waits for
 it (`wait()`), since the run no longer belongs to the caller's process group.
 """
 from __future__ import annotations
@@ -68,6 +70,10 @@ def hand_over(request: RunRequest, notify: Callable[[str], None], progress: Call
             # Not marked as a process of the caller's own run (a workflow's step): an asynchronous
             # run outlives its caller, and is a run of its own (see runner.launch.RUN_MARKER).
             env={**{k: v for k, v in os.environ.items() if k != RUN_MARKER}, STATUS_FD_VARIABLE: str(status_write)},
+            # A pipe is not passed on: whoever reads the caller's output (`$(...)`, capture_output)
+            # would wait for the run's end, not the caller's. Its output is in the run's log.
+            stdout=subprocess.DEVNULL if _is_pipe(1) else None,
+            stderr=subprocess.DEVNULL if _is_pipe(2) else None,
             start_new_session=True,
         )
     except OSError as exc:
@@ -95,6 +101,17 @@ def hand_over(request: RunRequest, notify: Callable[[str], None], progress: Call
     with _KEEPERS_LOCK:
         _KEEPERS[:] = [other for other in _KEEPERS if other.poll() is None] + [keeper]
     return _follow(started, on_submitted)
+
+
+def _is_pipe(fd: int) -> bool:
+    """The caller's stream `fd` is a pipe or a socket (a reader waits for every writer to close)."""
+    import stat
+
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def _read_status(status, notify: Callable[[str], None], progress: Callable[[str], None] | None) -> str | None:

@@ -117,7 +117,30 @@ def test_errors_before_the_command_starts_are_raised_in_the_caller(make_project,
 def test_the_commands_output_reaches_the_callers_stdout_as_under_mlflow(make_project, _work_in_tmp):
     project = make_project(PROJECT)
     body = ("import runner\n"
-            f"runner.run({str(project)!r}, parameters={{'secs': 0.5}}, env_manager='local', synchronous=False)\n")
+            f"r = runner.run({str(project)!r}, parameters={{'secs': 0.5}}, env_manager='local', synchronous=False)\n"
+            "print(r.run_id, flush=True)\n")
+    with open(_work_in_tmp / "caller.out", "w+") as out:  # (a file: a terminal's case, without one)
+        done = subprocess.run([sys.executable, "-c", body], cwd=_work_in_tmp, stdout=out, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        run_id = next(line for line in (_work_in_tmp / "caller.out").read_text().split() if len(line) == 32)
+        wait_for(lambda: ledger_row(_cli, run_id)["status"] == "FINISHED", 60, "the run's end")
+        lines = (_work_in_tmp / "caller.out").read_text().split()
+        assert [line for line in lines if line != run_id] == ["started", "finished"]
+
+
+def test_a_caller_whose_output_is_captured_returns_once_the_command_started(make_project, _work_in_tmp):
+    """`OUT=$(python -c '...synchronous=False...')` used to return when the run ended: the
+    keeper held the caller's stdout pipe (as MLflow's child does: 12.9 s for an 8 s run)."""
+    project = make_project(PROJECT)
+    body = ("import runner\n"
+            f"r = runner.run({str(project)!r}, parameters={{'secs': 8}}, env_manager='local', synchronous=False)\n"
+            "print(r.run_id, flush=True)\n")
     done = subprocess.run([sys.executable, "-c", body], cwd=_work_in_tmp, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "started\nfinished\n"  # (the pipe ends when the keeper does: after the run)
+    run_id = done.stdout.split()[0]
+    assert ledger_row(_cli, run_id)["status"] == "RUNNING"  # returned while the command runs
+    assert not (project / "done.txt").exists()
+    wait_for(lambda: ledger_row(_cli, run_id)["status"] != "RUNNING", 60, "the run's end")
+    assert ledger_row(_cli, run_id)["status"] == "FINISHED"
+    assert _cli("runs", "logs", run_id).stdout == "started\nfinished\n"  # the output is in its log
