@@ -145,12 +145,13 @@ def run(
                          backend_config, storage_dir, synchronous, run_id, run_name, env_manager, build_image,
                          docker_auth, cwd, stream_output, locked, detach)
     try:
-        return _submit_for_python(request, notify, progress, on_submitted)
+        return submit_for_python(request, notify, progress, on_submitted)
     except RunnerError as exc:
         raise exc.for_python() from None
 
 
-def _submit_for_python(request: RunRequest, notify, progress, on_submitted=None):
+def submit_for_python(request: RunRequest, notify: Notify | None = None, progress: Notify | None = None,
+                      on_submitted: Callable[[RunHandle], None] | None = None) -> RunHandle:
     """An API caller's run: an asynchronous one on this machine is handed to a keeper process,
     so that it outlives the caller as under MLflow (see runner.keeper); else the pipeline here."""
     from runner import keeper
@@ -187,7 +188,7 @@ def rerun(
         planned = plan_rerun(run_id, parameters, env_manager, backend, backend_config)
         request = replace(rerun_request(planned, allow_differences, notify), synchronous=synchronous,
                           stream_output=stream_output)
-        return _submit_for_python(request, notify, progress)
+        return submit_for_python(request, notify, progress)
     except RunnerError as exc:
         raise exc.for_python() from None
 

@@ -273,3 +273,31 @@ def test_api_run_on_ray(ray, make_project, _work_in_tmp):
     assert submitted.get_status() == "FAILED" and submitted.exit_code == 4
     again = runner.attach(submitted.run_id)
     assert again.done and again.get_status() == "FAILED"
+
+
+PLUGIN_RUN = """
+import sys
+import mlflow
+r = mlflow.projects.run(sys.argv[1], backend="mlproject", backend_config={"backend": "ray"},
+                        parameters={"alpha": 0.7, "secs": 300}, env_manager="local", synchronous=False)
+print("started", r.run_id, r.get_status(), flush=True)
+r.cancel()
+print("cancelled", r.get_status(), flush=True)
+"""
+
+
+def test_mlflow_projects_run_with_the_plugin_runs_and_cancels_on_ray(ray, make_project, _work_in_tmp):
+    """MLflow's own API, with mlproject-runner as its backend plugin: an asynchronous run on
+    Ray, cancelled through the SubmittedRun MLflow hands back."""
+    project = make_project(PROJECT)
+    done = subprocess.run([sys.executable, "-c", PLUGIN_RUN, str(project)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    _, run_id, status = next(line for line in lines if line.startswith("started ")).split()
+    assert status in ("SCHEDULED", "RUNNING")
+    assert "cancelled KILLED" in lines
+    row = _row(run_id)
+    assert (row["status"], row["backend"]) == ("KILLED", "ray")
+    assert _tracked(_work_in_tmp, run_id).info.status == "KILLED"
+    _wait_for(lambda: _left_behind(run_id) == [], 30, "the run's processes on the nodes to be gone")

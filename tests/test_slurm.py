@@ -622,3 +622,28 @@ def test_dirty_run_is_rerun_on_the_cluster_with_its_changes(slurm, make_project,
     tags = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(rerun_id).data.tags
     assert tags["mlproject.rerunOf"] == run_id and tags["mlproject.rerunChanged"] == "backend"
     assert tags["mlflow.project.backend"] == "slurm" and tags["mlproject.source.git.dirty"] == "true"
+
+
+PLUGIN_RUN = """
+import sys
+import mlflow
+r = mlflow.projects.run(sys.argv[1], backend="mlproject", backend_config={"backend": "slurm", "time": "5"},
+                        parameters={"alpha": 0.7}, env_manager="local")
+print("ok", r.run_id, r.get_status(), flush=True)
+"""
+
+
+def test_mlflow_projects_run_with_the_plugin_runs_on_slurm(slurm, make_project, _work_in_tmp):
+    """MLflow's own API, with mlproject-runner as its backend plugin (runner/mlflow_plugin.py)."""
+    project = make_project(SHELL_PROJECT)
+    done = subprocess.run([sys.executable, "-c", PLUGIN_RUN, str(project)], capture_output=True, text=True,
+                          env={**os.environ, "PATH": BARE_PATH}, timeout=300)
+    assert done.returncode == 0, done.stderr + slurm.logs()
+    _, run_id, status = next(line for line in done.stdout.splitlines() if line.startswith("ok ")).split()
+    assert status == "FINISHED"
+    row = _ledger_row(run_id)
+    assert (row["status"], row["exit_code"], row["backend"]) == ("FINISHED", 0, "slurm") and row["job_id"]
+    run = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlproject.slurm.job_id"] == row["job_id"]
+    assert "alpha=0.7 node=n" in _cli("runs", "logs", run_id).stdout
