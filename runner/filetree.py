@@ -31,12 +31,39 @@ def files_digest(root: Path, relatives: Iterable[str | Path]) -> str:
     return digest.hexdigest()
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of one file's executable bits and bytes (a symlink: its target)."""
+    digest = hashlib.sha256()
+    if path.is_symlink():
+        digest.update(f"link\0{os.readlink(path)}\0".encode())
+        return digest.hexdigest()
+    digest.update(f"{os.stat(path).st_mode & 0o111}\0".encode())
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remembered_file_digests(root: Path, files: list[tuple[str, os.stat_result]], purpose: str) -> dict[str, str]:
+    """{relative path: file_digest} of `files`, read once per state of the files, as
+    `remembered_digest` is."""
+    import json
+
+    return json.loads(_remembered(root, files, purpose, lambda: json.dumps(
+        {relative: file_digest(root / relative) for relative, _ in files}, sort_keys=True, separators=(",", ":"))))
+
+
 def remembered_digest(root: Path, files: list[tuple[str, os.stat_result]], purpose: str) -> str:
     """`files_digest` of `files` (relative path, lstat), read once per state of the files: the
     digest is remembered with their stat (size, mtime and ctime in ns, inode), as git's index
     does, so an unchanged tree is not read again. Any write changes the ctime at least; files
     written in the last seconds are always read. `purpose` keeps apart the digests of different
     selections of one directory (a staged project, a Docker build context)."""
+    return _remembered(root, files, purpose, lambda: files_digest(root, (relative for relative, _ in files)))
+
+
+def _remembered(root: Path, files: list[tuple[str, os.stat_result]], purpose: str, compute) -> str:
+    """compute() (one line of text), remembered with the files' stat (see remembered_digest)."""
     import time
 
     from runner import home
@@ -46,13 +73,13 @@ def remembered_digest(root: Path, files: list[tuple[str, os.stat_result]], purpo
     name = hashlib.sha256(f"{purpose}\0{root}".encode()).hexdigest()[:32]
     remembered = home.home() / "cache" / "digests" / name
     try:
-        known_stamp, known = remembered.read_text().split()
+        known_stamp, known = remembered.read_text().split(" ", 1)
         if known_stamp == stamp:
-            return known
+            return known.rstrip("\n")
     except (OSError, ValueError):
         pass
-    digest = files_digest(root, (relative for relative, _ in files))
+    value = compute()
     newest = max((max(info.st_mtime_ns, info.st_ctime_ns) for _, info in files), default=0) / 1e9
     if newest < time.time() - _SETTLED:
-        home.save_text(remembered, f"{stamp} {digest}\n")  # (not written: only costs the next use a read)
-    return digest
+        home.save_text(remembered, f"{stamp} {value}\n")  # (not written: only costs the next use a read)
+    return value

@@ -109,7 +109,8 @@ class PreparedRun(PlannedRun):
                    planned.backend_options, planned.environment, tracked, ledger, note)
 
     def keep_source_state(self, run_dir: Path) -> None:
-        """What a rerun needs of a dirty working copy (its diff, its untracked files' names) and
+        """What a rerun needs of a dirty working copy (its diff, its untracked files' names), of a
+        project outside git (its files' digests, and the files when small), and
         of the files its `path` parameters name, taken when the run is submitted, before the code
         or the data can change again."""
         from runner.sources import provenance
@@ -119,6 +120,8 @@ class PreparedRun(PlannedRun):
             provenance.keep_patch(Path(self.request.patch), run_dir)
         elif source.dirty and source.work_tree is not None:
             provenance.capture(source.work_tree, run_dir)
+        elif source.commit is None and source.checkout is None:  # a directory outside git: its files
+            provenance.keep_files(source.path, run_dir)
         if invocation.given_paths:
             provenance.keep_inputs({name: invocation.texts[name] for name in invocation.given_paths
                                     if name in invocation.texts}, run_dir)

@@ -310,3 +310,50 @@ def test_rerun_refuses_when_a_path_parameters_file_changed(make_project, _work_i
     anyway = run_cli("rerun", run_id, "--allow-differences")
     assert anyway.returncode == 0 and anyway.stdout == "a,b\n1,3\n", anyway.stderr
     assert "warning: rerun of" in anyway.stderr and "changed since the run" in anyway.stderr
+
+
+PLAIN_PROJECT = """
+    name: plain-directory
+    entry_points:
+      main:
+        parameters:
+          x: {type: float, default: 1}
+        command: "python train.py {x}"
+"""
+PLAIN_TRAIN = 'import sys\nprint("x", sys.argv[1], "code", "v1")\n'
+
+
+def test_a_project_outside_git_is_rerun_by_the_digest_of_its_files(make_project, mlflow_server, tmp_path, _work_in_tmp):
+    """Refused before, whatever its files ("not a git working copy ... it runs as it is now", then
+    exit 2). Its files' digests are recorded at submission: the same files are an exact rerun; a
+    changed file is named; on a machine without the directory the kept files are used."""
+    project = make_project(PLAIN_PROJECT, {"train.py": PLAIN_TRAIN})
+    assert subprocess.run(["git", "-C", str(project), "rev-parse"], capture_output=True).returncode != 0
+    server = {"MLFLOW_TRACKING_URI": mlflow_server}
+    original = run_cli("run", str(project), "-P", "x=4", "--env-manager", "local", env=server)
+    assert original.returncode == 0, original.stderr
+    run_id = _run_id(original.stderr)
+    artifacts = [a.path for a in MlflowClient(mlflow_server).list_artifacts(run_id, "source")]
+    assert artifacts == ["source/files.json", "source/project.tar.gz"]
+
+    same = run_cli("rerun", run_id, env=server)
+    assert same.returncode == 0, same.stderr
+    assert same.stdout == original.stdout == "x 4 code v1\n"
+    assert "source:" not in same.stderr and "warning" not in same.stderr  # exact: no refusal, no note
+
+    (project / "train.py").write_text(PLAIN_TRAIN.replace("v1", "v2"))
+    (project / "notes.txt").write_text("added later\n")
+    refused = run_cli("rerun", run_id, env=server)
+    assert_clean_error(refused, 2, "changed since the run (1): train.py")
+    assert "note: rerun of" in refused.stderr and "files added to" in refused.stderr and "notes.txt" in refused.stderr
+    anyway = run_cli("rerun", run_id, "--allow-differences", env=server)
+    assert anyway.returncode == 0 and anyway.stdout == "x 4 code v2\n", anyway.stderr
+
+    # Another machine: no ledger row, no directory; the files come from the tracking server.
+    moved = project.rename(project.with_name("moved-away"))
+    elsewhere = {**server, "MLPROJECT_HOME": str(tmp_path / "another-home")}
+    there = run_cli("rerun", run_id, env=elsewhere)
+    assert there.returncode == 0, there.stderr
+    assert there.stdout == "x 4 code v1\n"  # the files as they were, not as they are in moved-away/
+    assert "runs the project's files kept with the run (2 files)" in there.stderr
+    assert (moved / "train.py").read_text() != PLAIN_TRAIN

@@ -46,6 +46,20 @@ class RecordedRun:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     @property
+    def files(self) -> dict[str, str] | None:
+        """{relative path: digest} of a project outside git, as it was (see provenance.keep_files)."""
+        import json
+
+        path = self.run_dir / provenance.SOURCE_DIR / provenance.FILES_NAME
+        return json.loads(path.read_text())["files"] if path.is_file() else None
+
+    @property
+    def archive(self) -> Path | None:
+        """The files themselves, when they were small enough to be kept."""
+        path = self.run_dir / provenance.SOURCE_DIR / provenance.ARCHIVE_NAME
+        return path if path.is_file() else None
+
+    @property
     def lock_path(self) -> Path | None:
         """Its pylock.toml (a uv or virtualenv run's lock), if it recorded one."""
         from runner.envs import manager_module
@@ -122,8 +136,7 @@ def recorded(run_id: str) -> RecordedRun:
 
 
 # Files a run keeps (see runner.sources.provenance and backends.local), as artifact paths.
-_KEPT = (f"{provenance.SOURCE_DIR}/{provenance.DIFF_NAME}", f"{provenance.SOURCE_DIR}/{provenance.UNTRACKED_NAME}",
-         f"{provenance.SOURCE_DIR}/{provenance.OVER_CAP_NAME}", f"{provenance.SOURCE_DIR}/{provenance.INPUTS_NAME}")
+_KEPT = tuple(f"{provenance.SOURCE_DIR}/{name}" for name in provenance.KEPT_NAMES)
 
 
 def _from_tracking(run_id: str, not_in_ledger: Exception) -> RecordedRun:

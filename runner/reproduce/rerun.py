@@ -91,13 +91,10 @@ def _source(original: RecordedRun, result: RerunPlan) -> tuple[str, str | None, 
     base = uri.partition("#")[0]
     from runner.sources.urls import is_git_url
 
+    if commit is None and not is_git_url(base):
+        return _directory_source(original, result), None, None
     if not is_git_url(base) and not os.path.isdir(base):
         result.differences.append(Difference(f"source: {base} no longer exists", True))
-    if commit is None:
-        result.differences.append(Difference(
-            f"source: {uri} was not a git working copy, so what it held then cannot be checked: it runs as it is now",
-            True))
-        return uri, None, None
     patch = None
     if original.diff_not_kept:
         result.differences.append(Difference("source: the run's uncommitted changes were over the size cap and were "
@@ -110,6 +107,52 @@ def _source(original: RecordedRun, result: RerunPlan) -> tuple[str, str | None, 
         result.differences.append(Difference(f"source: untracked files were not recorded and are not in the rerun: "
                                              f"{shown}", False))
     return uri, commit, patch
+
+
+def _directory_source(original: RecordedRun, result: RerunPlan) -> str:
+    """The uri of a project outside git: its directory, when its files are those the run
+    recorded; else, when the directory is gone, the files kept with the run."""
+    from pathlib import Path
+
+    from runner.sources import provenance
+
+    record = original.record
+    uri = record.project_uri
+    directory = Path(record.project_dir) if record.project_dir else Path(uri.partition("#")[0])
+    kept = original.files
+    if kept is None:
+        result.differences.append(Difference(
+            f"source: {uri} was not a git working copy and its files were not recorded (a run made before they "
+            "were): what it held then cannot be checked", True))
+        return uri
+    if directory.is_dir():
+        now = provenance.manifest(directory)
+        differ = provenance.differing(kept, now)
+        # Files that are new since the run were not part of it (often what it wrote: a model, a
+        # plot): noted, as a git project's untracked files are. A changed or removed one blocks.
+        added = [name for name in differ if name not in kept]
+        changed = [name for name in differ if name in kept]
+        if changed:
+            result.differences.append(Difference(
+                f"source: files of {directory} changed since the run ({len(changed)}): {_few(changed)}", True))
+        if added:
+            result.differences.append(Difference(
+                f"source: files added to {directory} since the run, which it did not have: {_few(added)}", False))
+        return uri
+    if original.archive is not None:
+        unpacked = provenance.unpack(original.archive, kept)
+        result.differences.append(Difference(
+            f"source: {directory} is not on this machine: the rerun runs the project's files kept with the run "
+            f"({len(kept)} files)", False))
+        return str(unpacked)
+    result.differences.append(Difference(
+        f"source: {directory} no longer exists, and the run kept only its files' digests (over "
+        f"{provenance.ARCHIVE_CAP_BYTES // (1024 * 1024)} MB)", True))
+    return uri
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _inputs(original: RecordedRun, given: dict[str, str], result: RerunPlan) -> None:

@@ -1,10 +1,14 @@
 """What a run needs kept of its source to be re-run: the uncommitted changes of a dirty
 working copy (`source/diff.patch`, tracked files, against the recorded commit) and the
-names of its untracked files (`source/untracked.txt`). Kept in the run's directory and
-logged as the run's artifacts; read back by `mlproject rerun`.
+names of its untracked files (`source/untracked.txt`); for a project that is not in git,
+the digest of each of its files (`source/files.json`) and, when they are small, the files
+themselves (`source/project.tar.gz`). Kept in the run's directory and logged as the run's
+artifacts; read back by `mlproject rerun`.
 
 Only a dirty working copy costs anything (one `git diff`); a clean one or a git commit
-from the cache is fully named by its commit."""
+from the cache is fully named by its commit. A project outside git is read once per state
+of its files (the digests are remembered with their stat; its archive is made once per
+digest and linked into each run's directory)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,6 +24,9 @@ UNTRACKED_NAME = "untracked.txt"
 OVER_CAP_NAME = "diff-not-kept.txt"
 INPUTS_NAME = "inputs.json"  # the files `path` parameters named, as they were
 HASH_CAP_BYTES = 256 * 1024 * 1024  # a bigger input file is fingerprinted by its size and mtime only
+FILES_NAME = "files.json"  # a project outside git: {"digest": ..., "files": {relative path: sha256}}
+ARCHIVE_NAME = "project.tar.gz"  # ... and its files, when they are small
+ARCHIVE_CAP_BYTES = 10 * 1024 * 1024  # bigger projects keep their digests only
 
 
 def capture(work_tree: Path, run_dir: Path) -> None:
@@ -48,8 +55,103 @@ def capture(work_tree: Path, run_dir: Path) -> None:
 def artifacts(run_dir: Path) -> list[tuple[Path, str]]:
     """The kept files, as (path, artifact directory) for the run's artifacts."""
     out = run_dir / SOURCE_DIR
-    return [(out / name, SOURCE_DIR) for name in (DIFF_NAME, UNTRACKED_NAME, OVER_CAP_NAME, INPUTS_NAME)
-            if (out / name).is_file()]
+    return [(out / name, SOURCE_DIR) for name in KEPT_NAMES if (out / name).is_file()]
+
+
+KEPT_NAMES = (DIFF_NAME, UNTRACKED_NAME, OVER_CAP_NAME, INPUTS_NAME, FILES_NAME, ARCHIVE_NAME)
+
+
+def manifest(directory: Path) -> dict[str, str]:
+    """{relative path: sha256} of a project's files: those a cluster's nodes are sent (see
+    runner.backends.staging), read once per state of the files."""
+    from runner.backends.staging import project_files
+    from runner.filetree import remembered_file_digests
+
+    return remembered_file_digests(directory, project_files(directory), "manifest")
+
+
+def keep_files(directory: Path, run_dir: Path) -> None:
+    """What a project outside git held when the run was submitted: each file's digest, and the
+    files themselves (one archive, made once per content) when they are small."""
+    import hashlib
+    import json
+    import os
+
+    from runner.backends.staging import project_files
+    from runner.filetree import remembered_file_digests
+
+    files = project_files(directory)
+    digests = remembered_file_digests(directory, files, "manifest")
+    digest = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+    out = run_dir / SOURCE_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    (out / FILES_NAME).write_text(json.dumps({"digest": digest, "files": digests}, indent=1, sort_keys=True) + "\n")
+    if sum(info.st_size for _, info in files) > ARCHIVE_CAP_BYTES:
+        return
+    archive = _projects_cache() / f"{digest}.tar.gz"
+    if not archive.is_file():
+        import tarfile
+
+        partial = archive.with_name(f".{archive.name}.{os.getpid()}")
+        with tarfile.open(partial, "w:gz") as tar:
+            for relative, _ in files:
+                tar.add(directory / relative, arcname=relative, recursive=False)
+        os.replace(partial, archive)  # (whole or absent: a reader never sees half of one)
+    try:
+        os.link(archive, out / ARCHIVE_NAME)
+    except OSError:  # another file system: a copy
+        (out / ARCHIVE_NAME).write_bytes(archive.read_bytes())
+
+
+def differing(kept: dict[str, str], now: dict[str, str]) -> list[str]:
+    """The files that differ between two manifests (changed, added or removed), sorted."""
+    return sorted(name for name in kept.keys() | now.keys() if kept.get(name) != now.get(name))
+
+
+def unpack(archive: Path, kept: dict[str, str]) -> Path:
+    """The project's kept files, unpacked once per content into the cache; checked against
+    their recorded digests."""
+    import hashlib
+    import json
+    import os
+    import shutil
+    import tarfile
+    import tempfile
+
+    from runner.errors import ProjectError
+
+    digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+    root = _projects_cache()
+    target = root / digest
+    if target.is_dir():
+        return target
+    scratch = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=root))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(scratch, filter="data")  # (no path leaves the directory, no device files)
+        found = manifest(scratch)
+        if found != kept:
+            raise ProjectError(f"the run's kept project files do not match their recorded digests "
+                               f"({', '.join(differing(kept, found)[:5])})", hint="the artifact is damaged")
+        try:
+            os.replace(scratch, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            shutil.rmtree(scratch, ignore_errors=True)  # (another rerun unpacked the same files first)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return target
+
+
+def _projects_cache() -> Path:
+    """Kept projects: archives by the digest of their files, and their unpacked copies."""
+    from runner import home
+
+    path = home.subdir("cache") / "projects"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def keep_inputs(paths: dict[str, str], run_dir: Path) -> None:
