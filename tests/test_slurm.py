@@ -340,6 +340,22 @@ def test_bad_partition_is_refused_before_anything_is_created(slurm, make_project
     assert slurm.command("squeue", "-h").stdout.strip() == ""
 
 
+@pytest.mark.parametrize("config", [None, '{"time": "1"}', '{"partition": "debug"}'])
+def test_an_unreachable_controller_is_refused_before_anything_with_or_without_config(make_project, _work_in_tmp,
+                                                                                    tmp_path, config):
+    """Without -c (or with a config naming no partition) the controller was not asked: a FAILED
+    run was created ('sbatch refused the job', exit 1) where -c with a partition was refused."""
+    project = make_project(SHELL_PROJECT)
+    nowhere = tmp_path / "slurm.conf"
+    nowhere.write_text("ClusterName=gone\nSlurmctldHost=localhost\nSlurmctldPort=1\n")
+    args = ["-c", config] if config else []
+    result = _cli("run", str(project), "-b", "slurm", *args, "--env-manager", "local",
+                  env={"SLURM_CONF": str(nowhere), "SLURMD_CONF": str(nowhere)}, timeout=120)
+    assert_clean_error(result, 2, "cannot reach the Slurm controller")
+    assert json.loads(_cli("runs", "list", "--json").stdout) == []
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").search_runs(["0"]) == []
+
+
 def test_unknown_config_key_and_detach_on_local_are_refused(slurm, make_project, _work_in_tmp):
     project = make_project(SHELL_PROJECT)
     typo = _cli("run", str(project), "-b", "slurm", "-c", '{"partiton": "debug"}', "--env-manager", "local")

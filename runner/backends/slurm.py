@@ -145,22 +145,26 @@ def _environment(value: Any) -> tuple[tuple[str, str], ...]:
 
 
 def _check_cluster(partition: str | None) -> None:
+    """sbatch is here and the controller answers (with or without -c: one check, before anything
+    is created), and the partition asked for exists. One `scontrol` call."""
     import shutil
 
     from runner.subprocesses import capture
 
     if shutil.which("sbatch") is None:
         raise _problem("sbatch is not on PATH", "run on a Slurm submit host, or add Slurm's bin directory to PATH")
-    if partition is None:
-        return
-    code, output, _ = capture(["scontrol", "show", "partition", "-o", str(partition)])
-    if code != 0 or f"PartitionName={partition} " not in output + " ":
-        if "not found" not in output and code != 0:  # the controller did not answer
-            raise _problem(f"cannot reach the Slurm controller: {output.strip().splitlines()[-1] if output.strip() else code}",
-                           "check `sinfo` on this host")
-        _, names, _ = capture(["sinfo", "-h", "-o", "%R"])
-        known = ", ".join(sorted(set(names.split()))) or "none"
-        raise _problem(f"no partition {partition!r} on this cluster", f"partitions here: {known}")
+    try:
+        code, output, _ = capture(["scontrol", "show", "partition", "-o"])
+    except OSError as exc:
+        code, output = 1, exc.strerror or str(exc)
+    if code != 0:
+        said = output.strip().splitlines()[-1] if output.strip() else f"exit code {code}"
+        raise _problem(f"cannot reach the Slurm controller: {said}",
+                       "check `sinfo` on this host (SLURM_CONF, and that slurmctld is running)")
+    known = sorted({word.partition("=")[2] for line in output.splitlines() for word in line.split()
+                    if word.startswith("PartitionName=")})
+    if partition is not None and str(partition) not in known:
+        raise _problem(f"no partition {partition!r} on this cluster", f"partitions here: {', '.join(known) or 'none'}")
 
 
 # -- submission -------------------------------------------------------------------------
