@@ -219,3 +219,24 @@ def test_conda_env_schema_error(make_project):
     root = make_project(files={"conda.yaml": "name: x\ndependencies:\n  - python\n  - {pip: mlflow}\n"})
     with pytest.raises(SpecValidationError, match=r"conda.yaml:4: dependencies\[1\].pip: expected a list"):
         load_conda_env(root / "conda.yaml")
+
+
+@pytest.mark.parametrize("text", ["", "name: empty\n", "name: empty\ndependencies: []\n", "dependencies:\n  - pip: []\n"])
+def test_a_conda_env_with_no_dependencies_is_refused(make_project, text):
+    """It built an empty environment, and the command ran with whatever python was on PATH."""
+    root = make_project(files={"conda.yaml": text})
+    with pytest.raises(SpecValidationError, match="conda.yaml: lists no dependencies") as info:
+        load_conda_env(root / "conda.yaml")
+    assert "--env-manager local" in info.value.hint
+
+
+def test_a_python_env_key_mlflow_does_not_know_is_a_warning(make_project, cli, _work_in_tmp):
+    """A public project's `name:` in python_env.yaml (mlflow run: a TypeError) runs, with one warning."""
+    root = make_project("python_env: python_env.yaml\nentry_points:\n  main:\n    command: \"echo ran\"\n",
+                        files={"python_env.yaml": "name: published-env\npython: \"3.11\"\ndependencies: []\n"})
+    env = load_python_env(root / "python_env.yaml")
+    assert env.warnings == ("python_env.yaml:1: name: unknown key, ignored",)
+    result = cli("run", str(root))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ran\n"
+    assert result.stderr.count("warning: python_env.yaml:1: name: unknown key, ignored") == 1

@@ -17,6 +17,7 @@ class PythonEnvFile:
     python: str | None
     build_dependencies: tuple[str, ...] = ()
     dependencies: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # keys MLflow does not know (`name:`): ignored, with a warning
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,15 @@ def _keep_version_text(data: Any, text: str) -> Any:
 
 
 def load_python_env(path: Path) -> PythonEnvFile:
-    data = load_document(path, "python_env", path.name, fixup=_keep_version_text).data or {}
+    document = load_document(path, "python_env", path.name, fixup=_keep_version_text)
+    data = document.data or {}
     python = data.get("python")
     return PythonEnvFile(
         path,
         python.strip() if isinstance(python, str) else None,
         tuple(data.get("build_dependencies") or ()),
         tuple(data.get("dependencies") or ()),
+        tuple(document.warnings),
     )
 
 
@@ -61,6 +64,16 @@ def load_conda_env(path: Path) -> CondaEnvFile:
         else:
             specs.append(item)
     variables = {str(k): str(v) for k, v in (data.get("variables") or {}).items()}
+    if not specs and not pip:
+        # An empty environment: the command would run with whatever `python` is on PATH.
+        from runner.errors import SpecValidationError
+
+        raise SpecValidationError(
+            f"{path.name}: lists no dependencies: its environment would be empty, and the command would run "
+            "with whatever python is on PATH",
+            hint="list what the project needs under dependencies: (python=3.11, pip:, ...), or run it in the "
+                 "current Python environment with --env-manager local",
+            python_hint='list what the project needs under dependencies:, or use env_manager="local"')
     return CondaEnvFile(
         path,
         data.get("name"),

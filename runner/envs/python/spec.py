@@ -181,6 +181,9 @@ def _contents(manager: str, project: Project, notify) -> PythonEnvContents:
         from runner.project.envfiles import load_python_env
 
         spec = load_python_env(env.path)
+        if notify is not None:
+            for warning in spec.warnings:
+                notify(f"warning: {warning}")
         python_wanted, build_lines, lines = spec.python, spec.build_dependencies, spec.dependencies
         where = env.path.name
         base_dir = env.path.parent
