@@ -207,3 +207,12 @@ def daemon():
         yield server
     finally:
         server.stop()
+
+
+# A local package that resolves (its metadata is static) and fails to build: a build failure
+# after the requirements resolved, which ends the run FAILED.
+BROKEN_PACKAGE = {
+    "broken/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n\n'
+                             '[project]\nname = "broken"\nversion = "1.0"\ndependencies = []\n',
+    "broken/backend.py": 'def build_wheel(*args, **kwargs):\n    raise SystemExit("this package does not build")\n',
+}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_clean_error
+from conftest import BROKEN_PACKAGE, assert_clean_error
 from runner.envs.python import spec as pythonenv
 from runner.project.spec import load_project
 
@@ -191,10 +191,10 @@ def test_python_version_not_on_machine(make_project, cli, mlproject_home):
 
 
 def test_failed_build_reports_installer_output_and_leaves_nothing(make_project, cli, mlproject_home):
-    root = make_project(SIX_PROJECT, {"python_env.yaml": "dependencies: [definitely-not-a-real-package-mlpr==9.9.9]\n"})
+    root = make_project(SIX_PROJECT, {"python_env.yaml": "dependencies: [./broken]\n", **BROKEN_PACKAGE})
     result = cli("run", str(root))
     assert_clean_error(result, contains="environment build failed: installing dependencies")
-    assert "definitely-not-a-real-package-mlpr" in result.stderr  # uv's own words
+    assert "this package does not build" in result.stderr  # the installer's own words
     assert _envs(mlproject_home) == []
     assert not list((mlproject_home / "envs").glob(".tmp-*"))
     # The run was created (as MLflow does) and ended FAILED; its command never started.
@@ -204,7 +204,7 @@ def test_failed_build_reports_installer_output_and_leaves_nothing(make_project, 
     assert f"error: run {record['id']}: environment build failed" in result.stderr
     assert f"mlproject runs logs {record['id']}" in result.stderr
     logged = cli("runs", "logs", record["id"]).stdout
-    assert "definitely-not-a-real-package-mlpr" in logged and "$ " in logged and "pip install" in logged
+    assert "this package does not build" in logged and "$ " in logged and "pip install" in logged
 
 
 SLOW_BUILD = {

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import assert_clean_error, free_port
+from conftest import BROKEN_PACKAGE, assert_clean_error, free_port
 
 LOGGER = """
 name: logger
@@ -103,8 +103,19 @@ def test_failed_command_ends_failed(make_project, cli, _work_in_tmp):
     _check_project_run(client, _run_id(result.stderr), "FAILED", root)
 
 
-def test_env_build_failure_ends_failed(make_project, cli, _work_in_tmp, mlproject_home):
+def test_a_requirement_that_does_not_exist_is_refused_before_the_run(make_project, cli, _work_in_tmp, mlproject_home):
+    """It created a FAILED run (the conda equivalent was refused before the run): the requirements
+    of an environment that must be built are resolved before the run is created."""
     root = make_project(LOGGER, {"log.py": LOG_PY, "python_env.yaml": "dependencies: [no-such-package-mlproj-xyz==1]\n"})
+    result = cli("run", str(root), cwd=_work_in_tmp)
+    assert_clean_error(result, contains="resolving dependencies")
+    assert "no-such-package-mlproj-xyz" in result.stderr  # the installer's own words, above the error
+    assert json.loads(cli("runs", "list", "--json").stdout) == []
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").search_runs(["0"]) == []
+
+
+def test_env_build_failure_ends_failed(make_project, cli, _work_in_tmp, mlproject_home):
+    root = make_project(LOGGER, {"log.py": LOG_PY, "python_env.yaml": "dependencies: [./broken]\n", **BROKEN_PACKAGE})
     result = cli("run", str(root), cwd=_work_in_tmp)
     assert_clean_error(result, contains="environment build failed")
     client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")

@@ -141,7 +141,16 @@ def manager_api(manager: str):
         return plan(manager, project, notify, locked=options.locked, lock_file=options.lock_file)
 
     def resolve(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> None:
-        """Nothing fails before the build that `check` would not find at no lower cost."""
+        """Before a run is created for an environment that must be built: its requirements are
+        resolved (`uv pip compile`, nothing installed), so that a requirement that does not
+        exist is refused before the run, as conda's unsatisfiable spec is. The build then
+        finds the index's answers in uv's cache. An install from a lock resolves nothing."""
+        contents = plan.contents
+        if contents.lock is not None or contents.uv_project is not None:
+            return
+        from runner.envs.python.uv import check
+
+        check(plan, progress)
 
     def write_lock(project: Project, platforms: list[str], notify: Callable[[str], None] | None,
                    progress: Callable[[str], None] | None) -> Path:
