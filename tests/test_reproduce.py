@@ -357,3 +357,24 @@ def test_a_project_outside_git_is_rerun_by_the_digest_of_its_files(make_project,
     assert there.stdout == "x 4 code v1\n"  # the files as they were, not as they are in moved-away/
     assert "runs the project's files kept with the run (2 files)" in there.stderr
     assert (moved / "train.py").read_text() != PLAIN_TRAIN
+
+
+def test_the_default_store_written_into_a_working_copy_does_not_make_it_dirty(make_project, mlproject_home):
+    """`mlproject run .` in a git project writes mlflow.db and mlruns/ there (as `mlflow run .`
+    does): the next run was recorded dirty, with a diff and an untracked-files note."""
+    project = make_project(PLAIN_PROJECT, {"train.py": PLAIN_TRAIN})
+    _git(project, "init", "-q")
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "first")
+    for _ in range(2):
+        done = run_cli("run", ".", "--env-manager", "local", cwd=project)
+        assert done.returncode == 0, done.stderr
+    assert (project / "mlflow.db").is_file() and (project / "mlruns").is_dir()
+    runs = _client(project).search_runs(["0"])
+    assert [r.data.tags["mlproject.source.git.dirty"] for r in runs] == ["false", "false"]
+    (project / "scratch.py").write_text("print('new')\n")  # a file of the project's own: dirty
+    done = run_cli("run", ".", "--env-manager", "local", cwd=project)
+    tags = _client(project).get_run(_run_id(done.stderr)).data.tags
+    assert tags["mlproject.source.git.dirty"] == "true"
+    untracked = mlproject_home / "runs" / _run_id(done.stderr) / "source" / "untracked.txt"
+    assert untracked.read_text() == "scratch.py\n"

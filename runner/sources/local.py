@@ -17,6 +17,17 @@ class WorkingCopy:
     origin_url: str | None
 
 
+# What MLflow's default local stores write where a run is started (`mlflow run .` in a working
+# copy leaves them there too): untracked, they do not make the project's working copy dirty.
+_TRACKING_STORE_NAMES = {"mlflow.db", "mlflow.db-journal", "mlflow.db-wal", "mlflow.db-shm", "mlruns", "mlartifacts"}
+
+
+def is_tracking_store(relative: str) -> bool:
+    """An untracked path (as git names it: a directory ends in /) that a local MLflow store wrote,
+    or a file inside one."""
+    return any(part in _TRACKING_STORE_NAMES for part in relative.rstrip("/").split("/"))
+
+
 def repository_top(path: Path) -> Path | None:
     """The top of the git working copy holding `path`, found without running git."""
     for candidate in (path, *path.parents):
@@ -61,6 +72,8 @@ def inspect(top: Path) -> WorkingCopy | None:
         elif entry.startswith("# branch.head "):
             value = entry[len("# branch.head "):]
             branch = value if value != "(detached)" else None
+        elif entry.startswith("? ") and is_tracking_store(entry[2:]):
+            continue  # a local MLflow store the runs wrote here: not a change to the project
         elif entry and not entry.startswith("#"):
             dirty = True
     url = origin_out.decode(errors="replace").strip() if origin.returncode == 0 else ""

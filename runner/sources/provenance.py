@@ -47,7 +47,10 @@ def capture(work_tree: Path, run_dir: Path) -> None:
                 f"{DIFF_CAP_BYTES}-byte cap: it was not kept, and a rerun cannot restore these changes.\n")
     code, listed, _ = run(["git", "--no-optional-locks", "ls-files", "--others", "--exclude-standard", "-z"],
                           cwd=work_tree, env=git_env(), text=False)
-    names = [name for name in listed.decode(errors="replace").split("\0") if name] if code == 0 else []
+    from runner.sources.local import is_tracking_store
+
+    names = [name for name in listed.decode(errors="replace").split("\0")
+             if name and not is_tracking_store(name)] if code == 0 else []
     if names:
         (out / UNTRACKED_NAME).write_text("".join(name + "\n" for name in names))
 
