@@ -265,6 +265,12 @@ def _prepare(request: RunRequest, notify, progress):
         notify(tracking.note)
     the_plan = plan(request.uri, request.entry_point, request.version, request.parameters, request.env_manager,
                     caller_cwd, notify=notify, progress=progress, patch=request.patch)
+    if request.logged_paths:
+        from dataclasses import replace
+
+        given = the_plan.invocation.given_paths
+        kept = {name: text for name, text in request.logged_paths.items() if name in given}
+        the_plan = replace(the_plan, invocation=replace(the_plan.invocation, given_paths={**given, **kept}))
     try:
         planned = PlannedRun(request, tracking, the_plan, notify, progress, backend_options,
                              _plan_environment(request, tracking, the_plan, notify, progress))

@@ -61,6 +61,9 @@ class RunRequest:
     patch: str | None = None
     lock_file: str | None = None
     tags: Mapping[str, str] | None = None
+    # A rerun: `path` parameters logged as the original logged them (as its caller gave them),
+    # while the command gets the absolute paths the original's command got.
+    logged_paths: Mapping[str, str] | None = None
 
     def caller_cwd(self) -> Path:
         return Path(self.cwd).absolute() if self.cwd is not None else Path.cwd()

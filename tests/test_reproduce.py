@@ -300,6 +300,12 @@ def test_rerun_refuses_when_a_path_parameters_file_changed(make_project, _work_i
     run_id = _run_id(original.stderr)
     same = run_cli("rerun", run_id)
     assert same.returncode == 0 and same.stdout == original.stdout, same.stderr
+    # Logged as the original logged it (as given), not as the absolute path the command got.
+    rerun_id = _run_id(same.stderr)
+    assert _client(_work_in_tmp).get_run(rerun_id).data.params == {"data": "data.csv"}
+    assert _client(_work_in_tmp).get_run(run_id).data.params == {"data": "data.csv"}
+    diff = run_cli("runs", "diff", run_id, rerun_id)
+    assert diff.returncode == 0 and "data" not in diff.stdout, diff.stdout
     data.write_text("a,b\n1,3\n")
     refused = run_cli("rerun", run_id)
     assert_clean_error(refused, 2, "data.csv changed since the run")
@@ -378,3 +384,16 @@ def test_the_default_store_written_into_a_working_copy_does_not_make_it_dirty(ma
     assert tags["mlproject.source.git.dirty"] == "true"
     untracked = mlproject_home / "runs" / _run_id(done.stderr) / "source" / "untracked.txt"
     assert untracked.read_text() == "scratch.py\n"
+
+
+def test_a_rerun_whose_original_store_is_gone_is_refused_and_creates_no_store(make_project, tmp_path):
+    """It left an empty mlflow.db (and its directory) where the original's store was."""
+    project = make_project(PLAIN_PROJECT, {"train.py": PLAIN_TRAIN})
+    where = tmp_path / "was-here"
+    where.mkdir()
+    original = run_cli("run", str(project), "--env-manager", "local", cwd=where)
+    assert original.returncode == 0, original.stderr
+    where.rename(tmp_path / "moved")
+    refused = run_cli("rerun", _run_id(original.stderr), cwd=tmp_path)
+    assert_clean_error(refused, 2, "which no longer exists (moved or deleted)")
+    assert not where.exists()

@@ -66,12 +66,19 @@ def plan_rerun(run_id: str, parameters: Mapping[str, Any] | None = None, env_man
     if changed:
         tags[CHANGED_TAG] = ",".join(changed)
     experiment_id = None
+    logged_paths: dict[str, str] = {}
     if record.tracking_run_id and record.tracking_uri:
+        _check_store_is_there(record.id, record.tracking_uri)
         from runner.tracking import tracker_for
         from runner.version import __version__
 
         tracked = tracker_for(record.tracking_uri, quick=True).recorded_run(record.tracking_run_id)
         experiment_id = tracked.experiment_id
+        # The ledger has what the command got (a path parameter made absolute); tracking, what
+        # was logged (the path as given): the rerun logs it the same way.
+        logged_paths = {name: str(tracked.params[name]) for name in recorded_params
+                        if name not in given and name in tracked.params
+                        and str(tracked.params[name]) != recorded_params[name]}
         then = tracked.tags.get("mlproject.version")
         if then and then != __version__:
             result.differences.append(Difference(f"runner: mlproject-runner {__version__} (the run used {then})", False))
@@ -79,9 +86,22 @@ def plan_rerun(run_id: str, parameters: Mapping[str, Any] | None = None, env_man
         uri, entry_point=record.entry_point, version=version, parameters={**recorded_params, **given},
         experiment_id=experiment_id, backend=chosen_backend, backend_config=backend_config, env_manager=manager,
         tracking_uri=record.tracking_uri if record.tracking_run_id else None, patch=patch, lock_file=lock_file,
-        tags=tags,
+        tags=tags, logged_paths=logged_paths or None,
     )
     return result
+
+
+def _check_store_is_there(run_id: str, uri: str) -> None:
+    """A local store that was moved or deleted is refused before anything is opened: opening it
+    would create an empty one where the original's was."""
+    from pathlib import Path
+
+    path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else (
+        Path(uri[len("file://"):]) if uri.startswith("file://") else None)
+    if path is not None and not path.exists():
+        raise UsageError(f"run {run_id} was tracked in {uri}, which no longer exists (moved or deleted): its rerun "
+                         "is recorded in its original's store",
+                         hint="put the store back where it was (`mlproject runs show ID` names it), then rerun")
 
 
 def _source(original: RecordedRun, result: RerunPlan) -> tuple[str, str | None, str | None]:
