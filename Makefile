@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages run run-example test stress chaos bench lint clean
+.PHONY: setup system-packages run run-example test stress chaos bench lint clean try-slurm try-ray
 
 setup: $(STAMP)
 
@@ -75,6 +75,14 @@ bench: setup system-packages
 	@# sources changed since `make setup` would otherwise be compiled again on every start.
 	$(BIN)/python -m compileall -q runner >/dev/null
 	$(BIN)/python benchmarks/run.py
+
+# The two-node Slurm and Ray clusters the tests start, kept up to try the backends on (without
+# a cluster of one's own): the settings to pass are printed; Ctrl-C stops the cluster.
+try-slurm: setup system-packages
+	$(BIN)/python tests/trycluster.py slurm
+
+try-ray: setup
+	$(BIN)/python tests/trycluster.py ray
 
 lint: setup
 	$(BIN)/ruff check runner tests benchmarks
