@@ -23,7 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Sequence
 
-from runner.seams import ENV_MANAGERS  # noqa: E402 - (the registry: names only, nothing imported)
+from runner.seams import BACKENDS, ENV_MANAGERS  # noqa: E402 - (the registry: names only, nothing imported)
 RUN_STATUSES = ("SCHEDULED", "RUNNING", "FINISHED", "FAILED", "KILLED")
 
 
@@ -189,14 +189,16 @@ class _Interrupted(BaseException):
 @cli.command(help="run a project (same flags as `mlflow run`)")
 @_project_options()
 @click.option("-A", "--docker-args", multiple=True, metavar="NAME[=VALUE]", help="extra `docker run` option")
-@click.option("--experiment-name", default=None)
-@click.option("--experiment-id", default=None)
-@click.option("-b", "--backend", default="local", show_default=True)
-@click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE")
+@click.option("--experiment-name", default=None, help="the MLflow experiment to record in, by name (made if new)")
+@click.option("--experiment-id", default=None, help="the MLflow experiment to record in, by ID")
+@click.option("-b", "--backend", default="local", show_default=True, metavar="|".join(BACKENDS),
+              help="where it runs: on this machine, or as a Slurm or Ray job (-c: its config)")
+@click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE",
+              help="the backend's settings: a JSON object, or a file holding one")
 @click.option("--detach", is_flag=True, help="cluster backends: return once the job is queued")
 @click.option("--storage-dir", default=None, help="where remote path parameters are downloaded")
 @click.option("--run-id", default=None, help="continue this existing MLflow run")
-@click.option("--run-name", default=None)
+@click.option("--run-name", default=None, help="the MLflow run's name (default: a generated one)")
 @click.option("--build-image", is_flag=True, help="docker: bake the project into an image")
 @click.option("--locked", is_flag=True, help="install only from a current lock (pylock.toml or conda-lock.yml)")
 @click.option("--no-conda", is_flag=True, hidden=True)  # MLflow 1.x; the tutorials still use it
@@ -364,8 +366,19 @@ class _SweepGroup(_Group):
             args = ["start", *args]
         return super().parse_args(ctx, args)
 
+    def format_options(self, ctx, formatter) -> None:
+        """`mlproject sweep --help` shows what `mlproject sweep URI` takes (sweep start's options)."""
+        start = self.commands["start"]
+        records = [record for param in start.get_params(ctx)
+                   if isinstance(param, click.Option) and (record := param.get_help_record(ctx)) is not None]
+        with formatter.section("Options of `mlproject sweep URI` (also `sweep start URI`)"):
+            formatter.write_dl(records)
+        self.format_commands(ctx, formatter)
 
-@cli.group(cls=_SweepGroup, help="many runs of a project over a parameter space (`mlproject sweep URI -P a=1,2,3`)")
+
+@cli.group(cls=_SweepGroup, help="many runs of a project over a parameter space (`mlproject sweep URI -P a=1,2,3`)",
+           short_help="many runs of a project over a parameter space",
+           options_metavar="[URI] [OPTIONS]", subcommand_metavar="| COMMAND [ARGS]...")
 def sweep() -> None:
     pass
 
@@ -386,10 +399,12 @@ def sweep() -> None:
 @click.option("--metric", default=None, help="ranks the trials (the last value each logged under this name)")
 @click.option("--goal", type=click.Choice(["minimize", "maximize"]), default=None, help="default minimize")
 @click.option("--max-failures", type=int, default=None, help="start no more trials once more than N failed")
-@click.option("-b", "--backend", default="local", show_default=True)
-@click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE")
-@click.option("--experiment-name", default=None)
-@click.option("--experiment-id", default=None)
+@click.option("-b", "--backend", default="local", show_default=True, metavar="|".join(BACKENDS),
+              help="where it runs: on this machine, or as a Slurm or Ray job (-c: its config)")
+@click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE",
+              help="the backend's settings: a JSON object, or a file holding one")
+@click.option("--experiment-name", default=None, help="the MLflow experiment to record in, by name (made if new)")
+@click.option("--experiment-id", default=None, help="the MLflow experiment to record in, by ID")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="a sweep.yaml")
 @click.option("--resume", default=None, metavar="SWEEP_ID", help="run what an interrupted sweep still lacks")
 @_debug
@@ -747,10 +762,11 @@ def runs_cancel(run_id: str, debug: bool) -> int:
 
     ledger, run_records = _ledger()
     record = run_records.find(ledger, run_id)
+    if record.finished:
+        # What was asked for holds (as cancel() of an ended run, here and in MLflow): said, exit 0.
+        _say(f"run {record.id} had already ended {record.status}: nothing to cancel")
+        return 0
     if _on_cluster(record):
-        if record.finished:
-            raise RunnerError(f"run {record.id} is not running (status {record.status})", hint="see `mlproject runs list`",
-                              exit_code=EXIT_USAGE)
         record = backends.cancel(ledger, record)
     else:
         record = run_records.cancel(ledger, run_id)
@@ -813,13 +829,15 @@ def cache_gc(older_than: str, dry_run: bool, staging_dir: str | None, debug: boo
 
 
 # -- rerun ------------------------------------------------------------------------------------
-@cli.command(help="run a recorded run again: same source, changes, parameters and packages")
+@cli.command(help="run a recorded run again: same source, changes, parameters and packages",
+             short_help="run a recorded run again, as it ran")
 @click.argument("run_id", shell_complete=_complete_run_ids)
 @click.option("-P", "--param-list", "param_list", multiple=True, metavar="NAME=VALUE",
               help="change one parameter (a changed rerun, tagged as such)")
 @click.option("--env-manager", type=click.Choice(list(ENV_MANAGERS)), default=None, help="default: the run's own")
 @click.option("-b", "--backend", default=None, help="default: the run's own")
-@click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE")
+@click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE",
+              help="the backend's settings: a JSON object, or a file holding one")
 @click.option("--allow-differences", is_flag=True, help="run even when it cannot be run as it ran")
 @click.option("--detach", is_flag=True, help="cluster backends: return once the job is queued")
 @_debug
@@ -836,7 +854,8 @@ def rerun(run_id: str, param_list: tuple[str, ...], env_manager: str | None, bac
 
 
 # -- lock -------------------------------------------------------------------------------------
-@cli.command(help="lock a project's environment: pylock.toml next to python_env.yaml, conda-lock.yml next to conda.yaml")
+@cli.command(help="lock a project's environment: pylock.toml next to python_env.yaml, conda-lock.yml next to conda.yaml",
+             short_help="lock a project's environment (pylock.toml, conda-lock.yml)")
 @click.argument("uri", shell_complete=_complete_dirs)
 @click.option("--platform", "platforms", multiple=True, metavar="PLATFORM",
               help="linux-64, linux-aarch64, osx-64, osx-arm64, win-64 (repeatable; default: this machine's)")

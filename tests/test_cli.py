@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
+
 from conftest import assert_clean_error
 
 ECHO_ARGS = """
@@ -307,3 +309,21 @@ def test_the_command_sees_a_terminal_when_the_runner_has_one(make_project, cli, 
     assert (mlproject_home / "runs" / run_id / "output.log").read_bytes() == b"True True 120\nto stderr\n"
     piped = cli("run", str(root), "--env-manager", "local")
     assert piped.stdout.startswith("False False") and "to stderr" in piped.stderr
+
+
+def test_help_says_what_every_option_and_command_is(cli):
+    """The top-level list was cut off ('...'), `sweep --help` hid the sweep's options under
+    `sweep start`, and run's experiment, run name and backend options had no description."""
+    top = cli("--help")
+    assert top.returncode == 0 and "..." not in top.stdout.split("Commands:")[1]
+    sweep = cli("sweep", "--help")
+    assert sweep.returncode == 0
+    for option in ("--param-list", "--metric", "--max-parallel", "--resume", "--backend"):
+        assert option in sweep.stdout, option
+    from runner.cli import cli as commands
+
+    undescribed = [f"{name} {param.name}" for name in ("run", "rerun", "validate")
+                   for param in commands.commands[name].params
+                   if isinstance(param, click.Option) and not param.hidden and not param.help]
+    assert undescribed == []
+    assert "local|slurm|ray" in cli("run", "--help").stdout
