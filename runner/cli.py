@@ -499,15 +499,16 @@ def sweep_list(limit: int, debug: bool) -> int:
 @_project_options()
 @click.option("--resolve", "resolve_environment", is_flag=True,
               help="also resolve the environment (pip requirements, conda specs) without building it")
+@click.option("--locked", is_flag=True, help="check that the lock (pylock.toml, conda-lock.yml) is current, as run --locked")
 @_debug
 def validate(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | None, env_manager: str | None,
-             resolve_environment: bool, debug: bool) -> int:
+             resolve_environment: bool, locked: bool, debug: bool) -> int:
     from runner import api
     from runner.progress import Progress
     from runner.validate import report
 
     lines, problems = report(uri, entry_point, version, api.cli_parameters(param_list), env_manager,
-                             resolve_environment, Progress() if resolve_environment else None)
+                             resolve_environment, Progress() if resolve_environment else None, locked=locked)
     for line in lines:
         _out(line)
     for problem in problems:

@@ -21,6 +21,8 @@ def report(
     env_manager: str | None,
     resolve_environment: bool = False,
     progress=None,
+    *,
+    locked: bool = False,
 ) -> tuple[list[str], list[str]]:
     """(lines describing what would run, problems found). Creates and starts nothing; with
     `resolve_environment`, the environment is also resolved (not built)."""
@@ -31,16 +33,16 @@ def report(
     except RunnerError as exc:
         return [], list(exc.problems)
     try:
-        return _report(source, entry_point, parameters, env_manager, resolve_environment, progress)
+        return _report(source, entry_point, parameters, env_manager, resolve_environment, progress, locked)
     finally:
         source.release()
 
 
 def _report(
     source: ProjectDir, entry_point: str, parameters: Mapping[str, str], env_manager: str | None,
-    resolve_environment: bool = False, progress=None,
+    resolve_environment: bool = False, progress=None, locked: bool = False,
 ) -> tuple[list[str], list[str]]:
-    from runner.envs import choose_manager, manager_module
+    from runner.envs import choose_manager, manager_module, plan_environment
     from runner.project.envfiles import load_env_file
     from runner.project.spec import load_project
 
@@ -77,22 +79,27 @@ def _report(
         lines.append(f"command: {invocation.command}")
         lines.append(f"environment: {project.env.describe(project.directory)}")
         lines.append(f"env manager: {manager}")
+        planned = None
         try:
             lines.append(f"  {manager_module(manager).describe(project)}")
+            # Planned as a run plans it: a stale lock is a warning, and under --locked an error.
+            said: list[str] = []
+            planned = plan_environment(manager, project, notify=said.append, locked=locked)
+            lines.extend(line for line in said if line not in lines)
         except RunnerError as exc:
             problems.append(exc.message)
-        if resolve_environment:
-            problems.extend(_resolve(project, manager, progress, lines))
+        if resolve_environment and planned is not None:
+            problems.extend(_resolve(planned, progress, lines))
     except RunnerError as exc:
         problems.extend(exc.problems)
     return lines, list(dict.fromkeys(problems))
 
 
-def _resolve(project, manager: str, progress, lines: list[str]) -> list[str]:
-    from runner.envs import check_resolves, plan_environment
+def _resolve(planned, progress, lines: list[str]) -> list[str]:
+    from runner.envs import check_resolves
 
     try:
-        check_resolves(plan_environment(manager, project), progress)
+        check_resolves(planned, progress)
     except RunnerError as exc:
         if exc.details:
             lines.extend(f"  | {line}" for line in exc.details.splitlines())

@@ -324,6 +324,22 @@ def test_env_list_sizes_add_up_to_du(make_project, cli, mlproject_home):
     assert ours[1] < ours[0] / 2  # the second shares pip's files with the first
 
 
+def test_env_list_show_and_gc_give_one_size_per_environment(make_project, cli, mlproject_home):
+    """env list, env show and env gc --dry-run gave three sizes for one environment (each counted
+    the files it shares with others by hard links in its own order, or not at all)."""
+    for version in ("1.16.0", "1.15.0"):
+        root = make_project(SIX_PROJECT, {"python_env.yaml": f"dependencies: [six=={version}, pip]\n"})
+        assert cli("env", "build", str(root)).returncode == 0
+    listed = {line.split()[0]: " ".join(line.split()[2:4]) for line in cli("env", "list").stdout.splitlines()[1:]}
+    shown = {}
+    for key in listed:
+        size_line = next(line for line in cli("env", "show", key).stdout.splitlines() if line.startswith("size: "))
+        shown[key] = size_line[len("size: "):]
+    dry = cli("env", "gc", "--older-than", "0", "--dry-run").stdout
+    collected = {name.split("-", 1)[1][:12]: size for name, size in re.findall(r"^would remove (\S+) \(([^,]+),", dry, re.M)}
+    assert len(listed) == 2 and listed == shown == collected, (listed, shown, collected)
+
+
 def test_bytecode_goes_to_the_environment_not_the_project(make_project, cli, mlproject_home):
     root = make_project(
         "entry_points:\n  main:\n    command: \"python -c 'import helper, six'\"\n",

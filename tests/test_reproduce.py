@@ -91,6 +91,10 @@ def test_missing_or_stale_lock_under_locked_is_refused_and_creates_nothing(make_
     (project / "python_env.yaml").write_text('python: "3.11"\ndependencies:\n  - six\n  - packaging\n')
     stale = run_cli("run", str(project), "--locked")
     assert_clean_error(stale, 2, "stale")
+    # validate says so too (it said nothing, and refused --locked)
+    checked = run_cli("validate", str(project))
+    assert checked.returncode == 0 and "warning: pylock.toml is stale" in checked.stdout, checked.stdout
+    assert_clean_error(run_cli("validate", str(project), "--locked"), 2, "--locked: pylock.toml is stale")
     assert _envs(mlproject_home) == []
     assert _client(_work_in_tmp).search_runs(["0"]) == []  # no run was created
     resolved = run_cli("run", str(project))  # without --locked: one warning, and a resolve

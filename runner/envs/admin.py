@@ -52,18 +52,26 @@ class EnvRow:
     path: Path
 
 
-def list_rows(store: Store | None = None) -> list[EnvRow]:
-    """The environments, most recently used first. Sizes are disk use as `du` counts it: a file
-    hard-linked into several environments (from uv's or conda's cache) counts once, in the first."""
+def sizes(envs: list[StoredEnv]) -> dict[str, int]:
+    """Each environment's disk use as `du` counts it, the same in `env list`, `env show` and
+    `env gc`: a file hard-linked into several environments (from uv's or conda's cache) counts
+    once, in the oldest of them."""
     from runner.envs.store import disk_usage
 
+    ordered = sorted(envs, key=lambda env: (env.meta.get("created", 0), env.name))
+    return dict(zip((env.name for env in ordered), disk_usage([env.path for env in ordered])))
+
+
+def list_rows(store: Store | None = None) -> list[EnvRow]:
+    """The environments, most recently used first, with their sizes (see `sizes`)."""
     store = store or Store()
     now = time.time()
     envs = sorted(store.list(), key=lambda e: -e.last_used)
-    sizes = disk_usage([env.path for env in envs])
+    measured = sizes(envs)
     return [
-        EnvRow(env.key, env.kind, human_size(size), human_age(now - env.last_used), env.meta.get("project", "?"), env.path)
-        for env, size in zip(envs, sizes)
+        EnvRow(env.key, env.kind, human_size(measured[env.name]), human_age(now - env.last_used),
+               env.meta.get("project", "?"), env.path)
+        for env in envs
     ]
 
 
@@ -78,7 +86,8 @@ def find_one(key: str, store: Store | None = None) -> StoredEnv:
 
 
 def show(key: str) -> list[str]:
-    env = find_one(key)
+    store = Store()
+    env = find_one(key, store)
     meta = env.meta
     lines = [
         f"key: {env.key}",
@@ -86,7 +95,7 @@ def show(key: str) -> list[str]:
         f"path: {env.path}",
         f"project: {meta.get('project', '?')}",
         f"summary: {meta.get('summary', '')}",
-        f"size: {human_size(meta.get('size', 0))}",
+        f"size: {human_size(sizes(store.list()).get(env.name) or int(meta.get('size') or 0))}",
         f"created: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(meta.get('created', 0)))}",
         "packages:",
     ]
@@ -133,29 +142,27 @@ def _remove_images(records: dict[str, dict], removed: list[StoredEnv]) -> None:
 
 
 def gc(older_than: str, dry_run: bool = False) -> list[str]:
-    from runner.envs.store import disk_usage
-
     age = parse_duration(older_than)
     store = Store()
     envs = store.list()
     images = _built_images(envs)
-    # Measured before anything goes, as du counts it, so a dry run and the real one agree.
-    stale = [env for env in envs if env.last_used <= time.time() - age]
-    measured = dict(zip((env.name for env in stale), disk_usage([env.path for env in stale])))
+    # Measured before anything goes, as `env list` measures them, so that a dry run, the real
+    # one and the listing agree.
+    measured = sizes(envs)
     removed, in_use, leftovers = store.gc(age, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     if not dry_run:
         _remove_images(images, removed)
-    sizes = [int(measured.get(env.name, env.meta.get("size")) or 0) for env in removed]
-    lines = [f"{verb} {env.name} ({human_size(size)}, {env.meta.get('project', '?')})" for env, size in zip(removed, sizes)]
+    freed = [int(measured.get(env.name, env.meta.get("size")) or 0) for env in removed]
+    lines = [f"{verb} {env.name} ({human_size(size)}, {env.meta.get('project', '?')})" for env, size in zip(removed, freed)]
     lines += [f"kept {env.name}: in use" for env in in_use]
     if leftovers:
         lines.append(f"{verb} {leftovers} leftover temporary build(s)")
     if dry_run:
-        lines.append(f"{len(removed)} environment(s) would be removed, {human_size(sum(sizes))} would be freed; "
+        lines.append(f"{len(removed)} environment(s) would be removed, {human_size(sum(freed))} would be freed; "
                      "nothing was removed (--dry-run)")
     else:
-        lines.append(f"{len(removed)} environment(s) removed, {human_size(sum(sizes))} freed")
+        lines.append(f"{len(removed)} environment(s) removed, {human_size(sum(freed))} freed")
     if not dry_run:
         lines.append(_trim_caches(age))
     return lines
