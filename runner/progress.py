@@ -64,7 +64,10 @@ class Progress:
             with self._lock:
                 self._active = [item for item in self._active if item != (label, started)]
                 self._clear()
-                self._write(f"  {label}: {outcome} {human_duration(time.monotonic() - started)}\n")
+                # On a terminal an inner step that went well leaves no line: the outer step's
+                # line sums it up, as uv's do (a log keeps every step's start and end).
+                if not (self.live and self._active and outcome == "done in"):
+                    self._write(f"  {label}: {outcome} {human_duration(time.monotonic() - started)}\n")
                 self._draw()
             if not self._active:
                 self._stop_ticker()
@@ -97,8 +100,22 @@ class Progress:
         label, started = self._active[-1]
         elapsed = time.monotonic() - started
         frame = _FRAMES[int(elapsed / self.interval) % len(_FRAMES)]
-        self._write(f"  {frame} {label}  {human_duration(elapsed)}")
+        line = f"  {frame} {label}  {human_duration(elapsed)}"
+        # Never wider than the terminal: a wrapped line is not cleared by \r, and each redraw
+        # would leave a stale copy of its first part behind.
+        width = self._width()
+        if len(line) >= width:
+            line = line[:max(width - 4, 1)] + "..."
+        self._write(line)
         self._drawn = True
+
+    def _width(self) -> int:
+        import os
+
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or 80
+        except (OSError, ValueError, AttributeError):
+            return 80
 
     def _clear(self) -> None:
         if self._drawn:

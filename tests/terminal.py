@@ -17,14 +17,14 @@ class TerminalResult:
 
 
 def run_on_terminal(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 180,
-                    on_output=None) -> TerminalResult:
+                    on_output=None, columns: int = 120) -> TerminalResult:
     """`on_output(text_so_far, process)` is called as output arrives (e.g. to press Ctrl-C)."""
     master, slave = os.openpty()
     import fcntl
     import struct
     import termios
 
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 40 rows, 120 columns
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))  # 40 rows
     process = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=cwd, env={**os.environ, **(env or {})},
                                stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
     os.close(slave)

@@ -368,7 +368,14 @@ def test_build_progress_off_and_on_a_terminal(make_project, cli, mlproject_home)
     assert re.search(r"^  building environment virtualenv-\w{12} \(.*\): done in \d+\.\d s$", piped.stderr, re.M)
     assert "\r" not in piped.stderr and "\033" not in piped.stderr  # nothing animated in a log
     (root / "python_env.yaml").write_text("python: '3.11'\ndependencies: [six==1.15.0]\n")
-    live = run_on_terminal("run", str(root))
+    live = run_on_terminal("run", str(root), columns=80)
     assert live.returncode == 0, live.screen
-    assert re.search(r"\r\033\[K  installing dependencies: done in \d+\.\d s", live.screen), live.screen
     assert re.search(r"  [|/\\-] installing dependencies  \d+\.\d s", live.screen), live.screen
+    # On a terminal the inner steps collapse into the build's own line, as uv's do; and no live
+    # line is wider than the terminal (a wrapped one left a stale copy per redraw, spinner and all).
+    assert "installing dependencies: done in" not in live.screen, live.screen
+    assert re.search(r"  building environment uv-\w{12} \(.*\): done in \d+\.\d s\r?\n", live.screen), live.screen
+    drawn = [piece.split("\r")[0].split("\n")[0] for piece in live.screen.split("\033[K")[1:]]
+    live_lines = [line for line in drawn if re.match(r"  [|/\\-] ", line)]
+    assert live_lines and all(len(line) < 80 for line in live_lines), live_lines
+    assert any(line.startswith("  ") and line.endswith("...") and "building environment" in line for line in live_lines)
