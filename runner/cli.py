@@ -676,6 +676,15 @@ def runs_show(run_id: str, as_json: bool, debug: bool) -> int:
     rows = run_records.summary(record)
     if _on_cluster(record):
         rows.insert(2, ("backend", _job_line(record)))
+    if record.tracking_run_id:
+        # An MLflow run continued with --run-id is one attempt per row, each with its own ID.
+        attempts = sorted((r for r in ledger.get(record.tracking_run_id) if r.tracking_run_id == record.tracking_run_id),
+                          key=lambda r: r.start_time)
+        if len(attempts) > 1:
+            number = [r.id for r in attempts].index(record.id) + 1
+            others = ", ".join(f"{r.id[:12]} ({r.status})" for r in attempts if r.id != record.id)
+            rows.insert(2, ("attempt", f"{number} of {len(attempts)} of MLflow run {record.tracking_run_id} "
+                                       f"(--run-id); the others: {others}"))
     width = max(len(label) for label, _ in rows) + 2
     for label, value in rows:
         _out(f"{label + ':':<{width}}{value}")

@@ -164,3 +164,28 @@ def test_thousand_runs_list_quickly(mlproject_home, cli):
     elapsed = time.monotonic() - started
     assert len(records) == 1000 and records[0]["id"] == f"{999:032x}"
     assert elapsed < 5  # the target (under 1 s) is measured by the benchmark; this only guards gross regressions
+
+
+def test_an_mlflow_run_continued_with_run_id_is_shown_as_its_attempts(make_project, cli):
+    """--run-id X made a ledger row of another ID, and `runs show X` showed that row as if it were
+    X's, with nothing to say it was a second attempt of X."""
+    root = make_project(SLEEPER)
+    first = cli("run", str(root), "--env-manager", "local", "-P", "n=0")
+    assert first.returncode == 0, first.stderr
+    run_id = _runs(cli)[0]["id"]
+    again = cli("run", str(root), "--env-manager", "local", "-P", "n=0", "--run-id", run_id)
+    assert again.returncode == 0, again.stderr
+    second_id = next(r["id"] for r in _runs(cli) if r["id"] != run_id)
+    shown = cli("runs", "show", run_id).stdout
+    assert shown.splitlines()[0] == f"run:         {run_id}"
+    assert f"attempt:     1 of 2 of MLflow run {run_id} (--run-id); the others: {second_id[:12]} (FINISHED)" in shown
+    assert "attempt:     2 of 2" in cli("runs", "show", second_id).stdout
+    # While an attempt runs, its MLflow run's ID names it: to follow or cancel it.
+    (root / "child.pid").unlink()
+    (root / "MLproject").write_text(SLEEPER.replace("{n}", "300"))  # (its logged n stays 0)
+    runner = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local",
+                               "-P", "n=0", "--run-id", run_id], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(root / "child.pid")
+    cancelled = cli("runs", "cancel", run_id)
+    assert cancelled.returncode == 0 and "KILLED" in cancelled.stderr, cancelled.stderr
+    assert runner.wait(timeout=30) == 143

@@ -81,8 +81,13 @@ def find(ledger: Ledger, run_id: str) -> RunRecord:
     if not run_id.strip():
         raise UsageError("no run ID given", hint="give a run ID (or its first characters); see `mlproject runs list`")
     matches = ledger.get(run_id)
-    return one_of(matches, [r for r in matches if run_id in (r.id, r.tracking_run_id)], "run", run_id,
-                  "`mlproject runs list`")
+    # An MLflow run continued with --run-id has rows of other IDs (its later attempts) that name
+    # it too: the one still going, if any (to follow or cancel it), else the row of that ID.
+    own = [r for r in matches if r.id == run_id]
+    attempts = [r for r in matches if r.tracking_run_id == run_id and r.id != run_id]
+    going = [r for r in [*own, *attempts] if not r.finished]
+    exact = going or own or attempts
+    return one_of(matches, exact, "run", run_id, "`mlproject runs list`")
 
 
 def one_of(matches: list, exact: list, noun: str, given: str, listing: str):
