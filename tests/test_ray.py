@@ -301,3 +301,20 @@ def test_mlflow_projects_run_with_the_plugin_runs_and_cancels_on_ray(ray, make_p
     assert (row["status"], row["backend"]) == ("KILLED", "ray")
     assert _tracked(_work_in_tmp, run_id).info.status == "KILLED"
     _wait_for(lambda: _left_behind(run_id) == [], 30, "the run's processes on the nodes to be gone")
+
+
+def test_mlflow_run_with_the_plugin_runs_on_ray(ray, make_project, _work_in_tmp):
+    """The `mlflow run` command with `-b mlproject -c '{"backend": "ray"}'`: it returns once the
+    job is submitted (MLflow runs plugin backends asynchronously); the job runs to its end."""
+    project = make_project(PROJECT)
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    done = subprocess.run([mlflow, "run", str(project), "-b", "mlproject", "-c", json.dumps({"backend": "ray"}),
+                           "-P", "alpha=0.3", "--env-manager", "local"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    [run] = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").search_runs(["0"])
+    run_id = run.info.run_id
+    _wait_for(lambda: _row(run_id)["status"] not in ("SCHEDULED", "RUNNING"), 120, "the job's end")
+    row = _row(run_id)
+    assert (row["status"], row["backend"]) == ("FINISHED", "ray")
+    assert _tracked(_work_in_tmp, run_id).info.status == "FINISHED"
+    assert "alpha=0.3" in _cli("runs", "logs", run_id).stdout

@@ -663,3 +663,21 @@ def test_mlflow_projects_run_with_the_plugin_runs_on_slurm(slurm, make_project, 
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlproject.slurm.job_id"] == row["job_id"]
     assert "alpha=0.7 node=n" in _cli("runs", "logs", run_id).stdout
+
+
+def test_mlflow_run_with_the_plugin_queues_on_slurm(slurm, make_project, _work_in_tmp):
+    """The `mlflow run` command with `-b mlproject -c '{"backend": "slurm"}'`: MLflow runs a plugin
+    backend asynchronously, so it returns once the job is queued; the job runs to its end."""
+    project = make_project(SHELL_PROJECT)
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    done = subprocess.run([mlflow, "run", str(project), "-b", "mlproject", "-c", '{"backend": "slurm", "time": "5"}',
+                           "-P", "alpha=0.3", "--env-manager", "local"], capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{BARE_PATH}"}, timeout=300)
+    assert done.returncode == 0, done.stderr + slurm.logs()
+    [run] = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").search_runs(["0"])
+    run_id = run.info.run_id
+    _wait_for(lambda: _ledger_row(run_id)["status"] not in ("SCHEDULED", "RUNNING"), 120, "the job's end")
+    row = _ledger_row(run_id)
+    assert (row["status"], row["backend"]) == ("FINISHED", "slurm") and row["job_id"]
+    assert "alpha=0.3 node=n" in _cli("runs", "logs", run_id).stdout
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED"
