@@ -68,7 +68,9 @@ def test_mlflow_run_with_the_plugin_records_the_run_mlproject_run_records(make_p
     expected = _tags(direct)
     assert expected.pop("mlflow.project.backend") == "local"
     assert {k: v for k, v in _tags(through_mlflow).items() if k != "mlflow.project.backend"} == expected
-    assert [a.path for a in _store(_work_in_tmp).list_artifacts(through_mlflow.info.run_id)] == ["output.log"]
+    artifacts = _store(_work_in_tmp).list_artifacts
+    assert [a.path for a in artifacts(through_mlflow.info.run_id)] == [a.path for a in artifacts(direct.info.run_id)] \
+        == ["output.log", "source"]  # (source/: the files of a project outside git, for a rerun)
 
 
 def test_mlflow_projects_run_waits_and_raises_mlflows_error(make_project, _work_in_tmp):

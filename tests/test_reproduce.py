@@ -401,3 +401,18 @@ def test_a_rerun_whose_original_store_is_gone_is_refused_and_creates_no_store(ma
     refused = run_cli("rerun", _run_id(original.stderr), cwd=tmp_path)
     assert_clean_error(refused, 2, "which no longer exists (moved or deleted)")
     assert not where.exists()
+
+
+def test_a_projects_files_kept_by_many_threads_at_once(make_project, mlproject_home, tmp_path):
+    """A sweep's trials keep one project's files at once, from threads of one process: their
+    archives' temporary names were the process's, and one trial failed renaming the other's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runner.sources import provenance
+
+    project = make_project(PLAIN_PROJECT, {"train.py": PLAIN_TRAIN, "data.bin": "x" * 200_000})
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: provenance.keep_files(project, tmp_path / f"run{n}"), range(16)))
+    archives = {(tmp_path / f"run{n}" / "source" / "project.tar.gz").read_bytes() for n in range(16)}
+    assert len(archives) == 1
+    assert not [p for p in (mlproject_home / "cache" / "projects").iterdir() if p.name.startswith(".")]

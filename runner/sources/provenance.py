@@ -95,13 +95,24 @@ def keep_files(directory: Path, run_dir: Path) -> None:
     if not archive.is_file():
         import tarfile
 
-        partial = archive.with_name(f".{archive.name}.{os.getpid()}")
-        with tarfile.open(partial, "w:gz") as tar:
-            for relative, _ in files:
-                tar.add(directory / relative, arcname=relative, recursive=False)
-        os.replace(partial, archive)  # (whole or absent: a reader never sees half of one)
+        # Unique to this writer: a sweep's trials keep the same files at once, from threads of
+        # one process. Whole or absent: a reader never sees half of one.
+        partial = archive.with_name(f".{archive.name}.{os.getpid()}.{os.urandom(6).hex()}")
+        try:
+            import gzip
+
+            # The same files give the same bytes, whoever writes them (no name, no time in gzip's header).
+            with open(partial, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed, \
+                    tarfile.open(fileobj=packed, mode="w") as tar:
+                for relative, _ in files:
+                    tar.add(directory / relative, arcname=relative, recursive=False)
+            os.replace(partial, archive)
+        finally:
+            partial.unlink(missing_ok=True)
     try:
         os.link(archive, out / ARCHIVE_NAME)
+    except FileExistsError:
+        pass
     except OSError:  # another file system: a copy
         (out / ARCHIVE_NAME).write_bytes(archive.read_bytes())
 
