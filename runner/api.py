@@ -323,7 +323,7 @@ def _plan_environment(request: RunRequest, tracking: TrackingPlan, the_plan: Pla
 
 def _open_run(state: PlannedRun) -> PreparedRun:
     """Create the run in tracking and open the ledger, settling what dead runners left."""
-    from runner.tracking import ATTEMPT_TAG, pending, redact
+    from runner.tracking import pending
     from runner.tracking.session import begin_tracking, project_tags
 
     request, source, invocation = state.request, state.plan.source, state.plan.invocation
@@ -343,12 +343,8 @@ def _open_run(state: PlannedRun) -> PreparedRun:
     # as a tag: a SIGKILL anywhere from here leaves a run that can be found and ended.
     note: Path | None = None
     if state.tracking.uri is not None and request.job_of is None:
-        from runner.tracking.common import experiment_choice
-
-        attempt = pending.new_attempt()
-        tags[ATTEMPT_TAG] = attempt
-        note = pending.note(attempt, redact(state.tracking.uri),
-                                  *experiment_choice(request.experiment_name, request.experiment_id), request.run_id)
+        note = pending.before_creation(tags, state.tracking.uri, request.experiment_name, request.experiment_id,
+                                       request.run_id)
     try:
         created = begin_tracking(state.tracking, experiment_name=request.experiment_name,
                                  experiment_id=request.experiment_id, run_id=request.run_id, run_name=request.run_name,

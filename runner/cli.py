@@ -159,6 +159,23 @@ def _project_options(with_parameters: bool = True):
     return decorate
 
 
+_BACKEND_CONFIG_HELP = "the backend's settings: a JSON object, or a file holding one"
+
+
+def _where_options(function):
+    """Where a run (or a sweep's trials) runs and is recorded: -b, -c and the experiment."""
+    options = [
+        click.option("--experiment-name", default=None, help="the MLflow experiment to record in, by name (made if new)"),
+        click.option("--experiment-id", default=None, help="the MLflow experiment to record in, by ID"),
+        click.option("-b", "--backend", default="local", show_default=True, metavar="|".join(BACKENDS),
+                     help="where it runs: on this machine, or as a Slurm or Ray job (-c: its config)"),
+        click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE", help=_BACKEND_CONFIG_HELP),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 class _Group(click.Group):
     """Commands listed in the order they are defined (the order of the README's tour)."""
 
@@ -189,12 +206,7 @@ class _Interrupted(BaseException):
 @cli.command(help="run a project (same flags as `mlflow run`)")
 @_project_options()
 @click.option("-A", "--docker-args", multiple=True, metavar="NAME[=VALUE]", help="extra `docker run` option")
-@click.option("--experiment-name", default=None, help="the MLflow experiment to record in, by name (made if new)")
-@click.option("--experiment-id", default=None, help="the MLflow experiment to record in, by ID")
-@click.option("-b", "--backend", default="local", show_default=True, metavar="|".join(BACKENDS),
-              help="where it runs: on this machine, or as a Slurm or Ray job (-c: its config)")
-@click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE",
-              help="the backend's settings: a JSON object, or a file holding one")
+@_where_options
 @click.option("--detach", is_flag=True, help="cluster backends: return once the job is queued")
 @click.option("--storage-dir", default=None, help="where remote path parameters are downloaded")
 @click.option("--run-id", default=None, help="continue this existing MLflow run")
@@ -399,12 +411,7 @@ def sweep() -> None:
 @click.option("--metric", default=None, help="ranks the trials (the last value each logged under this name)")
 @click.option("--goal", type=click.Choice(["minimize", "maximize"]), default=None, help="default minimize")
 @click.option("--max-failures", type=int, default=None, help="start no more trials once more than N failed")
-@click.option("-b", "--backend", default="local", show_default=True, metavar="|".join(BACKENDS),
-              help="where it runs: on this machine, or as a Slurm or Ray job (-c: its config)")
-@click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE",
-              help="the backend's settings: a JSON object, or a file holding one")
-@click.option("--experiment-name", default=None, help="the MLflow experiment to record in, by name (made if new)")
-@click.option("--experiment-id", default=None, help="the MLflow experiment to record in, by ID")
+@_where_options
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="a sweep.yaml")
 @click.option("--resume", default=None, metavar="SWEEP_ID", help="run what an interrupted sweep still lacks")
 @_debug
@@ -676,15 +683,9 @@ def runs_show(run_id: str, as_json: bool, debug: bool) -> int:
     rows = run_records.summary(record)
     if _on_cluster(record):
         rows.insert(2, ("backend", _job_line(record)))
-    if record.tracking_run_id:
-        # An MLflow run continued with --run-id is one attempt per row, each with its own ID.
-        attempts = sorted((r for r in ledger.get(record.tracking_run_id) if r.tracking_run_id == record.tracking_run_id),
-                          key=lambda r: r.start_time)
-        if len(attempts) > 1:
-            number = [r.id for r in attempts].index(record.id) + 1
-            others = ", ".join(f"{r.id[:12]} ({r.status})" for r in attempts if r.id != record.id)
-            rows.insert(2, ("attempt", f"{number} of {len(attempts)} of MLflow run {record.tracking_run_id} "
-                                       f"(--run-id); the others: {others}"))
+    attempt = run_records.attempt(ledger, record)
+    if attempt is not None:
+        rows.insert(2, ("attempt", attempt))
     width = max(len(label) for label, _ in rows) + 2
     for label, value in rows:
         _out(f"{label + ':':<{width}}{value}")
@@ -846,8 +847,7 @@ def cache_gc(older_than: str, dry_run: bool, staging_dir: str | None, debug: boo
               help="change one parameter (a changed rerun, tagged as such)")
 @click.option("--env-manager", type=click.Choice(list(ENV_MANAGERS)), default=None, help="default: the run's own")
 @click.option("-b", "--backend", default=None, help="default: the run's own")
-@click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE",
-              help="the backend's settings: a JSON object, or a file holding one")
+@click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE", help=_BACKEND_CONFIG_HELP)
 @click.option("--allow-differences", is_flag=True, help="run even when it cannot be run as it ran")
 @click.option("--detach", is_flag=True, help="cluster backends: return once the job is queued")
 @_debug

@@ -20,28 +20,28 @@ def files_digest(root: Path, relatives: Iterable[str | Path]) -> str:
     target), in the order given."""
     digest = hashlib.sha256()
     for relative in relatives:
-        path = root / relative
-        if path.is_symlink():
-            digest.update(f"{relative}\0link\0{os.readlink(path)}\0".encode())
-            continue
-        digest.update(f"{relative}\0{os.stat(path).st_mode & 0o111}\0".encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(f"{relative}\0".encode())
+        _feed(digest, root / relative)
     return digest.hexdigest()
 
 
 def file_digest(path: Path) -> str:
     """sha256 of one file's executable bits and bytes (a symlink: its target)."""
     digest = hashlib.sha256()
+    _feed(digest, path)
+    return digest.hexdigest()
+
+
+def _feed(digest, path: Path) -> None:
+    """What a file contributes to a digest: `link\0TARGET\0` for a symlink, else its executable
+    bits, `\0`, and its bytes."""
     if path.is_symlink():
         digest.update(f"link\0{os.readlink(path)}\0".encode())
-        return digest.hexdigest()
+        return
     digest.update(f"{os.stat(path).st_mode & 0o111}\0".encode())
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
 
 
 def remembered_file_digests(root: Path, files: list[tuple[str, os.stat_result]], purpose: str) -> dict[str, str]:

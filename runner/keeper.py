@@ -15,8 +15,9 @@ The keeper inherits the caller's environment, and its stdout and stderr when the
 terminal or a file, as MLflow's child does; a pipe (a caller whose output is captured) is not
 passed on, so that its reader is not held until the run ends (MLflow's is: an 8 s run kept
 `$(python -c ...)` waiting 12.9 s with mlflow 3.17.2), and the output is in the run's log.
-The request (with `docker_auth`, a credential) reaches it on its stdin, never its command line. Ctrl-C in the caller's terminal stops the run only while the caller waits for
-it (`wait()`), since the run no longer belongs to the caller's process group.
+The request (with `docker_auth`, a credential) reaches it on its stdin, never its command
+line. Ctrl-C in the caller's terminal stops the run only while the caller waits for it
+(`wait()`), since the run no longer belongs to the caller's process group.
 """
 from __future__ import annotations
 

@@ -43,6 +43,18 @@ def _default_signals() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
+def _struck_run_ends_killed(root, home, cwd, fault: str) -> None:
+    """A run struck by a signal at a fault phase: the runner exits 128+N, with no traceback,
+    and the run is KILLED in the ledger and in MLflow."""
+    strike = fault.partition(":")[2]
+    proc = subprocess.run([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "MLPROJECT_FAULT_AT": fault})
+    assert proc.returncode == 128 + getattr(signal, strike), proc.stderr
+    assert "Traceback" not in proc.stderr
+    ledger, tracked = _statuses(home, cwd)
+    assert ledger == ["KILLED"] and tracked == ["KILLED"], (ledger, tracked, proc.stderr)
+
+
 def _no_process_left(deadline_s: float = 10) -> list[int]:
     deadline = time.monotonic() + deadline_s
     while (left := _marked()) and time.monotonic() < deadline:
@@ -228,14 +240,7 @@ def test_a_signal_just_after_the_ledger_row_is_written_ends_it_killed(make_proje
     """Struck between the ledger's INSERT and the code that ends the run on any way out: the
     runner exited 128+N, and the row, left RUNNING, was later recorded FAILED as a dead runner's
     (campaign seed 20261206, strikes 237, 1008, 1333, 1975: git, sweep and server runs)."""
-    root = make_project(SLOW)
-    proc = subprocess.run([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "MLPROJECT_FAULT_AT": f"ledger.started:{strike}"})
-    assert proc.returncode == 128 + getattr(signal, strike), proc.stderr
-    assert "Traceback" not in proc.stderr
-    ledger, tracked = _statuses(mlproject_home, _work_in_tmp)
-    assert ledger == ["KILLED"] and tracked == ["KILLED"], (ledger, tracked, proc.stderr)
+    _struck_run_ends_killed(make_project(SLOW), mlproject_home, _work_in_tmp, f"ledger.started:{strike}")
 
 
 @pytest.mark.parametrize("strike", ["SIGTERM", "SIGHUP"])
@@ -244,14 +249,7 @@ def test_a_signal_once_all_is_ready_but_before_the_command_starts_ends_the_run_k
     """Struck after the environment was ready and before the command was started (while its
     command line was made or its artifacts listed): that stretch was outside the code that ends
     the run on any way out, and the row was left RUNNING (campaign seed 20261207, strike 478)."""
-    root = make_project(SLOW)
-    proc = subprocess.run([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "MLPROJECT_FAULT_AT": f"local.launching:{strike}"})
-    assert proc.returncode == 128 + getattr(signal, strike), proc.stderr
-    assert "Traceback" not in proc.stderr
-    ledger, tracked = _statuses(mlproject_home, _work_in_tmp)
-    assert ledger == ["KILLED"] and tracked == ["KILLED"], (ledger, tracked, proc.stderr)
+    _struck_run_ends_killed(make_project(SLOW), mlproject_home, _work_in_tmp, f"local.launching:{strike}")
     assert _no_process_left() == []
 
 

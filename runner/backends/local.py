@@ -103,6 +103,17 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     inputs_dir = run_dir / "inputs"
     private = run_dir / "work"  # this run's own copy of a cached commit (see ProjectDir.private_copy)
     prepared = None
+
+    def abandon(exc: BaseException, stage: str) -> None:
+        """The run ends before its command started: KILLED on a signal, FAILED on an error."""
+        reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
+        try:
+            end("FAILED" if isinstance(exc, Exception) else "KILLED", None, f"{stage}: {reason}")
+        finally:
+            _remove_inputs(inputs_dir, private)
+            if prepared is not None:
+                prepared.release()
+
     try:
         # (Inside the try: an interrupt landing just after the row is written ends it KILLED.)
         if job_of is None:
@@ -150,12 +161,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     except BaseException as exc:
         # Everything from the ledger's row to here: any way out (an error, or a signal that
         # lands while the environment is built or the command line is made) ends the run.
-        interrupted = not isinstance(exc, Exception)
-        reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
-        end("KILLED" if interrupted else "FAILED", None, f"preparation: {reason}")
-        _remove_inputs(inputs_dir, private)
-        if prepared is not None:
-            prepared.release()
+        abandon(exc, "preparation")
         if isinstance(exc, RunnerError):
             _keep_evidence(submitted, exc)
         raise
@@ -186,14 +192,9 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
         if not submitted.started and not submitted.done:
             # Out of start() before the command existed (start ends the run itself when the
             # command cannot start; once it exists its watcher does): the run still ends.
-            interrupted = not isinstance(exc, Exception)
-            try:
-                end("KILLED" if interrupted else "FAILED", None, f"launch: {exc.__class__.__name__}: {exc}")
-            finally:
-                _remove_inputs(inputs_dir, private)
-                prepared.release()
-            raise
-        prepared.release()
+            abandon(exc, "launch")
+        else:
+            prepared.release()
         raise
     if tracked.run_id is not None:
         # What the run's end needs (shutil, for the log artifact: ~10 ms with the archive

@@ -15,11 +15,12 @@ from pathlib import Path
 from runner.errors import ProjectError
 from runner.sources import STAGED_MARKER as _COMPLETE  # written last: without it, not a snapshot yet
 from runner.sources import mark_staged_use
+from runner.sources.local import TRACKING_STORE_DIRS, TRACKING_STORE_FILES
 
 # Version control data, bytecode, local MLflow stores and virtual environments: large,
 # changing with every run, and not what the command reads as its code.
-_SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__", "mlruns", "mlartifacts", ".venv", ".mlproject"}
-_SKIPPED_FILES = {_COMPLETE, "mlflow.db", "mlflow.db-journal", "mlflow.db-wal", "mlflow.db-shm"}
+_SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__", ".venv", ".mlproject", *TRACKING_STORE_DIRS}
+_SKIPPED_FILES = {_COMPLETE, *TRACKING_STORE_FILES}
 
 
 def project_files(directory: Path) -> list[tuple[str, os.stat_result]]:

@@ -94,10 +94,9 @@ def plan_rerun(run_id: str, parameters: Mapping[str, Any] | None = None, env_man
 def _check_store_is_there(run_id: str, uri: str) -> None:
     """A local store that was moved or deleted is refused before anything is opened: opening it
     would create an empty one where the original's was."""
-    from pathlib import Path
+    from runner.tracking import local_store_path
 
-    path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else (
-        Path(uri[len("file://"):]) if uri.startswith("file://") else None)
+    path = local_store_path(uri)
     if path is not None and not path.exists():
         raise UsageError(f"run {run_id} was tracked in {uri}, which no longer exists (moved or deleted): its rerun "
                          "is recorded in its original's store",

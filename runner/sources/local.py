@@ -19,13 +19,15 @@ class WorkingCopy:
 
 # What MLflow's default local stores write where a run is started (`mlflow run .` in a working
 # copy leaves them there too): untracked, they do not make the project's working copy dirty.
-_TRACKING_STORE_NAMES = {"mlflow.db", "mlflow.db-journal", "mlflow.db-wal", "mlflow.db-shm", "mlruns", "mlartifacts"}
+# (Also what staging leaves out of a project sent to a cluster's nodes.)
+TRACKING_STORE_FILES = {"mlflow.db", "mlflow.db-journal", "mlflow.db-wal", "mlflow.db-shm"}
+TRACKING_STORE_DIRS = {"mlruns", "mlartifacts"}
 
 
 def is_tracking_store(relative: str) -> bool:
     """An untracked path (as git names it: a directory ends in /) that a local MLflow store wrote,
     or a file inside one."""
-    return any(part in _TRACKING_STORE_NAMES for part in relative.rstrip("/").split("/"))
+    return any(part in TRACKING_STORE_FILES or part in TRACKING_STORE_DIRS for part in relative.rstrip("/").split("/"))
 
 
 def repository_top(path: Path) -> Path | None:

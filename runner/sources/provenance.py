@@ -64,28 +64,34 @@ def artifacts(run_dir: Path) -> list[tuple[Path, str]]:
 KEPT_NAMES = (DIFF_NAME, UNTRACKED_NAME, OVER_CAP_NAME, INPUTS_NAME, FILES_NAME, ARCHIVE_NAME)
 
 
-def manifest(directory: Path) -> dict[str, str]:
-    """{relative path: sha256} of a project's files: those a cluster's nodes are sent (see
-    runner.backends.staging), read once per state of the files."""
+def manifest(directory: Path, files: list | None = None) -> dict[str, str]:
+    """{relative path: sha256} of a project's files (`files`, as staging.project_files lists
+    them: those a cluster's nodes are sent), read once per state of the files."""
     from runner.backends.staging import project_files
     from runner.filetree import remembered_file_digests
 
-    return remembered_file_digests(directory, project_files(directory), "manifest")
+    return remembered_file_digests(directory, project_files(directory) if files is None else files, "manifest")
+
+
+def _manifest_digest(files: dict[str, str]) -> str:
+    """The one name of a manifest's content: its archive's and its unpacked copy's."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def keep_files(directory: Path, run_dir: Path) -> None:
     """What a project outside git held when the run was submitted: each file's digest, and the
     files themselves (one archive, made once per content) when they are small."""
-    import hashlib
     import json
     import os
 
     from runner.backends.staging import project_files
-    from runner.filetree import remembered_file_digests
 
     files = project_files(directory)
-    digests = remembered_file_digests(directory, files, "manifest")
-    digest = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+    digests = manifest(directory, files)
+    digest = _manifest_digest(digests)
     out = run_dir / SOURCE_DIR
     out.mkdir(parents=True, exist_ok=True)
     (out / FILES_NAME).write_text(json.dumps({"digest": digest, "files": digests}, indent=1, sort_keys=True) + "\n")
@@ -125,8 +131,6 @@ def differing(kept: dict[str, str], now: dict[str, str]) -> list[str]:
 def unpack(archive: Path, kept: dict[str, str]) -> Path:
     """The project's kept files, unpacked once per content into the cache; checked against
     their recorded digests."""
-    import hashlib
-    import json
     import os
     import shutil
     import tarfile
@@ -134,7 +138,7 @@ def unpack(archive: Path, kept: dict[str, str]) -> Path:
 
     from runner.errors import ProjectError
 
-    digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+    digest = _manifest_digest(kept)
     root = _projects_cache()
     target = root / digest
     if target.is_dir():

@@ -263,8 +263,7 @@ class _Sweep:
     # -- the parent run ------------------------------------------------------------------
     def open_parent(self, parent: _Parent | None, space: dict, plan, signals: _DeferredSignals) -> None:
         from runner import faults
-        from runner.tracking import ATTEMPT_TAG, pending, redact
-        from runner.tracking.common import experiment_choice
+        from runner.tracking import pending, redact
         from runner.tracking.ledger import RunRecord
         from runner.tracking.session import begin_tracking, plan_tracking, project_tags
 
@@ -287,10 +286,8 @@ class _Sweep:
         if self.tracking.uri is not None:
             # As for a run (see runner.tracking.pending): a driver killed while the parent is
             # created leaves a run that the next invocation finds by its tag and ends.
-            attempt = pending.new_attempt()
-            tags[ATTEMPT_TAG] = attempt
-            self.note = pending.note(attempt, redact(self.tracking.uri),
-                                     *experiment_choice(request.experiment_name, request.experiment_id), continued)
+            self.note = pending.before_creation(tags, self.tracking.uri, request.experiment_name,
+                                                request.experiment_id, continued)
         try:
             with signals.raising():  # (a wait on the server, with no lock of ours held)
                 self.tracked = begin_tracking(self.tracking, experiment_name=request.experiment_name,

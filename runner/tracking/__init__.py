@@ -145,6 +145,15 @@ def redact(uri: str) -> str:
     return redact_url(uri)
 
 
+def local_store_path(uri: str) -> Path | None:
+    """The file (sqlite:///PATH) or directory (file://PATH) of a store on this machine; None
+    for any other kind of store."""
+    for scheme in ("sqlite:///", "file://"):
+        if uri.startswith(scheme):
+            return Path(uri[len(scheme):])
+    return None
+
+
 def way_to(uri: str) -> str:
     """How `uri` is reached: "rest", "sqlite" (direct writes, verified schema) or "library"."""
     if uri.startswith(("http://", "https://")):
@@ -152,8 +161,8 @@ def way_to(uri: str) -> str:
     if uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_WORKSPACE"):
         from runner.tracking.sqlite_direct import verified_schema
 
-        path = Path(uri[len("sqlite:///"):])
-        if path.is_file() and verified_schema(path):
+        path = local_store_path(uri)
+        if path is not None and path.is_file() and verified_schema(path):
             return "sqlite"
     return "library"
 
@@ -171,7 +180,9 @@ def open_tracker(uri: str, library_import=None, way: str | None = None, timeout:
     if way == "sqlite":
         from runner.tracking.sqlite_direct import SqliteTracker
 
-        return SqliteTracker(uri, Path(uri[len("sqlite:///"):]))
+        path = local_store_path(uri)
+        assert path is not None  # (way_to found a sqlite:/// file)
+        return SqliteTracker(uri, path)
     from runner.tracking.mlflow_lib import LibraryTracker
 
     return LibraryTracker(uri, library_import)

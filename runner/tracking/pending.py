@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from runner import home
-from runner.tracking import ATTEMPT_TAG, tracker_for
+from runner.tracking import ATTEMPT_TAG, redact, tracker_for
 from runner.processes import process_is, start_ticks
 
 # A note whose tracking store stays unreachable this long is given up on.
@@ -41,6 +41,16 @@ def note(attempt: str, tracking_uri: str, experiment_name: str | None, experimen
                           "experiment_name": experiment_name, "experiment_id": experiment_id,
                           "pid": os.getpid(), "start_ticks": start_ticks(os.getpid()), "written": time.time()})
     return path
+
+
+def before_creation(tags: dict[str, str], tracking_uri: str, experiment_name: str | None,
+                    experiment_id: str | None, run_id: str | None = None) -> Path:
+    """A new attempt: its tag added to the run's `tags`, its note written (see the module)."""
+    from runner.tracking.common import experiment_choice
+
+    attempt = new_attempt()
+    tags[ATTEMPT_TAG] = attempt
+    return note(attempt, redact(tracking_uri), *experiment_choice(experiment_name, experiment_id), run_id)
 
 
 def mark_interrupted(path: Path | None) -> None:

@@ -90,6 +90,20 @@ def find(ledger: Ledger, run_id: str) -> RunRecord:
     return one_of(matches, exact, "run", run_id, "`mlproject runs list`")
 
 
+def attempt(ledger: Ledger, record: RunRecord) -> str | None:
+    """Which attempt of its MLflow run a row is, when that run was continued with --run-id (one
+    row per attempt, each with its own ID); None for a run of one attempt."""
+    if not record.tracking_run_id:
+        return None
+    attempts = sorted((r for r in ledger.get(record.tracking_run_id) if r.tracking_run_id == record.tracking_run_id),
+                      key=lambda r: r.start_time)
+    if len(attempts) < 2:
+        return None
+    number = [r.id for r in attempts].index(record.id) + 1
+    others = ", ".join(f"{r.id[:12]} ({r.status})" for r in attempts if r.id != record.id)
+    return f"{number} of {len(attempts)} of MLflow run {record.tracking_run_id} (--run-id); the others: {others}"
+
+
 def one_of(matches: list, exact: list, noun: str, given: str, listing: str):
     """The one record an ID (or its first characters) names, or a clear error."""
     if exact:
