@@ -24,6 +24,7 @@ from runner.project.params import parse_assignments, resolve
 from runner.project.spec import load_project
 from runner.request import Plan, PlannedRun, PreparedRun, RunRequest
 from runner.sources import fetch
+from runner.status import RunStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
@@ -389,12 +390,10 @@ def _open_run(state: PlannedRun) -> PreparedRun:
 def _end_tracked(tracked: TrackedRun, note: Path | None, exc: BaseException, notify: Notify) -> None:
     """End a run the pipeline is abandoning (FAILED, or KILLED on an interrupt). Its pending
     note goes once the end reached tracking; otherwise the note's reconcile ends it later."""
-    from runner.tracking import pending
+    from runner.tracking.ending import end_everywhere
 
-    if tracked.finish("FAILED" if isinstance(exc, Exception) else "KILLED", notify) is None:
-        pending.clear(note)
-    elif not isinstance(exc, Exception):
-        pending.mark_interrupted(note)
+    end_everywhere(None, None, tracked, RunStatus.ended_by(exc), None, None, notify,
+                   note=note)
 
 
 def prepare_environment(

@@ -9,6 +9,8 @@ CLI uses. Exit codes are part of the documented interface (README):
 """
 from __future__ import annotations
 
+from runner.status import RunStatus
+
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
@@ -140,7 +142,7 @@ class RunFailedError(RunnerError):
     def __init__(self, submitted_run):
         # MLflow's words first ("Run (ID '...') failed"): callers match on them.
         status = submitted_run.get_status()
-        how = ": killed" if status == "KILLED" else ""
+        how = ": killed" if status == RunStatus.KILLED else ""
         message = f"Run (ID '{submitted_run.run_id}') failed{how} (exit code {submitted_run.exit_code})"
         super().__init__(message, exit_code=submitted_run.exit_code or 1,
                          hint=f"the run's output: mlproject runs logs {getattr(submitted_run, 'run_id', 'RUN_ID')}",

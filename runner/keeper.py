@@ -37,6 +37,7 @@ from dataclasses import asdict, replace
 from runner.errors import LaunchError, RunnerError
 from runner.launch import RUN_MARKER
 from runner.startup import INTERRUPT_SIGNALS
+from runner.status import RunStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -227,7 +228,7 @@ def main() -> int:
     if submitted.end_error:  # (a later command records the run: see runner.cli)
         _say(f"error: run {submitted.run_id}: its end could not be recorded: {submitted.end_error}")
         return 1
-    return 0 if submitted.get_status() == "FINISHED" else submitted.exit_code or 1
+    return 0 if submitted.get_status() == RunStatus.FINISHED else submitted.exit_code or 1
 
 
 def _plain(value) -> bool:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from runner.errors import LaunchError
 from runner.processes import start_ticks  # (alive and not a zombie)
+from runner.status import RunStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
@@ -46,7 +47,7 @@ if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm 
 
     FinishCallback = Callable[["Outcome"], None]
 
-RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+RUNNING, FINISHED, FAILED, KILLED = RunStatus.RUNNING, RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED
 DEFAULT_GRACE_SECONDS = 10.0
 _DRAIN_SECONDS = 2.0  # output still held open by an escaped process is given up after this
 

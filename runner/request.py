@@ -12,7 +12,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
     from typing import Any, Callable, Mapping
 
-    from runner.backends.cluster import JobOf
+    from runner.backends.job import JobOf
     from runner.envs import Planned
     from runner.project.params import Invocation
     from runner.project.spec import Project
@@ -110,6 +110,14 @@ class PreparedRun(PlannedRun):
     def opened(cls, planned: PlannedRun, tracked: TrackedRun, ledger: Ledger, note: Path | None) -> PreparedRun:
         return cls(planned.request, planned.tracking, planned.plan, planned.notify, planned.progress,
                    planned.backend_options, planned.environment, tracked, ledger, note)
+
+    def ledger_id(self) -> str:
+        """The run's ledger ID: the MLflow run ID when tracked (one ID everywhere), otherwise one of
+        the same form. A continued MLflow run (--run-id) is a new attempt in the ledger; a cluster
+        job continues the row its submitter wrote."""
+        if self.request.job_of is not None:
+            return self.request.job_of.run_id
+        return (None if self.tracked.continued else self.tracked.run_id) or os.urandom(16).hex()
 
     def keep_source_state(self, run_dir: Path) -> None:
         """What a rerun needs of a dirty working copy (its diff, its untracked files' names), of a

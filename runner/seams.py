@@ -1,8 +1,8 @@
-"""Every seam's registry, listed once: the backends (where a run executes) and the environment
-managers (what it runs in).
+"""Every seam's registry, listed once: the backends (where a run executes), the environment
+managers (what it runs in) and the sweep searches (how a sweep chooses its trials).
 
 Each entry is a loader whose return type names the seam's Protocol (`runner.backends.base`,
-`runner.envs.base`), so the type checker (`make lint`) checks every registered module against
+`runner.envs.base`, `runner.sweeps.search`), so the type checker (`make lint`) checks every registered module against
 its contract; the module itself is imported only when it is used. This file imports nothing
 heavy: the CLI reads the names from it to build its options.
 
@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
     from runner.backends.base import Backend, ClusterBackend
     from runner.envs.base import EnvManager
+    from runner.sweeps.search import Search, SearchSettings
+
+    MakeSearch = Callable[[SearchSettings], Search]
 
 
 # -- backends ------------------------------------------------------------------------------------
@@ -79,6 +82,28 @@ ENV_MANAGERS: dict[str, Callable[[], EnvManager]] = {
 }
 
 
+# -- sweep searches (how a sweep chooses its trials) ---------------------------------------------
+def _grid() -> MakeSearch:
+    from runner.sweeps.search import GridSearch
+
+    return GridSearch
+
+
+def _random() -> MakeSearch:
+    from runner.sweeps.search import RandomSearch
+
+    return RandomSearch
+
+
+def _optuna() -> MakeSearch:
+    from runner.sweeps.optuna_search import OptunaSearch
+
+    return OptunaSearch
+
+
+SEARCHES: dict[str, Callable[[], MakeSearch]] = {"grid": _grid, "random": _random, "optuna": _optuna}
+
+
 # -- from outside the package --------------------------------------------------------------------
 def register_backend(name: str, loader: Callable[[], Backend]) -> None:
     BACKENDS[name] = loader
@@ -93,7 +118,11 @@ def register_env_manager(name: str, loader: Callable[[], EnvManager]) -> None:
     ENV_MANAGERS[name] = loader
 
 
+def register_search(name: str, loader: Callable[[], MakeSearch]) -> None:
+    SEARCHES[name] = loader
+
+
 def unregister(name: str) -> None:
-    """(Tests.) A registered backend or manager gone again."""
-    for registry in (BACKENDS, CLUSTERS, ENV_MANAGERS):
+    """(Tests.) A registered backend, manager or search gone again."""
+    for registry in (BACKENDS, CLUSTERS, ENV_MANAGERS, SEARCHES):
         registry.pop(name, None)  # type: ignore[attr-defined]

@@ -318,3 +318,32 @@ def test_mlflow_run_with_the_plugin_runs_on_ray(ray, make_project, _work_in_tmp)
     assert (row["status"], row["backend"]) == ("FINISHED", "ray")
     assert _tracked(_work_in_tmp, run_id).info.status == "FINISHED"
     assert "alpha=0.3" in _cli("runs", "logs", run_id).stdout
+
+
+def test_rerun_on_ray_installs_the_recorded_lock(ray, make_project, _work_in_tmp, mlproject_home):
+    """A uv run on Ray keeps its environment's lock on the node (which shares no files with this
+    host); its rerun on Ray takes the lock from tracking and carries it in the job's request, and
+    the node installs exactly it instead of resolving the env file again."""
+    project = make_project("""
+        name: locked-on-ray
+        python_env: python_env.yaml
+        entry_points:
+          main:
+            command: "python -c 'import six; print(\\"six\\", six.__version__)'"
+    """, {"python_env.yaml": 'python: "3.11"\ndependencies:\n  - six\n'})
+    first = _cli("run", str(project), "-b", "ray", "--env-manager", "uv")
+    assert first.returncode == 0, first.stderr
+    original, _ = _submitted(first.stderr)
+    recorded = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").download_artifacts(
+        original, "environment/pylock.toml", str(_work_in_tmp))
+    assert not (mlproject_home / "runs" / original / "environment").exists()  # (the node kept the lock, not this host)
+
+    again = _cli("rerun", original, "-b", "ray")
+    assert again.returncode == 0, again.stderr
+    rerun, _ = _submitted(again.stderr)
+    assert "from pylock.toml" in again.stdout + again.stderr, again.stdout + again.stderr
+    shipped = ray.home / "runs" / rerun / "requested-lock" / "pylock.toml"
+    assert shipped.read_text() == Path(recorded).read_text()
+    assert [line for line in again.stdout.splitlines() if line.startswith("six ")] == \
+        [line for line in first.stdout.splitlines() if line.startswith("six ")]
+    assert _row(rerun)["status"] == "FINISHED"

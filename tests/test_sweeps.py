@@ -97,11 +97,16 @@ def test_grid_records_a_parent_with_its_children_and_the_best(quadratic, _work_i
 
 
 def test_random_search_is_reproducible_by_its_seed(quadratic, _work_in_tmp):
+    from runner.sweeps.search import SearchSettings, make_search
     from runner.sweeps.space import parse_space
 
     space = parse_space({"x": "loguniform(1e-3,1)", "y": "int(uniform(0,5))", "fail": "no"})
-    first, again = space.trials("random", 6, seed=7), space.trials("random", 6, seed=7)
-    assert first == again and first != space.trials("random", 6, seed=8)
+
+    def drawn(seed: int) -> list[dict[str, str]]:
+        return make_search("random", SearchSettings(space, 6, seed, None, "minimize")).planned()
+
+    first, again = drawn(7), drawn(7)
+    assert first == again and first != drawn(8)
     assert all(1e-3 <= float(t["x"]) <= 1 and t["y"] in {"0", "1", "2", "3", "4", "5"} for t in first)
     params = []
     for _ in range(2):
@@ -263,13 +268,15 @@ def test_runs_cancel_of_the_parent_stops_the_sweep(quadratic, _work_in_tmp):
 def test_optuna_trials_a_killed_driver_left_unrecorded_take_no_place(tmp_path):
     """A driver killed inside ask() leaves the study a trial the sweep never recorded: the sweep
     counts its own trials, so a resumed sweep still runs max_runs of them."""
-    from runner.sweeps.optuna_search import OptunaSearch
+    from runner.sweeps.search import SearchSettings, make_search
     from runner.sweeps.space import parse_space
 
-    space = parse_space({"x": "uniform(-1,1)"})
-    killed = OptunaSearch(space, tmp_path, "sweep-t", "minimize", 0, 3)
-    killed.study.ask()  # asked, then the driver died before recording it
-    resumed = OptunaSearch(space, tmp_path, "sweep-t", "minimize", 0, 3)
+    settings = SearchSettings(parse_space({"x": "uniform(-1,1)"}), 3, 0, "loss", "minimize")
+    killed = make_search("optuna", settings)
+    killed.open(tmp_path, "sweep-t")
+    killed.study.ask()  # type: ignore[attr-defined]  # asked, then the driver died before recording it
+    resumed = make_search("optuna", settings)
+    resumed.open(tmp_path, "sweep-t")
     asked = [resumed.ask(known) for known in range(4)]
     assert [trial is not None for trial in asked] == [True, True, True, False]
     assert len({trial.parameters["x"] for trial in asked[:3]}) == 3

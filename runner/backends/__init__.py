@@ -18,6 +18,7 @@ import os
 from runner.errors import NotAvailableError
 from runner.seams import BACKENDS
 from runner.seams import CLUSTERS as CLUSTER_BACKENDS  # (name -> loader: `in` and iteration give the names)
+from runner.status import RunStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,7 +50,8 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
     """Record the end of a cluster run whose job is over but whose runner never said how it went
     (cancelled while pending, killed with its node, out of memory). Returns the row as it is now."""
     from runner.backends.cluster import JobState
-    from runner.tracking.runs import end_in_tracking, find
+    from runner.tracking.ending import end_recorded
+    from runner.tracking.runs import find
 
     if record.finished or record.backend == "local":
         return record
@@ -59,23 +61,23 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
 
         if process_is(record.runner_pid, record.runner_start):
             return record  # still being submitted
-        state = JobState("NOT SUBMITTED", "FAILED")
+        state = JobState("NOT SUBMITTED", RunStatus.FAILED)
         reason = "the submission was interrupted before the job was queued"
     else:
         state = state or backend.job_state(record.job_id)
         if state is None:
-            state = JobState("UNKNOWN", "FAILED")
+            state = JobState("UNKNOWN", RunStatus.FAILED)
             reason = f"{record.backend} job {record.job_id} is gone and the cluster kept no record of its end"
         elif not state.ended:
-            if state.name == "RUNNING" and record.status == "SCHEDULED":
+            if state.name == RunStatus.RUNNING and record.status == RunStatus.SCHEDULED:
                 ledger.mark_running(record.id)  # (where the runner inside keeps its own ledger: Ray)
                 return find(ledger, record.id)
             return record
-        elif state.status == "FINISHED":
+        elif state.status == RunStatus.FINISHED:
             reason = None  # (recorded here where the runner inside keeps its own ledger: Ray)
         else:
             reason = f"{record.backend} job {record.job_id} ended {state.name}"
-            if state.status == "FAILED" and state.reason:  # why it failed, in the scheduler's words
+            if state.status == RunStatus.FAILED and state.reason:  # why it failed, in the scheduler's words
                 reason += f": {state.reason}"
     current = find(ledger, record.id)
     if current.finished:  # the runner inside the job recorded the end meanwhile
@@ -83,18 +85,16 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
     pull_output(record)  # the job's last output, where the cluster keeps it, into the run's log here
     # A runner that never took its run over never started the command: whatever code the job
     # ended with (a launch failure's, a cancel's) is not the command's.
-    never_ran = current.status == "SCHEDULED" and backend.SHARED_LEDGER
+    never_ran = current.status == RunStatus.SCHEDULED and backend.SHARED_LEDGER
     exit_code = None if never_ran else state.exit_code
-    if never_ran and state.status == "FAILED" and state.name != "UNKNOWN" and not os.path.exists(record.log_path):
+    if never_ran and state.status == RunStatus.FAILED and state.name != "UNKNOWN" and not os.path.exists(record.log_path):
         # Nor is the job's output where this host looks: the nodes do not see this host's
         # MLPROJECT_HOME (the first thing to check on a new cluster).
         reason = (f"{reason}; {NEVER_STARTED}, and the job's output {record.log_path} is not on this host:"
                   " the nodes must share MLPROJECT_HOME (or the config's mlproject_home) with it")
-    elif never_ran and state.status == "FAILED":  # (a job the cluster lost before it ran: a resumed sweep runs it again)
+    elif never_ran and state.status == RunStatus.FAILED:  # (a job the cluster lost before it ran: a resumed sweep runs it again)
         reason = f"{reason}; {NEVER_STARTED}"
-    if ledger.finish(record.id, state.status, exit_code, reason):  # type: ignore[arg-type]
-        if end_in_tracking(record.tracking_run_id, record.tracking_uri, state.status, record.log_path):  # type: ignore[arg-type]
-            ledger.tracking_ended(record.id)
+    end_recorded(ledger, record, state.status, exit_code, reason)  # type: ignore[arg-type]
     return find(ledger, record.id)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.launch import RunHandle, deferred
+from runner.status import RunStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,14 +42,6 @@ class JobState:
     @property
     def ended(self) -> bool:
         return self.status is not None
-
-
-@dataclass(frozen=True)
-class JobOf:
-    """Carried by the request of a runner inside a cluster job: which backend, which ledger row."""
-
-    backend: str
-    run_id: str
 
 
 class ClusterRun(RunHandle):
@@ -145,7 +138,7 @@ class ClusterRun(RunHandle):
         try:
             while True:
                 record = find(ledger, self.ledger_id)
-                if self._progress is not None and (record.status == "SCHEDULED") != (queued is not None):
+                if self._progress is not None and (record.status == RunStatus.SCHEDULED) != (queued is not None):
                     if queued is None:
                         queued = step(self._progress, f"{record.backend} job {record.job_id}: waiting in the queue")
                         queued.__enter__()
@@ -171,7 +164,7 @@ class ClusterRun(RunHandle):
                     try:
                         record = self._check_job(ledger, record)
                     except _EndedUnrecorded as unrecorded:
-                        self._status, self.reason = "FAILED", str(unrecorded)
+                        self._status, self.reason = RunStatus.FAILED, str(unrecorded)
                         return
                     if record is not None and ended_at is None:
                         ended_at = now
@@ -225,24 +218,56 @@ class _EndedUnrecorded(Exception):
 
 
 # -- what every cluster backend's submit does around its own submission ----------------------
+# The skeleton: `record_scheduled` (the run SCHEDULED in the ledger and tracking), the backend's
+# own submission, `queued` (the job named everywhere, the handle made), `follow_submitted`;
+# `abandon` when anything in between fails or is interrupted.
+def record_scheduled(state: PreparedRun, run_dir: Path, log_path: Path, backend: str) -> RunRecord:
+    """The run (ledger ID: its directory's name) in the ledger and in tracking as SCHEDULED, with
+    what a rerun needs of its source."""
+    from runner.tracking import pending
+
+    state.keep_source_state(run_dir)
+    record = state.ledger_record(run_dir.name, log_path, status=RunStatus.SCHEDULED, backend=backend)
+    state.ledger.start(record)
+    pending.clear(state.note)  # the ledger has the run now
+    state.tracked.record_start()
+    state.tracked.set_status(RunStatus.SCHEDULED)
+    return record
+
+
+def queued(state: PreparedRun, record: RunRecord, job_id: str, scheduler: str) -> ClusterRun:
+    """The run's job is queued: the ledger and the tracked run say which, and a handle follows it
+    (not started yet). From here the runner inside the job, or the scheduler's word, ends it."""
+    from runner.errors import RunnerError
+
+    tracked, ledger = state.tracked, state.ledger
+    ledger.set_job(record.id, job_id)
+    tracked.ended = True
+    try:
+        tracked.set_tags({f"mlproject.{record.backend}.job_id": job_id})
+    except RunnerError as exc:
+        state.notify(f"warning: tracking: the run was not tagged with its job ID: {exc.message}")
+    ledger.close()
+    state.plan.source.release()  # the job fetches the project itself (a shared cache, or a staged copy)
+    state.notify(f"=== Submitted run '{tracked.run_id or record.id}' as {scheduler} job {job_id} ===")
+    record.job_id = job_id
+    context = tracked.context
+    return ClusterRun(record, experiment_id=context.experiment_id if context else None, follow=False)
+
+
 def abandon(state: PreparedRun, exc: BaseException, run_id: str | None) -> None:
     """A submission that failed: its run ends FAILED (KILLED when interrupted), everywhere
     (`run_id`: its ledger row, once written)."""
     from runner.errors import RunnerError
-    from runner.tracking import pending
+    from runner.tracking.ending import end_everywhere
 
-    interrupted = not isinstance(exc, Exception)
     reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
-    status = "KILLED" if interrupted else "FAILED"
-    tracked, ledger = state.tracked, state.ledger
-    if run_id is not None:
-        ledger.finish(run_id, status, None, f"submission: {reason}")
-    tracked.finish(status, state.notify)
-    if run_id is not None and tracked.end_recorded:
-        ledger.tracking_ended(run_id)
-    pending.clear(state.note)
-    ledger.close()
-    state.plan.source.release()
+    try:
+        end_everywhere(state.ledger, run_id, state.tracked, RunStatus.ended_by(exc),
+                       None, f"submission: {reason}", state.notify, note=state.note)
+    finally:
+        state.ledger.close()
+        state.plan.source.release()
 
 
 def follow_submitted(state: PreparedRun, submitted: ClusterRun, on_submitted) -> ClusterRun:

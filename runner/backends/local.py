@@ -9,16 +9,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from runner import home
-from runner.errors import LaunchError, RunFailedError, RunnerError, UsageError
+from runner.errors import RunFailedError, RunnerError, UsageError
 from runner.launch import SubmittedRun, start
 from runner.sources import provenance
+from runner.status import RunStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
     from typing import Callable
 
-    from runner.backends.cluster import JobOf
-    from runner.backends.base import ClusterBackend
     from runner.envs.base import EnvManager
     from runner.request import PlannedRun, PreparedRun, RunRequest
 
@@ -43,14 +42,12 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     from runner import faults
     from runner.envs import realize
     from runner.tracking import downloads, pending, redact
+    from runner.tracking.ending import end_everywhere
 
     the_plan, tracked, ledger, notify = state.plan, state.tracked, state.ledger, state.notify
     planned, tracking_plan, progress = state.environment, state.tracking, state.progress
     job_of = state.request.job_of
-    # The MLflow run ID when tracked (one ID everywhere); otherwise one of the same
-    # form. A continued MLflow run (--run-id) is a new attempt in the ledger; a cluster
-    # job continues the row its submitter wrote.
-    run_id = job_of.run_id if job_of else (None if tracked.continued else tracked.run_id) or os.urandom(16).hex()
+    run_id = state.ledger_id()
     run_dir = home.subdir("runs") / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     context = tracked.context
@@ -63,42 +60,20 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
 
     def end(status: str, exit_code: int | None, reason: str | None) -> None:
         if job_of is not None:
-            # Whatever the command's own exit said: was the job being taken down by the cluster
-            # (its time limit: FAILED; a cancel: KILLED)? Slurm signals every process of the job,
-            # so the command may end (even with 0) before this runner hears of it.
-            status, reason = _cluster_verdict(job_of, status, reason)
-        # The ledger first: the outcome is never lost, even if tracking is down. Until
-        # the row says the MLflow run was ended, a later invocation will end it there.
+            from runner.backends.job import cluster_verdict
+
+            status, reason = cluster_verdict(job_of, status, reason)
         try:
-            ledger.finish(run_id, status, exit_code, reason)
+            end_everywhere(ledger, run_id, tracked, status, exit_code, reason, notify)
         finally:
-            try:
-                tracked.finish(status, notify)
-                if tracked.end_recorded:
-                    ledger.tracking_ended(run_id)
-            finally:
-                ledger.close()
+            ledger.close()
 
     invocation = the_plan.invocation
     command = invocation.command
-    if job_of is not None:
-        if ledger.take_over(run_id) is None:
-            if not ledger.get(run_id) and not _backend(job_of).SHARED_LEDGER:
-                # A node that shares no files with the submitter (Ray): this node's own record.
-                ledger.start(state.ledger_record(run_id, log_path, backend=job_of.backend))
-            else:
-                # Its end was recorded by whoever ended the row (a cancel; or this is a second
-                # launch of a job that already ran, as Slurm does after its controller restarts).
-                # Continuing the tracked run set it RUNNING again: it gets its recorded end back.
-                ended = ledger.get(run_id)
-                try:
-                    if ended:
-                        tracked.finish(ended[0].status, notify)
-                finally:
-                    tracked.ended = True
-                    ledger.close()
-                raise LaunchError(f"run {run_id} was ended before its job started (cancelled?)",
-                                  hint=f"see `mlproject runs show {run_id}`")
+    if job_of is not None:  # the runner inside a cluster job: its submitter's row
+        from runner.backends.job import take_over
+
+        take_over(state, run_id, log_path)
 
     inputs_dir = run_dir / "inputs"
     private = run_dir / "work"  # this run's own copy of a cached commit (see ProjectDir.private_copy)
@@ -108,7 +83,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
         """The run ends before its command started: KILLED on a signal, FAILED on an error."""
         reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
         try:
-            end("FAILED" if isinstance(exc, Exception) else "KILLED", None, f"{stage}: {reason}")
+            end(RunStatus.ended_by(exc), None, f"{stage}: {reason}")
         finally:
             _remove_inputs(inputs_dir, private)
             if prepared is not None:
@@ -168,7 +143,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
 
     def on_finish(outcome) -> None:
         try:
-            reason = f"stopped by signal {submitted.cancel_signal}" if outcome.status == "KILLED" else None
+            reason = f"stopped by signal {submitted.cancel_signal}" if outcome.status == RunStatus.KILLED else None
             end(outcome.status, outcome.exit_code, reason)
         finally:
             if environment.container is not None:  # gone even if its launcher was killed
@@ -253,17 +228,3 @@ def _remove_inputs(*directories: Path) -> None:
 
         for directory in existing:
             shutil.rmtree(directory, ignore_errors=True)
-
-
-def _backend(job_of: JobOf) -> ClusterBackend:
-    from runner import backends
-
-    return backends.cluster_backend(job_of.backend)
-
-
-def _cluster_verdict(job_of: JobOf, status: str, reason: str | None) -> tuple[str, str | None]:
-    try:
-        verdict = _backend(job_of).stopped_by_cluster()
-    except Exception:  # noqa: BLE001 - the signal's own account stands
-        return status, reason
-    return verdict or (status, reason)

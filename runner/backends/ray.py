@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import home
-from runner.backends.cluster import JobState, abandon, follow_submitted
+from runner.backends.cluster import JobState, abandon, follow_submitted, queued, record_scheduled
+from runner.backends.job import REQUEST_VARIABLE, JobRequest
 from runner.errors import LaunchError, NotAvailableError, ProjectError, RunnerError, UsageError
+from runner.status import RunStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,10 +40,11 @@ if TYPE_CHECKING:
 
 KNOWN_KEYS = ("address", "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory", "entrypoint_resources",
               "runtime_env", "metadata", "python", "staging_dir")
-REQUEST_VARIABLE = "MLPROJECT_JOB_REQUEST"
+# Linux refuses an environment string longer than 128 KiB (MAX_ARG_STRLEN).
+_MAX_VARIABLE = 128 * 1024 - len(REQUEST_VARIABLE) - 2
 JOB_PREFIX = "mlproject-"  # a job's submission ID is this and the run's ledger ID
 # Ray's final job states, as the run ends; PENDING and RUNNING are a job under way.
-_ENDS = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED"}
+_ENDS = {"SUCCEEDED": RunStatus.FINISHED, "FAILED": RunStatus.FAILED, "STOPPED": RunStatus.KILLED}
 _PREAMBLE_END = "Running entrypoint for job "  # Ray's own lines come before it in a job's log
 _CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 # Ray stops a job with SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by default):
@@ -230,40 +233,18 @@ def _probe_nodes(options: RayOptions, progress) -> dict:
 # -- submission -------------------------------------------------------------------------
 def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None) -> ClusterRun:
     """Record the run (SCHEDULED), submit its job; then follow it unless detached."""
-    from runner.backends.cluster import ClusterRun
-    from runner.tracking import pending
-
     options: RayOptions = state.backend_options
-    tracked, ledger = state.tracked, state.ledger
-    run_id = (None if tracked.continued else tracked.run_id) or os.urandom(16).hex()
-    run_dir = home.subdir("runs") / run_id
+    run_dir = home.subdir("runs") / state.ledger_id()
     run_dir.mkdir(parents=True, exist_ok=True)
     record = None
-    job_id = JOB_PREFIX + run_id
+    job_id = JOB_PREFIX + run_dir.name
     try:
-        state.keep_source_state(run_dir)
-        record = state.ledger_record(run_id, run_dir / "output.log", status="SCHEDULED", backend="ray")
-        ledger.start(record)
-        pending.clear(state.note)  # the ledger has the run now
-        tracked.record_start()
-        tracked.set_status("SCHEDULED")
-        _submit_job(state, options, run_id, job_id)
-        ledger.set_job(run_id, job_id)
+        record = record_scheduled(state, run_dir, run_dir / "output.log", "ray")
+        _submit_job(state, options, record.id, job_id)
     except BaseException as exc:
         abandon(state, exc, record.id if record is not None else None)
         raise
-    tracked.ended = True  # from here the runner inside the job (or Ray's word) ends it
-    try:
-        tracked.set_tags({"mlproject.ray.job_id": job_id})
-    except RunnerError as exc:
-        state.notify(f"warning: tracking: the run was not tagged with its job ID: {exc.message}")
-    ledger.close()
-    state.plan.source.release()
-    state.notify(f"=== Submitted run '{tracked.run_id or run_id}' as Ray job {job_id} ===")
-    record.job_id = job_id
-    context = tracked.context
-    submitted = ClusterRun(record, experiment_id=context.experiment_id if context else None, follow=False)
-    return follow_submitted(state, submitted, on_submitted)
+    return follow_submitted(state, queued(state, record, job_id, "Ray"), on_submitted)
 
 
 def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list[ClusterRun]:
@@ -274,15 +255,17 @@ def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: st
     from runner.backends.staging import snapshot
     from runner.progress import step
 
-    the_plan, request, tracked = state.plan, state.request, state.tracked
-    project = snapshot(the_plan.source.path, options.staging_dir, state.progress)
-    job_request = {
-        "uri": ".", "entry_point": request.entry_point, "parameters": dict(request.parameters or {}),
-        "env_manager": the_plan.env_manager, "docker_args": dict(request.docker_args or {}),
-        "build_image": request.build_image, "locked": request.locked, "storage_dir": request.storage_dir,
-        "run_id": tracked.run_id, "job_of": {"backend": "ray", "run_id": run_id},
-    }
-    env_vars = {**dict(options.runtime_env.get("env_vars") or {}), REQUEST_VARIABLE: json.dumps(job_request)}
+    tracked = state.tracked
+    project = snapshot(state.plan.source.path, options.staging_dir, state.progress)
+    # The job's working directory is the staged project; the node does not see the caller's
+    # directory, so path parameters are taken from there (no cwd).
+    job_request = JobRequest.of(state, "ray", run_id, ".")
+    encoded = job_request.to_json(indent=None)
+    if len(encoded) > _MAX_VARIABLE:
+        raise UsageError(f"the job's request ({len(encoded) // 1024} KiB with its recorded lock) is too large for the "
+                         "environment Ray hands the job (at most 128 KiB a variable)",
+                         hint="rerun it here (-b local) or on a cluster that shares files (-b slurm)")
+    env_vars = {**dict(options.runtime_env.get("env_vars") or {}), REQUEST_VARIABLE: encoded}
     env_vars.setdefault("MLPROJECT_KILL_GRACE", _NODE_KILL_GRACE)
     if state.tracking.uri is None:
         env_vars["MLPROJECT_NO_TRACKING"] = "1"
@@ -394,12 +377,12 @@ def job_state(job_id: str) -> JobState | None:
     name = str(getattr(info.status, "value", info.status))
     status = _ENDS.get(name)
     exit_code = info.driver_exit_code
-    if status == "FINISHED":
+    if status == RunStatus.FINISHED:
         exit_code = 0
-    elif status == "KILLED" and exit_code is None:
+    elif status == RunStatus.KILLED and exit_code is None:
         exit_code = 143
     reason = None
-    if status == "FAILED" and info.message:  # Ray appends the job's last logs: the run's log has them
+    if status == RunStatus.FAILED and info.message:  # Ray appends the job's last logs: the run's log has them
         reason = info.message.strip().splitlines()[0].split(", last available logs")[0][:300]
     return JobState(name, status, exit_code, info.driver_node_id, reason)
 

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import home
-from runner.backends.cluster import JobState, abandon, follow_submitted
-from runner.errors import LaunchError, RunnerError, UsageError
+from runner.backends.cluster import JobState, abandon, follow_submitted, queued, record_scheduled
+from runner.backends.job import REQUEST_FILE, JobRequest
+from runner.errors import LaunchError, UsageError
+from runner.status import RunStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,9 +47,9 @@ KNOWN_KEYS = (*_SBATCH_OPTIONS, "exclusive", "environment", *_LISTS, *_PATHS)
 # Slurm's final job states, as the run ends. Everything else (PENDING, RUNNING, COMPLETING,
 # CONFIGURING, REQUEUED, SUSPENDED, ...) is a job still under way.
 _ENDS = {
-    "COMPLETED": "FINISHED", "CANCELLED": "KILLED", "FAILED": "FAILED", "TIMEOUT": "FAILED",
-    "OUT_OF_MEMORY": "FAILED", "NODE_FAIL": "FAILED", "BOOT_FAIL": "FAILED", "DEADLINE": "FAILED",
-    "PREEMPTED": "FAILED", "REVOKED": "FAILED", "SPECIAL_EXIT": "FAILED",
+    "COMPLETED": RunStatus.FINISHED, "CANCELLED": RunStatus.KILLED, "FAILED": RunStatus.FAILED, "TIMEOUT": RunStatus.FAILED,
+    "OUT_OF_MEMORY": RunStatus.FAILED, "NODE_FAIL": RunStatus.FAILED, "BOOT_FAIL": RunStatus.FAILED, "DEADLINE": RunStatus.FAILED,
+    "PREEMPTED": RunStatus.FAILED, "REVOKED": RunStatus.FAILED, "SPECIAL_EXIT": RunStatus.FAILED,
 }
 # Variables the runner inside the job needs (with --export=NAMES, only these and the user's go).
 _RUNNER_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
@@ -175,7 +177,7 @@ def check_plan(state: PlannedRun) -> None:
 def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None) -> ClusterRun:
     """Write the job, record the run (SCHEDULED), queue the job; then follow it unless detached."""
     options: SlurmOptions = state.backend_options
-    run_dir = home.subdir("runs") / _run_id(state)
+    run_dir = home.subdir("runs") / state.ledger_id()
     run_dir.mkdir(parents=True, exist_ok=True)
     recorded = None
     try:
@@ -185,9 +187,9 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
         script.write_text(_script(options, recorded.job_file, recorded.record))
         job_id = _sbatch(options, script, run_dir / "job.log", run_dir, _job_environment(state, options))
     except BaseException as exc:
-        _abandon(state, exc, recorded)
+        abandon(state, exc, recorded.record.id if recorded is not None else None)
         raise
-    return follow_submitted(state, _queued(recorded, job_id), on_submitted)
+    return follow_submitted(state, queued(state, recorded.record, job_id, "Slurm"), on_submitted)
 
 
 def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list[ClusterRun]:
@@ -199,7 +201,7 @@ def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list
     recorded: list[_Recorded] = []
     try:
         for index, state in enumerate(states):
-            run_dir = home.subdir("runs") / _run_id(state)
+            run_dir = home.subdir("runs") / state.ledger_id()
             run_dir.mkdir(parents=True, exist_ok=True)
             recorded.append(_record(state, run_dir, array_dir / f"{index}.log"))
         manifest = array_dir / "jobs.manifest"  # line N: the request of task N
@@ -210,9 +212,9 @@ def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list
         job_id = _sbatch(options, script, array_dir / "%a.log", array_dir, _job_environment(states[0], options), [spec])
     except BaseException as exc:
         for index, state in enumerate(states):
-            _abandon(state, exc, recorded[index] if index < len(recorded) else None)
+            abandon(state, exc, recorded[index].record.id if index < len(recorded) else None)
         raise
-    handles = [_queued(item, f"{job_id}_{index}") for index, item in enumerate(recorded)]
+    handles = [queued(item.state, item.record, f"{job_id}_{index}", "Slurm") for index, item in enumerate(recorded)]
     for handle in handles:
         handle.start_following()
     return handles
@@ -227,52 +229,15 @@ class _Recorded:
     job_file: Path
 
 
-def _run_id(state: PreparedRun) -> str:
-    tracked = state.tracked
-    return (None if tracked.continued else tracked.run_id) or os.urandom(16).hex()
-
-
 def _record(state: PreparedRun, run_dir: Path, log_path: Path) -> _Recorded:
-    from runner.tracking import pending
-
     options: SlurmOptions = state.backend_options
-    the_plan, tracked = state.plan, state.tracked
-    run_id = run_dir.name
-    state.keep_source_state(run_dir)
-    record = state.ledger_record(run_id, log_path, status="SCHEDULED", backend="slurm")
-    state.ledger.start(record)
-    pending.clear(state.note)  # the ledger has the run now
-    recorded = _Recorded(state, record, run_dir / "job.json")
-    tracked.record_start()
-    tracked.set_status("SCHEDULED")
-    uri, version = _project_for_nodes(the_plan.source, options, state.progress)
-    recorded.job_file.write_text(json.dumps(
-        _job_request(state.request, uri, version, the_plan.env_manager, run_id, tracked.run_id), indent=2, default=str))
+    record = record_scheduled(state, run_dir, log_path, "slurm")
+    recorded = _Recorded(state, record, run_dir / REQUEST_FILE)
+    uri, version = _project_for_nodes(state.plan.source, options, state.progress)
+    # (Parameters as given: the node resolves them from the caller's directory, as this host did.)
+    job = JobRequest.of(state, "slurm", record.id, uri, version, cwd=str(state.request.caller_cwd()))
+    recorded.job_file.write_text(job.to_json())
     return recorded
-
-
-def _abandon(state: PreparedRun, exc: BaseException, recorded: _Recorded | None) -> None:
-    abandon(state, exc, recorded.record.id if recorded is not None else None)
-
-
-def _queued(recorded: _Recorded, job_id: str) -> ClusterRun:
-    """The run's job is queued: the ledger and the run say which, and a handle follows it."""
-    from runner.backends.cluster import ClusterRun
-
-    state, record = recorded.state, recorded.record
-    tracked, ledger = state.tracked, state.ledger
-    ledger.set_job(record.id, job_id)
-    tracked.ended = True  # from here the runner inside the job (or the scheduler's word) ends it
-    try:
-        tracked.set_tags({"mlproject.slurm.job_id": job_id})
-    except RunnerError as exc:
-        state.notify(f"warning: tracking: the run was not tagged with its job ID: {exc.message}")
-    ledger.close()
-    state.plan.source.release()  # the job fetches the project again, through the shared cache
-    state.notify(f"=== Submitted run '{tracked.run_id or record.id}' as Slurm job {job_id} ===")
-    record.job_id = job_id
-    context = tracked.context
-    return ClusterRun(record, experiment_id=context.experiment_id if context else None, follow=False)
 
 
 def _project_for_nodes(source, options: SlurmOptions, progress) -> tuple[str, str | None]:
@@ -284,19 +249,6 @@ def _project_for_nodes(source, options: SlurmOptions, progress) -> tuple[str, st
     from runner.backends.staging import snapshot
 
     return str(snapshot(source.path, options.staging_dir, progress)), None
-
-
-def _job_request(request: RunRequest, uri: str, version: str | None, env_manager: str, run_id: str,
-                 tracking_run_id: str | None) -> dict[str, Any]:
-    """The request the runner on the node carries out (parameters as given: the node resolves
-    them from the caller's directory, as this host did)."""
-    return {
-        "uri": uri, "version": version, "entry_point": request.entry_point,
-        "parameters": dict(request.parameters or {}), "env_manager": env_manager,
-        "docker_args": dict(request.docker_args or {}), "build_image": request.build_image, "locked": request.locked,
-        "lock_file": request.lock_file, "storage_dir": request.storage_dir, "cwd": str(request.caller_cwd()),
-        "run_id": tracking_run_id, "job_of": {"backend": "slurm", "run_id": run_id},
-    }
 
 
 def _script(options: SlurmOptions, job_file: Path, record, array: int = 0) -> str:
@@ -414,7 +366,7 @@ def _state(fields: dict[str, str]) -> JobState:
     code, _, signal_number = fields.get("ExitCode", "").partition(":")
     # "0:0" for a job that did not end by its own exit (a failed node, a preemption) says nothing
     # of the command: no exit code then, rather than a success's 0.
-    if status is not None and code.isdigit() and (status == "FINISHED" or fields.get("ExitCode") != "0:0"):
+    if status is not None and code.isdigit() and (status == RunStatus.FINISHED or fields.get("ExitCode") != "0:0"):
         exit_code = 128 + int(signal_number) if signal_number.isdigit() and int(signal_number) else int(code)
     node = fields.get("NodeList")
     reason = fields.get("Reason")
@@ -469,9 +421,9 @@ def stopped_by_cluster() -> tuple[str, str] | None:
     # its own, and with no reason given (as after `scancel`) it was cancelled.
     name = _STOP_REASONS.get(state.reason or "", "CANCELLED") if state.name == "COMPLETING" else state.name
     if name == "CANCELLED":
-        return "KILLED", f"slurm job {job_id} ended CANCELLED"
-    if name in _ENDS and _ENDS[name] == "FAILED" and name != "FAILED":
-        return "FAILED", f"slurm job {job_id} ended {name}"
+        return RunStatus.KILLED, f"slurm job {job_id} ended CANCELLED"
+    if name in _ENDS and _ENDS[name] == RunStatus.FAILED and name != "FAILED":
+        return RunStatus.FAILED, f"slurm job {job_id} ended {name}"
     return None
 
 

@@ -132,7 +132,19 @@ def recorded(run_id: str) -> RecordedRun:
         return _from_tracking(run_id, exc)
     finally:
         ledger.close()
-    return RecordedRun(record, home.subdir("runs") / record.id)
+    run = RecordedRun(record, home.subdir("runs") / record.id)
+    if record.backend != "local" and record.tracking_run_id and record.tracking_uri \
+            and not any((run.run_dir / path).is_file() for path in _locks()):
+        # The environment was built on a node that keeps its own files (Ray): its lock, as the
+        # node logged it to tracking.
+        from runner.tracking import tracker_for
+
+        try:
+            tracker = tracker_for(record.tracking_uri, quick=True)
+            _download(tracker, tracker.recorded_run(record.tracking_run_id), run.run_dir, _locks())
+        except Exception:  # noqa: BLE001 - the rerun then says the lock was not recorded
+            pass
+    return run
 
 
 # Files a run keeps (see runner.sources.provenance and backends.local), as artifact paths.
@@ -162,10 +174,19 @@ def _from_tracking(run_id: str, not_in_ledger: Exception) -> RecordedRun:
         status=data.status, backend=tags.get("mlflow.project.backend", "local"),
     )
     run_dir = home.subdir("runs") / f"tracked-{run_id}"  # what the store kept of it, downloaded once
+    _download(tracker, data, run_dir, (*_KEPT, *_locks()))
+    return RecordedRun(record, run_dir)
+
+
+def _locks() -> list[str]:
     from runner.envs import all_managers
 
-    locks = sorted({f"environment/{m.LOCK_NAME}" for m in all_managers() if m.LOCK_NAME})
-    for path in (*_KEPT, *locks):
+    return sorted({f"environment/{m.LOCK_NAME}" for m in all_managers() if m.LOCK_NAME})
+
+
+def _download(tracker, data, run_dir: Path, paths) -> None:
+    """The run's kept files that tracking has and `run_dir` lacks, downloaded once."""
+    for path in paths:
         target = run_dir / path
         if target.is_file():
             continue
@@ -173,4 +194,3 @@ def _from_tracking(run_id: str, not_in_ledger: Exception) -> RecordedRun:
         if content is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
-    return RecordedRun(record, run_dir)

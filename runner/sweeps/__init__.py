@@ -72,7 +72,7 @@ def sweep(
     `parameters` maps each name to a fixed value or a space: "0.1,0.5,1.0", "range(0,1,0.25)",
     "choice(a,b)", "uniform(0,1)", "loguniform(1e-4,1)", "int(uniform(10,200))". `config` is a
     sweep.yaml; arguments given here win over it. Returns the SweepResult: `sweep_id`,
-    `parent_run_id`, `trials`, `best`, `status` ("FINISHED" when every trial finished)."""
+    `parent_run_id`, `trials`, `best`, `status` (FINISHED when every trial finished)."""
     from runner.errors import RunnerError
 
     try:

@@ -21,12 +21,15 @@ from pathlib import Path
 
 from runner import home
 from runner.errors import RunnerError, UsageError
-from runner.sweeps.space import METHODS, parse_space
+from runner.sweeps.space import parse_space
 from runner.sweeps.state import SweepRecord, SweepStore, Trial
+from runner.status import RunStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Mapping
+
+    from runner.sweeps.search import Search
 
 GOALS = ("minimize", "maximize")
 SWEEP_TAG = "mlproject.sweep.id"
@@ -55,8 +58,10 @@ class SweepRequest:
     cwd: str | None = None
 
     def check(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"unknown sweep method {self.method!r}", hint=f"choose one of: {', '.join(METHODS)}")
+        from runner.seams import SEARCHES
+
+        if self.method not in SEARCHES:
+            raise UsageError(f"unknown sweep method {self.method!r}", hint=f"choose one of: {', '.join(SEARCHES)}")
         if self.goal not in GOALS:
             raise UsageError(f"unknown goal {self.goal!r}", hint="minimize or maximize")
         for name in ("max_runs", "max_parallel", "max_failures"):
@@ -73,32 +78,37 @@ class SweepResult:
     trials: list[Trial]
     metric: str | None
     goal: str
-    status: str = "RUNNING"  # the parent run's: FINISHED (every trial finished), FAILED or KILLED
+    status: str = RunStatus.RUNNING  # the parent run's: FINISHED (every trial finished), FAILED or KILLED
     best: Trial | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
     def succeeded(self) -> bool:
-        return self.status == "FINISHED"
+        return self.status == RunStatus.FINISHED
 
 
 def start(request: SweepRequest, *, notify: Callable[[str], None], progress=None) -> SweepResult:
     request.check()
     space = parse_space(dict(request.parameters or {}))
-    if request.method == "optuna":
-        from runner.sweeps import optuna_search
-
-        optuna_search.check(request.metric)
+    search = _search_of(request, space)
+    if search.ADAPTIVE:
         # Every trial is proposed as the search goes; what can be checked now is every value a
         # trial can take at the ends of the space (each listed value, each range's bounds).
-        return _drive(request, os.urandom(6).hex(), [], None, notify, progress, space.as_json(), checks=space.corners())
-    trials = [Trial(number, parameters) for number, parameters in
-              enumerate(space.trials(request.method, request.max_runs, request.seed), start=1)]
+        return _drive(request, os.urandom(6).hex(), [], None, notify, progress, space.as_json(), search,
+                      checks=space.corners())
+    trials = [Trial(number, parameters) for number, parameters in enumerate(search.planned(), start=1)]
     if not trials:
         raise UsageError("the sweep has no trials", hint="give at least one -P NAME=VALUES")
     if not space.dimensions:
         notify("note: no parameter is swept (every -P has one value): the sweep is one trial")
-    return _drive(request, os.urandom(6).hex(), trials, None, notify, progress, space.as_json())
+    return _drive(request, os.urandom(6).hex(), trials, None, notify, progress, space.as_json(), search)
+
+
+def _search_of(request: SweepRequest, space) -> Search:
+    from runner.sweeps.search import SearchSettings, make_search
+
+    return make_search(request.method, SearchSettings(space, request.max_runs, request.seed, request.metric,
+                                                      request.goal))
 
 
 def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> SweepResult:
@@ -116,14 +126,14 @@ def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> Sw
     try:
         backends.reconcile(ledger)  # runs a dead driver left are ended first
         for trial in record.trials:
-            if trial.status in ("RUNNING", "KILLED", "FAILED") and trial.run_id:
+            if trial.status in (RunStatus.RUNNING, RunStatus.KILLED, RunStatus.FAILED) and trial.run_id:
                 try:
                     run = find_run(ledger, trial.run_id)
                 except UsageError:
                     run = None
                 if run is not None and not run.finished and run.backend in backends.CLUSTER_BACKENDS:
                     following.add(trial.number)  # its job went on without the driver: follow it, not again
-                elif (run is not None and run.status in ("FINISHED", "FAILED") and run.reason != _runner_died()
+                elif (run is not None and run.status in (RunStatus.FINISHED, RunStatus.FAILED) and run.reason != _runner_died()
                       and not _never_started(run)):
                     trial.status, trial.duration = run.status, (run.end_time or run.start_time) - run.start_time
                 else:
@@ -136,8 +146,9 @@ def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> Sw
            f"{len(following)} still running on the cluster, {len(missing)} to run")
     parent = _Parent(record.parent_run_id, parent_row.tracking_run_id)
     space = parse_space(dict(request.parameters or {}))
-    return _drive(request, record.id, record.trials, parent, notify, progress, space.as_json(),
-                  checks=space.corners() if request.method == "optuna" else None, following=following)
+    search = _search_of(request, space)
+    return _drive(request, record.id, record.trials, parent, notify, progress, space.as_json(), search,
+                  checks=space.corners() if search.ADAPTIVE else None, following=following)
 
 
 @dataclass(frozen=True)
@@ -168,7 +179,7 @@ def _never_started(run) -> bool:
     controller that died before saving it): its trial has not run, whatever the row says."""
     from runner import backends
 
-    return run.status == "FAILED" and backends.NEVER_STARTED in (run.reason or "")
+    return run.status == RunStatus.FAILED and backends.NEVER_STARTED in (run.reason or "")
 
 
 def _runner_died() -> str:
@@ -179,7 +190,7 @@ def _runner_died() -> str:
 
 # -- the driver ---------------------------------------------------------------------------
 def _drive(request: SweepRequest, sweep_id: str, trials: list[Trial], parent: _Parent | None,
-           notify: Callable[[str], None], progress, space: dict, checks: list[dict] | None = None,
+           notify: Callable[[str], None], progress, space: dict, search: Search, checks: list[dict] | None = None,
            following: set[int] | None = None) -> SweepResult:
     from runner import api
     from runner.project.params import resolve
@@ -203,10 +214,10 @@ def _drive(request: SweepRequest, sweep_id: str, trials: list[Trial], parent: _P
         manager = plan.env_manager
     finally:
         plan.source.release()
-    if (request.backend or "local") == "local" and (request.method == "optuna" or any(not t.done for t in trials)):
+    if (request.backend or "local") == "local" and (search.ADAPTIVE or any(not t.done for t in trials)):
         # Built once, before the first trial (the trials would otherwise queue on its lock).
         api.prepare_environment(env_uri, version, manager, notify=notify, progress=progress).release()
-    sweep = _Sweep(request, sweep_id, trials, version, manager, notify, cwd)
+    sweep = _Sweep(request, sweep_id, trials, version, manager, notify, cwd, search)
     sweep.following = following or set()
     # Signals are raised only where the driver looks for them (and while the parent's MLflow run
     # is created); while the trials are being stopped and the parent ended, another one
@@ -235,7 +246,7 @@ class _Sweep:
     """One sweep being driven: its parent run, its ledger rows, its trials in flight."""
 
     def __init__(self, request: SweepRequest, sweep_id: str, trials: list[Trial], version: str | None, manager: str,
-                 notify: Callable[[str], None], cwd: Path):
+                 notify: Callable[[str], None], cwd: Path, search: Search):
         self.request, self.id, self.trials, self.version, self.manager = request, sweep_id, trials, version, manager
         self.notify, self.cwd = notify, cwd
         self.interrupted = False
@@ -247,7 +258,7 @@ class _Sweep:
         self._stop = threading.Event()
         self._warned: set[str] = set()
         self.following: set[int] = set()  # resumed: trials whose cluster jobs outlived the last driver
-        self.search = None  # an optuna search, once the trials run
+        self.search = search
         self.result = SweepResult(sweep_id, "", trials, request.metric, request.goal)
         # Until open_parent has made them: no parent run in tracking, no ledger row.
         from runner.tracking.ledger import Ledger
@@ -324,16 +335,16 @@ class _Sweep:
     def close(self) -> None:
         """Rank the trials, record the best on the parent with the table, and end the parent."""
         result = self.result
-        ended = [t for t in self.trials if t.status == "FINISHED"]
+        ended = [t for t in self.trials if t.status == RunStatus.FINISHED]
         ranked = [t for t in ended if t.metric is not None]
         if ranked:
             result.best = (min if self.request.goal == "minimize" else max)(ranked, key=lambda t: float(t.metric or 0.0))  # (ranked: all have one)
         elif self.request.metric and ended:
             result.notes.append(f"note: no trial logged a metric named {self.request.metric!r}")
         if self.interrupted:
-            result.status = "KILLED"
+            result.status = RunStatus.KILLED
         else:
-            result.status = "FINISHED" if all(t.status == "FINISHED" for t in self.trials) else "FAILED"
+            result.status = RunStatus.FINISHED if all(t.status == RunStatus.FINISHED for t in self.trials) else RunStatus.FAILED
         try:
             with self._lock:
                 self._record_best(result)
@@ -348,19 +359,11 @@ class _Sweep:
             except OSError as exc:
                 result.notes.append(f"warning: the sweep's table and plot were not written: {exc}")
             # (An interrupted sweep ran no command of its own to give an exit code.)
-            if self.parent_id:
-                self.ledger.finish(self.parent_id, result.status, None if result.succeeded or self.interrupted else 1,
-                                   None if result.succeeded else _why(self.trials, self.interrupted))
-            self.tracked.finish(result.status, self.notify)
-            if self.tracked.end_recorded and self.parent_id:
-                self.ledger.tracking_ended(self.parent_id)
-            if self.note is not None:  # made in tracking, not in the ledger (a signal in between)
-                from runner.tracking import pending
+            from runner.tracking.ending import end_everywhere
 
-                if self.tracked.end_recorded:
-                    pending.clear(self.note)
-                else:
-                    pending.mark_interrupted(self.note)
+            end_everywhere(self.ledger, self.parent_id, self.tracked, result.status,
+                           None if result.succeeded or self.interrupted else 1,
+                           None if result.succeeded else _why(self.trials, self.interrupted), self.notify, note=self.note)
             self.ledger.close()
             self.log.close()
 
@@ -415,14 +418,15 @@ class _Sweep:
 
         todo = [t for t in self.trials if not t.done]
         workers = self.request.max_parallel or os.cpu_count() or 1
-        self.search = self._search()
-        count = len(todo) if self.search is None else self.search.max_runs - sum(t.done for t in self.trials)
+        if self.search.ADAPTIVE:
+            self.search.open(self.directory, f"sweep-{self.id}")
+        count = self.search.budget() - sum(t.done for t in self.trials) if self.search.ADAPTIVE else len(todo)
         self.say(f"sweep {self.id}: {count} trial(s) to run, {workers} at a time "
                  f"(parent run {self.parent_id}); see it with: mlproject sweep show {self.id}")
 
         queued = self._followed()  # trials whose cluster jobs went on while no driver watched
         fresh = [t for t in todo if t.number not in queued]
-        if self.search is None and len(fresh) > 1 and self._arrays():
+        if not self.search.ADAPTIVE and len(fresh) > 1 and self._arrays():
             # Known in advance: one job array queues them all, at most `workers` running at once.
             queued.update(self._queue_array(fresh, workers))
             workers = len(todo)  # a thread follows each queued task
@@ -462,17 +466,9 @@ class _Sweep:
         for submitted in active:
             submitted.request_cancel()
 
-    def _search(self):
-        if self.request.method != "optuna":
-            return None
-        from runner.sweeps.optuna_search import OptunaSearch
-
-        return OptunaSearch(parse_space(dict(self.request.parameters or {})), self.directory, f"sweep-{self.id}",
-                            self.request.goal, self.request.seed, self.request.max_runs or 10)
-
     def _proposed(self) -> Trial | None:
-        """The search's next trial (optuna), checked and recorded; None when it has no more."""
-        if self.search is None:
+        """The search's next trial (an adaptive search's), recorded; None when it has no more."""
+        if not self.search.ADAPTIVE:
             return None
         with self._lock:  # (the count and the ask at once: two trial threads ask at the same time)
             trial = self.search.ask(len(self.trials))
@@ -516,7 +512,7 @@ class _Sweep:
         handles = api.submit_array([self._run_request(trial) for trial in todo], notify=self._quiet, throttle=throttle)
         with self._lock:
             for trial, handle in zip(todo, handles):
-                trial.run_id, trial.status = handle.run_id, "RUNNING"
+                trial.run_id, trial.status = handle.run_id, RunStatus.RUNNING
                 self._active[trial.number] = handle
                 self.store.update(self.id, trial)
         self.say(f"sweep {self.id}: {len(todo)} trials queued as {self.request.backend} job array "
@@ -532,7 +528,7 @@ class _Sweep:
                 queued.wait()
                 trial.status = queued.get_status()
             except RunnerError as exc:
-                trial.status = "FAILED"
+                trial.status = RunStatus.FAILED
                 self.say(f"trial {trial.number}: {exc.message}")
             self._finish(trial, started)
             return
@@ -543,7 +539,7 @@ class _Sweep:
         def submitted_now(submitted) -> None:
             with self._lock:
                 self._active[trial.number] = submitted
-                trial.run_id, trial.status = submitted.run_id, "RUNNING"
+                trial.run_id, trial.status = submitted.run_id, RunStatus.RUNNING
                 self.store.update(self.id, trial)
             if self._stop.is_set():
                 submitted.request_cancel()
@@ -553,7 +549,7 @@ class _Sweep:
             submitted.wait()
             trial.status = submitted.get_status()
         except RunnerError as exc:  # e.g. its environment did not build: the sweep goes on
-            trial.status = "KILLED" if self._stop.is_set() else "FAILED"
+            trial.status = RunStatus.KILLED if self._stop.is_set() else RunStatus.FAILED
             self.say(f"trial {trial.number}: {exc.message}")
         self._finish(trial, started)
 
@@ -563,19 +559,18 @@ class _Sweep:
         trial.duration = time.monotonic() - started
         with self._lock:
             self._active.pop(trial.number, None)
-            if trial.status == "FINISHED" and request.metric and trial.run_id:
+            if trial.status == RunStatus.FINISHED and request.metric and trial.run_id:
                 trial.metric = self._metric(trial.run_id)
             self.store.update(self.id, trial)
-            failures = sum(t.status == "FAILED" for t in self.trials)
+            failures = sum(t.status == RunStatus.FAILED for t in self.trials)
         self._report(trial)
-        if self.search is not None:
-            self.search.tell(trial)
+        self.search.tell(trial)
         if request.max_failures is not None and failures > request.max_failures and not self._stop.is_set():
             self._stop.set()
             self.say(f"sweep {self.id}: {failures} trials failed (--max-failures {request.max_failures}); "
                      "no more trials are started")
             with self._lock:  # an array's tasks still in the queue are not started either
-                waiting = [h for h in self._active.values() if h.get_status() == "SCHEDULED"]
+                waiting = [h for h in self._active.values() if h.get_status() == RunStatus.SCHEDULED]
             for handle in waiting:
                 handle.request_cancel()
 
@@ -593,9 +588,9 @@ class _Sweep:
     def _report(self, trial: Trial) -> None:
         from runner.progress import human_duration
 
-        done = sum(t.status not in ("PENDING", "RUNNING") for t in self.trials)
-        # Optuna's trials are asked for one by one: out of the runs it will make, not those asked so far.
-        total = len(self.trials) if self.search is None else max(self.search.max_runs, len(self.trials))
+        done = sum(t.status not in ("PENDING", RunStatus.RUNNING) for t in self.trials)
+        # An adaptive search's trials are asked for one by one: out of the runs it will make, not those asked so far.
+        total = max(self.search.budget(), len(self.trials)) if self.search.ADAPTIVE else len(self.trials)
         metric = f"  {self.request.metric}={trial.metric:g}" if trial.metric is not None else ""
         self.say(f"trial {trial.number} ({done}/{total}) {trial.status} in "
                  f"{human_duration(trial.duration or 0)}: {_shown(trial.parameters)}{metric}  (run {trial.run_id})")
@@ -684,7 +679,7 @@ def _safe(name: str) -> str:
 def _why(trials: list[Trial], interrupted: bool) -> str:
     if interrupted:
         return "the sweep was interrupted"
-    failed = sum(t.status != "FINISHED" for t in trials)
+    failed = sum(t.status != RunStatus.FINISHED for t in trials)
     return f"{failed} of {len(trials)} trial(s) did not finish"
 
 

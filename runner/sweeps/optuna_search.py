@@ -11,29 +11,49 @@ import threading
 from pathlib import Path
 
 from runner.errors import NotAvailableError, UsageError
-from runner.sweeps.space import Space
+from runner.status import RunStatus
+from runner.sweeps.search import SearchSettings
 from runner.sweeps.state import Trial
 
 
 class OptunaSearch:
-    def __init__(self, space: Space, directory: Path, study_name: str, goal: str, seed: int | None, max_runs: int):
+    """An adaptive search (runner.sweeps.search): Optuna's TPE sampler, asked and told."""
+
+    ADAPTIVE = True
+
+    def __init__(self, settings: SearchSettings):
+        if not settings.metric:
+            raise UsageError("--method optuna needs --metric: the value it minimizes or maximizes",
+                             hint="for example --metric rmse --goal minimize", python_hint='for example metric="rmse"')
         try:
             import optuna
         except ImportError:
             raise NotAvailableError("--method optuna needs Optuna, which is not installed",
                                     hint="pip install 'mlproject-runner[optuna]'") from None
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self._optuna = optuna
+        self.settings = settings
+        self.space = settings.space
+        self.max_runs = settings.max_runs or 10
+        self._lock = threading.Lock()  # ask and tell from the trial threads
+        self.study = None
+
+    def planned(self) -> list[dict[str, str]]:
+        return []
+
+    def budget(self) -> int:
+        return self.max_runs
+
+    def open(self, directory: Path, study_name: str) -> None:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        self._optuna = optuna
-        self.space = space
-        self.max_runs = max_runs
-        self._lock = threading.Lock()  # ask and tell from the trial threads
+        optuna, settings = self._optuna, self.settings
         storage = JournalStorage(JournalFileBackend(str(directory / "optuna.log")))
+        sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=_startup(self.max_runs))
         self.study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
-                                         direction="minimize" if goal == "minimize" else "maximize",
-                                         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=_startup(max_runs)))
+                                         direction="minimize" if settings.goal == "minimize" else "maximize",
+                                         sampler=sampler)
 
     def ask(self, known: int) -> Trial | None:
         """The next trial Optuna proposes; None once the sweep has max_runs trials (`known`: how
@@ -42,6 +62,7 @@ class OptunaSearch:
         with self._lock:
             if known >= self.max_runs:
                 return None
+            assert self.study is not None, "open() first"
             proposed = self.study.ask()
             parameters = dict(self.space.fixed)
             for dimension in self.space.dimensions:
@@ -60,21 +81,17 @@ class OptunaSearch:
 
     def tell(self, trial: Trial) -> None:
         state = self._optuna.trial.TrialState
+        if self.study is None:
+            return
         with self._lock:
             try:
-                if trial.status == "FINISHED" and trial.metric is not None:
+                if trial.status == RunStatus.FINISHED and trial.metric is not None:
                     self.study.tell(trial.number - 1, trial.metric)
-                elif trial.status in ("FINISHED", "FAILED"):
+                elif trial.status in (RunStatus.FINISHED, RunStatus.FAILED):
                     self.study.tell(trial.number - 1, state=state.FAIL)
                 # A KILLED trial stays open: resumed, it runs again and is told then.
             except (ValueError, RuntimeError):  # told already (a resumed trial's earlier end)
                 pass
-
-
-def check(metric: str | None) -> None:
-    if not metric:
-        raise UsageError("--method optuna needs --metric: the value it minimizes or maximizes",
-                         hint="for example --metric rmse --goal minimize", python_hint='for example metric="rmse"')
 
 
 def _startup(max_runs: int) -> int:

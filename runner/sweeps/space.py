@@ -1,4 +1,4 @@
-"""A sweep's parameter space: what `-P name=SPEC` means, and the trials a method draws from it.
+"""A sweep's parameter space: what `-P name=SPEC` means (the searches of runner.sweeps.search draw from it).
 
     -P alpha=0.1,0.5,1.0            a list (`\\,` is a literal comma)
     -P l1=range(0,1,0.25)           start, stop (excluded), step: 0, 0.25, 0.5, 0.75
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from runner.errors import UsageError
 
-METHODS = ("grid", "random", "optuna")
 _CALL = re.compile(r"^\s*(range|choice|uniform|loguniform|int)\s*\((.*)\)\s*$", re.S)
 
 
@@ -75,26 +74,6 @@ class Space:
                 ends.append([low, high])
         count = max([len(e) for e in ends] or [1])
         return [{**fixed, **{d.name: e[i % len(e)] for d, e in zip(self.dimensions, ends)}} for i in range(count)]
-
-    def trials(self, method: str, max_runs: int | None, seed: int | None) -> list[dict[str, str]]:
-        """Every trial's parameters, in order: the grid's points (first dimension slowest), or
-        `max_runs` draws of a generator seeded with `seed` (the same seed, the same trials)."""
-        fixed = dict(self.fixed)
-        if method == "grid":
-            continuous = [d.name for d in self.dimensions if not d.finite]
-            if continuous:
-                raise UsageError(f"a grid needs finite values, and {', '.join(continuous)} is a continuous range",
-                                 hint="use --method random (with --max-runs), or give a list or range(...)",
-                                 python_hint='use method="random" (with max_runs=), or give a list or range(...)')
-            points: list[dict[str, str]] = [{}]
-            for dimension in self.dimensions:
-                points = [{**point, dimension.name: value} for point in points for value in dimension.values or ()]
-            points = points[:max_runs] if max_runs else points
-            return [{**fixed, **point} for point in points]
-        if method == "random":
-            rng = random.Random(seed)
-            return [{**fixed, **{d.name: d.draw(rng) for d in self.dimensions}} for _ in range(max_runs or 10)]
-        raise UsageError(f"unknown sweep method {method!r}", hint=f"choose one of: {', '.join(METHODS)}")
 
 
 def parse_space(assignments: dict[str, str]) -> Space:

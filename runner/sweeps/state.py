@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from runner.status import RunStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from runner.tracking.ledger import Ledger
 
-DONE = ("FINISHED", "FAILED")  # a trial that ended on its own is never run again
+DONE = (RunStatus.FINISHED, RunStatus.FAILED)  # a trial that ended on its own is never run again
 
 
 @dataclass

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from runner import home
 from runner.processes import process_is, start_ticks
+from runner.status import RunStatus
 
 SCHEMA_VERSION = 3
-UNFINISHED = ("SCHEDULED", "RUNNING")
 _COLUMNS = (
     "id", "tracking_run_id", "tracking_uri", "project_uri", "project_dir", "git_commit", "entry_point",
     "parameters", "env_manager", "env_key", "command", "status", "exit_code", "reason", "start_time",
@@ -48,7 +48,7 @@ class RunRecord:
     tracking_run_id: str | None = None
     tracking_uri: str | None = None
     git_commit: str | None = None
-    status: str = "RUNNING"
+    status: str = RunStatus.RUNNING
     exit_code: int | None = None
     reason: str | None = None
     start_time: float = 0.0
@@ -63,7 +63,7 @@ class RunRecord:
 
     @property
     def finished(self) -> bool:
-        return self.status not in UNFINISHED
+        return RunStatus(self.status).is_terminal()
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in _COLUMNS}

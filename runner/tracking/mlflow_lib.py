@@ -8,6 +8,7 @@ from pathlib import Path
 from runner.errors import TrackingError
 from runner.tracking import RunContext, StartRequest, redact
 from runner.tracking.common import experiment_choice, now_ms, refuse_changed_params, tag_filter
+from runner.status import RunStatus
 
 
 @contextlib.contextmanager
@@ -127,7 +128,7 @@ class LibraryTracker:
                     return []
                 chosen = found.experiment_id
             runs = client.search_runs([str(chosen)], filter_string=tag_filter(key, value))
-            return [run.info.run_id for run in runs if run.info.status == "RUNNING"]
+            return [run.info.run_id for run in runs if run.info.status == RunStatus.RUNNING]
 
         return self._call("searching runs", search)
 

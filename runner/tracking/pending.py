@@ -21,6 +21,7 @@ from pathlib import Path
 from runner import home
 from runner.tracking import ATTEMPT_TAG, redact, tracker_for
 from runner.processes import process_is, start_ticks
+from runner.status import RunStatus
 
 # A note whose tracking store stays unreachable this long is given up on.
 _GIVE_UP_SECONDS = 7 * 24 * 3600
@@ -60,7 +61,7 @@ def mark_interrupted(path: Path | None) -> None:
         return
     try:
         data = json.loads(path.read_text())
-        data["status"] = "KILLED"
+        data["status"] = RunStatus.KILLED
         home.save_json(path, data)
     except (OSError, ValueError):  # (a full disk: the run ends FAILED, as for a runner that died)
         pass
@@ -107,7 +108,7 @@ def reconcile() -> list[str]:
             run_ids = [data["run_id"]] if data.get("run_id") else tracker.find_running(
                 data.get("experiment_name"), data.get("experiment_id"), ATTEMPT_TAG, data["attempt"])
             for run_id in run_ids:
-                tracker.end(run_id, "KILLED" if data.get("status") == "KILLED" else "FAILED")
+                tracker.end(run_id, RunStatus.KILLED if data.get("status") == RunStatus.KILLED else RunStatus.FAILED)
         except (TrackingError, KeyError):
             if age < _GIVE_UP_SECONDS:
                 continue

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from runner.errors import TrackingError
 from runner.tracking import ATTEMPT_TAG, RunContext, StartRequest, redact
 from runner.tracking.common import experiment_choice, now_ms, refuse_changed_params, retry, tag_filter
+from runner.status import RunStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ class RestTracker:
             info = run["info"]
             existing = {p["key"]: p.get("value", "") for p in run.get("data", {}).get("params", [])}
             refuse_changed_params(info["run_id"], existing, request.params)
-            self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": info["run_id"], "status": "RUNNING"})
+            self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": info["run_id"], "status": RunStatus.RUNNING})
             return lambda: self._context(info)
         experiment_id = self._experiment_id(request.experiment_name, request.experiment_id)
         body = {"experiment_id": experiment_id, "start_time": now_ms(),
@@ -267,7 +268,7 @@ class RestTracker:
                 return []
         answer = self._call("POST", "/api/2.0/mlflow/runs/search", {
             "experiment_ids": [experiment_id], "filter": tag_filter(key, value), "max_results": 50})
-        return [run["info"]["run_id"] for run in answer.get("runs", []) if run["info"].get("status") == "RUNNING"]
+        return [run["info"]["run_id"] for run in answer.get("runs", []) if run["info"].get("status") == RunStatus.RUNNING]
 
     def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
         # The caller retries the end as a whole (any failure, for its own budget).

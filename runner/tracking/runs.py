@@ -11,6 +11,7 @@ from runner.errors import UsageError
 from runner.launch import group_alive, group_members, stop_run_processes
 from runner.processes import process_is
 from runner.tracking.ledger import Ledger, RunRecord
+from runner.status import RunStatus
 
 RUNNER_DIED = "the runner process ended without recording an outcome (killed?)"
 
@@ -42,8 +43,8 @@ def reconcile(ledger: Ledger) -> list[RunRecord]:
     ended = []
     for record in ledger.orphans():
         _stop_what_is_left(record, 2.0)
-        ledger.finish(record.id, "FAILED", record.exit_code, RUNNER_DIED)
-        record.status, record.reason = "FAILED", RUNNER_DIED
+        ledger.finish(record.id, RunStatus.FAILED, record.exit_code, RUNNER_DIED)
+        record.status, record.reason = RunStatus.FAILED, RUNNER_DIED
         ended.append(record)
     unreachable: set[str | None] = set()  # one failed attempt per store and invocation is enough
     for record in ledger.not_ended_in_tracking():
@@ -59,7 +60,7 @@ def reconcile(ledger: Ledger) -> list[RunRecord]:
     return ended
 
 
-def end_in_tracking(tracking_run_id: str | None, tracking_uri: str | None, status: str = "FAILED",
+def end_in_tracking(tracking_run_id: str | None, tracking_uri: str | None, status: str = RunStatus.FAILED,
                     log_path: str | None = None) -> bool:
     """End a run whose runner is gone in MLflow, once, quickly, with the artifacts its run
     directory (that of `log_path`) lists as undelivered; False if the store could not be reached."""
@@ -165,19 +166,19 @@ def _local_time(epoch: float) -> str:
 def cancel(ledger: Ledger, run_id: str, wait: float = 30.0) -> RunRecord:
     """Stop a run started by another `mlproject` process (detached or in another terminal)."""
     record = find(ledger, run_id)
-    if record.status != "RUNNING":
+    if record.status != RunStatus.RUNNING:
         raise UsageError(f"run {record.id} is not running (status {record.status})")
     if process_is(record.runner_pid, record.runner_start):
         os.kill(record.runner_pid, signal.SIGTERM)  # the runner stops its group and records KILLED
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             current = find(ledger, record.id)
-            if current.status != "RUNNING":
+            if current.status != RunStatus.RUNNING:
                 return current
             time.sleep(0.1)
         raise UsageError(f"run {record.id} did not stop within {wait:.0f} s")
     _stop_what_is_left(record, 5.0)
-    ledger.finish(record.id, "KILLED", record.exit_code, "cancelled after its runner had gone")
+    ledger.finish(record.id, RunStatus.KILLED, record.exit_code, "cancelled after its runner had gone")
     return find(ledger, record.id)
 
 

@@ -1,0 +1,173 @@
+"""The node-job contract of every cluster backend: the request its submitter writes, and the
+node side that carries it out.
+
+A cluster backend's job runs the runner itself (`python -m runner job FILE`, or `--from-env`
+where the scheduler passes no files: Ray). The submitter builds one `JobRequest` from the
+prepared run (`JobRequest.of`), whichever backend it is; the runner inside the job reads it
+back (`JobRequest.load`) and carries it out as a local run of the ledger row its submitter
+wrote (`RunRequest.job_of`), continuing the tracked run its submitter created.
+
+A recorded lock (a rerun's) travels inside the request, so a node that shares no file with the
+submit host (Ray) installs exactly it too.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from runner.backends.base import ClusterBackend
+    from runner.request import PreparedRun, RunRequest
+
+# Where a scheduler that passes no files hands the request to the job (Ray: the job's environment).
+REQUEST_VARIABLE = "MLPROJECT_JOB_REQUEST"
+REQUEST_FILE = "job.json"  # in the run's directory on the submit host (a shared file system: Slurm)
+
+
+@dataclass(frozen=True)
+class JobOf:
+    """Carried by the request of a runner inside a cluster job: which backend, which ledger row."""
+
+    backend: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class RecordedLock:
+    """A lock file's name and text, carried to the node (it may not see the submitter's files)."""
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What the runner inside a job carries out. Parameters are as given: the node resolves them
+    from the caller's directory (`cwd`), as the submit host did, where it sees that directory."""
+
+    uri: str  # the project as the node fetches it: a cached git URL, or a staged copy
+    version: str | None
+    entry_point: str
+    parameters: dict[str, Any]
+    env_manager: str
+    job_of: JobOf
+    run_id: str | None = None  # the tracked run the job continues
+    docker_args: dict[str, Any] = field(default_factory=dict)
+    build_image: bool = False
+    locked: bool = False
+    lock: RecordedLock | None = None  # install exactly this lock (a rerun)
+    storage_dir: str | None = None
+    cwd: str | None = None
+
+    @classmethod
+    def of(cls, state: PreparedRun, backend: str, run_id: str, uri: str, version: str | None = None,
+           cwd: str | None = None) -> JobRequest:
+        """The request for the job of ledger row `run_id`, from the prepared run on the submit host."""
+        request = state.request
+        lock = None
+        if request.lock_file:
+            path = Path(request.lock_file)
+            lock = RecordedLock(path.name, path.read_text(encoding="utf-8"))
+        return cls(
+            uri=uri, version=version, entry_point=request.entry_point, parameters=dict(request.parameters or {}),
+            env_manager=state.plan.env_manager, job_of=JobOf(backend, run_id), run_id=state.tracked.run_id,
+            docker_args=dict(request.docker_args or {}), build_image=request.build_image, locked=request.locked,
+            lock=lock, storage_dir=request.storage_dir, cwd=cwd,
+        )
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(asdict(self), indent=indent, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobRequest:
+        fields = json.loads(text)
+        fields["job_of"] = JobOf(**fields["job_of"])
+        if fields.get("lock") is not None:
+            fields["lock"] = RecordedLock(**fields["lock"])
+        return cls(**fields)
+
+    @classmethod
+    def load(cls, request_file: str | None, from_env: bool) -> JobRequest:
+        """The request of this job: from the environment (popped: not passed on to the command),
+        or from its file (a job array's manifest names one per task)."""
+        from runner.errors import LaunchError, UsageError
+
+        if from_env:
+            return cls.from_json(os.environ.pop(REQUEST_VARIABLE))
+        if request_file is None:
+            raise UsageError("give the request file, or --from-env")
+        if not os.path.isfile(request_file):  # written by the submitter: this node does not see its files
+            raise LaunchError(f"the job's request {request_file} is not on this node ({os.uname().nodename})",
+                              hint="the nodes must share MLPROJECT_HOME (or the backend config's mlproject_home) "
+                                   "with the submit host")
+        if request_file.endswith(".manifest"):  # a job array: task N runs the request on line N
+            with open(request_file, encoding="utf-8") as handle:
+                request_file = handle.read().splitlines()[int(os.environ["SLURM_ARRAY_TASK_ID"])]
+        with open(request_file, encoding="utf-8") as handle:
+            return cls.from_json(handle.read())
+
+    def run_request(self) -> RunRequest:
+        """The local run this node carries out (never synchronous: the job's runner follows it)."""
+        from runner import home
+        from runner.request import RunRequest
+
+        lock_file = None
+        if self.lock is not None:  # this node's copy, in the run's own directory here
+            copy = home.subdir("runs") / self.job_of.run_id / "requested-lock" / self.lock.name
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_text(self.lock.text, encoding="utf-8")
+            lock_file = str(copy)
+        return RunRequest(
+            self.uri, entry_point=self.entry_point, version=self.version, parameters=self.parameters,
+            docker_args=self.docker_args, storage_dir=self.storage_dir, synchronous=False, run_id=self.run_id,
+            env_manager=self.env_manager, build_image=self.build_image, cwd=self.cwd, locked=self.locked,
+            job_of=self.job_of, lock_file=lock_file,
+        )
+
+
+# -- the node side: the runner inside the job, taking its row over ---------------------------------
+def backend_of(job_of: JobOf) -> ClusterBackend:
+    from runner import backends
+
+    return backends.cluster_backend(job_of.backend)
+
+
+def take_over(state: PreparedRun, run_id: str, log_path: Path) -> None:
+    """The runner inside the job takes over the ledger row its submitter wrote (SCHEDULED →
+    RUNNING), or writes its own where the node keeps its own ledger (Ray). A row that already
+    ended (cancelled while queued; or a second launch of a job that ran, as Slurm does after its
+    controller restarts) is not run again: its tracked run gets its recorded end back."""
+    from runner.errors import LaunchError
+
+    job_of, ledger, tracked = state.request.job_of, state.ledger, state.tracked
+    assert job_of is not None
+    if ledger.take_over(run_id) is not None:
+        return
+    if not ledger.get(run_id) and not backend_of(job_of).SHARED_LEDGER:
+        ledger.start(state.ledger_record(run_id, log_path, backend=job_of.backend))  # this node's own record
+        return
+    ended = ledger.get(run_id)
+    try:
+        if ended:  # (continuing the tracked run set it RUNNING again)
+            tracked.finish(ended[0].status, state.notify)
+    finally:
+        tracked.ended = True
+        ledger.close()
+    raise LaunchError(f"run {run_id} was ended before its job started (cancelled?)",
+                      hint=f"see `mlproject runs show {run_id}`")
+
+
+def cluster_verdict(job_of: JobOf, status: str, reason: str | None) -> tuple[str, str | None]:
+    """Whatever the command's own exit said: was the job being taken down by its cluster (its time
+    limit: FAILED; a cancel: KILLED)? A scheduler signals every process of the job, so the command
+    may end (even with 0) before this runner hears of it."""
+    try:
+        verdict = backend_of(job_of).stopped_by_cluster()
+    except Exception:  # noqa: BLE001 - the signal's own account stands
+        return status, reason
+    return verdict or (status, reason)

@@ -1,0 +1,93 @@
+"""The `mlproject` group: every command module's commands, in the order of the README's tour,
+and `main`, which turns every failure into one `error:` line, one `hint:` line and the
+documented exit code: our own errors (RunnerError) with theirs, click's usage errors with 2."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from runner import startup
+from runner.cli import cache, env, project, run, runs, sweep
+from runner.cli.common import Group, print_error, say
+from runner.errors import EXIT_USAGE, RunnerError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Sequence
+
+
+def _version_message() -> str:
+    from runner.version import __version__
+
+    return f"mlproject-runner {__version__}"
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]},
+             help="Run MLflow projects, fast and exactly.")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, help="show the version and exit",
+              callback=lambda ctx, _param, value: (click.echo(_version_message()), ctx.exit()) if value else None)
+def cli() -> None:
+    pass
+
+
+for command in (run.run, run.job, sweep.sweep, project.validate, env.env, runs.runs, cache.cache, run.rerun,
+                project.lock):
+    cli.add_command(command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    startup.release()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args and "_MLPROJECT_COMPLETE" not in os.environ:  # the shell asking for completions
+        with click.Context(cli, info_name="mlproject", help_option_names=["-h", "--help"]) as ctx:
+            sys.stderr.write(cli.get_help(ctx) + "\n")
+        return EXIT_USAGE
+    result: Any = None
+    try:
+        result = cli.main(args, prog_name="mlproject", standalone_mode=False)
+        # The work is done and recorded: a signal now could only kill the process in its last
+        # milliseconds (Python restores the default handlers as it shuts down) and lose its exit code.
+        startup.ignore()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`mlproject runs list | head -1`): what it did not read is dropped
+        # quietly, and Python's own flush at exit must not complain either. A run's exit code
+        # stays its command's.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return result if isinstance(result, int) else 0
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "mlproject"
+        print_error(exc.format_message(), f"see `{command} --help`")
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        print_error(exc.format_message(), "see `mlproject --help`")
+        return exc.exit_code
+    except click.Abort:  # (Ctrl-C before a command's own handlers: nothing was started)
+        startup.ignore()  # (a second one must not turn the exit code into a death by signal)
+        say("aborted")
+        return 130
+    except RunnerError as exc:
+        if "--debug" in args:
+            import traceback
+
+            traceback.print_exc()
+        print_error(exc.message, exc.hint, exc.details)
+        return exc.exit_code
+    except Exception as exc:  # a full disk is the machine's state, not a bug: one line, as for any error
+        if not _out_of_space(exc) or "--debug" in args:
+            raise
+        print_error(f"no space left on the device: {exc}",
+                    "free space where MLPROJECT_HOME and the tracking store are; the next mlproject command "
+                    "ends in the ledger and in tracking whatever this one could not")
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    import errno
+
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "database or disk is full" in str(exc)  # (sqlite3's own words)
