@@ -437,7 +437,7 @@ def lock(
 ) -> Path:
     """Lock a local project's environment for each platform: conda-lock.yml next to its
     conda.yaml, or a PEP 751 pylock.toml next to its python_env.yaml."""
-    from runner.envs.conda.contents import platform_name
+    from runner.platforms import platform_name
 
     source = fetch(uri, None, Path.cwd(), notify=notify, progress=progress)
     try:

@@ -6,7 +6,7 @@ when the caller exits. Ours is watched by a runner thread (the tee of its output
 of its end, the leases on its environment and source): in the caller's process it would die
 with the caller and leave the run RUNNING. So the keeper, started in a session of its own,
 carries out the request itself (the same pipeline as `mlproject run`) and keeps the run to its
-end. The caller waits only until the command has started, or the run failed before it, with
+end (its side: runner.keeper_process). The caller waits only until the command has started, or the run failed before it, with
 the keeper's notes and errors passed back over a pipe as if the pipeline had run in the caller;
 then it follows the run through the ledger, as `runner.attach` does from any process:
 `wait()`, `get_status()` and `cancel()` work from the caller and from any later process.
@@ -21,11 +21,6 @@ line. Ctrl-C in the caller's terminal stops the run only while the caller waits 
 """
 from __future__ import annotations
 
-if __name__ == "__main__":  # (a keeper starting: see runner.startup)
-    from runner import startup
-
-    startup.hold()
-
 import json
 import os
 import signal
@@ -37,7 +32,6 @@ from dataclasses import asdict, replace
 from runner.errors import LaunchError, RunnerError
 from runner.launch import RUN_MARKER
 from runner.startup import INTERRUPT_SIGNALS
-from runner.status import RunStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -68,7 +62,7 @@ def hand_over(request: RunRequest, notify: Callable[[str], None], progress: Call
     status_read, status_write = os.pipe()
     try:
         keeper = subprocess.Popen(
-            [sys.executable, "-m", "runner.keeper"], stdin=subprocess.PIPE, pass_fds=(status_write,),
+            [sys.executable, "-m", "runner.keeper_process"], stdin=subprocess.PIPE, pass_fds=(status_write,),
             # Not marked as a process of the caller's own run (a workflow's step): an asynchronous
             # run outlives its caller, and is a run of its own (see runner.launch.RUN_MARKER).
             env={**{k: v for k, v in os.environ.items() if k != RUN_MARKER}, STATUS_FD_VARIABLE: str(status_write)},
@@ -168,80 +162,3 @@ def _follow(ledger_id: str, on_submitted) -> ClusterRun:
     if on_submitted is not None:
         on_submitted(followed)
     return followed
-
-
-# -- the keeper ----------------------------------------------------------------------------
-class _Interrupted(BaseException):
-    pass
-
-
-def main() -> int:
-    from runner import api
-    from runner.request import RunRequest
-
-    from runner import startup
-
-    status = os.fdopen(int(os.environ.pop(STATUS_FD_VARIABLE)), "w", buffering=1)
-    request = RunRequest(**json.loads(sys.stdin.buffer.read()))
-    sys.stdin.close()
-    active: list = []
-    abandoning: list[int] = []
-
-    def tell(kind: str, value) -> None:
-        if not status.closed:
-            try:
-                status.write(json.dumps({kind: value}) + "\n")
-                return
-            except OSError:  # the caller is gone
-                pass
-        _say(value if isinstance(value, str) else "")
-
-    def on_signal(signum: int, _frame) -> None:
-        if active and active[0].launching:
-            active[0].request_cancel(signum)  # `runs cancel`, a caller's cancel(): the run ends KILLED
-        elif not abandoning:
-            abandoning.append(signum)
-            raise _Interrupted()  # still preparing: the pipeline ends the run KILLED
-        # (else: the preparation is being abandoned; another signal would cut its cleanup short)
-
-    startup.release()
-    for signum in INTERRUPT_SIGNALS:
-        signal.signal(signum, on_signal)
-    try:
-        submitted = api.submit(request, notify=lambda text: tell("note", text),
-                               progress=lambda label: tell("progress", label), on_submitted=active.append)
-    except RunnerError as exc:
-        tell("error", {"type": type(exc).__name__, **{k: v for k, v in vars(exc).items() if _plain(v)}})
-        return exc.exit_code
-    except _Interrupted:
-        startup.ignore()  # the run is ended: nothing more to stop while it says so
-        tell("error", {"type": "LaunchError", "message": "interrupted before the run's command started",
-                       "hint": f"run {active[0].run_id} was recorded KILLED" if active else "no run was created"})
-        return 128 + abandoning[0]
-    except Exception as exc:  # noqa: BLE001 - the caller gets it as one error, not a dead pipe
-        tell("error", {"type": "RunnerError", "message": f"{exc.__class__.__name__}: {exc}"})
-        return 1
-    tell("started", submitted.ledger_id)
-    status.close()
-    while not submitted.done:
-        submitted.wait(0.5)
-    if submitted.end_error:  # (a later command records the run: see runner.cli)
-        _say(f"error: run {submitted.run_id}: its end could not be recorded: {submitted.end_error}")
-        return 1
-    return 0 if submitted.get_status() == RunStatus.FINISHED else submitted.exit_code or 1
-
-
-def _plain(value) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool, list))
-
-
-def _say(text: str) -> None:
-    """A note after the caller stopped listening: to the stderr it left us, if still there."""
-    try:
-        os.write(2, f"{text}\n".encode())
-    except OSError:
-        pass
-
-
-if __name__ == "__main__":
-    sys.exit(main())

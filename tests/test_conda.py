@@ -294,7 +294,7 @@ def test_lock_for_several_platforms(cli, channel, make_project):
 @pytest.fixture(scope="module")
 def conda_lock_tool(tmp_path_factory) -> Path:
     """The PyPI conda-lock package in a virtualenv of its own (it pulls ~60 packages: not ours to carry)."""
-    from runner.envs.python.uv import uv_binary
+    from runner.envs.uvtool import uv_binary
 
     venv = tmp_path_factory.mktemp("conda-lock") / "venv"
     subprocess.run([uv_binary(), "venv", "-q", "--python", sys.executable, str(venv)], check=True)

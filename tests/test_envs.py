@@ -168,7 +168,7 @@ def test_virtualenv_manager(make_project, cli, mlproject_home):
 
 
 def test_uv_lock_project_uses_uv_sync(make_project, cli, mlproject_home):
-    from runner.envs.python.uv import uv_binary
+    from runner.envs.uvtool import uv_binary
 
     root = make_project(
         "entry_points:\n  main:\n    command: \"python -c 'import six; print(six.__version__)'\"\n",
@@ -316,7 +316,7 @@ def test_env_list_sizes_add_up_to_du(make_project, cli, mlproject_home):
     envs = [row.path for row in rows]
     du = subprocess.run(["du", "-s", "-B1", *map(str, envs)], capture_output=True, text=True, check=True).stdout
     by_du = {line.split("\t")[1]: int(line.split("\t")[0]) for line in du.splitlines()}
-    from runner.envs.store import disk_usage
+    from runner.store import disk_usage
 
     ours = disk_usage(envs)
     for env, size in zip(envs, ours):

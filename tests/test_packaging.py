@@ -11,7 +11,7 @@ from conftest import REPO
 
 
 def test_wheel_ships_schemas_and_runs_installed(tmp_path, make_project):
-    from runner.envs.python.uv import uv_binary
+    from runner.envs.uvtool import uv_binary
 
     uv = uv_binary()
     out = tmp_path / "dist"

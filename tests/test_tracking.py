@@ -396,7 +396,7 @@ def test_server_down_at_the_end_is_retried(make_project, cli, tmp_path, _work_in
 def test_without_mlflow_installed_runs_untracked_and_says_so(make_project, tmp_path, _work_in_tmp):
     """A runner whose Python has no mlflow: nothing asked -> ledger only and one line; asked -> exit 2."""
     from conftest import REPO
-    from runner.envs.python.uv import uv_binary
+    from runner.envs.uvtool import uv_binary
 
     venv = tmp_path / "bare-venv"
     subprocess.run([uv_binary(), "venv", "-q", "-p", sys.executable, str(venv)], check=True)

@@ -186,7 +186,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
 def _keep_environment_lock(manager: EnvManager, prefix: Path, run_dir: Path) -> list[tuple[Path, str]]:
     """The environment's own lock (what it holds, in its manager's lock form), kept in the
     run's directory too: the environment may be removed before a rerun wants it."""
-    from runner.envs.store import META_DIR
+    from runner.store import META_DIR
 
     if manager.LOCK_NAME is None:
         return []

@@ -109,7 +109,7 @@ def gc(root: Path, older_than: float, dry_run: bool = False) -> StagingGcResult:
     import time
 
     from runner.backends import reconcile
-    from runner.envs.store import disk_usage
+    from runner.store import disk_usage
     from runner.tracking.ledger import Ledger
 
     ledger = Ledger()

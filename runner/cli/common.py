@@ -108,7 +108,7 @@ def complete_run_ids(ctx, param, incomplete: str) -> list[str]:
 
 def complete_env_keys(ctx, param, incomplete: str) -> list[str]:
     try:
-        from runner.envs.store import Store
+        from runner.store import Store
 
         return [env.key for env in Store().list() if env.key.startswith(incomplete)]
     except Exception:  # noqa: BLE001

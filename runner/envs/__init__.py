@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
     from runner.envs.base import EnvManager
-    from runner.envs.store import Lease
+    from runner.store import Lease
     from runner.project.spec import Project
 
 
@@ -197,7 +197,7 @@ def resolve_before_run(planned: Planned, progress: Callable[[str], None] | None 
     does so now, before a run exists; an environment already built needs nothing."""
     if planned.plan is None:
         return
-    from runner.envs.store import Store
+    from runner.store import Store
 
     store = Store()
     if not store.is_complete(store.path_of(planned.manager, planned.plan.key)):
@@ -216,7 +216,7 @@ def existing(planned: Planned) -> Prepared | None:
     module, plan = planned.module, planned.plan
     if plan is None:  # (nothing built: the current environment, as `local` is)
         return Prepared(Environment(planned.manager))
-    from runner.envs.store import Store
+    from runner.store import Store
 
     found = Store().lookup(planned.manager, plan.key)
     return Prepared(module.activate(plan, found[0]), found[1], plan) if found else None
@@ -229,7 +229,7 @@ def realize(planned: Planned, progress: Callable[[str], None] | None = None) -> 
         return ready
     module, plan, manager_name = planned.module, planned.plan, planned.manager
     assert plan is not None  # (existing() answers for a manager without a plan)
-    from runner.envs.store import Store
+    from runner.store import Store
 
     store = Store()
 

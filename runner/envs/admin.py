@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.envs.store import META_DIR, Store, StoredEnv
+from runner.store import META_DIR, Store, StoredEnv
 from runner.errors import UsageError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -56,7 +56,7 @@ def sizes(envs: list[StoredEnv]) -> dict[str, int]:
     """Each environment's disk use as `du` counts it, the same in `env list`, `env show` and
     `env gc`: a file hard-linked into several environments (from uv's or conda's cache) counts
     once, in the oldest of them."""
-    from runner.envs.store import disk_usage
+    from runner.store import disk_usage
 
     ordered = sorted(envs, key=lambda env: (env.meta.get("created", 0), env.name))
     return dict(zip((env.name for env in ordered), disk_usage([env.path for env in ordered])))
@@ -174,7 +174,7 @@ def _trim_caches(older_than: float) -> str:
     import subprocess
 
     from runner import home
-    from runner.envs.python.uv import uv_binary, uv_env
+    from runner.envs.uvtool import uv_binary, uv_env
 
     cache = home.home() / "cache"
     pruned = "download caches: "

@@ -2,7 +2,7 @@
 
 A manager is a module that satisfies `EnvManager`, registered once in `runner.envs` by a
 loader whose return type is `EnvManager`: the type checker (`make lint`) then checks the
-module against it. The store (`runner.envs.store`) does the locking, atomic publication,
+module against it. The store (`runner.store`) does the locking, atomic publication,
 listing and gc of what managers build; a manager only says what to build and how.
 """
 from __future__ import annotations

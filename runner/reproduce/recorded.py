@@ -85,10 +85,10 @@ class RecordedRun:
         conda_lock = self.run_dir / "environment" / str(manager_module("conda").LOCK_NAME)
         if conda_lock.is_file():
             from runner.envs.conda import lock as condalock
-            from runner.envs.conda.contents import platform_name
+            from runner.platforms import platform_name
 
             return {p.name.lower(): p.version for p in condalock.read(conda_lock).for_platform(platform_name())}
-        from runner.envs.store import META_DIR
+        from runner.store import META_DIR
 
         if not self.record.env_key:
             return {}

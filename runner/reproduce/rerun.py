@@ -208,7 +208,7 @@ def _environment(original: RecordedRun, manager: str, result: RerunPlan) -> str 
             f"environment: the run recorded no {name or 'lock'} for {manager} (made before locks were recorded, or "
             "it held packages that are not on the index): the rerun resolves the env file again", True))
         return None
-    from runner.envs.conda.contents import platform_name
+    from runner.platforms import platform_name
 
     platform = platform_name()
     if manager == "conda":

@@ -25,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
-    from runner.envs.store import Lease
+    from runner.store import Lease
     from runner.sources.urls import GitRemote
 
 

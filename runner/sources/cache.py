@@ -15,7 +15,6 @@ second run of a full SHA starts no git process at all.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import time
@@ -24,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner import home
-from runner.envs.store import Lease, Store, append_history
+from runner.store import Lease, Store, append_history
+from runner.filelock import FileLock
 from runner.errors import ProjectError, UsageError
 from runner.sources.git import GitCommandError, run_git
 from runner.sources.urls import GitRemote
@@ -111,14 +111,10 @@ class Mirror:
 
     @contextmanager
     def locked(self, exclusive: bool = True) -> Iterator[None]:
-        lock = self.root / ".locks" / f"{self.path.name}.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        from runner.filelock import held
+
+        with held(self.root / ".locks" / f"{self.path.name}.lock", exclusive):
             yield
-        finally:
-            os.close(fd)
 
     # -- resolving a version ---------------------------------------------------
     def resolve(
@@ -351,7 +347,7 @@ def gc(older_than: float, dry_run: bool = False) -> CacheGcResult:
     """Remove checkouts unused for `older_than` seconds (not those in use), then
     mirrors unused as long that no remaining checkout borrows objects from.
     With `dry_run`, count what would go and the space it holds; remove nothing."""
-    from runner.envs.store import disk_usage
+    from runner.store import disk_usage
 
     store = checkout_store()
     removed, in_use, _ = store.gc(older_than, dry_run=dry_run)
@@ -369,21 +365,18 @@ def gc(older_than: float, dry_run: bool = False) -> CacheGcResult:
             doomed.append(cached.path)
             continue
         lock = cached.path.parent / ".locks" / f"{cached.path.name}.lock"
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644) if lock.parent.is_dir() else None
+        held = FileLock(lock) if lock.parent.is_dir() else None
         try:
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    mirrors_kept += 1
-                    continue
+            if held is not None and not held.exclusive(wait=False):
+                mirrors_kept += 1
+                continue
             trash = cached.path.parent / f".tmp-{cached.path.name}-trash-{os.urandom(3).hex()}"
             os.rename(cached.path, trash)
             _remove(trash, cached.path.parent)
             mirrors_removed += 1
         finally:
-            if fd is not None:
-                os.close(fd)
+            if held is not None:
+                held.close()
     freed = sum(disk_usage(doomed)) if dry_run else sum(env.meta.get("size", 0) for env in removed)
     return CacheGcResult(len(removed), len(in_use), mirrors_removed, mirrors_kept, freed, dry_run)
 
@@ -410,7 +403,7 @@ def _touch(path: Path) -> None:
 
 
 def _remove(path: Path, root: Path) -> None:
-    from runner.envs.store import remove_tree
+    from runner.store import remove_tree
 
     if os.path.lexists(path):
         remove_tree(path, root)

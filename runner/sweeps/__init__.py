@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 
     from runner.sweeps.driver import SweepResult
 
-CONFIG_KEYS = ("entry_point", "method", "metric", "goal", "max_runs", "max_parallel", "max_failures", "seed")
-
 
 def load_config(path: str | Path) -> dict[str, Any]:
     """A sweep.yaml (schemas/sweep.schema.json), as SweepRequest fields; a list becomes `a,b,c`."""

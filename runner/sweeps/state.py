@@ -86,6 +86,3 @@ class SweepStore:
     def list(self, limit: int = 20) -> list[SweepRecord]:
         rows = self._db.execute("SELECT id FROM sweeps ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
         return [self.get(row[0])[0] for row in rows]
-
-    def trial_run_ids(self, sweep_id: str) -> list[str]:
-        return [t.run_id for t in self.trials(sweep_id) if t.run_id]

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from typing import Protocol
 
     class Tracker(Protocol):
+        """The tracking-store seam: what RestTracker, SqliteTracker and LibraryTracker each do
+        (open_tracker's return type makes the type checker hold each to it)."""
+
         uri: str
 
         def start(self, request: StartRequest) -> RunContext: ...
@@ -39,7 +42,11 @@ if TYPE_CHECKING:
 
         def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None: ...
 
-        def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None: ...
+        def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None,
+                         artifact_uri: str = "") -> None: ...
+
+        def find_running(self, experiment_name: str | None, experiment_id: str | None, key: str,
+                         value: str) -> list[str]: ...
 
         def results(self, run_id: str) -> tuple[dict[str, str], dict[str, float]]: ...
 
@@ -167,7 +174,7 @@ def way_to(uri: str) -> str:
     return "library"
 
 
-def open_tracker(uri: str, library_import=None, way: str | None = None, timeout: float | None = None):
+def open_tracker(uri: str, library_import=None, way: str | None = None, timeout: float | None = None) -> Tracker:
     """The tracker for `uri` (`way` as decided by way_to, computed when not given).
 
     `timeout` bounds each request to a tracking server (otherwise MLPROJECT_HTTP_TIMEOUT,
@@ -188,7 +195,7 @@ def open_tracker(uri: str, library_import=None, way: str | None = None, timeout:
     return LibraryTracker(uri, library_import)
 
 
-def tracker_for(tracking_uri: str, quick: bool = False):
+def tracker_for(tracking_uri: str, quick: bool = False) -> Tracker:
     """A tracker for a URI as the ledger stores it (redacted): the current MLFLOW_TRACKING_URI,
     credentials and all, when it is the same store. `quick`: a short network timeout."""
     uri = tracking_uri

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 from runner.errors import TrackingError
@@ -16,19 +15,14 @@ def _store_init_lock(uri: str):
     if not uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
     import hashlib
 
     from runner import home
+    from runner.filelock import held
 
-    lock_dir = home.subdir("locks")
     name = hashlib.sha256(uri.encode()).hexdigest()[:24]
-    fd = os.open(lock_dir / f"sqlite-init-{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with held(home.subdir("locks") / f"sqlite-init-{name}.lock"):
         yield
-    finally:
-        os.close(fd)
 
 
 class LibraryTracker:

@@ -1,8 +1,6 @@
 """What a conda environment must contain, as planned from conda.yaml (or a current lock)."""
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +27,3 @@ class CondaContents:
     records: list[dict] | None = field(default=None, repr=False)  # the solve (or the lock's records), once done
 
 
-def platform_name() -> str:
-    machine = os.uname().machine
-    arch = {"x86_64": "64", "amd64": "64", "aarch64": "aarch64", "arm64": "aarch64", "ppc64le": "ppc64le",
-            "s390x": "s390x", "i686": "32"}.get(machine, machine)
-    system = "osx" if sys.platform == "darwin" else "linux"
-    if system == "osx" and arch == "aarch64":
-        arch = "arm64"
-    return f"{system}-{arch}"

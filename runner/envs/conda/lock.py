@@ -176,7 +176,7 @@ def _lock_pip(contents: CondaContents, platform: str, python: str, progress) -> 
     import tempfile
 
     from runner.envs.build import run_step
-    from runner.envs.python.uv import requirement_args, uv_binary, uv_env
+    from runner.envs.uvtool import requirement_args, uv_binary, uv_env
 
     if platform not in UV_PLATFORMS:
         raise EnvironmentBuildError(f"cannot lock the pip: list for platform {platform}")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from runner import home
 from runner.envs import Environment, EnvPlan, PlanOptions
-from runner.envs.conda.contents import LOCK_NAME, CondaContents, platform_name
+from runner.envs.conda.contents import LOCK_NAME, CondaContents
+from runner.platforms import platform_name
 from runner.envs.conda.solve import locked_dict, solve_for, worker
 from runner.envs.python.requirements import Requirements, collect
 from runner.errors import EnvironmentBuildError
@@ -257,7 +258,7 @@ def _channel_of(record: dict) -> str:
 
 def _install_pip(contents: CondaContents, tmp: Path, final: Path, meta: Path, progress) -> None:
     from runner.envs.build import relocate, run_step
-    from runner.envs.python.uv import requirement_args, uv_binary, uv_env
+    from runner.envs.uvtool import requirement_args, uv_binary, uv_env
 
     python = tmp / "bin" / "python"
     if not python.exists():

@@ -157,7 +157,7 @@ def pip_requirement_lines(lock: PyLock) -> list[str]:
 def _compile(lines: list[str], constraints: list[str], python_version: str, platforms: list[str], out: Path,
              tool: dict, progress, label: str, *, no_deps: bool = False, log: Path | None = None) -> None:
     from runner.envs.build import run_step
-    from runner.envs.python.uv import uv_binary, uv_env
+    from runner.envs.uvtool import uv_binary, uv_env
 
     unknown = [p for p in platforms if p not in UV_PLATFORMS]
     if unknown:

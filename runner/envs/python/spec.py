@@ -56,7 +56,7 @@ def plan(manager: str, project: Project, notify: Callable[[str], None] | None, l
          lock_file: str | None = None) -> EnvPlan:
     """`locked`: install only from a current pylock.toml; `lock_file`: install exactly this
     lock (a recorded one, for a rerun), whatever the env file says now."""
-    from runner.envs.conda.contents import platform_name
+    from runner.platforms import platform_name
 
     contents = _contents(manager, project, notify)
     description = {

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
-from runner import home
 from runner.envs import EnvPlan
 from runner.envs.python import pylock
 from runner.envs.python import spec as pythonenv
 from runner.envs.build import relocate, run_step
 from runner.envs.python.installed import installed_packages
-from runner.errors import EnvironmentBuildError
+from runner.envs.uvtool import requirement_args, uv_binary, uv_env
 
 NAME = "uv"
 
@@ -25,35 +23,6 @@ OPTIONS: tuple[str, ...] = pythonenv.OPTIONS
 LOCK_NAME: str | None = pylock.LOCK_NAME  # (recorded in every environment built)
 NODE_NEEDS: tuple[str, ...] = ("uv",)
 describe, plan, resolve, activate, write_lock = pythonenv.manager_api(NAME)
-
-
-def uv_binary() -> str:
-    try:
-        from uv import find_uv_bin
-
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        pass
-    from runner.envs import which
-
-    candidate = which("uv", os.path.dirname(sys.executable)) or which("uv", os.environ.get("PATH"))
-    if candidate is None:
-        raise EnvironmentBuildError("uv is not installed", hint="pip install uv (it comes with mlproject-runner)")
-    return candidate
-
-
-def uv_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "UV_CACHE_DIR": str(home.subdir("cache") / "uv"),
-            "UV_PYTHON_DOWNLOADS": "never",  # no hidden download that hangs offline
-            "UV_NO_PROGRESS": "1",
-        }
-    )
-    for name in ("VIRTUAL_ENV", "CONDA_PREFIX", "UV_PROJECT_ENVIRONMENT", "PYTHONHOME"):
-        env.pop(name, None)
-    return env
 
 
 def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
@@ -93,7 +62,7 @@ def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
 def finish(tmp: Path, final: Path, contents, log: Path, progress) -> None:
     """What every Python environment keeps of itself: its package list, and what it holds as a
     pylock.toml (the lock a rerun installs); then its scripts name the final path."""
-    from runner.envs.conda.contents import platform_name
+    from runner.platforms import platform_name
 
     meta = tmp / ".mlproject"
     (meta / "packages.txt").write_text("".join(line + "\n" for line in installed_packages(tmp)))
@@ -116,14 +85,3 @@ def check(plan: EnvPlan, progress=None) -> None:
             args = requirement_args(Path(scratch), label.replace(" ", "-"), requirements)[1:]  # compile takes the file itself
             run_step([uv, "pip", "compile", "--quiet", "--no-header", "--python", contents.interpreter.path, *args],
                      f"resolving {label}", env=uv_env(), progress=progress)
-
-
-def requirement_args(meta: Path, name: str, requirements) -> list[str]:
-    req_file = meta / f"{name}.txt"
-    req_file.write_text("\n".join(requirements.lines) + "\n")
-    args = ["-r", str(req_file)]
-    if requirements.constraints:
-        constraints = meta / f"{name}-constraints.txt"
-        constraints.write_text("\n".join(requirements.constraints) + "\n")
-        args += ["-c", str(constraints)]
-    return args

@@ -16,7 +16,8 @@ from runner.envs import EnvPlan
 from runner.envs.python import spec as pythonenv
 from runner.envs.build import run_step
 from runner.envs.python import pylock
-from runner.envs.python.uv import check, finish, requirement_args  # noqa: F401 - check: the same resolution as uv's
+from runner.envs.python.uv import check, finish  # noqa: F401 - check: the same resolution as uv's
+from runner.envs.uvtool import requirement_args
 
 NAME = "virtualenv"
 

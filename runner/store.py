@@ -1,4 +1,5 @@
-"""The content-addressed environment store.
+"""The content-addressed store: environments (`$MLPROJECT_HOME/envs`) and, with the same locking
+and atomic publication, the git cache's checkouts (runner.sources.cache).
 
     $MLPROJECT_HOME/envs/<kind>-<key>/           a complete environment
     $MLPROJECT_HOME/envs/<kind>-<key>/.mlproject/ meta.json, packages.txt, complete
@@ -14,7 +15,6 @@ nothing about how managers build; managers know nothing about locking.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner import home
+from runner.filelock import FileLock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -46,21 +47,21 @@ class StoredEnv:
 
 
 class Lease:
-    """A shared lock on one environment, held while a run uses it."""
+    """A shared lock on one environment (or cached checkout), held while a run uses it."""
 
-    def __init__(self, fd: int | None):
+    def __init__(self, lock: FileLock | None):
         import threading
 
-        self._fd = fd
+        self._held = lock
         self._lock = threading.Lock()
 
     def release(self) -> None:
         # Idempotent and thread-safe: a run's end (another thread) and an error
-        # path may both release; the descriptor must be closed exactly once.
+        # path may both release; the lock must be closed exactly once.
         with self._lock:
-            fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+            held, self._held = self._held, None
+        if held is not None:
+            held.close()
 
 
 class Store:
@@ -74,13 +75,8 @@ class Store:
     def _lock_path(self, name: str) -> Path:
         return self.root / ".locks" / f"{name}.lock"
 
-    def _open_lock(self, name: str) -> int:
-        path = self._lock_path(name)
-        try:
-            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    def _open_lock(self, name: str) -> FileLock:
+        return FileLock(self._lock_path(name))
 
     @staticmethod
     def is_complete(path: Path) -> bool:
@@ -92,13 +88,13 @@ class Store:
         path = self.path_of(kind, key)
         if not self.is_complete(path):
             return None
-        fd = self._open_lock(path.name)
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        lock = self._open_lock(path.name)
+        lock.shared()
         if not self.is_complete(path):  # removed while we waited for the lock
-            os.close(fd)
+            lock.close()
             return None
         _touch(path / META_DIR / COMPLETE)
-        return path, Lease(fd)
+        return path, Lease(lock)
 
     def ensure(
         self,
@@ -117,23 +113,18 @@ class Store:
         if found is not None:
             return found
         final = self.path_of(kind, key)
-        fd = self._open_lock(final.name)
+        lock = self._open_lock(final.name)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait is not None:
-                    on_wait()
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            lock.exclusive(on_wait=on_wait)
             if not self.is_complete(final):
                 self._build_locked(kind, key, final, build, meta)
             # Downgrade to shared: we now only use it. (flock conversion is not atomic,
             # but nothing removes a complete environment without the exclusive lock.)
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            lock.shared()
             _touch(final / META_DIR / COMPLETE)
-            return final, Lease(fd)
+            return final, Lease(lock)
         except BaseException:
-            os.close(fd)
+            lock.close()
             raise
 
     def _build_locked(self, kind: str, key: str, final: Path, build, meta: dict) -> None:
@@ -191,11 +182,9 @@ class Store:
 
     def remove(self, env: StoredEnv) -> bool:
         """Remove one environment unless a run holds it; False if it is in use."""
-        fd = self._open_lock(env.name)
+        lock = self._open_lock(env.name)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not lock.exclusive(wait=False):
                 return False
             marker = env.path / META_DIR / COMPLETE
             try:
@@ -210,18 +199,15 @@ class Store:
             remove_tree(trash, self.root)
             return True
         finally:
-            os.close(fd)
+            lock.close()
 
     def in_use(self, env: StoredEnv) -> bool:
         """Whether a run (or a build) holds the environment now."""
-        fd = self._open_lock(env.name)
+        lock = self._open_lock(env.name)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
+            return not lock.exclusive(wait=False)
         finally:
-            os.close(fd)
+            lock.close()
 
     def gc(self, older_than: float, dry_run: bool = False) -> tuple[list[StoredEnv], list[StoredEnv], int]:
         """(removed, skipped because in use, leftover temporary builds removed); with `dry_run`,
@@ -236,17 +222,15 @@ class Store:
         leftovers = 0
         for entry in self.root.glob(".tmp-*") if self.root.is_dir() else ():
             name = entry.name[len(".tmp-"):].rsplit("-", 2)[0]
-            fd = self._open_lock(name)
+            lock = self._open_lock(name)
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                if not lock.exclusive(wait=False):
                     continue  # a build of that key is running now
                 if not dry_run:
                     remove_tree(entry, self.root)
                 leftovers += 1
             finally:
-                os.close(fd)
+                lock.close()
         return removed, in_use, leftovers
 
 
