@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages run run-example test stress chaos bench lint clean try-slurm try-ray
+.PHONY: setup system-packages run run-example test unit stress chaos bench lint clean try-slurm try-ray
 
 setup: $(STAMP)
 
@@ -57,6 +57,11 @@ system-packages:
 
 test: setup system-packages
 	$(BIN)/python -m pytest -q -m "not stress" tests
+
+# The unit tier: parsers, parameters, sweep spaces and searches, the settle decision table;
+# no server, no cluster, and mlflow made unimportable (a unit test that needs it fails). Seconds.
+unit: setup
+	MLPROJECT_TESTS_UNIT_TIER=1 $(BIN)/python -m pytest -q -m unit tests
 
 # Load and fault tests too heavy for every CI run (see docs/reliability.md).
 stress: setup

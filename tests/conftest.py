@@ -39,23 +39,71 @@ def empty_mlflow_db(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _work_in_tmp(tmp_path, monkeypatch, empty_mlflow_db):
-    # Runs track to ./mlflow.db of the working directory; each test has its own,
-    # already created (tests of store creation remove it first).
+def _work_in_tmp(request, tmp_path, monkeypatch):
+    """Each test works in a directory of its own. Runs track to ./mlflow.db of the working
+    directory: a test gets one, already created (tests of store creation remove it first),
+    unless it is of the unit tier (marked `unit`), which needs no mlflow at all."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    if request.node.get_closest_marker("unit") is None:
+        _place_mlflow_db(request.getfixturevalue("empty_mlflow_db"), work)
+    return work
+
+
+def _place_mlflow_db(template: Path, work: Path) -> None:
     import shutil
 
     import sqlite3
 
-    work = tmp_path / "cwd"
-    work.mkdir()
-    shutil.copyfile(empty_mlflow_db, work / "mlflow.db")
+    shutil.copyfile(template, work / "mlflow.db")
     # MLflow puts the Default experiment's artifacts in ./mlruns/0 of the directory where it
     # made the store: here, as if it had been made in this test's directory, not the checkout.
     with sqlite3.connect(work / "mlflow.db") as db:
         db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(work / "mlruns" / "0"),))
     db.close()
-    monkeypatch.chdir(work)
-    return work
+
+
+# -- tiers and what a test needs -------------------------------------------------------------------
+# What a test needs is marked from the fixtures it uses (`-m "not cluster"` leaves the Slurm and
+# Ray tests out, and so on); the unit tier is marked by hand, and `make unit` runs it with mlflow
+# made unimportable, so that a unit test that needs it fails there.
+_NEEDS = {  # (fixture, the module defining it) -> marker
+    ("slurm_cluster", "test_slurm"): "cluster", ("ray_cluster", "test_ray"): "cluster",
+    ("daemon", "conftest"): "docker", ("demo", "test_git"): "git_servers", ("mlflow_server", "conftest"): "mlflow_server",
+}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        for name in item.fixturenames:
+            for definition in definitions.get(name, ()):
+                marker = _NEEDS.get((name, getattr(definition.func, "__module__", "")))
+                if marker is not None:
+                    item.add_marker(marker)
+
+
+class _NoMlflow:
+    """(The unit tier.) mlflow and its database layer cannot be imported."""
+
+    BLOCKED = ("mlflow", "sqlalchemy", "alembic")
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.BLOCKED:
+            raise ImportError(f"{name}: the unit tier runs without mlflow (MLPROJECT_TESTS_UNIT_TIER)")
+        return None
+
+
+if os.environ.get("MLPROJECT_TESTS_UNIT_TIER"):
+    sys.meta_path.insert(0, _NoMlflow())
+
+
+def pytest_ignore_collect(collection_path, config):
+    """(The unit tier.) Only the files that hold unit tests are collected: the others import mlflow."""
+    if os.environ.get("MLPROJECT_TESTS_UNIT_TIER") and collection_path.suffix == ".py":
+        return "pytest.mark.unit" not in collection_path.read_text(encoding="utf-8")
+    return None
 
 
 def write_project(root: Path, mlproject: str | None = None, files: dict[str, str] | None = None) -> Path:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+import pytest
+
 from conftest import assert_clean_error
 
 ECHO_ARGS = """
@@ -327,3 +329,42 @@ def test_help_says_what_every_option_and_command_is(cli):
                    if isinstance(param, click.Option) and not param.hidden and not param.help]
     assert undescribed == []
     assert "local|slurm|ray" in cli("run", "--help").stdout
+
+
+# -- moved from the unit tier's files: these run the command ----------------------------------
+def test_a_python_env_key_mlflow_does_not_know_is_a_warning(make_project, cli, _work_in_tmp):
+    """A public project's `name:` in python_env.yaml (mlflow run: a TypeError) runs, with one warning."""
+    root = make_project("python_env: python_env.yaml\nentry_points:\n  main:\n    command: \"echo ran\"\n",
+                        files={"python_env.yaml": "name: published-env\npython: \"3.11\"\ndependencies: []\n"})
+    from runner.project.envfiles import load_python_env
+
+    env = load_python_env(root / "python_env.yaml")
+    assert env.warnings == ("python_env.yaml:1: name: unknown key, ignored",)
+    result = cli("run", str(root))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ran\n"
+    assert result.stderr.count("warning: python_env.yaml:1: name: unknown key, ignored") == 1
+
+
+def test_python_callers_get_hints_in_python_terms(make_project):
+    import runner
+    from runner.errors import ParameterError
+
+    root = make_project("entry_points:\n  main:\n    parameters:\n      a: float\n      b: string\n    command: x {a} {b}\n")
+    with pytest.raises(ParameterError) as info:
+        runner.run(str(root), env_manager="local")
+    assert info.value.hint == "give parameters={'a': ..., 'b': ...}"
+    with pytest.raises(runner.UsageError) as info:
+        runner.run(str(root), env_manager="bogus")
+    assert info.value.hint == 'for example env_manager="uv"' and "--env-manager" not in info.value.hint
+
+
+def test_a_near_miss_of_a_declared_name_is_warned_about(make_project, cli):
+    root = make_project("entry_points:\n  main:\n    parameters:\n      alpha: {type: float, default: 0.5}\n"
+                        "    command: 'echo {alpha}'\n")
+    result = cli("run", str(root), "--env-manager", "local", "-P", "alpah=0.1", "-P", "seed=3")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == ["warning: -P alpah is not a parameter of entry point 'main', so it is passed on as --alpah; "
+                        "did you mean alpha?"]
+    assert result.stdout == "0.5 --alpah 0.1 --seed 3\n"

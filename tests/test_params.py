@@ -10,6 +10,8 @@ from runner.errors import ParameterError, ProjectError, UsageError
 from runner.project.params import check_command, parse_assignments, resolve
 from runner.project.spec import load_project
 
+pytestmark = pytest.mark.unit  # (the unit tier: `make unit`)
+
 TYPED = """
 entry_points:
   main:
@@ -172,26 +174,3 @@ def test_inferred_entry_point_gets_all_parameters_appended(make_project):
     inv = resolve(project, "train.py", {"alpha": "0.4"}, project.directory)
     assert inv.command == "python train.py --alpha 0.4"
     assert Path(inv.cwd) == project.directory
-
-
-def test_python_callers_get_hints_in_python_terms(make_project):
-    import runner
-
-    root = make_project("entry_points:\n  main:\n    parameters:\n      a: float\n      b: string\n    command: x {a} {b}\n")
-    with pytest.raises(ParameterError) as info:
-        runner.run(str(root), env_manager="local")
-    assert info.value.hint == "give parameters={'a': ..., 'b': ...}"
-    with pytest.raises(runner.UsageError) as info:
-        runner.run(str(root), env_manager="bogus")
-    assert info.value.hint == 'for example env_manager="uv"' and "--env-manager" not in info.value.hint
-
-
-def test_a_near_miss_of_a_declared_name_is_warned_about(make_project, cli):
-    root = make_project("entry_points:\n  main:\n    parameters:\n      alpha: {type: float, default: 0.5}\n"
-                        "    command: 'echo {alpha}'\n")
-    result = cli("run", str(root), "--env-manager", "local", "-P", "alpah=0.1", "-P", "seed=3")
-    assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
-    assert warnings == ["warning: -P alpah is not a parameter of entry point 'main', so it is passed on as --alpah; "
-                        "did you mean alpha?"]
-    assert result.stdout == "0.5 --alpah 0.1 --seed 3\n"

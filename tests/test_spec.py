@@ -7,6 +7,8 @@ from runner.errors import ProjectError, SpecValidationError
 from runner.project.envfiles import load_conda_env, load_python_env
 from runner.project.spec import load_project
 
+pytestmark = pytest.mark.unit  # (the unit tier: `make unit`)
+
 
 def test_loads_every_key(make_project):
     root = make_project(
@@ -228,15 +230,3 @@ def test_a_conda_env_with_no_dependencies_is_refused(make_project, text):
     with pytest.raises(SpecValidationError, match="conda.yaml: lists no dependencies") as info:
         load_conda_env(root / "conda.yaml")
     assert "--env-manager local" in info.value.hint
-
-
-def test_a_python_env_key_mlflow_does_not_know_is_a_warning(make_project, cli, _work_in_tmp):
-    """A public project's `name:` in python_env.yaml (mlflow run: a TypeError) runs, with one warning."""
-    root = make_project("python_env: python_env.yaml\nentry_points:\n  main:\n    command: \"echo ran\"\n",
-                        files={"python_env.yaml": "name: published-env\npython: \"3.11\"\ndependencies: []\n"})
-    env = load_python_env(root / "python_env.yaml")
-    assert env.warnings == ("python_env.yaml:1: name: unknown key, ignored",)
-    result = cli("run", str(root))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "ran\n"
-    assert result.stderr.count("warning: python_env.yaml:1: name: unknown key, ignored") == 1

@@ -87,7 +87,9 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
     # ended with (a launch failure's, a cancel's) is not the command's.
     never_ran = current.status == RunStatus.SCHEDULED and backend.SHARED_LEDGER
     exit_code = None if never_ran else state.exit_code
-    if never_ran and state.status == RunStatus.FAILED and state.name != "UNKNOWN" and not os.path.exists(record.log_path):
+    if record.job_id is None:  # never queued (a resumed sweep runs its trial again): not a matter of the nodes
+        reason = f"{reason}; {NEVER_STARTED}"
+    elif never_ran and state.status == RunStatus.FAILED and state.name != "UNKNOWN" and not os.path.exists(record.log_path):
         # Nor is the job's output where this host looks: the nodes do not see this host's
         # MLPROJECT_HOME (the first thing to check on a new cluster).
         reason = (f"{reason}; {NEVER_STARTED}, and the job's output {record.log_path} is not on this host:"
