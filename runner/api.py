@@ -6,7 +6,7 @@ each a function below, in this order:
     submit:            check the request; plan the tracking (an mlflow import starts now)
     plan:              URI --sources.fetch--> ProjectDir --project.load--> Project
                            --params.resolve--> Invocation
-    _plan_environment: --envs.plan_environment--> Planned (a conda solve happens here)
+    _plan_environment: --envs.plan_environment--> PlannedEnv (a conda solve happens here)
     _open_run:         --tracking--> the MLflow run and the ledger, opened together
     backend.submit:    the backend takes the run (runner.backends): the local one realizes the
                        environment and starts the command here (--> SubmittedRun --wait--> the
@@ -22,7 +22,7 @@ from pathlib import Path
 from runner.errors import RunnerError, UsageError
 from runner.project.params import parse_assignments, resolve
 from runner.project.spec import load_project
-from runner.request import Plan, PlannedRun, PreparedRun, RunRequest
+from runner.request import ResolvedProject, PlannedRun, PreparedRun, RunRequest
 from runner.sources import fetch
 from runner.status import RunStatus
 
@@ -30,12 +30,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
     from typing import Any, Callable, Mapping
 
-    from runner.envs import Planned
+    from runner.envs import PlannedEnv
     from runner.launch import RunHandle
     from runner.request import Notify
-    from runner.tracking.session import TrackedRun, TrackingPlan
+    from runner.tracking.session import TrackedRun, TrackingTarget
 
-__all__ = ["Plan", "RunRequest", "attach", "plan", "run", "submit"]
+__all__ = ["ResolvedProject", "RunRequest", "attach", "plan", "run", "submit"]
 
 
 def _default_notify(message: str) -> None:
@@ -55,7 +55,7 @@ def plan(
     notify: Notify | None = None,
     progress: Notify | None = None,
     patch: str | None = None,
-) -> Plan:
+) -> ResolvedProject:
     """Fetch, load and validate a project and its parameters; start nothing.
 
     A project fetched from the git cache is leased until `plan.source.release()`. `patch`:
@@ -77,7 +77,7 @@ def plan(
     except BaseException:
         source.release()
         raise
-    return Plan(source, project, invocation, manager)
+    return ResolvedProject(source, project, invocation, manager)
 
 
 def parse_docker_args(items: list[str] | tuple[str, ...] | None) -> dict[str, str | bool]:
@@ -303,8 +303,8 @@ def attach(run_id: str):
     return ClusterRun(record)
 
 
-def _plan_environment(request: RunRequest, tracking: TrackingPlan, the_plan: Plan, notify: Notify,
-                      progress: Notify | None) -> Planned:
+def _plan_environment(request: RunRequest, tracking: TrackingTarget, the_plan: ResolvedProject, notify: Notify,
+                      progress: Notify | None) -> PlannedEnv:
     """Everything about the environment that can fail before a run exists (a conda solve)."""
     from runner.envs import plan_environment, resolve_before_run
     from runner.tracking import downloads

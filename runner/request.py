@@ -13,12 +13,12 @@ if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm 
     from typing import Any, Callable, Mapping
 
     from runner.backends.job import JobOf
-    from runner.envs import Planned
+    from runner.envs import PlannedEnv
     from runner.project.params import Invocation
     from runner.project.spec import Project
     from runner.sources import ProjectDir
     from runner.tracking.ledger import Ledger
-    from runner.tracking.session import TrackedRun, TrackingPlan
+    from runner.tracking.session import TrackedRun, TrackingTarget
 
     Notify = Callable[[str], None]
 
@@ -75,8 +75,9 @@ class RunRequest:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Everything decided before anything is created or started."""
+class ResolvedProject:
+    """The project fetched and loaded, its entry point's parameters resolved and its environment
+    manager chosen: the first stage, before anything is created or started."""
 
     source: ProjectDir
     project: Project
@@ -86,16 +87,16 @@ class Plan:
 
 @dataclass
 class PlannedRun:
-    """A run planned: the request, its tracking plan, its project and parameters, and its
+    """A run planned: the request, where it will be tracked, its project and parameters, and its
     environment decided (not built yet). Nothing of it exists anywhere yet."""
 
     request: RunRequest
-    tracking: TrackingPlan
-    plan: Plan
+    tracking: TrackingTarget
+    plan: ResolvedProject
     notify: Notify
     progress: Notify | None
     backend_options: Any  # what the backend's check() made of the backend config
-    environment: Planned
+    environment: PlannedEnv
 
 
 @dataclass

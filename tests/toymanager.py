@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.envs import Environment, EnvPlan, PlanOptions
+from runner.envs import Environment, EnvRecipe, EnvOptions
 from runner.errors import UsageError
 
 NAME = "toy"
@@ -17,26 +17,26 @@ def describe(project) -> str:
     return "toy: one script on PATH"
 
 
-def plan(project, notify, options: PlanOptions) -> EnvPlan:
-    return EnvPlan(NAME, {"recipe": "toy-1"}, "one script", {"project": project.name or ""})
+def plan(project, notify, options: EnvOptions) -> EnvRecipe:
+    return EnvRecipe(NAME, {"recipe": "toy-1"}, "one script", {"project": project.name or ""})
 
 
-def resolve(plan: EnvPlan, progress=None) -> None:
+def resolve(plan: EnvRecipe, progress=None) -> None:
     pass
 
 
-def check(plan: EnvPlan, progress=None) -> None:
+def check(plan: EnvRecipe, progress=None) -> None:
     pass
 
 
-def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
+def build(plan: EnvRecipe, tmp: Path, final: Path, progress=None) -> None:
     script = tmp / "bin" / "toy-hello"
     script.parent.mkdir(parents=True)
     script.write_text("#!/bin/sh\necho hello from the toy environment\n")
     script.chmod(0o755)
 
 
-def activate(plan: EnvPlan, prefix: Path) -> Environment:
+def activate(plan: EnvRecipe, prefix: Path) -> Environment:
     return Environment(NAME, plan.key, prefix, (str(prefix / "bin"),))
 
 

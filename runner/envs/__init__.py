@@ -31,7 +31,7 @@ def all_managers() -> list[EnvManager]:
 
 
 @dataclass(frozen=True)
-class PlanOptions:
+class EnvOptions:
     """What some managers take (each lists which in its OPTIONS)."""
 
     locked: bool = False  # install only from a current lock (pylock.toml, conda-lock.yml)
@@ -79,7 +79,7 @@ class Environment:
 
 
 @dataclass(frozen=True)
-class EnvPlan:
+class EnvRecipe:
     """What an environment must contain; its key is the hash of `description`."""
 
     manager: str
@@ -100,7 +100,7 @@ class EnvPlan:
 class Prepared:
     environment: Environment
     lease: Lease | None = None
-    plan: EnvPlan | None = None
+    plan: EnvRecipe | None = None
 
     def release(self) -> None:
         if self.lease is not None:
@@ -158,12 +158,12 @@ def manager_module(name: str) -> EnvManager:
 
 
 @dataclass(frozen=True)
-class Planned:
+class PlannedEnv:
     """A manager and what its environment must contain: decided, nothing built yet."""
 
     manager: str
     module: EnvManager
-    plan: EnvPlan | None
+    plan: EnvRecipe | None
 
     @property
     def key(self) -> str | None:
@@ -172,7 +172,7 @@ class Planned:
 
 def plan_environment(
     manager_name: str, project: Project, notify: Callable[[str], None] | None = None, **options: Any,
-) -> Planned:
+) -> PlannedEnv:
     """Everything that can be wrong with an environment before building it (versions, specs).
 
     `options` are what some managers take: `locked` (install only from a current
@@ -189,10 +189,10 @@ def plan_environment(
             hint="--locked is for uv, virtualenv and conda environments; --build-image and -A for docker_env projects",
             python_hint="locked=True is for uv, virtualenv and conda environments; build_image= and docker_args= for docker_env projects",
         )
-    return Planned(manager_name, module, module.plan(project, notify, PlanOptions(**given)))
+    return PlannedEnv(manager_name, module, module.plan(project, notify, EnvOptions(**given)))
 
 
-def resolve_before_run(planned: Planned, progress: Callable[[str], None] | None = None) -> None:
+def resolve_before_run(planned: PlannedEnv, progress: Callable[[str], None] | None = None) -> None:
     """A manager that can find its spec unsatisfiable before building (conda's solve)
     does so now, before a run exists; an environment already built needs nothing."""
     if planned.plan is None:
@@ -204,14 +204,14 @@ def resolve_before_run(planned: Planned, progress: Callable[[str], None] | None 
         planned.module.resolve(planned.plan, progress)
 
 
-def check_resolves(planned: Planned, progress: Callable[[str], None] | None = None) -> None:
+def check_resolves(planned: PlannedEnv, progress: Callable[[str], None] | None = None) -> None:
     """Resolve the planned environment without building it (`mlproject validate --resolve`):
     pip requirements are resolved, conda specs solved; a docker image was found when planned."""
     if planned.plan is not None:
         planned.module.check(planned.plan, progress)
 
 
-def existing(planned: Planned) -> Prepared | None:
+def existing(planned: PlannedEnv) -> Prepared | None:
     """The planned environment if it is already built (held shared until released), else None."""
     module, plan = planned.module, planned.plan
     if plan is None:  # (nothing built: the current environment, as `local` is)
@@ -222,7 +222,7 @@ def existing(planned: Planned) -> Prepared | None:
     return Prepared(module.activate(plan, found[0]), found[1], plan) if found else None
 
 
-def realize(planned: Planned, progress: Callable[[str], None] | None = None) -> Prepared:
+def realize(planned: PlannedEnv, progress: Callable[[str], None] | None = None) -> Prepared:
     """Build or reuse the planned environment; hold it (shared) until released."""
     ready = existing(planned)
     if ready is not None:

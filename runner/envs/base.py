@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Protocol
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from runner.envs import Environment, EnvPlan, PlanOptions
+    from runner.envs import Environment, EnvRecipe, EnvOptions
     from runner.project.spec import Project
 
 Notify = Callable[[str], None]
@@ -27,7 +27,7 @@ class EnvManager(Protocol):
 
     @property
     def OPTIONS(self) -> tuple[str, ...]:
-        """Which of PlanOptions' fields it takes (`locked`, `lock_file`, `build_image`,
+        """Which of EnvOptions' fields it takes (`locked`, `lock_file`, `build_image`,
         `docker_args`); another one set is a usage error."""
         ...
 
@@ -45,24 +45,24 @@ class EnvManager(Protocol):
         """One line for `mlproject validate`."""
         ...
 
-    def plan(self, project: Project, notify: Optional[Notify], options: PlanOptions) -> Optional[EnvPlan]:
+    def plan(self, project: Project, notify: Optional[Notify], options: EnvOptions) -> Optional[EnvRecipe]:
         """What the environment must contain (its key is the hash of its description); None:
         nothing to build. Everything that can be wrong with the env file fails here."""
         ...
 
-    def resolve(self, plan: EnvPlan, progress: Optional[Notify] = None) -> None:
+    def resolve(self, plan: EnvRecipe, progress: Optional[Notify] = None) -> None:
         """Before the run exists: what can fail before a build (conda's solve); else nothing."""
         ...
 
-    def check(self, plan: EnvPlan, progress: Optional[Notify] = None) -> None:
+    def check(self, plan: EnvRecipe, progress: Optional[Notify] = None) -> None:
         """Resolve without building (`mlproject validate --resolve`)."""
         ...
 
-    def build(self, plan: EnvPlan, tmp: Path, final: Path, progress: Optional[Notify] = None) -> None:
+    def build(self, plan: EnvRecipe, tmp: Path, final: Path, progress: Optional[Notify] = None) -> None:
         """Fill `tmp`, which the store then renames to `final`."""
         ...
 
-    def activate(self, plan: EnvPlan, prefix: Path) -> Environment:
+    def activate(self, plan: EnvRecipe, prefix: Path) -> Environment:
         """How a command runs inside the built environment at `prefix`."""
         ...
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.envs import Environment, EnvPlan, PlanOptions
+from runner.envs import Environment, EnvRecipe, EnvOptions
 from runner.errors import UsageError
 from runner.project.spec import Project
 
@@ -17,23 +17,23 @@ def describe(project: Project) -> str:
     return "local (the current environment; the project's env file is not used)"
 
 
-def plan(project: Project, notify, options: PlanOptions) -> None:
+def plan(project: Project, notify, options: EnvOptions) -> None:
     return None
 
 
-def resolve(plan: EnvPlan, progress=None) -> None:
+def resolve(plan: EnvRecipe, progress=None) -> None:
     """Nothing to resolve."""
 
 
-def check(plan: EnvPlan, progress=None) -> None:
+def check(plan: EnvRecipe, progress=None) -> None:
     """Nothing to resolve."""
 
 
-def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
+def build(plan: EnvRecipe, tmp: Path, final: Path, progress=None) -> None:
     raise AssertionError("the local environment manager builds nothing (its plan is None)")
 
 
-def activate(plan: EnvPlan, prefix: Path) -> Environment:
+def activate(plan: EnvRecipe, prefix: Path) -> Environment:
     return Environment(NAME)
 
 

@@ -281,9 +281,9 @@ class _Sweep:
         request = self.request
         continued = parent.tracking_run_id if parent else None
         if parent is not None and continued is None:  # the sweep was not tracked: nor is its rest
-            from runner.tracking.session import TrackingPlan
+            from runner.tracking.session import TrackingTarget
 
-            self.tracking = TrackingPlan(None, False)
+            self.tracking = TrackingTarget(None, False)
         else:
             self.tracking = plan_tracking(self.cwd, request.experiment_name, request.experiment_id, continued)
         tags = project_tags(plan.source.source_name, request.entry_point, self.manager, None, plan.source.commit,

@@ -57,7 +57,7 @@ class Search(Protocol):
         ...
 
 
-class _Planned:
+class _PlannedUpFront:
     """What grid and random share: every trial known up front; nothing asked, nothing told."""
 
     ADAPTIVE = False
@@ -85,7 +85,7 @@ class _Planned:
         pass
 
 
-class GridSearch(_Planned):
+class GridSearch(_PlannedUpFront):
     """Every combination of the listed values, first dimension slowest (the first max_runs)."""
 
     def _draw(self, settings: SearchSettings) -> list[dict[str, str]]:
@@ -102,7 +102,7 @@ class GridSearch(_Planned):
         return [{**dict(space.fixed), **point} for point in points]
 
 
-class RandomSearch(_Planned):
+class RandomSearch(_PlannedUpFront):
     """max_runs (default 10) draws of a generator seeded with `seed`: the same seed, the same trials."""
 
     def _draw(self, settings: SearchSettings) -> list[dict[str, str]]:

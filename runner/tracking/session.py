@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class TrackingPlan:
+class TrackingTarget:
     """Where the run will be recorded, decided before anything is created."""
 
     uri: str | None  # None: untracked
@@ -35,23 +35,23 @@ class TrackingPlan:
 
 
 def plan_tracking(cwd: Path, experiment_name: str | None, experiment_id: str | None, run_id: str | None,
-                  uri: str | None = None) -> TrackingPlan:
+                  uri: str | None = None) -> TrackingTarget:
     """`uri`: this tracking store (a rerun goes where its original went); else the usual one."""
     if os.environ.get("MLPROJECT_NO_TRACKING") and not (experiment_name or experiment_id or run_id or uri):
-        return TrackingPlan(None, False)  # the local ledger only, by the user's choice
+        return TrackingTarget(None, False)  # the local ledger only, by the user's choice
     uri, asked = (uri, True) if uri else resolve_uri(cwd)
     asked = asked or bool(experiment_name or experiment_id or run_id or os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID"))
     way = way_to(uri)
     if way != "library":
-        return TrackingPlan(uri, asked, way=way)
+        return TrackingTarget(uri, asked, way=way)
     if not mlflow_installed():
         if asked:
             raise TrackingError(
                 f"tracking to {redact(uri)} needs the mlflow package, which is not installed",
                 hint="pip install 'mlproject-runner[mlflow]', or use an http(s) tracking server",
             )
-        return TrackingPlan(None, False, note="note: mlflow is not installed; this run is recorded in the local ledger only")
-    return TrackingPlan(uri, asked, BackgroundImport(), way=way)
+        return TrackingTarget(None, False, note="note: mlflow is not installed; this run is recorded in the local ledger only")
+    return TrackingTarget(uri, asked, BackgroundImport(), way=way)
 
 
 @dataclass
@@ -149,7 +149,7 @@ class TrackedRun:
 
 
 def begin_tracking(
-    plan: TrackingPlan,
+    plan: TrackingTarget,
     *,
     experiment_name: str | None,
     experiment_id: str | None,

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from runner import home
-from runner.envs import Environment, EnvPlan, PlanOptions
+from runner.envs import Environment, EnvRecipe, EnvOptions
 from runner.envs.conda.contents import LOCK_NAME, CondaContents
 from runner.platforms import platform_name
 from runner.envs.conda.solve import locked_dict, solve_for, worker
@@ -54,10 +54,10 @@ def _virtual_packages_key() -> dict[str, str]:
 
 
 def describe(project: Project) -> str:
-    return plan(project, None, PlanOptions()).summary
+    return plan(project, None, EnvOptions()).summary
 
 
-def plan(project: Project, notify: Callable[[str], None] | None, options: PlanOptions) -> EnvPlan:
+def plan(project: Project, notify: Callable[[str], None] | None, options: EnvOptions) -> EnvRecipe:
     """`options.locked`: install only from a current conda-lock.yml; `options.lock_file`: install
     exactly this lock (a recorded one, for a rerun), whatever conda.yaml says now."""
     locked, lock_file = options.locked, options.lock_file
@@ -130,7 +130,7 @@ def plan(project: Project, notify: Callable[[str], None] | None, options: PlanOp
                        "virtual": description["virtual"], "lock": condalock.key_material(lock, contents.platform)}
         summary = f"conda: {len(contents.locked)} package(s) from {LOCK_NAME}"
         meta["source"] = LOCK_NAME
-    return EnvPlan(NAME, description, summary, meta, contents)
+    return EnvRecipe(NAME, description, summary, meta, contents)
 
 
 def _current_lock(contents: CondaContents, notify, locked: bool):
@@ -176,7 +176,7 @@ def _spec_name(spec: str) -> str:
 
 
 # -- solving and installing (in a py-rattler worker process: runner.envs.conda.worker) ----
-def resolve(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> None:
+def resolve(plan: EnvRecipe, progress: Callable[[str], None] | None = None) -> None:
     """Solve now, before a run exists: an unsatisfiable spec creates nothing.
     With a current lock, check instead that the channels still have its files."""
     contents: CondaContents = plan.contents
@@ -195,7 +195,7 @@ def resolve(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> Non
         progress(f"note: {contents.env_file.name} names no python; the solve chose python {chosen}")
 
 
-def check(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> None:
+def check(plan: EnvRecipe, progress: Callable[[str], None] | None = None) -> None:
     """`validate --resolve`: the solve."""
     resolve(plan, progress)
 
@@ -203,10 +203,10 @@ def check(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> None:
 def write_lock(project: Project, platforms: list[str], notify, progress) -> Path:
     from runner.envs.conda import lock as condalock
 
-    return condalock.write(plan(project, notify, PlanOptions()).contents, platforms, progress)
+    return condalock.write(plan(project, notify, EnvOptions()).contents, platforms, progress)
 
 
-def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
+def build(plan: EnvRecipe, tmp: Path, final: Path, progress=None) -> None:
     contents: CondaContents = plan.contents
     resolve(plan, progress)
     records = contents.records
@@ -275,7 +275,7 @@ def _install_pip(contents: CondaContents, tmp: Path, final: Path, meta: Path, pr
     relocate(tmp, tmp, final)  # console scripts uv wrote name the temporary path
 
 
-def activate(plan: EnvPlan, prefix: Path) -> Environment:
+def activate(plan: EnvRecipe, prefix: Path) -> Environment:
     """What `conda activate` does: PATH, CONDA_PREFIX, the env file's variables,
     and the environment's etc/conda/activate.d scripts."""
     contents: CondaContents = plan.contents

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.envs import Environment, EnvPlan, PlanOptions
+from runner.envs import Environment, EnvRecipe, EnvOptions
 from runner.errors import EnvironmentBuildError, UsageError
 from runner.project.spec import Project
 
@@ -56,11 +56,11 @@ def describe(project: Project) -> str:
     return f"docker: image {docker_env.image}" if docker_env else "docker: no docker_env"
 
 
-def resolve(plan: EnvPlan, progress=None) -> None:
+def resolve(plan: EnvRecipe, progress=None) -> None:
     """The base image was found when planned."""
 
 
-def check(plan: EnvPlan, progress=None) -> None:
+def check(plan: EnvRecipe, progress=None) -> None:
     """The base image was found when planned."""
 
 
@@ -69,7 +69,7 @@ def write_lock(project: Project, platforms: list[str], notify, progress) -> Path
                      "its environment)", hint="pin the image by digest in MLproject's docker_env")
 
 
-def plan(project: Project, notify: Callable[[str], None] | None, options: PlanOptions) -> EnvPlan:
+def plan(project: Project, notify: Callable[[str], None] | None, options: EnvOptions) -> EnvRecipe:
     build_image, docker_args = options.build_image, options.docker_args
     from runner.envs.docker import client as docker_client
     from runner.envs.docker import options as dockeroptions
@@ -90,7 +90,7 @@ def plan(project: Project, notify: Callable[[str], None] | None, options: PlanOp
     summary = f"docker: {'image built FROM' if build_image else 'project mounted into'} {docker_env.image}"
     meta = {"project": str(project.directory), "image": docker_env.image, "image_id": base_id,
             "mode": description["mode"]}
-    return EnvPlan(NAME, description, summary, meta, contents)
+    return EnvRecipe(NAME, description, summary, meta, contents)
 
 
 def _environment(entries) -> dict[str, str]:
@@ -193,7 +193,7 @@ def project_files_hash(root: Path) -> str:
 
 
 # -- the store entry: a checked base image, or a built one ------------------------------
-def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
+def build(plan: EnvRecipe, tmp: Path, final: Path, progress=None) -> None:
     contents: DockerContents = plan.contents
     meta = tmp / ".mlproject"
     meta.mkdir(parents=True)
@@ -349,7 +349,7 @@ def _artifact_mounts(artifact_uri: str, run_id: str, already: list[str]) -> list
     return [f"{root}:{root}:rw"]
 
 
-def activate(plan: EnvPlan, prefix: Path) -> Environment:
+def activate(plan: EnvRecipe, prefix: Path) -> Environment:
     contents: DockerContents = plan.contents
     record = json.loads((prefix / ".mlproject" / "image.json").read_text()) if prefix else {}
     if contents.build:

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.envs import Environment, EnvPlan, PlanOptions
+from runner.envs import Environment, EnvRecipe, EnvOptions
 from runner.envs.python import pylock
 from runner.envs.python.interpreters import Interpreter, discover, find
 from runner.envs.python.pylock import PyLock
@@ -53,7 +53,7 @@ OPTIONS = ("locked", "lock_file")
 
 
 def plan(manager: str, project: Project, notify: Callable[[str], None] | None, locked: bool = False,
-         lock_file: str | None = None) -> EnvPlan:
+         lock_file: str | None = None) -> EnvRecipe:
     """`locked`: install only from a current pylock.toml; `lock_file`: install exactly this
     lock (a recorded one, for a rerun), whatever the env file says now."""
     from runner.platforms import platform_name
@@ -89,7 +89,7 @@ def plan(manager: str, project: Project, notify: Callable[[str], None] | None, l
         description["lock"] = pylock.key_material(lock)
         summary = f"{manager}: Python {contents.interpreter.version}, {len(lock.packages)} package(s) from {lock.path.name}"
         meta["source"] = lock.path.name
-    return EnvPlan(manager, description, summary, meta, contents)
+    return EnvRecipe(manager, description, summary, meta, contents)
 
 
 def _current_lock(contents: PythonEnvContents, platform: str, notify, locked: bool) -> PyLock | None:
@@ -137,10 +137,10 @@ def manager_api(manager: str):
     def describe(project: Project) -> str:
         return plan(manager, project, None).summary
 
-    def plan_for(project: Project, notify: Callable[[str], None] | None, options: PlanOptions) -> EnvPlan:
+    def plan_for(project: Project, notify: Callable[[str], None] | None, options: EnvOptions) -> EnvRecipe:
         return plan(manager, project, notify, locked=options.locked, lock_file=options.lock_file)
 
-    def resolve(plan: EnvPlan, progress: Callable[[str], None] | None = None) -> None:
+    def resolve(plan: EnvRecipe, progress: Callable[[str], None] | None = None) -> None:
         """Before a run is created for an environment that must be built: its requirements are
         resolved (`uv pip compile`, nothing installed), so that a requirement that does not
         exist is refused before the run, as conda's unsatisfiable spec is. The build then
@@ -164,7 +164,7 @@ def manager_api(manager: str):
     return describe, plan_for, resolve, activate, write_lock
 
 
-def activate(plan: EnvPlan, prefix: Path) -> Environment:
+def activate(plan: EnvRecipe, prefix: Path) -> Environment:
     set_vars = {"VIRTUAL_ENV": str(prefix)}
     unset = ["PYTHONHOME"]
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):

@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from runner.envs import EnvPlan
+from runner.envs import EnvRecipe
 from runner.envs.python import pylock
 from runner.envs.python import spec as pythonenv
 from runner.envs.build import relocate, run_step
@@ -25,7 +25,7 @@ NODE_NEEDS: tuple[str, ...] = ("uv",)
 describe, plan, resolve, activate, write_lock = pythonenv.manager_api(NAME)
 
 
-def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
+def build(plan: EnvRecipe, tmp: Path, final: Path, progress=None) -> None:
     contents = plan.contents
     uv = uv_binary()
     env = uv_env()
@@ -71,7 +71,7 @@ def finish(tmp: Path, final: Path, contents, log: Path, progress) -> None:
     relocate(tmp, tmp, final)
 
 
-def check(plan: EnvPlan, progress=None) -> None:
+def check(plan: EnvRecipe, progress=None) -> None:
     """Resolve the requirements for the project's Python without installing anything
     (`mlproject validate --resolve`): a misspelled or unsatisfiable requirement is reported."""
     import tempfile

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from runner import home
-from runner.envs import EnvPlan
+from runner.envs import EnvRecipe
 from runner.envs.python import spec as pythonenv
 from runner.envs.build import run_step
 from runner.envs.python import pylock
@@ -27,7 +27,7 @@ NODE_NEEDS: tuple[str, ...] = ("virtualenv",)
 describe, plan, resolve, activate, write_lock = pythonenv.manager_api(NAME)
 
 
-def build(plan: EnvPlan, tmp: Path, final: Path, progress=None) -> None:
+def build(plan: EnvRecipe, tmp: Path, final: Path, progress=None) -> None:
     contents = plan.contents
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
     env["PIP_CACHE_DIR"] = str(home.subdir("cache") / "pip")
