@@ -30,7 +30,7 @@ from runner.errors import (
 )
 from runner.version import __version__
 
-TYPE_CHECKING = False  # typing costs ~9 ms to import; annotations are strings anyway
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import Any

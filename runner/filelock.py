@@ -10,7 +10,7 @@ import fcntl
 import os
 from contextlib import contextmanager
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import Callable, Iterator

@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Iterable
 

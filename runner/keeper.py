@@ -33,7 +33,7 @@ from runner.errors import LaunchError, RunnerError
 from runner.launch import RUN_MARKER
 from runner.startup import INTERRUPT_SIGNALS
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable
 

@@ -16,7 +16,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable, Iterator, TextIO
 

@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
     from typing import Any, Callable, Mapping
 
     from runner.backends.job import JobOf

@@ -11,7 +11,7 @@ Adding a backend or a manager is one new module and one loader + entry here (REA
 """
 from __future__ import annotations
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable
 

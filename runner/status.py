@@ -11,9 +11,13 @@ class RunStatus(str, Enum):
     FAILED = "FAILED"
     KILLED = "KILLED"
 
-    # The word itself wherever it is written (f-strings, str(), logs), on every Python version.
+    # The word itself wherever it is written (f-strings, str(), logs, a tuple's repr), on every
+    # Python version: what a run's status printed or logged always was.
     __str__ = str.__str__
     __format__ = str.__format__
+
+    def __repr__(self) -> str:
+        return repr(self.value)
 
     def is_terminal(self) -> bool:
         return self not in (RunStatus.SCHEDULED, RunStatus.RUNNING)

@@ -24,7 +24,7 @@ from pathlib import Path
 from runner import home
 from runner.filelock import FileLock
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable
 

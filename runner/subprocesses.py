@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any, Mapping, Sequence

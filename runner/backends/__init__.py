@@ -20,7 +20,7 @@ from runner.seams import BACKENDS
 from runner.seams import CLUSTERS as CLUSTER_BACKENDS  # (name -> loader: `in` and iteration give the names)
 from runner.status import RunStatus
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from runner.backends.base import Backend, ClusterBackend
     from runner.backends.cluster import JobState

@@ -17,7 +17,7 @@ from pathlib import Path
 from runner.launch import RunHandle, deferred
 from runner.status import RunStatus
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from runner.request import PreparedRun
     from runner.tracking.ledger import RunRecord

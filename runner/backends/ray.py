@@ -31,7 +31,7 @@ from runner.backends.job import REQUEST_VARIABLE, JobRequest
 from runner.errors import LaunchError, NotAvailableError, ProjectError, RunnerError, UsageError
 from runner.status import RunStatus
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Callable
 

@@ -28,7 +28,7 @@ from runner.backends.job import REQUEST_FILE, JobRequest
 from runner.errors import LaunchError, UsageError
 from runner.status import RunStatus
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Callable
 

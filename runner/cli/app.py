@@ -13,7 +13,7 @@ from runner.cli import cache, env, project, run, runs, sweep
 from runner.cli.common import Group, print_error, say
 from runner.errors import EXIT_USAGE, RunnerError
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Sequence
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from runner.errors import NotAvailableError, UsageError
 from runner.seams import ENV_MANAGERS as MANAGERS  # (name -> loader: `in` and iteration give the names)
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Callable, Mapping
 
@@ -67,7 +67,9 @@ class Environment:
         if self.container is not None:
             return self.container.argv(command, env)
         # bash as MLflow uses it (pipes and redirections in commands keep working).
-        shell = which("bash", env.get("PATH")) or which("bash", os.defpath) or "/bin/sh"
+        import shutil
+
+        shell = shutil.which("bash", path=env.get("PATH", os.defpath)) or shutil.which("bash", path=os.defpath) or "/bin/sh"
         if not self.activation_scripts:
             return [shell, "-c", command]
         import shlex
@@ -106,15 +108,6 @@ class Prepared:
         if self.lease is not None:
             self.lease.release()
             self.lease = None
-
-
-def which(program: str, search_path: str | None) -> str | None:
-    """shutil.which without importing shutil (3-4 ms on the warm path)."""
-    for directory in (search_path or "").split(os.pathsep):
-        candidate = os.path.join(directory or ".", program)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def choose_manager(project: Project, requested: str | None, notify: Callable[[str], None] | None = None) -> str:

@@ -15,7 +15,7 @@ from runner.errors import EnvironmentBuildError
 from runner.progress import step
 from runner.subprocesses import capture
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable, Mapping, Sequence
 

@@ -17,9 +17,9 @@ def uv_binary() -> str:
         return find_uv_bin()
     except (ImportError, FileNotFoundError):
         pass
-    from runner.envs import which
+    import shutil
 
-    candidate = which("uv", os.path.dirname(sys.executable)) or which("uv", os.environ.get("PATH"))
+    candidate = shutil.which("uv", path=os.path.dirname(sys.executable)) or shutil.which("uv")
     if candidate is None:
         raise EnvironmentBuildError("uv is not installed", hint="pip install uv (it comes with mlproject-runner)")
     return candidate

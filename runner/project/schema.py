@@ -17,8 +17,8 @@ from pathlib import Path
 from runner import home
 from runner.errors import SpecValidationError
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only: importing typing costs ~9 ms on the warm path
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
     from typing import Any, Callable, Sequence
 
 SCHEMA_FILES = {

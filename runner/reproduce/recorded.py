@@ -8,7 +8,7 @@ from pathlib import Path
 from runner import home
 from runner.sources import provenance
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from runner.envs.python.pylock import PyLock
     from runner.tracking.ledger import RunRecord

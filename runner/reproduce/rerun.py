@@ -14,7 +14,7 @@ from runner.errors import UsageError
 from runner.reproduce.recorded import RecordedRun, recorded
 from runner.request import RunRequest
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Mapping
 

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from runner.errors import ProjectError, UsageError
 from runner.project.paths import project_path
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable
 

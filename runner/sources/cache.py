@@ -29,7 +29,7 @@ from runner.errors import ProjectError, UsageError
 from runner.sources.git import GitCommandError, run_git
 from runner.sources.urls import GitRemote
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable, Iterator
 

@@ -15,7 +15,7 @@ from runner import home
 from runner.errors import ProjectError
 from runner.subprocesses import capture
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import Callable, Sequence

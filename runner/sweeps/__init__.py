@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Callable, Mapping
 

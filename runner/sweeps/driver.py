@@ -25,7 +25,7 @@ from runner.sweeps.space import parse_space
 from runner.sweeps.state import SweepRecord, SweepStore, Trial
 from runner.status import RunStatus
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Callable, Mapping
 

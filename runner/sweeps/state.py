@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from runner.status import RunStatus
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from runner.tracking.ledger import Ledger
 

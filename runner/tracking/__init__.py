@@ -22,11 +22,12 @@ from pathlib import Path
 
 from runner.errors import TrackingError
 
+from typing import TYPE_CHECKING
+
 # Every run the runner creates carries this tag, whose value is written down before the
 # creation is sent: a run whose creation's answer was lost can be found by it.
 ATTEMPT_TAG = "mlproject.attempt"
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
 

@@ -7,7 +7,7 @@ import time
 
 from runner.errors import TrackingError
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable, TypeVar
 

@@ -8,7 +8,7 @@ down; until the ledger's row says the MLflow run was ended, a later invocation e
 from __future__ import annotations
 from runner.status import RunStatus
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import Callable

@@ -18,7 +18,7 @@ from runner.tracking import ATTEMPT_TAG, RunContext, StartRequest, redact
 from runner.tracking.common import experiment_choice, now_ms, refuse_changed_params, retry, tag_filter
 from runner.status import RunStatus
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable
 

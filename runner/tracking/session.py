@@ -16,7 +16,7 @@ from runner.tracking import BackgroundImport, RunContext, StartRequest, mlflow_i
 from runner.tracking.common import retry
 from runner.version import __version__
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable
 

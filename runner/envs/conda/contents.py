@@ -6,7 +6,7 @@ from pathlib import Path
 
 from runner.envs.python.requirements import Requirements
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any
 

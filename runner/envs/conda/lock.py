@@ -20,7 +20,7 @@ from runner.envs.python.pylock import UV_PLATFORMS
 from runner.errors import EnvironmentBuildError
 from runner.progress import step
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable
 

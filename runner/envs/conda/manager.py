@@ -26,7 +26,7 @@ from runner.envs.python.requirements import Requirements, collect
 from runner.errors import EnvironmentBuildError
 from runner.project.spec import Project
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable
 

@@ -13,7 +13,7 @@ from runner import home
 from runner.envs.conda.contents import LOCK_NAME, CondaContents
 from runner.errors import EnvironmentBuildError
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any
 

@@ -24,7 +24,7 @@ from runner.envs import Environment, EnvRecipe, EnvOptions
 from runner.errors import EnvironmentBuildError, UsageError
 from runner.project.spec import Project
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Callable, Mapping
 

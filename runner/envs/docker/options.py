@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from runner.errors import UsageError
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Mapping
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from runner.errors import EnvironmentBuildError
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable
 

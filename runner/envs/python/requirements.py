@@ -17,7 +17,7 @@ from pathlib import Path
 from runner.errors import EnvironmentBuildError
 from runner.project.paths import resolve_inside
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Sequence
 

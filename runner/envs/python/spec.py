@@ -21,7 +21,7 @@ from runner.envs.python.requirements import Requirements, collect
 from runner.errors import EnvironmentBuildError, UsageError
 from runner.project.spec import Project
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable, Sequence
 
