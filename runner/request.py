@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Callable, Mapping
 
-    from runner.backends.job import JobOf
     from runner.envs import PlannedEnv
     from runner.project.params import Invocation
     from runner.project.spec import Project
@@ -21,6 +20,15 @@ if TYPE_CHECKING:
     from runner.tracking.session import TrackedRun, TrackingTarget
 
     Notify = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class JobOf:
+    """Carried by the request of a runner inside a cluster job: which backend, which ledger row
+    (see runner.backends.job)."""
+
+    backend: str
+    run_id: str
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from runner.request import JobOf
+
 from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any
@@ -27,14 +29,6 @@ if TYPE_CHECKING:
 # Where a scheduler that passes no files hands the request to the job (Ray: the job's environment).
 REQUEST_VARIABLE = "MLPROJECT_JOB_REQUEST"
 REQUEST_FILE = "job.json"  # in the run's directory on the submit host (a shared file system: Slurm)
-
-
-@dataclass(frozen=True)
-class JobOf:
-    """Carried by the request of a runner inside a cluster job: which backend, which ledger row."""
-
-    backend: str
-    run_id: str
 
 
 @dataclass(frozen=True)

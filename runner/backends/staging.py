@@ -15,29 +15,7 @@ from pathlib import Path
 from runner.errors import ProjectError
 from runner.sources import STAGED_MARKER as _COMPLETE  # written last: without it, not a snapshot yet
 from runner.sources import mark_staged_use
-from runner.sources.local import TRACKING_STORE_DIRS, TRACKING_STORE_FILES
-
-# Version control data, bytecode, local MLflow stores and virtual environments: large,
-# changing with every run, and not what the command reads as its code.
-_SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__", ".venv", ".mlproject", *TRACKING_STORE_DIRS}
-_SKIPPED_FILES = {_COMPLETE, *TRACKING_STORE_FILES}
-
-
-def project_files(directory: Path) -> list[tuple[str, os.stat_result]]:
-    """(relative path, lstat) of what is copied, sorted: the order the hash reads them in."""
-    found: list[tuple[str, os.stat_result]] = []
-    for top, dirs, names in os.walk(directory):
-        linked = [d for d in dirs if os.path.islink(os.path.join(top, d))]  # copied as links, not walked
-        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS and d not in linked)
-        for name in [*names, *linked]:
-            if name in _SKIPPED_FILES:
-                continue
-            path = os.path.join(top, name)
-            info = os.lstat(path)
-            if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
-                found.append((os.path.relpath(path, directory), info))
-    return sorted(found, key=lambda item: item[0])
-
+from runner.sources.local import project_files
 
 def content_key(directory: Path, files: list[tuple[str, os.stat_result]]) -> str:
     """The digest of the files' bytes, read once per state of the files (see filetree): resubmitting

@@ -18,18 +18,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from typing import TYPE_CHECKING
+
 from runner.errors import ProjectError, UsageError
 from runner.project.paths import project_path
+from runner.sources.local import STAGED_MARKER  # (re-exported: where staged snapshots are recognised)
 
-from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Callable
 
-    from runner.store import Lease
     from runner.sources.urls import GitRemote
-
-
-STAGED_MARKER = ".mlproject-staged"  # written last into a snapshot staged for a cluster's nodes
+    from runner.store import Lease
 
 
 def mark_staged_use(tree: Path) -> None:

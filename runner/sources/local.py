@@ -4,6 +4,8 @@ Only read: the user's working copy, HEAD, branches and remotes are never changed
 """
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,8 @@ class WorkingCopy:
     dirty: bool | None
     origin_url: str | None
 
+
+STAGED_MARKER = ".mlproject-staged"  # written last into a snapshot staged for a cluster's nodes
 
 # What MLflow's default local stores write where a run is started (`mlflow run .` in a working
 # copy leaves them there too): untracked, they do not make the project's working copy dirty.
@@ -80,3 +84,26 @@ def inspect(top: Path) -> WorkingCopy | None:
             dirty = True
     url = origin_out.decode(errors="replace").strip() if origin.returncode == 0 else ""
     return WorkingCopy(commit, branch, dirty, url or None)
+
+
+# A project's files, as a node or a rerun sees them. Version control data, bytecode, local MLflow stores and virtual environments: large,
+# changing with every run, and not what the command reads as its code.
+_SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__", ".venv", ".mlproject", *TRACKING_STORE_DIRS}
+_SKIPPED_FILES = {STAGED_MARKER, *TRACKING_STORE_FILES}
+
+
+def project_files(directory: Path) -> list[tuple[str, os.stat_result]]:
+    """(relative path, lstat) of a project's files as a node gets them (staging) and a rerun
+    checks them (provenance), sorted: the order a hash reads them in."""
+    found: list[tuple[str, os.stat_result]] = []
+    for top, dirs, names in os.walk(directory):
+        linked = [d for d in dirs if os.path.islink(os.path.join(top, d))]  # copied as links, not walked
+        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS and d not in linked)
+        for name in [*names, *linked]:
+            if name in _SKIPPED_FILES:
+                continue
+            path = os.path.join(top, name)
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
+                found.append((os.path.relpath(path, directory), info))
+    return sorted(found, key=lambda item: item[0])

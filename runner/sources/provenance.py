@@ -67,7 +67,7 @@ KEPT_NAMES = (DIFF_NAME, UNTRACKED_NAME, OVER_CAP_NAME, INPUTS_NAME, FILES_NAME,
 def manifest(directory: Path, files: list | None = None) -> dict[str, str]:
     """{relative path: sha256} of a project's files (`files`, as staging.project_files lists
     them: those a cluster's nodes are sent), read once per state of the files."""
-    from runner.backends.staging import project_files
+    from runner.sources.local import project_files
     from runner.filetree import remembered_file_digests
 
     return remembered_file_digests(directory, project_files(directory) if files is None else files, "manifest")
@@ -87,7 +87,7 @@ def keep_files(directory: Path, run_dir: Path) -> None:
     import json
     import os
 
-    from runner.backends.staging import project_files
+    from runner.sources.local import project_files
 
     files = project_files(directory)
     digests = manifest(directory, files)
