@@ -66,7 +66,7 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
     from runner import api
     from runner.progress import Progress
     from runner.sweeps import run_sweep
-    from runner.sweeps.driver import table
+    from runner.sweeps.report import table
 
     if (uri is None) == (resume is None):
         raise click.UsageError("give a project URI to start a sweep, or --resume SWEEP_ID (not both)")
@@ -110,7 +110,8 @@ def _raise_interrupted(signum: int, _frame) -> None:
 @click.argument("sweep_id")
 @debug_option
 def sweep_show(sweep_id: str) -> int:
-    from runner.sweeps.driver import find, table
+    from runner.sweeps.driver import find
+    from runner.sweeps.report import table
 
     record = find(sweep_id)
     request = record.request

@@ -11,7 +11,6 @@ start, so `resume()` runs only what is missing after a kill, a crash or a reboot
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from runner import home
 from runner.errors import RunnerError, UsageError
+from runner.sweeps import report
 from runner.sweeps.space import parse_space
 from runner.sweeps.state import SweepRecord, SweepStore, Trial
 from runner.status import RunStatus
@@ -205,7 +205,7 @@ def _drive(request: SweepRequest, sweep_id: str, trials: list[Trial], parent: _P
             try:
                 resolve(plan.project, request.entry_point, parameters, cwd)
             except RunnerError as exc:
-                exc.message = f"trial {number} ({_shown(parameters)}): {exc.message}"
+                exc.message = f"trial {number} ({report.shown(parameters)}): {exc.message}"
                 raise
         cached = plan.source.checkout is not None
         version = plan.source.commit if cached else request.version
@@ -236,10 +236,6 @@ def _drive(request: SweepRequest, sweep_id: str, trials: list[Trial], parent: _P
         finally:
             sweep.close()
     return sweep.result
-
-
-def _shown(parameters: dict[str, str]) -> str:
-    return " ".join(f"{k}={v}" for k, v in parameters.items())
 
 
 class _Sweep:
@@ -351,9 +347,13 @@ class _Sweep:
         finally:
             try:  # (its files are worth a warning, never the parent's end: a full disk refuses them)
                 table = self.directory / "trials.csv"
-                _write_csv(table, self.trials, self.request.metric, self.request.goal)
+                report.write_csv(table, self.trials, self.request.metric, self.request.goal)
                 self.tracked.artifacts.append((table, None))
-                plot = self._plot()
+                plot, note = report.plot(self.trials, self.request.metric, self.request.goal,
+                                         list(parse_space(dict(self.request.parameters or {})).as_json()),
+                                         f"sweep {self.id}", self.directory)
+                if note:
+                    result.notes.append(note)
                 if plot is not None:
                     self.tracked.artifacts.append((plot, None))
             except OSError as exc:
@@ -366,39 +366,6 @@ class _Sweep:
                            None if result.succeeded else _why(self.trials, self.interrupted), self.notify, note=self.note)
             self.ledger.close()
             self.log.close()
-
-    def _plot(self) -> Path | None:
-        """The metric against each swept parameter, one panel each (matplotlib, when installed)."""
-        metric = self.request.metric
-        points = [t for t in self.trials if t.metric is not None]
-        swept = [name for name in parse_space(dict(self.request.parameters or {})).as_json()
-                 if len({t.parameters.get(name) for t in points}) > 1]
-        if not metric or not points or not swept:
-            return None
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")  # no display: a file
-            import matplotlib.pyplot as plt
-        except ImportError:
-            self.result.notes.append("note: matplotlib is not installed: the sweep's plot was skipped")
-            return None
-        figure, axes = plt.subplots(1, len(swept), figsize=(4 * len(swept), 3.2), squeeze=False)
-        for axis, name in zip(axes[0], swept):
-            values = [t.parameters[name] for t in points]
-            try:
-                xs: list = [float(v) for v in values]
-            except ValueError:
-                xs = values  # categorical: one column per value
-            axis.scatter(xs, [t.metric for t in points], s=18)
-            axis.set_xlabel(name)
-            axis.set_ylabel(metric)
-        figure.suptitle(f"sweep {self.id}: {metric} ({self.request.goal})")
-        figure.tight_layout()
-        path = self.directory / f"{_safe(metric)}.png"
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
-        return path
 
     def _record_best(self, result: SweepResult) -> None:
         best = result.best
@@ -593,7 +560,7 @@ class _Sweep:
         total = max(self.search.budget(), len(self.trials)) if self.search.ADAPTIVE else len(self.trials)
         metric = f"  {self.request.metric}={trial.metric:g}" if trial.metric is not None else ""
         self.say(f"trial {trial.number} ({done}/{total}) {trial.status} in "
-                 f"{human_duration(trial.duration or 0)}: {_shown(trial.parameters)}{metric}  (run {trial.run_id})")
+                 f"{human_duration(trial.duration or 0)}: {report.shown(trial.parameters)}{metric}  (run {trial.run_id})")
 
     def say(self, line: str) -> None:
         self.notify(line)
@@ -672,10 +639,6 @@ class _DeferredSignals:
             signal.signal(signum, handler)
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "metric"
-
-
 def _why(trials: list[Trial], interrupted: bool) -> str:
     if interrupted:
         return "the sweep was interrupted"
@@ -688,35 +651,3 @@ def _as_json(request: SweepRequest, cwd: Path) -> dict:
     data["cwd"] = str(cwd)
     data["parameters"] = {k: str(v) for k, v in (request.parameters or {}).items()}
     return data
-
-
-def _write_csv(path: Path, trials: list[Trial], metric: str | None, goal: str) -> None:
-    names = sorted({name for trial in trials for name in trial.parameters})
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["trial", "status", metric or "metric", "duration_s", *names, "run_id"])
-        for trial in ranked(trials, goal):
-            writer.writerow([trial.number, trial.status, "" if trial.metric is None else trial.metric,
-                             "" if trial.duration is None else f"{trial.duration:.3f}",
-                             *(trial.parameters.get(name, "") for name in names), trial.run_id or ""])
-
-
-def ranked(trials: list[Trial], goal: str | None) -> list[Trial]:
-    """Trials with a metric first, best first (by `goal`); then the others in their order."""
-    with_metric = [t for t in trials if t.metric is not None]
-    others = [t for t in trials if t.metric is None]
-    with_metric.sort(key=lambda t: t.metric, reverse=goal == "maximize")  # type: ignore[arg-type,return-value]
-    return with_metric + others
-
-
-def table(trials: list[Trial], metric: str | None, goal: str) -> list[str]:
-    """The trials for a person, best first."""
-    from runner.progress import human_duration
-
-    rows = [("#", "STATUS", (metric or "METRIC").upper(), "DURATION", "PARAMETERS", "RUN ID")]
-    for trial in ranked(trials, goal):
-        rows.append((str(trial.number), trial.status, "" if trial.metric is None else f"{trial.metric:g}",
-                     "" if trial.duration is None else human_duration(trial.duration), _shown(trial.parameters),
-                     trial.run_id or ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]

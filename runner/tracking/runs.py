@@ -178,7 +178,9 @@ def cancel(ledger: Ledger, run_id: str, wait: float = 30.0) -> RunRecord:
             time.sleep(0.1)
         raise UsageError(f"run {record.id} did not stop within {wait:.0f} s")
     _stop_what_is_left(record, 5.0)
-    ledger.finish(record.id, RunStatus.KILLED, record.exit_code, "cancelled after its runner had gone")
+    from runner.tracking.ending import end_recorded
+
+    end_recorded(ledger, record, RunStatus.KILLED, record.exit_code, "cancelled after its runner had gone")
     return find(ledger, record.id)
 
 
