@@ -94,7 +94,8 @@ class JobRequest:
         if from_env:
             return cls.from_json(os.environ.pop(REQUEST_VARIABLE))
         if request_file is None:
-            raise UsageError("give the request file, or --from-env")
+            raise UsageError("give the request file, or --from-env",
+                             hint="(internal) a cluster job's command names its request; see runner.backends.job")
         if not os.path.isfile(request_file):  # written by the submitter: this node does not see its files
             raise LaunchError(f"the job's request {request_file} is not on this node ({os.uname().nodename})",
                               hint="the nodes must share MLPROJECT_HOME (or the backend config's mlproject_home) "
