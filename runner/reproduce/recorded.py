@@ -133,15 +133,16 @@ def recorded(run_id: str) -> RecordedRun:
     finally:
         ledger.close()
     run = RecordedRun(record, home.subdir("runs") / record.id)
-    if record.backend != "local" and record.tracking_run_id and record.tracking_uri \
-            and not any((run.run_dir / path).is_file() for path in _locks()):
+    lock = _lock_of(record.env_manager)
+    if record.backend != "local" and record.tracking_run_id and record.tracking_uri and lock is not None \
+            and not (run.run_dir / lock).is_file():
         # The environment was built on a node that keeps its own files (Ray): its lock, as the
-        # node logged it to tracking.
+        # node logged it to tracking (asked only for a manager that records one).
         from runner.tracking import tracker_for
 
         try:
             tracker = tracker_for(record.tracking_uri, quick=True)
-            _download(tracker, tracker.recorded_run(record.tracking_run_id), run.run_dir, _locks())
+            _download(tracker, tracker.recorded_run(record.tracking_run_id), run.run_dir, [lock])
         except Exception:  # noqa: BLE001 - the rerun then says the lock was not recorded
             pass
     return run
@@ -176,6 +177,17 @@ def _from_tracking(run_id: str, not_in_ledger: Exception) -> RecordedRun:
     run_dir = home.subdir("runs") / f"tracked-{run_id}"  # what the store kept of it, downloaded once
     _download(tracker, data, run_dir, (*_KEPT, *_locks()))
     return RecordedRun(record, run_dir)
+
+
+def _lock_of(manager: str) -> str | None:
+    """The artifact path of the lock `manager` records in every environment it builds; None: none."""
+    from runner.envs import manager_module
+
+    try:
+        name = manager_module(manager).LOCK_NAME
+    except Exception:  # noqa: BLE001 - a manager this version does not have
+        return None
+    return f"environment/{name}" if name else None
 
 
 def _locks() -> list[str]:
