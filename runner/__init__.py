@@ -12,6 +12,7 @@ from runner import startup as _startup
 
 if _startup.started_as_command():  # (a signal while the command imports: see runner.startup)
     _startup.hold()
+    _startup.tune_collector()
     from runner import faults as _faults
 
     _faults.checkpoint("import")

@@ -324,8 +324,9 @@ def test_help_says_what_every_option_and_command_is(cli):
         assert option in sweep.stdout, option
     from runner.cli import cli as commands
 
+    context = click.Context(commands)
     undescribed = [f"{name} {param.name}" for name in ("run", "rerun", "validate")
-                   for param in commands.commands[name].params
+                   for param in commands.get_command(context, name).params
                    if isinstance(param, click.Option) and not param.hidden and not param.help]
     assert undescribed == []
     assert "local|slurm|ray" in cli("run", "--help").stdout
@@ -368,3 +369,30 @@ def test_a_near_miss_of_a_declared_name_is_warned_about(make_project, cli):
     assert warnings == ["warning: -P alpah is not a parameter of entry point 'main', so it is passed on as --alpah; "
                         "did you mean alpha?"]
     assert result.stdout == "0.5 --alpah 0.1 --seed 3\n"
+
+
+@pytest.mark.unit
+def test_every_command_is_found_in_the_module_named_for_it():
+    """The group imports a command's module only when the command is asked for (a run does not
+    pay for the other commands' modules); every listed name must resolve to its command."""
+    from runner.cli import cli as commands
+
+    context = click.Context(commands)
+    names = commands.list_commands(context)
+    assert names[0] == "run" and len(names) == len(set(names))
+    for name in names:
+        assert commands.get_command(context, name).name == name
+    assert commands.get_command(context, "no-such-command") is None
+
+
+@pytest.mark.unit
+def test_main_called_from_a_library_leaves_the_collector_alone():
+    """Only a process started as a command tunes and, at its end, freezes the collector: a test
+    or a program calling `main` goes on collecting its own garbage."""
+    import gc
+
+    from runner.cli import main
+
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    assert main(["--version"]) == 0
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)
