@@ -6,18 +6,34 @@
 
 Public API only; heavy modules load on first use so `import runner` stays cheap.
 """
-from __future__ import annotations
+import sys as _sys
 
-from runner import startup as _startup
+# Whether this process is one of the project's commands: the `mlproject` script, or
+# `python -m runner…`, during whose package import `sys.argv[0]` is "-m". Asked here, first,
+# because later `sys.argv[0]` is the module's path (runner.startup.started_as_command).
+_STARTED_AS_COMMAND = bool(_sys.argv) and (_sys.argv[0] == "-m" or _sys.argv[0].rsplit("/", 1)[-1] == "mlproject")
 
-if _startup.started_as_command():  # (a signal while the command imports: see runner.startup)
-    _startup.hold()
-    _startup.tune_collector()
-    from runner import faults as _faults
+try:
+    if _STARTED_AS_COMMAND:  # (a signal while the command imports: see runner.startup)
+        from runner import startup as _startup
 
-    _faults.checkpoint("import")
+        _startup.hold()
+        _startup.tune_collector()
+        from runner import faults as _faults
 
-from runner.errors import (
+        _faults.checkpoint("import")
+except BaseException as _interrupted:
+    # A Ctrl-C in the instant between the command's first line and its handlers: Python raises
+    # it from inside these imports (wrapped in a RuntimeError when it lands in an enum member's
+    # creation). Nothing exists yet: exit as the handlers would have, quietly with 128+SIGINT.
+    if isinstance(_interrupted, KeyboardInterrupt) or isinstance(_interrupted.__cause__, KeyboardInterrupt):
+        import os as _os
+
+        _os._exit(130)
+    raise
+
+# (Below the signals' hold on purpose: nothing may be imported before it.)
+from runner.errors import (  # noqa: E402
     EnvironmentBuildError,
     LaunchError,
     NotAvailableError,
@@ -29,9 +45,9 @@ from runner.errors import (
     TrackingError,
     UsageError,
 )
-from runner.version import __version__
+from runner.version import __version__  # noqa: E402
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING  # noqa: E402
 
 if TYPE_CHECKING:
     from typing import Any

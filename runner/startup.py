@@ -26,8 +26,8 @@ def hold() -> None:
 
 
 def started_as_command() -> bool:
-    first = sys.argv[0] if sys.argv else ""
-    return first == "-m" or os.path.basename(first) == "mlproject"
+    """The `mlproject` script or `python -m runner…` (as `runner/__init__.py` found at import)."""
+    return bool(getattr(sys.modules.get("runner"), "_STARTED_AS_COMMAND", False))
 
 
 def release() -> None:

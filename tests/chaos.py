@@ -312,10 +312,11 @@ class Worker:
         # KeyboardInterrupt, uncaught there, is Python and the API doing as documented.)
         last = (stderr.strip().splitlines() or [""])[-1]
         api_error = strike.kind == "keeper" and (last.startswith("runner.errors.") or last == "KeyboardInterrupt")
-        if "Could not import runpy module" in stderr or (
+        if "Could not import runpy module" in stderr or "Fatal Python error: init_" in stderr or (
                 "Traceback" in stderr and "/runner/" not in stderr[stderr.index("Traceback"):]):
-            # Struck inside the interpreter's own start (`Could not import runpy module`), before
-            # the runner's first line: nothing of ours existed to handle it.
+            # Struck inside the interpreter's own start (`Could not import runpy module`, `Fatal
+            # Python error: init_import_site`, exit 1), before the runner's first line: nothing of
+            # ours existed to handle it.
             outcome.landed = False
         elif code not in (None, 0) and "Traceback" in stderr and strike.fault != "SIGKILL" and not api_error:
             shown = stderr[stderr.index("Traceback"):][-2500:] if os.environ.get("CHAOS_VERBOSE") else stderr.strip().splitlines()[-1][:200]
