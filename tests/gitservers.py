@@ -70,13 +70,25 @@ def wait_for_port(port: int, what: str, proc: subprocess.Popen | None = None, ti
 
 
 def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
+    """Stop a server started in a session of its own, with every process of its group: `git
+    daemon` runs `git-daemon` as a child that outlived a terminated `git` and went on serving
+    its port (a test that stopped the server to run offline fetched from it, in CI)."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
         try:
             proc.wait(timeout=10)
+            break
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # (what outlived the leader: a connection's child)
+    except ProcessLookupError:
+        pass
 
 
 # -- a repository with history to ask for ----------------------------------------
@@ -147,6 +159,7 @@ class GitDaemon:
             ["git", "daemon", "--reuseaddr", "--export-all", "--verbose", f"--base-path={self.base}",
              "--listen=127.0.0.1", f"--port={self.port}", str(self.base)],
             stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"),  # noqa: SIM115 (closed with the process)
+            start_new_session=True,  # (stopped with its whole group: see stop_process)
         )
         wait_for_port(self.port, "git daemon", self.proc)
 
@@ -255,6 +268,7 @@ class SshServer:
         self.proc = subprocess.Popen(
             [sshd, "-D", "-e", "-f", str(self.work / "sshd_config")],
             stdout=subprocess.DEVNULL, stderr=open(self.work / "sshd.log", "ab"),  # noqa: SIM115
+            start_new_session=True,  # (stopped with its whole group: see stop_process)
         )
         wait_for_port(self.port, "sshd", self.proc)
 
