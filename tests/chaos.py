@@ -2,6 +2,7 @@
 
     python -m tests.chaos --runs 2000 --seed 7          # the whole campaign (make chaos)
     python -m tests.chaos --replay 7:413                # strike 413 of seed 7 again, alone
+    python -m tests.chaos --runs 500 --first 500 --seed 7   # strikes 500-999 of seed 7 (a part)
 
 Every strike starts a real run of one kind (a local run, an asynchronous API run and its keeper,
 a local sweep, a git project through the cache, a uv environment built anew, a run tracked on a
@@ -876,6 +877,8 @@ def campaign(runs: int, seed: int, workers: int = 2, kinds: tuple[str, ...] = QU
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--first", type=int, default=0, metavar="INDEX",
+                        help="the first strike's index: one seed's campaign split into parts (--first 1000 --runs 1000)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--kinds", default=",".join(ALL_KINDS), help=f"of: {', '.join(ALL_KINDS)}")
@@ -887,6 +890,8 @@ def main() -> int:
     if args.replay:
         seed_text, _, index_text = args.replay.partition(":")
         seed, indexes = int(seed_text), [int(i) for i in index_text.split(",")]
+    if indexes is None:
+        indexes = list(range(args.first, args.first + args.runs))
     report = campaign(args.runs, seed, args.workers, kinds, tuple(args.faults.split(",")), indexes)
     print(f"chaos: seed {seed}: {len(report.outcomes)} strikes in {report.seconds:.0f} s, "
           f"{sum(o.landed for o in report.outcomes)} on a live run, {len(report.violations)} with violations")
