@@ -28,7 +28,7 @@ from runner.status import RunStatus
 
 from typing import TYPE_CHECKING
 if TYPE_CHECKING:
-    from typing import Any, Callable, Mapping
+    from typing import Any, Callable, Mapping, Sequence
 
     from runner.envs import PlannedEnv
     from runner.launch import RunHandle
@@ -136,16 +136,25 @@ def run(
     on_submitted: Callable[[RunHandle], None] | None = None,
     locked: bool = False,
     detach: bool = False,
+    gpus: int = 0,
+    gpu_devices: Sequence[str] | str | None = None,
 ) -> RunHandle:
     """Run an MLflow project; the arguments are those of `mlflow.projects.run`.
 
     Returns a SubmittedRun. With `synchronous=True` (the default) it waits and,
     as MLflow does, raises RunFailedError if the run did not finish successfully.
+
+    `gpus`: the run gets this many GPUs no other run holds, out of `gpu_devices` (default: those
+    CUDA_VISIBLE_DEVICES or `nvidia-smi -L` name), and waits while none are free (runner.gpus).
     """
-    request = RunRequest(uri, entry_point, version, parameters, docker_args, experiment_name, experiment_id, backend,
-                         backend_config, storage_dir, synchronous, run_id, run_name, env_manager, build_image,
-                         docker_auth, cwd, stream_output, locked, detach)
     try:
+        from runner.gpus import check_count, parse_devices
+
+        check_count(gpus, "gpus")
+        request = RunRequest(uri, entry_point, version, parameters, docker_args, experiment_name, experiment_id,
+                             backend, backend_config, storage_dir, synchronous, run_id, run_name, env_manager,
+                             build_image, docker_auth, cwd, stream_output, locked, detach, gpus=gpus,
+                             gpu_devices=parse_devices(gpu_devices))
         return submit_for_python(request, notify, progress, on_submitted)
     except RunnerError as exc:
         raise exc.for_python() from None

@@ -72,6 +72,10 @@ class RunRequest:
     # A rerun: `path` parameters logged as the original logged them (as its caller gave them),
     # while the command gets the absolute paths the original's command got.
     logged_paths: Mapping[str, str] | None = None
+    # GPUs: the run gets this many devices of its own (runner.gpus), out of `gpu_devices` (None:
+    # the machine's) here, or asked of the scheduler on a cluster.
+    gpus: int = 0
+    gpu_devices: tuple[str, ...] | None = None
 
     def caller_cwd(self) -> Path:
         return Path(self.cwd).absolute() if self.cwd is not None else Path.cwd()

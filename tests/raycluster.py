@@ -69,7 +69,10 @@ class RayCluster:
         of its own, as a node on another machine has. (With a shared directory, one node unpacks a
         job's working_dir over the one another node's job runs in; with another path, the agents
         read a job's log from the head's path.)"""
-        argv = [str(Path(sys.executable).parent / "ray"), "start", *args, "--disable-usage-stats", "--num-cpus=2"]
+        # One GPU a node, declared (there is none here): Ray hands it to a job that asks for it
+        # (entrypoint_num_gpus) and sets its CUDA_VISIBLE_DEVICES, as on a GPU cluster.
+        argv = [str(Path(sys.executable).parent / "ray"), "start", *args, "--disable-usage-stats", "--num-cpus=2",
+                "--num-gpus=1"]
         if own_disk is not None:
             own_disk.mkdir(parents=True, exist_ok=True)
             argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount --bind "$0" "$1" && shift && exec "$@"',

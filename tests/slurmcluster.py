@@ -85,11 +85,17 @@ class SlurmCluster:
             "ReturnToService=2",
             "KillWait=5",  # SIGKILL this long after a cancelled or timed-out job's SIGTERM
             "InactiveLimit=0",
+            "GresTypes=gpu",
             f"NodeName=n[1-2] NodeHostname=localhost NodeAddr=127.0.0.1 Port={node_port}-{node_port + 1}"
-            " CPUs=2 RealMemory=1000 State=UNKNOWN",
+            " CPUs=2 RealMemory=1000 Gres=gpu:2 State=UNKNOWN",
             "PartitionName=debug Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP",
             "",
         ]))
+        # Two GPUs a node, named by files that stand for their devices (no GPU here): Slurm hands
+        # them out per job (--gpus-per-node) and sets CUDA_VISIBLE_DEVICES as on a GPU cluster.
+        for index in range(2):
+            (self.root / f"gpu{index}").touch()
+        (self.root / "gres.conf").write_text(f"NodeName=n[1-2] Name=gpu File={self.root}/gpu[0-1]\n")
         for argv in (["slurmctld", "-D", "-i"], ["slurmd", "-D", "-N", "n1"], ["slurmd", "-D", "-N", "n2"]):
             self._daemon(argv)
         self._wait_for_idle_nodes("the Slurm cluster did not come up")

@@ -173,6 +173,28 @@ def test_sweep_on_ray(ray, make_project, _work_in_tmp):
     assert {r.data.tags["mlflow.project.backend"] for r in children} == {"ray"}
 
 
+def test_a_sweep_asks_ray_for_each_trials_gpu(ray, make_project, _work_in_tmp):
+    """`--gpus-per-trial 1` on Ray: each trial's job asks for one GPU (entrypoint_num_gpus); the
+    test cluster's two nodes declare one each, so two trials run at once, one per node."""
+    project = make_project("""
+        name: gpus
+        entry_points:
+          main:
+            parameters:
+              alpha: {type: float, default: 0}
+            command: "echo devices=[$CUDA_VISIBLE_DEVICES]; sleep 1"
+    """)
+    result = _cli("sweep", str(project), "-P", "alpha=0.1,0.2", "-b", "ray", "--env-manager", "local",
+                  "--max-parallel", "2", "--gpus-per-trial", "1")
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    children = [r for r in client.search_runs(["0"]) if r.data.tags.get("mlflow.parentRunId")]
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    for child in children:
+        logs = _cli("runs", "logs", child.info.run_id)
+        assert "devices=[0]" in logs.stdout, logs.stdout
+
+
 def test_submitter_killed_while_its_job_runs_is_reconciled(ray, make_project, _work_in_tmp):
     project = make_project(PROJECT)
     proc = _start_cli("run", str(project), "-b", "ray", "-P", "secs=6", "--env-manager", "local")

@@ -545,6 +545,37 @@ def test_sweep_on_the_cluster(slurm, make_project, _work_in_tmp):
     assert "queued as slurm job array" in result.stderr
 
 
+def test_a_sweep_asks_slurm_for_each_trials_gpus(slurm, make_project, _work_in_tmp):
+    """`--gpus-per-trial 1` on Slurm: every array task asks for one GPU of its node (the test
+    cluster's nodes have two each, files standing for devices), and Slurm grants it."""
+    project = make_project("""
+        name: gpus
+        entry_points:
+          main:
+            parameters:
+              alpha: {type: float, default: 0}
+            command: "echo gpus=$SLURM_GPUS_ON_NODE; sleep 1"
+    """)
+    result = subprocess.run([sys.executable, "-m", "runner", "sweep", str(project), "-P", "alpha=0.1,0.2,0.3",
+                             "-b", "slurm", "--max-parallel", "3", "--env-manager", "local", "--gpus-per-trial", "1"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": BARE_PATH})
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    parent = client.search_runs(["0"], "tags.`mlproject.sweep.id` != ''")[0]
+    children = client.search_runs(["0"], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 3
+    for child in children:
+        logs = _cli("runs", "logs", child.info.run_id)
+        assert "gpus=1" in logs.stdout, logs.stdout
+    # More than a node has: Slurm refuses the array, said in one line, and no trial is left open.
+    result = subprocess.run([sys.executable, "-m", "runner", "sweep", str(project), "-P", "alpha=0.1,0.2",
+                             "-b", "slurm", "--env-manager", "local", "--gpus-per-trial", "3"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": BARE_PATH})
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    listed = json.loads(_cli("runs", "list", "--json", "--limit", "100").stdout)
+    assert not [row for row in listed if row["status"] in ("SCHEDULED", "RUNNING")], listed
+
+
 def test_ctrl_c_stops_a_sweep_on_the_cluster(slurm, make_project, _work_in_tmp):
     """Two of four trials run at once (the array's throttle), two wait; Ctrl-C cancels all four:
     the running ones and the waiting ones (never split out of the array's own record) are

@@ -31,6 +31,10 @@ def check(config: dict, request: RunRequest) -> None:
         raise UsageError("--detach is for cluster backends (-b slurm); a local run ends with its runner",
                          hint="run it in the background with your shell (&, nohup, tmux) instead",
                          python_hint="use synchronous=False and keep the process alive")
+    if request.gpus and request.job_of is None:
+        from runner.gpus import GpuRequest
+
+        GpuRequest(request.gpus, request.gpu_devices).pool()  # (enough devices, before the run exists)
 
 
 def check_plan(state: PlannedRun) -> None:
@@ -78,6 +82,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     inputs_dir = run_dir / "inputs"
     private = run_dir / "work"  # this run's own copy of a cached commit (see ProjectDir.private_copy)
     prepared = None
+    devices = None  # the GPUs leased to the run (runner.gpus), if it asked for some
 
     def abandon(exc: BaseException, stage: str) -> None:
         """The run ends before its command started: KILLED on a signal, FAILED on an error."""
@@ -88,6 +93,8 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
             _remove_inputs(inputs_dir, private)
             if prepared is not None:
                 prepared.release()
+            if devices is not None:
+                devices.release()
 
     try:
         # (Inside the try: an interrupt landing just after the row is written ends it KILLED.)
@@ -116,6 +123,10 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
 
         child_env = environment.apply(os.environ)
         child_env.update(tracked.child_env())
+        if state.request.gpus and job_of is None:  # (on a cluster, its scheduler hands them out)
+            devices = _lease_devices(state, submitted, tracked)
+            if devices is not None:
+                child_env.update(devices.env())
         if tracked.context is not None and tracked.context.artifact_uri:
             # Where the run's artifacts go: a container must be able to write there too.
             child_env["MLPROJECT_ARTIFACT_URI"] = tracked.context.artifact_uri
@@ -151,6 +162,8 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
             prepared.release()
             the_plan.source.release()
             _remove_inputs(inputs_dir, private)
+            if devices is not None:
+                devices.release()
 
     try:
         start(
@@ -170,6 +183,8 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
             abandon(exc, "launch")
         else:
             prepared.release()
+            if devices is not None:
+                devices.release()
         raise
     if tracked.run_id is not None:
         # What the run's end needs (the artifact upload's modules) is imported while the
@@ -181,6 +196,18 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
         if not submitted.wait():
             raise RunFailedError(submitted)
     return submitted
+
+
+def _lease_devices(state: PreparedRun, submitted: SubmittedRun, tracked):
+    """The run's own GPUs, waited for while other runs hold them; None if it was cancelled
+    meanwhile (start() then starts nothing and ends it KILLED)."""
+    from runner import gpus
+
+    request = gpus.GpuRequest(state.request.gpus, state.request.gpu_devices)
+    leased = gpus.lease(request, cancelled=lambda: submitted.cancel_signal is not None, on_wait=state.notify)
+    if leased is not None:
+        tracked.set_tags({gpus.TAG: ",".join(leased.devices)})
+    return leased
 
 
 def _keep_environment_lock(manager: EnvManager, prefix: Path, run_dir: Path) -> list[tuple[Path, str]]:

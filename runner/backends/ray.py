@@ -91,6 +91,8 @@ def check(config: dict[str, Any], request: RunRequest) -> RayOptions:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise _problem(f"{key} must be a number, not {json.dumps(value)}", f'for example "{key}": 1')
             entrypoint[key] = value
+    if request.gpus and "entrypoint_num_gpus" not in entrypoint:
+        entrypoint["entrypoint_num_gpus"] = request.gpus  # (--gpus-per-run/--gpus-per-trial; Ray sets CUDA_VISIBLE_DEVICES)
     for key in ("entrypoint_resources", "runtime_env", "metadata"):
         value = config.get(key, {})
         if not isinstance(value, dict):

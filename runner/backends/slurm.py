@@ -95,6 +95,8 @@ def check(config: dict[str, Any], request: RunRequest) -> SlurmOptions:
         if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value).strip() == "":
             raise _problem(f"{key} must be a string or a number, not {json.dumps(value)}", f'for example "{key}": "..."')
         sbatch_args.append(f"{option}={value}")
+    if request.gpus and not {"gpus_per_node", "gres"} & set(config):
+        sbatch_args.append(f"--gpus-per-node={request.gpus}")  # (--gpus-per-run/--gpus-per-trial: each task's own)
     exclusive = config.get("exclusive", False)
     if not isinstance(exclusive, bool):
         raise _problem(f"exclusive must be true or false, not {json.dumps(exclusive)}", '"exclusive": true')

@@ -25,13 +25,19 @@ from runner.status import RunStatus
 @click.option("--run-name", default=None, help="the MLflow run's name (default: a generated one)")
 @click.option("--build-image", is_flag=True, help="docker: bake the project into an image")
 @click.option("--locked", is_flag=True, help="install only from a current lock (pylock.toml or conda-lock.yml)")
+@click.option("--gpus", "gpu_devices", default=None, metavar="LIST",
+              help="the GPUs to choose from, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES's or nvidia-smi's)")
+@click.option("--gpus-per-run", "gpus", type=int, default=None, metavar="K",
+              help="the run gets K GPUs no other run holds, waiting while none are free (default: 1 with --gpus)")
 @click.option("--no-conda", is_flag=True, hidden=True)  # MLflow 1.x; the tutorials still use it
 @debug_option
 def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | None, env_manager: str | None,
         docker_args: tuple[str, ...], experiment_name: str | None, experiment_id: str | None, backend: str,
         backend_config: str | None, storage_dir: str | None, run_id: str | None, run_name: str | None,
-        build_image: bool, locked: bool, no_conda: bool, detach: bool) -> int:
+        build_image: bool, locked: bool, no_conda: bool, detach: bool, gpu_devices: str | None,
+        gpus: int | None) -> int:
     from runner import api
+    from runner.gpus import parse_devices
 
     if no_conda:
         if env_manager not in (None, "local"):
@@ -56,8 +62,20 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
         build_image=build_image,
         locked=locked,
         detach=detach,
+        gpus=_gpu_count(gpus, gpu_devices, "--gpus-per-run"),
+        gpu_devices=parse_devices(gpu_devices),
     )
     return run_request(request)
+
+
+def _gpu_count(count: int | None, devices: str | None, option: str) -> int:
+    """K of `--gpus-per-run K` / `--gpus-per-trial K`: 1 when only `--gpus LIST` is given."""
+    from runner.gpus import check_count
+
+    if count is None:
+        return 1 if devices else 0
+    check_count(count, option)
+    return count
 
 
 @click.command(hidden=True, help="(internal) the runner inside a cluster job: carry out a submitted request")

@@ -54,6 +54,12 @@ def sweep() -> None:
 @click.option("--metric", default=None, help="ranks the trials (the last value each logged under this name)")
 @click.option("--goal", type=click.Choice(["minimize", "maximize"]), default=None, help="default minimize")
 @click.option("--max-failures", type=int, default=None, help="start no more trials once more than N failed")
+@click.option("--prune", type=click.Choice(["median", "asha"]), default=None,
+              help="stop trials whose --metric (logged with a step) falls behind; asha needs --method optuna")
+@click.option("--gpus", "gpu_devices", default=None, metavar="LIST",
+              help="the GPUs to share out, e.g. 0,1,2,3 (default: CUDA_VISIBLE_DEVICES's or nvidia-smi's)")
+@click.option("--gpus-per-trial", type=int, default=None, metavar="K",
+              help="each trial gets K GPUs no other trial holds (default: 1 with --gpus)")
 @where_options
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="a sweep.yaml")
 @click.option("--resume", default=None, metavar="SWEEP_ID", help="run what an interrupted sweep still lacks")
@@ -62,7 +68,8 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
                 env_manager: str | None, method: str | None, max_runs: int | None, seed: int | None,
                 max_parallel: int | None, metric: str | None, goal: str | None, max_failures: int | None,
                 backend: str, backend_config: str | None, experiment_name: str | None, experiment_id: str | None,
-                config_file: str | None, resume: str | None) -> int:
+                config_file: str | None, resume: str | None, prune: str | None, gpu_devices: str | None,
+                gpus_per_trial: int | None) -> int:
     from runner import api
     from runner.progress import Progress
     from runner.sweeps import run_sweep
@@ -81,7 +88,8 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
         result = run_sweep(uri or ".", api.cli_parameters(param_list), entry_point, version, method, max_runs, seed,
                            max_parallel, metric, goal, max_failures, backend, backend_config, env_manager,
                            experiment_name, experiment_id, config=config_file, resume=resume, cwd=None, notify=say,
-                           progress=Progress())
+                           progress=Progress(), gpus_per_trial=gpus_per_trial, gpu_devices=gpu_devices,
+                           prune=prune)
     except (KeyboardInterrupt, Interrupted) as exc:
         startup.ignore()  # the sweep's runs are ended: nothing more to stop while it says so
         number = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
@@ -95,9 +103,11 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
     for note in result.notes:
         say(note)
     finished = sum(t.status == RunStatus.FINISHED for t in result.trials)
+    pruned = sum(t.pruned_at is not None for t in result.trials)
     best = (f"; best: trial {result.best.number}, {result.metric}={result.best.metric:g} (run {result.best.run_id})"
             if result.best else "")
-    say(f"=== Sweep {result.sweep_id} {result.status.lower()}: {finished}/{len(result.trials)} trials finished{best}; "
+    say(f"=== Sweep {result.sweep_id} {result.status.lower()}: {finished}/{len(result.trials)} trials finished"
+         f"{f', {pruned} pruned' if pruned else ''}{best}; "
          f"parent run {result.parent_run_id} ===")
     return 0 if result.succeeded else 1
 

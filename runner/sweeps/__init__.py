@@ -15,7 +15,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 if TYPE_CHECKING:
-    from typing import Any, Callable, Mapping
+    from typing import Any, Callable, Mapping, Sequence
 
     from runner.sweeps.driver import SweepResult
 
@@ -32,6 +32,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
             value = ",".join(_text(item).replace(",", "\\,") for item in value)
         parameters[name] = _text(value)
     data["parameters"] = parameters
+    if "gpus" in data:  # (the command line's name)
+        data["gpu_devices"] = data.pop("gpus")
     return data
 
 
@@ -64,26 +66,34 @@ def sweep(
     cwd: str | Path | None = None,
     notify: Callable[[str], None] | None = None,
     progress=None,
+    gpus_per_trial: int | None = None,
+    gpu_devices: Sequence[str] | str | None = None,
+    prune: str | None = None,
 ) -> SweepResult:
     """Run a sweep (or, with `resume=SWEEP_ID`, what an earlier one still lacks) and wait for it.
 
     `parameters` maps each name to a fixed value or a space: "0.1,0.5,1.0", "range(0,1,0.25)",
     "choice(a,b)", "uniform(0,1)", "loguniform(1e-4,1)", "int(uniform(10,200))". `config` is a
     sweep.yaml; arguments given here win over it. Returns the SweepResult: `sweep_id`,
-    `parent_run_id`, `trials`, `best`, `status` (FINISHED when every trial finished)."""
+    `parent_run_id`, `trials`, `best`, `status` (FINISHED when every trial finished).
+    `gpus_per_trial`: each trial gets that many GPUs no other trial holds, out of `gpu_devices`
+    (default: those CUDA_VISIBLE_DEVICES or `nvidia-smi -L` name), as runner.gpus hands them out.
+    `prune`: "median" or "asha" stops trials whose `metric`, logged with a step, falls behind
+    (runner.sweeps.prune); they end KILLED, counted as pruned."""
     from runner.errors import RunnerError
 
     try:
         return run_sweep(uri, parameters, entry_point, version, method, max_runs, seed, max_parallel, metric, goal,
                          max_failures, backend, backend_config, env_manager, experiment_name, experiment_id,
-                         config=config, resume=resume, cwd=cwd, notify=notify, progress=progress)
+                         config=config, resume=resume, cwd=cwd, notify=notify, progress=progress,
+                         gpus_per_trial=gpus_per_trial, gpu_devices=gpu_devices, prune=prune)
     except RunnerError as exc:
         raise exc.for_python() from None
 
 
 def run_sweep(uri, parameters, entry_point, version, method, max_runs, seed, max_parallel, metric, goal, max_failures,
               backend, backend_config, env_manager, experiment_name, experiment_id, *, config, resume, cwd, notify,
-              progress) -> SweepResult:
+              progress, gpus_per_trial=None, gpu_devices=None, prune=None) -> SweepResult:
     """`sweep()` for the CLI too: its errors keep the command line's hints."""
     from runner.sweeps import driver
 
@@ -94,8 +104,14 @@ def run_sweep(uri, parameters, entry_point, version, method, max_runs, seed, max
     given = {"entry_point": entry_point, "version": version, "method": method, "max_runs": max_runs, "seed": seed,
              "max_parallel": max_parallel, "metric": metric, "goal": goal, "max_failures": max_failures,
              "backend": backend, "backend_config": backend_config, "env_manager": env_manager,
-             "experiment_name": experiment_name, "experiment_id": experiment_id}
+             "experiment_name": experiment_name, "experiment_id": experiment_id, "gpus_per_trial": gpus_per_trial,
+             "gpu_devices": gpu_devices, "prune": prune}
     fields.update({k: v for k, v in given.items() if v is not None})
+    from runner.gpus import parse_devices
+
+    fields["gpu_devices"] = parse_devices(fields.get("gpu_devices"))
+    if fields.get("gpus_per_trial") is None:
+        fields["gpus_per_trial"] = 1 if fields["gpu_devices"] else 0
     fields["parameters"] = {**fields.get("parameters", {}), **dict(parameters or {})}
     fields["uri"] = uri
     fields["cwd"] = str(Path(cwd).absolute() if cwd is not None else Path.cwd())

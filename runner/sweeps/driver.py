@@ -56,9 +56,22 @@ class SweepRequest:
     experiment_name: str | None = None
     experiment_id: str | None = None
     cwd: str | None = None
+    prune: str | None = None  # median | asha: stop trials that fall behind (runner.sweeps.prune)
+    gpus_per_trial: int = 0  # each trial's own GPUs (runner.gpus)
+    gpu_devices: tuple[str, ...] | None = None  # the GPUs to share out here (None: the machine's)
 
     def check(self) -> None:
+        from runner.gpus import check_count
         from runner.seams import SEARCHES
+
+        check_count(self.gpus_per_trial, "--gpus-per-trial")
+        if self.gpus_per_trial and (self.backend or "local") == "local":
+            from runner.gpus import GpuRequest
+
+            GpuRequest(self.gpus_per_trial, self.gpu_devices).pool()  # (enough devices, before any run exists)
+        from runner.sweeps.prune import check_prune
+
+        check_prune(self.prune, self.method, self.metric)
 
         if self.method not in SEARCHES:
             raise UsageError(f"unknown sweep method {self.method!r}", hint=f"choose one of: {', '.join(SEARCHES)}")
@@ -108,13 +121,13 @@ def _search_of(request: SweepRequest, space) -> Search:
     from runner.sweeps.search import SearchSettings, make_search
 
     return make_search(request.method, SearchSettings(space, request.max_runs, request.seed, request.metric,
-                                                      request.goal))
+                                                      request.goal, request.prune))
 
 
 def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> SweepResult:
     """Run what a sweep still lacks: trials that never ran, whose run was cut short with its
     driver, or whose cluster job was lost before its runner started. Trials that finished or
-    failed on their own are kept."""
+    failed on their own, and pruned ones, are kept."""
     record = find(sweep_id)
     request = SweepRequest(**record.request)
     from runner import backends
@@ -126,6 +139,8 @@ def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> Sw
     try:
         backends.reconcile(ledger)  # runs a dead driver left are ended first
         for trial in record.trials:
+            if trial.pruned_at is not None:
+                continue  # pruned: a decision made, kept (its run stopped, or stops with its dead runner)
             if trial.status in (RunStatus.RUNNING, RunStatus.KILLED, RunStatus.FAILED) and trial.run_id:
                 try:
                     run = find_run(ledger, trial.run_id)
@@ -255,6 +270,7 @@ class _Sweep:
         self._warned: set[str] = set()
         self.following: set[int] = set()  # resumed: trials whose cluster jobs outlived the last driver
         self.search = search
+        self.pruner = search.pruner()
         self.result = SweepResult(sweep_id, "", trials, request.metric, request.goal)
         # Until open_parent has made them: no parent run in tracking, no ledger row.
         from runner.tracking.ledger import Ledger
@@ -340,7 +356,7 @@ class _Sweep:
         if self.interrupted:
             result.status = RunStatus.KILLED
         else:
-            result.status = RunStatus.FINISHED if all(t.status == RunStatus.FINISHED for t in self.trials) else RunStatus.FAILED
+            result.status = RunStatus.FINISHED if all(t.ended_well for t in self.trials) else RunStatus.FAILED
         try:
             with self._lock:
                 self._record_best(result)
@@ -384,9 +400,13 @@ class _Sweep:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         todo = [t for t in self.trials if not t.done]
-        workers = self.request.max_parallel or os.cpu_count() or 1
+        workers = self._gpu_bound(self.request.max_parallel or os.cpu_count() or 1)
         if self.search.ADAPTIVE:
             self.search.open(self.directory, f"sweep-{self.id}")
+        if self.pruner is not None:  # (resumed: the trials that finished before are what others are held to)
+            for trial in self.trials:
+                if trial.status == RunStatus.FINISHED:
+                    self.pruner.finished(trial, self._history(trial))
         count = self.search.budget() - sum(t.done for t in self.trials) if self.search.ADAPTIVE else len(todo)
         self.say(f"sweep {self.id}: {count} trial(s) to run, {workers} at a time "
                  f"(parent run {self.parent_id}); see it with: mlproject sweep show {self.id}")
@@ -444,6 +464,21 @@ class _Sweep:
                 self.store.add(self.id, trial)
         return trial
 
+    def _gpu_bound(self, workers: int) -> int:
+        """Trials at once on this machine: no more than the GPUs give each its own (the others wait
+        for a free device before they start)."""
+        request = self.request
+        if not request.gpus_per_trial or (request.backend or "local") != "local":
+            return workers
+        from runner.gpus import GpuRequest
+
+        pool = GpuRequest(request.gpus_per_trial, request.gpu_devices).pool()
+        fitting = len(pool) // request.gpus_per_trial
+        if fitting < workers:
+            self.say(f"sweep {self.id}: {fitting} trial(s) at once, {request.gpus_per_trial} of the GPUs "
+                     f"{', '.join(pool)} each")
+        return min(workers, fitting)
+
     def _run_request(self, trial: Trial):
         from runner.request import RunRequest
 
@@ -452,7 +487,8 @@ class _Sweep:
             request.uri, request.entry_point, self.version, trial.parameters, experiment_id=self.experiment_id,
             backend=request.backend or "local", backend_config=request.backend_config, synchronous=False,
             env_manager=self.manager, run_name=f"sweep-{self.id}-{trial.number}", cwd=self.cwd, stream_output=False,
-            parent_run_id=self.tracked.run_id,
+            parent_run_id=self.tracked.run_id, gpus=request.gpus_per_trial,
+            gpu_devices=tuple(request.gpu_devices) if request.gpu_devices is not None else None,
         )
 
     def _arrays(self) -> bool:
@@ -492,7 +528,7 @@ class _Sweep:
         started = time.monotonic()
         if queued is not None:  # a task of the sweep's job array: follow it
             try:
-                queued.wait()
+                self._follow(trial, queued)
                 trial.status = queued.get_status()
             except RunnerError as exc:
                 trial.status = RunStatus.FAILED
@@ -513,21 +549,62 @@ class _Sweep:
 
         try:
             submitted = api.submit(run_request, notify=self._quiet, on_submitted=submitted_now)
-            submitted.wait()
+            self._follow(trial, submitted)
             trial.status = submitted.get_status()
         except RunnerError as exc:  # e.g. its environment did not build: the sweep goes on
             trial.status = RunStatus.KILLED if self._stop.is_set() else RunStatus.FAILED
             self.say(f"trial {trial.number}: {exc.message}")
         self._finish(trial, started)
 
+    def _follow(self, trial: Trial, handle) -> None:
+        """Wait for a trial's run to end. With --prune, its values are read as it runs, and it
+        is stopped once it falls behind; the decision is kept before the stop is asked for."""
+        from runner.sweeps.prune import POLL_SECONDS
+
+        if self.pruner is None or self.tracked.tracker is None or not trial.run_id:
+            handle.wait()
+            return
+        while not handle.done:
+            handle.wait(POLL_SECONDS)
+            if handle.done or self._stop.is_set():
+                continue
+            history = self._history(trial)
+            if history and self.pruner.should_prune(trial, history):
+                trial.pruned_at = history[-1][0]
+                with self._lock:
+                    self.store.update(self.id, trial)
+                self.say(f"trial {trial.number}: pruned at step {trial.pruned_at} ({self.request.metric} "
+                         f"{history[-1][1]:g}, behind the trials before it)")
+                handle.request_cancel()
+                handle.wait()
+                return
+
+    def _history(self, trial: Trial) -> list[tuple[int, float]]:
+        """The trial's values of the sweep's metric so far, by step; none when they cannot be read."""
+        tracker, metric = self.tracked.tracker, self.request.metric
+        if tracker is None or metric is None or not trial.run_id:
+            return []
+        try:
+            with self._lock:
+                return tracker.metric_history(trial.run_id, metric)
+        except RunnerError as exc:
+            self._quiet(f"warning: the values of trial {trial.number} were not read, so it is not pruned: {exc.message}")
+            return []
+
     def _finish(self, trial: Trial, started: float) -> None:
         """A trial's end: its metric, its state, its line; the search told; --max-failures."""
         request = self.request
         trial.duration = time.monotonic() - started
+        if trial.pruned_at is not None and trial.status == RunStatus.FINISHED:
+            trial.pruned_at = None  # (it ended on its own before the stop reached it)
+        if self.pruner is not None and trial.status == RunStatus.FINISHED:
+            self.pruner.finished(trial, self._history(trial))
         with self._lock:
             self._active.pop(trial.number, None)
             if trial.status == RunStatus.FINISHED and request.metric and trial.run_id:
                 trial.metric = self._metric(trial.run_id)
+            if trial.pruned_at is not None:
+                self.ledger.set_reason(trial.run_id or "", f"pruned at step {trial.pruned_at}")  # (its ledger ID: a trial is never a continued run)
             self.store.update(self.id, trial)
             failures = sum(t.status == RunStatus.FAILED for t in self.trials)
         self._report(trial)
@@ -559,7 +636,7 @@ class _Sweep:
         # An adaptive search's trials are asked for one by one: out of the runs it will make, not those asked so far.
         total = max(self.search.budget(), len(self.trials)) if self.search.ADAPTIVE else len(self.trials)
         metric = f"  {self.request.metric}={trial.metric:g}" if trial.metric is not None else ""
-        self.say(f"trial {trial.number} ({done}/{total}) {trial.status} in "
+        self.say(f"trial {trial.number} ({done}/{total}) {trial.shown_status} in "
                  f"{human_duration(trial.duration or 0)}: {report.shown(trial.parameters)}{metric}  (run {trial.run_id})")
 
     def say(self, line: str) -> None:
@@ -642,7 +719,7 @@ class _DeferredSignals:
 def _why(trials: list[Trial], interrupted: bool) -> str:
     if interrupted:
         return "the sweep was interrupted"
-    failed = sum(t.status != RunStatus.FINISHED for t in trials)
+    failed = sum(not t.ended_well for t in trials)
     return f"{failed} of {len(trials)} trial(s) did not finish"
 
 

@@ -37,6 +37,8 @@ class OptunaSearch:
         self.max_runs = settings.max_runs or 10
         self._lock = threading.Lock()  # ask and tell from the trial threads
         self.study = None
+        self._asked: dict[int, object] = {}  # our trial number -> Optuna's trial, for reporting values
+        self._reported: dict[int, set[int]] = {}  # the steps reported of each
 
     def planned(self) -> list[dict[str, str]]:
         return []
@@ -51,9 +53,11 @@ class OptunaSearch:
         optuna, settings = self._optuna, self.settings
         storage = JournalStorage(JournalFileBackend(str(directory / "optuna.log")))
         sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=_startup(self.max_runs))
+        pruner = {"median": optuna.pruners.MedianPruner, "asha": optuna.pruners.SuccessiveHalvingPruner}.get(
+            settings.prune or "", optuna.pruners.NopPruner)()
         self.study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
                                          direction="minimize" if settings.goal == "minimize" else "maximize",
-                                         sampler=sampler)
+                                         sampler=sampler, pruner=pruner)
 
     def ask(self, known: int) -> Trial | None:
         """The next trial Optuna proposes; None once the sweep has max_runs trials (`known`: how
@@ -77,6 +81,7 @@ class OptunaSearch:
                 else:
                     parameters[dimension.name] = repr(proposed.suggest_float(
                         dimension.name, low, high, log=dimension.log))
+            self._asked[proposed.number + 1] = proposed
             return Trial(proposed.number + 1, parameters)
 
     def tell(self, trial: Trial) -> None:
@@ -85,13 +90,47 @@ class OptunaSearch:
             return
         with self._lock:
             try:
-                if trial.status == RunStatus.FINISHED and trial.metric is not None:
+                if trial.pruned_at is not None:
+                    self.study.tell(trial.number - 1, state=state.PRUNED)
+                elif trial.status == RunStatus.FINISHED and trial.metric is not None:
                     self.study.tell(trial.number - 1, trial.metric)
                 elif trial.status in (RunStatus.FINISHED, RunStatus.FAILED):
                     self.study.tell(trial.number - 1, state=state.FAIL)
                 # A KILLED trial stays open: resumed, it runs again and is told then.
             except (ValueError, RuntimeError):  # told already (a resumed trial's earlier end)
                 pass
+
+
+    def pruner(self):
+        return _OptunaPruning(self) if self.settings.prune else None
+
+    def should_prune(self, trial: Trial, history: list[tuple[int, float]]) -> bool:
+        """Report the trial's new values to its Optuna trial; Optuna's pruner decides."""
+        with self._lock:
+            asked = self._asked.get(trial.number)
+            if asked is None:  # asked by an earlier driver of this sweep (resumed): the study has it
+                assert self.study is not None, "open() first"
+                frozen = self.study.get_trials(deepcopy=False)[trial.number - 1]
+                asked = self._asked[trial.number] = self._optuna.trial.Trial(self.study, frozen._trial_id)
+            reported = self._reported.setdefault(trial.number, set())
+            for step, value in history:
+                if step not in reported:
+                    asked.report(value, step)  # type: ignore[attr-defined]
+                    reported.add(step)
+            return bool(history) and asked.should_prune()  # type: ignore[attr-defined]
+
+
+class _OptunaPruning:
+    """Optuna's pruner on the study (runner.sweeps.prune.Pruner): the study keeps every curve."""
+
+    def __init__(self, search: OptunaSearch):
+        self.search = search
+
+    def should_prune(self, trial: Trial, history: list[tuple[int, float]]) -> bool:
+        return self.search.should_prune(trial, history)
+
+    def finished(self, trial: Trial, history: list[tuple[int, float]]) -> None:
+        pass  # (reported as it ran, and told its end)
 
 
 def _startup(max_runs: int) -> int:

@@ -28,7 +28,7 @@ def table(trials: list[Trial], metric: str | None, goal: str) -> list[str]:
 
     rows = [("#", "STATUS", (metric or "METRIC").upper(), "DURATION", "PARAMETERS", "RUN ID")]
     for trial in ranked(trials, goal):
-        rows.append((str(trial.number), trial.status, "" if trial.metric is None else f"{trial.metric:g}",
+        rows.append((str(trial.number), trial.shown_status, "" if trial.metric is None else f"{trial.metric:g}",
                      "" if trial.duration is None else human_duration(trial.duration), shown(trial.parameters),
                      trial.run_id or ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -41,7 +41,7 @@ def write_csv(path: Path, trials: list[Trial], metric: str | None, goal: str) ->
         writer = csv.writer(handle)
         writer.writerow(["trial", "status", metric or "metric", "duration_s", *names, "run_id"])
         for trial in ranked(trials, goal):
-            writer.writerow([trial.number, trial.status, "" if trial.metric is None else trial.metric,
+            writer.writerow([trial.number, trial.shown_status, "" if trial.metric is None else trial.metric,
                              "" if trial.duration is None else f"{trial.duration:.3f}",
                              *(trial.parameters.get(name, "") for name in names), trial.run_id or ""])
 

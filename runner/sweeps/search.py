@@ -17,6 +17,7 @@ from runner.errors import UsageError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from runner.sweeps.prune import Pruner
     from runner.sweeps.space import Space
     from runner.sweeps.state import Trial
 
@@ -28,6 +29,7 @@ class SearchSettings:
     seed: Optional[int]
     metric: Optional[str]
     goal: str  # minimize | maximize
+    prune: Optional[str] = None  # median | asha (runner.sweeps.prune), checked against the method
 
 
 class Search(Protocol):
@@ -54,6 +56,10 @@ class Search(Protocol):
 
     def tell(self, trial: Trial) -> None:
         """A trial's end (its status and metric)."""
+        ...
+
+    def pruner(self) -> Optional[Pruner]:
+        """What stops trials that fall behind (`--prune`); None: none is stopped."""
         ...
 
 
@@ -83,6 +89,11 @@ class _PlannedUpFront:
 
     def tell(self, trial: Trial) -> None:
         pass
+
+    def pruner(self) -> Optional[Pruner]:
+        from runner.sweeps.prune import MedianRule
+
+        return MedianRule(self.settings.goal) if self.settings.prune == "median" else None
 
 
 class GridSearch(_PlannedUpFront):

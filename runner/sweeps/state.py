@@ -7,6 +7,7 @@ that died leaves it FAILED for the ledger's reconcile, like any run whose runner
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from runner.status import RunStatus
@@ -26,10 +27,20 @@ class Trial:
     status: str = "PENDING"  # PENDING, then the run's: RUNNING, FINISHED, FAILED, KILLED
     metric: float | None = None
     duration: float | None = None
+    pruned_at: int | None = None  # stopped at this step for falling behind (--prune): done, not failed
 
     @property
     def done(self) -> bool:
-        return self.status in DONE
+        return self.status in DONE or self.pruned_at is not None
+
+    @property
+    def ended_well(self) -> bool:
+        """Finished, or stopped early on purpose (pruned): not a failure of the sweep."""
+        return self.status == RunStatus.FINISHED or self.pruned_at is not None
+
+    @property
+    def shown_status(self) -> str:
+        return f"PRUNED@{self.pruned_at}" if self.pruned_at is not None else str(self.status)
 
 
 @dataclass
@@ -49,6 +60,12 @@ class SweepStore:
         self._db.execute("CREATE TABLE IF NOT EXISTS sweep_trials (sweep_id TEXT NOT NULL, number INTEGER NOT NULL,"
                          " parameters TEXT NOT NULL, run_id TEXT, status TEXT NOT NULL, metric REAL, duration REAL,"
                          " PRIMARY KEY (sweep_id, number))")
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(sweep_trials)")]
+        if "pruned_at" not in columns:  # (a ledger from before --prune)
+            try:
+                self._db.execute("ALTER TABLE sweep_trials ADD COLUMN pruned_at INTEGER")
+            except sqlite3.OperationalError:  # another process added it first
+                pass
 
     def create(self, sweep_id: str, parent_run_id: str, request: dict, trials: list[Trial]) -> None:
         self._db.execute("BEGIN IMMEDIATE")
@@ -70,8 +87,10 @@ class SweepStore:
                          (sweep_id, trial.number, json.dumps(trial.parameters)))
 
     def update(self, sweep_id: str, trial: Trial) -> None:
-        self._db.execute("UPDATE sweep_trials SET run_id = ?, status = ?, metric = ?, duration = ? WHERE sweep_id = ? AND number = ?",
-                         (trial.run_id, trial.status, trial.metric, trial.duration, sweep_id, trial.number))
+        self._db.execute("UPDATE sweep_trials SET run_id = ?, status = ?, metric = ?, duration = ?, pruned_at = ?"
+                         " WHERE sweep_id = ? AND number = ?",
+                         (trial.run_id, trial.status, trial.metric, trial.duration, trial.pruned_at, sweep_id,
+                          trial.number))
 
     def get(self, id_prefix: str) -> list[SweepRecord]:
         rows = self._db.execute("SELECT id, parent_run_id, request, created FROM sweeps WHERE id LIKE ? ORDER BY created DESC LIMIT 3",
@@ -79,9 +98,9 @@ class SweepStore:
         return [SweepRecord(row[0], row[1], json.loads(row[2]), row[3], self.trials(row[0])) for row in rows]
 
     def trials(self, sweep_id: str) -> list[Trial]:
-        rows = self._db.execute("SELECT number, parameters, run_id, status, metric, duration FROM sweep_trials"
-                                " WHERE sweep_id = ? ORDER BY number", (sweep_id,)).fetchall()
-        return [Trial(row[0], json.loads(row[1]), row[2], row[3], row[4], row[5]) for row in rows]
+        rows = self._db.execute("SELECT number, parameters, run_id, status, metric, duration, pruned_at"
+                                " FROM sweep_trials WHERE sweep_id = ? ORDER BY number", (sweep_id,)).fetchall()
+        return [Trial(row[0], json.loads(row[1]), row[2], row[3], row[4], row[5], row[6]) for row in rows]
 
     def list(self, limit: int = 20) -> list[SweepRecord]:
         rows = self._db.execute("SELECT id FROM sweeps ORDER BY created DESC LIMIT ?", (limit,)).fetchall()

@@ -170,6 +170,10 @@ class Ledger:
             (status, exit_code, reason, time.time(), run_id),
         ).rowcount)
 
+    def set_reason(self, run_id: str, reason: str) -> None:
+        """Why an ended run ended, said by whoever stopped it (a sweep's pruning) over the runner's words."""
+        self._db.execute("UPDATE runs SET reason = ? WHERE id = ?", (reason, run_id))
+
     def tracking_ended(self, run_id: str) -> None:
         self._db.execute("UPDATE runs SET tracking_ended = 1 WHERE id = ?", (run_id,))
 

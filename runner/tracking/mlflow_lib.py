@@ -131,6 +131,12 @@ class LibraryTracker:
         run = self._call("reading the run", lambda: self.client().get_run(run_id))
         return dict(run.data.params), dict(run.data.metrics)
 
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of each value the run logged under `key`, by step (a step's last value)."""
+        history = self._call("reading the metric's history", lambda: self.client().get_metric_history(run_id, key))
+        ordered = sorted(history, key=lambda m: (m.step, m.timestamp))
+        return sorted({int(m.step): float(m.value) for m in ordered}.items())
+
     def recorded_run(self, run_id: str):
         from runner.tracking import RecordedRunData
 

@@ -294,6 +294,23 @@ class RestTracker:
         return ({p["key"]: p.get("value", "") for p in data.get("params", [])},
                 {m["key"]: m.get("value") for m in data.get("metrics", [])})
 
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of each value the run logged under `key`, by step (a step's last value)."""
+        values: dict[int, tuple[int, float]] = {}
+        token = None
+        while True:
+            query = {"run_id": run_id, "metric_key": key, "max_results": "25000"}
+            if token:
+                query["page_token"] = token
+            page = self._call("GET", "/api/2.0/mlflow/metrics/get-history", query=query)
+            for metric in page.get("metrics", []):
+                step, stamp = int(metric.get("step", 0)), int(metric.get("timestamp", 0))
+                if step not in values or values[step][0] <= stamp:
+                    values[step] = (stamp, float(metric["value"]))
+            token = page.get("next_page_token")
+            if not token:
+                return sorted((step, value) for step, (_, value) in values.items())
+
     def recorded_run(self, run_id: str):
         from runner.tracking import RecordedRunData
 

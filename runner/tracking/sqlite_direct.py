@@ -216,6 +216,18 @@ class SqliteTracker:
                                      ("SELECT key, value FROM latest_metrics WHERE run_uuid = ?", run_id))
         return dict(params), dict(metrics)
 
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of each value the run logged under `key`, by step (a step's last value)."""
+        db = self._db()
+        try:
+            rows = db.execute("SELECT step, value FROM metrics WHERE run_uuid = ? AND key = ? ORDER BY step, timestamp",
+                              (run_id, key)).fetchall()
+        except sqlite3.Error as exc:
+            raise TrackingError(f"cannot read the MLflow store {self.uri}: {exc}") from None
+        finally:
+            db.close()
+        return sorted({int(step): float(value) for step, value in rows}.items())
+
     def recorded_run(self, run_id: str):
         from runner.tracking import RecordedRunData
 
