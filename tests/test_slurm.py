@@ -186,13 +186,15 @@ def test_a_cancelled_job_reads_cancelled_to_the_runner_inside_it(slurm, tmp_path
     script.write_text("#!/bin/bash\n"
                       f"trap '{sys.executable} -c \"from runner.backends.slurm import stopped_by_cluster as s; "
                       f"print(s())\" > {answer}; exit 0' TERM\n"
+                      f"touch {tmp_path / 'trapped'}\n"
                       "sleep 300 & wait\n")
     submitted = slurm.command("sbatch", "--parsable", "-o", str(tmp_path / "out.txt"), f"--chdir={tmp_path}",
                               str(script))
     job_id = submitted.stdout.strip()
     assert submitted.returncode == 0 and job_id, submitted.stderr
-    _wait_for(lambda: "JobState=RUNNING" in slurm.command("scontrol", "show", "job", "-o", job_id).stdout, 60,
-              "the job to start")
+    # (Its trap set, not merely RUNNING: a job is RUNNING before its script's first line, and a
+    # cancel that came first killed the shell before it had a trap, in a fresh clone's make test.)
+    _wait_for((tmp_path / "trapped").exists, 60, "the job's script to set its trap")
     assert slurm.command("scancel", job_id).returncode == 0
     _wait_for(answer.exists, 30, "the job's answer")
     _wait_for(lambda: answer.read_text().strip() != "", 30, "the job's answer")
