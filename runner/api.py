@@ -148,13 +148,16 @@ def run(
     CUDA_VISIBLE_DEVICES or `nvidia-smi -L` name), and waits while none are free (runner.gpus).
     """
     try:
-        from runner.gpus import check_count, parse_devices
+        devices = None
+        if gpus != 0 or gpu_devices is not None:  # (runner.gpus only for a run that asks for GPUs)
+            from runner.gpus import check_count, parse_devices
 
-        check_count(gpus, "gpus")
+            check_count(gpus, "gpus")
+            devices = parse_devices(gpu_devices)
         request = RunRequest(uri, entry_point, version, parameters, docker_args, experiment_name, experiment_id,
                              backend, backend_config, storage_dir, synchronous, run_id, run_name, env_manager,
                              build_image, docker_auth, cwd, stream_output, locked, detach, gpus=gpus,
-                             gpu_devices=parse_devices(gpu_devices))
+                             gpu_devices=devices)
         return submit_for_python(request, notify, progress, on_submitted)
     except RunnerError as exc:
         raise exc.for_python() from None

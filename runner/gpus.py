@@ -12,6 +12,7 @@ names, else those `nvidia-smi -L` lists. Cluster backends ask their scheduler in
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -30,10 +31,16 @@ _POLL_SECONDS = 0.1
 
 
 def machine_devices() -> tuple[str, ...]:
-    """The devices this process may use: CUDA_VISIBLE_DEVICES when set, else nvidia-smi's."""
+    """The devices this process may use: CUDA_VISIBLE_DEVICES when set, else nvidia-smi's
+    (asked once per process: a sweep's trials and concurrent API runs each need the list)."""
     named = os.environ.get(ENV_VARIABLE)
     if named is not None:
         return tuple(device.strip() for device in named.split(",") if device.strip())
+    return _listed_by_nvidia_smi()
+
+
+@functools.lru_cache(maxsize=None)
+def _listed_by_nvidia_smi() -> tuple[str, ...]:
     import shutil
     import subprocess
 
@@ -77,6 +84,14 @@ class GpuRequest:
                              hint="name the devices to share out with --gpus 0,1,... (any names), "
                                   "or ask for fewer per run")
         return pool
+
+
+def count_given(count: int | None, devices: tuple[str, ...] | None, option: str) -> int:
+    """K of `--gpus-per-run K` / `--gpus-per-trial K`, checked: 1 when only `--gpus LIST` is given."""
+    if count is None:
+        return 1 if devices else 0
+    check_count(count, option)
+    return count
 
 
 def check_count(count: object, option: str) -> None:

@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import assert_clean_error
+from test_sweeps import _sweep, _sweep_id
 
 # loss at step s is x + 1/(s+1): a larger x is behind at every step. 8 steps, 0.25 s apart.
 CURVES = """
@@ -37,18 +38,6 @@ GOOD, BAD = ["0.1", "0.2", "0.3"], ["0.9", "1.0", "1.1"]
 @pytest.fixture
 def curves(make_project):
     return make_project(CURVES, {"curve.py": CURVE_PY})
-
-
-def _sweep(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runner", "sweep", *args], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def _sweep_id(stderr: str) -> str:
-    for line in stderr.splitlines():
-        if line.startswith("sweep ") and "trial(s) to run" in line:
-            return line.split()[1].rstrip(":")
-    raise AssertionError(stderr)
 
 
 def _trials(sweep_id: str) -> dict[str, dict]:

@@ -37,7 +37,6 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
         build_image: bool, locked: bool, no_conda: bool, detach: bool, gpu_devices: str | None,
         gpus: int | None) -> int:
     from runner import api
-    from runner.gpus import parse_devices
 
     if no_conda:
         if env_manager not in (None, "local"):
@@ -62,20 +61,15 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
         build_image=build_image,
         locked=locked,
         detach=detach,
-        gpus=_gpu_count(gpus, gpu_devices, "--gpus-per-run"),
-        gpu_devices=parse_devices(gpu_devices),
     )
+    if gpus is not None or gpu_devices is not None:  # (runner.gpus only for a run that asks for GPUs)
+        from dataclasses import replace
+
+        from runner.gpus import count_given, parse_devices
+
+        devices = parse_devices(gpu_devices)
+        request = replace(request, gpus=count_given(gpus, devices, "--gpus-per-run"), gpu_devices=devices)
     return run_request(request)
-
-
-def _gpu_count(count: int | None, devices: str | None, option: str) -> int:
-    """K of `--gpus-per-run K` / `--gpus-per-trial K`: 1 when only `--gpus LIST` is given."""
-    from runner.gpus import check_count
-
-    if count is None:
-        return 1 if devices else 0
-    check_count(count, option)
-    return count
 
 
 @click.command(hidden=True, help="(internal) the runner inside a cluster job: carry out a submitted request")

@@ -107,11 +107,10 @@ def run_sweep(uri, parameters, entry_point, version, method, max_runs, seed, max
              "experiment_name": experiment_name, "experiment_id": experiment_id, "gpus_per_trial": gpus_per_trial,
              "gpu_devices": gpu_devices, "prune": prune}
     fields.update({k: v for k, v in given.items() if v is not None})
-    from runner.gpus import parse_devices
+    from runner.gpus import count_given, parse_devices
 
     fields["gpu_devices"] = parse_devices(fields.get("gpu_devices"))
-    if fields.get("gpus_per_trial") is None:
-        fields["gpus_per_trial"] = 1 if fields["gpu_devices"] else 0
+    fields["gpus_per_trial"] = count_given(fields.get("gpus_per_trial"), fields["gpu_devices"], "--gpus-per-trial")
     fields["parameters"] = {**fields.get("parameters", {}), **dict(parameters or {})}
     fields["uri"] = uri
     fields["cwd"] = str(Path(cwd).absolute() if cwd is not None else Path.cwd())

@@ -271,6 +271,9 @@ class _Sweep:
         self.following: set[int] = set()  # resumed: trials whose cluster jobs outlived the last driver
         self.search = search
         self.pruner = search.pruner()
+        # The devices the trials share out here, resolved once (_gpu_bound); None: a cluster's
+        # scheduler hands them out, or no trial asks for any.
+        self.gpu_pool: tuple[str, ...] | None = None
         self.result = SweepResult(sweep_id, "", trials, request.metric, request.goal)
         # Until open_parent has made them: no parent run in tracking, no ledger row.
         from runner.tracking.ledger import Ledger
@@ -472,7 +475,7 @@ class _Sweep:
             return workers
         from runner.gpus import GpuRequest
 
-        pool = GpuRequest(request.gpus_per_trial, request.gpu_devices).pool()
+        pool = self.gpu_pool = GpuRequest(request.gpus_per_trial, request.gpu_devices).pool()
         fitting = len(pool) // request.gpus_per_trial
         if fitting < workers:
             self.say(f"sweep {self.id}: {fitting} trial(s) at once, {request.gpus_per_trial} of the GPUs "
@@ -487,8 +490,7 @@ class _Sweep:
             request.uri, request.entry_point, self.version, trial.parameters, experiment_id=self.experiment_id,
             backend=request.backend or "local", backend_config=request.backend_config, synchronous=False,
             env_manager=self.manager, run_name=f"sweep-{self.id}-{trial.number}", cwd=self.cwd, stream_output=False,
-            parent_run_id=self.tracked.run_id, gpus=request.gpus_per_trial,
-            gpu_devices=tuple(request.gpu_devices) if request.gpu_devices is not None else None,
+            parent_run_id=self.tracked.run_id, gpus=request.gpus_per_trial, gpu_devices=self.gpu_pool,
         )
 
     def _arrays(self) -> bool:
