@@ -18,6 +18,8 @@ try:
         from runner import startup as _startup
 
         _startup.hold()
+        if _startup.import_lock_left_held():
+            raise KeyboardInterrupt  # (the Ctrl-C that left it so)
         _startup.tune_collector()
         from runner import faults as _faults
 

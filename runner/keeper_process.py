@@ -53,7 +53,7 @@ def main() -> int:
 
     startup.release()
     for signum in INTERRUPT_SIGNALS:
-        signal.signal(signum, on_signal)
+        signal.signal(signum, startup.where_safe(on_signal))
     try:
         submitted = api.submit(request, notify=lambda text: tell("note", text),
                                progress=lambda label: tell("progress", label), on_submitted=active.append)

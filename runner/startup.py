@@ -12,6 +12,10 @@ import os
 import signal
 import sys
 
+TYPE_CHECKING = False  # (typing itself is not imported before the signals are held: see hold)
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
 # The signals that stop a run (Ctrl-C, `kill`, a closed terminal), wherever they are handled.
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _before: dict[int, object] = {}
@@ -25,16 +29,85 @@ def hold() -> None:
             signal.signal(signum, _exit)
 
 
+def import_lock_left_held() -> bool:
+    """Whether this thread holds the interpreter's global import lock outside any import: a
+    Ctrl-C that Python's own handler raised inside the import system, before the signals were
+    held, leaves it so (see `where_safe`) and is itself lost. Asked, and the lock given back, in
+    the package's first lines, where no import is under way."""
+    import _imp
+
+    if not _imp.lock_held():
+        return False
+    try:
+        _imp.release_lock()
+    except RuntimeError:  # another thread's, for an instant
+        return False
+    return True
+
+
 def started_as_command() -> bool:
     """The `mlproject` script or `python -m runner…` (as `runner/__init__.py` found at import)."""
     return bool(getattr(sys.modules.get("runner"), "_STARTED_AS_COMMAND", False))
 
 
 def release() -> None:
-    """Python's own handling again, for the process's own handlers to take over from."""
+    """Python's own handling again, for the process's own handlers to take over from: a Ctrl-C
+    is a KeyboardInterrupt (raised where it is safe to raise, see `where_safe`)."""
     while _before:
         signum, handler = _before.popitem()
+        if handler is signal.default_int_handler:
+            handler = where_safe(signal.default_int_handler)
         signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
+# A handler that raises can land anywhere in the main thread, and two places in Python's own
+# import system cannot take it: between `_imp.acquire_lock()` and the `try` that gives the global
+# import lock back (the lock is then held for ever, and the next import in any other thread waits
+# for ever), and in the callback that drops a module's lock when an import ends, where an
+# exception is printed as "Exception ignored" and the Ctrl-C is lost. Both run in the import
+# system's own frozen code, so a handler wrapped here, finding itself there, has the signal
+# delivered again a moment later instead (found by random strikes, 2026-12-05: docs/reliability.md).
+_IMPORT_SYSTEM = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
+RETRY_SECONDS = 0.002
+_again: list[int] = []  # signals to deliver again once the main thread is out of those places
+
+
+def where_safe(handler: Callable[[int, Any], None]) -> Callable[[int, Any], None]:
+    """`handler`, carried out only where an exception it raises reaches the code it interrupted."""
+
+    def safe_handler(signum: int, frame) -> None:
+        if _unsafe(frame):
+            _deliver_later(signum)
+        else:
+            handler(signum, frame)
+
+    return safe_handler
+
+
+def _unsafe(frame) -> bool:
+    return frame is not None and (frame.f_code.co_filename in _IMPORT_SYSTEM or frame.f_code.co_name == "__del__")
+
+
+def _deliver_later(signum: int) -> None:
+    if not _again:
+        signal.signal(signal.SIGALRM, _deliver_again)
+        signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+    _again.append(signum)
+
+
+def _deliver_again(_signum: int, frame) -> None:
+    if not _again:  # (ignored since)
+        return
+    # What a handler raises from here surfaces in `frame`: it must be a safe place too.
+    if _unsafe(frame):
+        signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+        return
+    # One at a time, to the handler it has by now (one made ignored meanwhile stays ignored);
+    # what that handler raises ends this function, so the next is given its own delivery first.
+    signum = _again.pop(0)
+    if _again:
+        signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+    signal.raise_signal(signum)
 
 
 def _exit(signum: int, _frame) -> None:
@@ -48,6 +121,7 @@ def ignore() -> None:
     could only cut its last words short and turn its exit code into a death by signal."""
     for signum in INTERRUPT_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    _again.clear()
 
 
 # Python's default first-generation threshold (700 new container objects) runs ~150 collections

@@ -111,7 +111,7 @@ def run_request(request, in_job: bool = False) -> int:
 
 
     for signum in startup.INTERRUPT_SIGNALS:
-        signal.signal(signum, on_signal)
+        signal.signal(signum, startup.where_safe(on_signal))
     # A resized window reaches the command's terminal (see runner.launch).
     signal.signal(signal.SIGWINCH, lambda _signum, _frame: active[0].sync_window_size() if active else None)
     try:

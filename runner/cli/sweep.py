@@ -80,10 +80,10 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
     # Ctrl-C, SIGTERM and SIGHUP stop the sweep: its running trials are cancelled and recorded
     # KILLED, and so is the parent run.
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_interrupted)
+        signal.signal(signum, startup.where_safe(_raise_interrupted))
     # Ctrl-C as KeyboardInterrupt even when this process was started with SIGINT ignored (a
     # background job of a script, `cmd &`, inherits that), as `mlproject run` takes it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, startup.where_safe(signal.default_int_handler))
     try:
         result = run_sweep(uri or ".", api.cli_parameters(param_list), entry_point, version, method, max_runs, seed,
                            max_parallel, metric, goal, max_failures, backend, backend_config, env_manager,
