@@ -51,10 +51,11 @@ def main() -> int:
             raise _Interrupted()  # still preparing: the pipeline ends the run KILLED
         # (else: the preparation is being abandoned; another signal would cut its cleanup short)
 
-    startup.release()
-    for signum in INTERRUPT_SIGNALS:
-        signal.signal(signum, startup.where_safe(on_signal))
     try:
+        # (Straight from the held signals to its own, inside the `try`: the first one set may
+        # raise before the others are.)
+        for signum in INTERRUPT_SIGNALS:
+            signal.signal(signum, startup.where_safe(on_signal))
         submitted = api.submit(request, notify=lambda text: tell("note", text),
                                progress=lambda label: tell("progress", label), on_submitted=active.append)
     except RunnerError as exc:

@@ -65,7 +65,8 @@ def release() -> None:
 # import lock back (the lock is then held for ever, and the next import in any other thread waits
 # for ever), and in the callback that drops a module's lock when an import ends, where an
 # exception is printed as "Exception ignored" and the Ctrl-C is lost. Both run in the import
-# system's own frozen code, so a handler wrapped here, finding itself there, has the signal
+# system's own frozen code (and a `__del__` or a `__set_name__` cannot take one either), so a
+# handler wrapped here, finding itself there, has the signal
 # delivered again a moment later instead (found by random strikes, 2026-12-05: docs/reliability.md).
 _IMPORT_SYSTEM = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
 RETRY_SECONDS = 0.002
@@ -85,7 +86,17 @@ def where_safe(handler: Callable[[int, Any], None]) -> Callable[[int, Any], None
 
 
 def _unsafe(frame) -> bool:
-    return frame is not None and (frame.f_code.co_filename in _IMPORT_SYSTEM or frame.f_code.co_name == "__del__")
+    if frame is None:  # (called by the process's own code, not by a signal)
+        return False
+    if frame.f_code.co_filename in _IMPORT_SYSTEM:
+        return True
+    # Below a `__del__` an exception is printed and lost; below a `__set_name__` (a dataclass
+    # field's, an enum member's, while a class is made) Python wraps it in a RuntimeError.
+    while frame is not None:
+        if frame.f_code.co_name in ("__del__", "__set_name__"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _deliver_later(signum: int) -> None:

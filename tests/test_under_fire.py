@@ -271,6 +271,20 @@ def test_ctrl_c_at_random_instants_of_imports_never_leaves_the_import_lock_held(
     assert (report["lock_held"], report["lost"]) == (False, []), report
 
 
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_ctrl_c_before_the_commands_own_handlers_exits_quietly(make_project, mlproject_home, _work_in_tmp, command):
+    """Between the CLI giving Ctrl-C back to Python and a command setting its own handlers,
+    random SIGINTs at 0-120 ms of a start (2026-12-05) found a KeyboardInterrupt traceback from
+    `_dispatch`, "aborted" followed by a death by SIGINT (exit -2, Python taking the interrupt
+    for unhandled after all), and a RuntimeError from a dataclass's `__set_name__`."""
+    root = make_project(SLOW)
+    args = ["run", str(root)] if command == "run" else ["sweep", str(root), "--max-runs", "1"]
+    proc = subprocess.run([sys.executable, "-m", "runner", *args, "--env-manager", "local"],
+                          capture_output=True, text=True, timeout=60, preexec_fn=_default_signals,
+                          env={**os.environ, "MLPROJECT_FAULT_AT": "cli.dispatch:SIGINT"})
+    assert (proc.returncode, proc.stderr) == (130, "aborted\n")
+
+
 def test_a_library_that_imports_runner_keeps_its_keyboard_interrupt():
     """Only the project's own commands exit quietly on an early signal: `import runner` from a
     user's script leaves Python's handling alone."""

@@ -10,7 +10,7 @@ import importlib
 
 import click
 
-from runner import startup
+from runner import faults, startup
 from runner.cli.common import Group, print_error, say
 from runner.errors import EXIT_USAGE, RunnerError
 
@@ -70,6 +70,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         return EXIT_USAGE
     result: Any = None
     try:
+        faults.checkpoint("cli.dispatch")  # (Python's own Ctrl-C; the command's handlers are not set yet)
         result = cli.main(args, prog_name="mlproject", standalone_mode=False)
         # The work is done and recorded: a signal now could only kill the process in its last
         # milliseconds (Python restores the default handlers as it shuts down) and lose its exit code.
@@ -88,9 +89,16 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     except click.ClickException as exc:
         print_error(exc.format_message(), "see `mlproject --help`")
         return exc.exit_code
-    except click.Abort:  # (Ctrl-C before a command's own handlers: nothing was started)
+    except (click.Abort, KeyboardInterrupt):  # (Ctrl-C before a command's own handlers: nothing was started)
         startup.ignore()  # (a second one must not turn the exit code into a death by signal)
         say("aborted")
+        if startup.started_as_command():
+            # Python may still take the KeyboardInterrupt for unhandled and end the process by
+            # SIGINT after its exit code was decided (seen: exit -2 after "aborted", 121 in 1,500
+            # random strikes, 2026-12-05); nothing of a run exists to be closed.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     except RunnerError as exc:
         if "--debug" in args:

@@ -110,11 +110,12 @@ def run_request(request, in_job: bool = False) -> int:
         # (else: the preparation is being abandoned; another signal would cut its cleanup short)
 
 
-    for signum in startup.INTERRUPT_SIGNALS:
-        signal.signal(signum, startup.where_safe(on_signal))
-    # A resized window reaches the command's terminal (see runner.launch).
-    signal.signal(signal.SIGWINCH, lambda _signum, _frame: active[0].sync_window_size() if active else None)
     try:
+        # (Inside the `try`: the first handler set may raise before the others are.)
+        for signum in startup.INTERRUPT_SIGNALS:
+            signal.signal(signum, startup.where_safe(on_signal))
+        # A resized window reaches the command's terminal (see runner.launch).
+        signal.signal(signal.SIGWINCH, lambda _signum, _frame: active[0].sync_window_size() if active else None)
         submitted = api.submit(request, notify=say, progress=Progress(), on_submitted=active.append)
         if request.detach:
             out(f"{submitted.run_id} {submitted.backend} job {submitted.job_id}")

@@ -79,12 +79,13 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
         raise click.UsageError("give a project URI to start a sweep, or --resume SWEEP_ID (not both)")
     # Ctrl-C, SIGTERM and SIGHUP stop the sweep: its running trials are cancelled and recorded
     # KILLED, and so is the parent run.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, startup.where_safe(_raise_interrupted))
-    # Ctrl-C as KeyboardInterrupt even when this process was started with SIGINT ignored (a
-    # background job of a script, `cmd &`, inherits that), as `mlproject run` takes it.
-    signal.signal(signal.SIGINT, startup.where_safe(signal.default_int_handler))
     try:
+        # (Inside the `try`: the first handler set may raise before the others are.)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, startup.where_safe(_raise_interrupted))
+        # Ctrl-C as KeyboardInterrupt even when this process was started with SIGINT ignored (a
+        # background job of a script, `cmd &`, inherits that), as `mlproject run` takes it.
+        signal.signal(signal.SIGINT, startup.where_safe(signal.default_int_handler))
         result = run_sweep(uri or ".", api.cli_parameters(param_list), entry_point, version, method, max_runs, seed,
                            max_parallel, metric, goal, max_failures, backend, backend_config, env_manager,
                            experiment_name, experiment_id, config=config_file, resume=resume, cwd=None, notify=say,
