@@ -238,6 +238,7 @@ def test_a_handler_that_lands_inside_the_import_system_waits_until_it_is_out():
     code = ("import _imp, signal, sys, time\n"
             "from runner import startup\n"
             "handler = startup.where_safe(signal.default_int_handler)\n"
+            "signal.signal(signal.SIGINT, handler)  # (the signal is delivered again to its handler)\n"
             "class Finder:\n"
             "    def find_spec(self, name, path, target=None):\n"
             "        if name == 'not_a_module_anywhere':\n"
