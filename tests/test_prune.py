@@ -75,6 +75,7 @@ def test_trials_that_fall_behind_are_pruned_not_failed(curves, _work_in_tmp):
     for x in BAD:
         run = client.get_run(trials[x]["id"])
         assert run.info.status == "KILLED"
+        assert run.data.tags["mlproject.sweep.pruned_at"] == trials[x]["shown"].split("@")[1]
         assert len(client.get_metric_history(run.info.run_id, "loss")) < 8
     parent = client.search_runs(["0"], f"tags.`mlproject.sweep.id` = '{sweep_id}'")[0]
     assert parent.info.status == "FINISHED"  # (pruned trials are not failures)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 GOALS = ("minimize", "maximize")
 SWEEP_TAG = "mlproject.sweep.id"
+PRUNED_TAG = "mlproject.sweep.pruned_at"  # the step a trial was stopped at by --prune
 
 
 @dataclass(frozen=True)
@@ -607,6 +608,7 @@ class _Sweep:
                 trial.metric = self._metric(trial.run_id)
             if trial.pruned_at is not None:
                 self.ledger.set_reason(trial.run_id or "", f"pruned at step {trial.pruned_at}")  # (its ledger ID: a trial is never a continued run)
+                self._tag_pruned(trial)
             self.store.update(self.id, trial)
             failures = sum(t.status == RunStatus.FAILED for t in self.trials)
         self._report(trial)
@@ -619,6 +621,15 @@ class _Sweep:
                 waiting = [h for h in self._active.values() if h.get_status() == RunStatus.SCHEDULED]
             for handle in waiting:
                 handle.request_cancel()
+
+    def _tag_pruned(self, trial: Trial) -> None:
+        """MLflow has the run KILLED; the tag says why, where the ledger's reason does not reach."""
+        if self.tracked.tracker is None or not trial.run_id:
+            return
+        try:
+            self.tracked.tracker.set_tags(trial.run_id, {PRUNED_TAG: str(trial.pruned_at)})
+        except RunnerError as exc:
+            self.say(f"warning: trial {trial.number} was pruned, but its run could not be tagged so: {exc.message}")
 
     def _metric(self, run_id: str) -> float | None:
         if self.tracked.tracker is None or self.request.metric is None:
