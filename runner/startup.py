@@ -66,8 +66,8 @@ def release() -> None:
 # for ever), and in the callback that drops a module's lock when an import ends, where an
 # exception is printed as "Exception ignored" and the Ctrl-C is lost. Both run in the import
 # system's own frozen code (and a `__del__` or a `__set_name__` cannot take one either), so a
-# handler wrapped here, finding itself there, has the signal
-# delivered again a moment later instead (found by random strikes, 2026-12-05: docs/reliability.md).
+# handler wrapped here, finding itself there, has the signal delivered again a moment later
+# instead (found by random strikes, 2026-12-05: docs/reliability.md).
 _IMPORT_SYSTEM = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
 RETRY_SECONDS = 0.002
 _again: list[int] = []  # signals to deliver again once the main thread is out of those places
