@@ -292,6 +292,7 @@ class Worker:
             self._return_nodes()
         if strike.kind in CLUSTER_KINDS:
             self._wait_for_empty_queue(60)
+            self.components.slurm.return_to_service()  # (each strike starts on a working cluster)
         if strike.fault == "DISK_FULL":
             (home.parent / "filler").unlink(missing_ok=True)
         stderr_file.seek(0)
@@ -481,7 +482,9 @@ class Worker:
             signum = getattr(signal, fault.split("*")[0])
             if code == -signum and mine:  # (struck before its handlers existed: nothing may exist yet)
                 v.append(f"the runner died of {fault} with runs recorded {sorted(statuses + parents)}")
-            elif code not in (None, 0, 128 + signum, -signum):
+            elif code not in (None, 0, 128 + signum, -signum) and (outcome.landed or mine):
+                # (Struck inside CPython's own start, before the runner's first line, with nothing
+                # recorded: the exit code is the interpreter's, 1 for a failed `site` import.)
                 v.append(f"exit code {code} after {fault}")
             if code == 128 + signum:
                 # A sweep's trials that ended before the strike keep their outcome; its parent is KILLED.

@@ -40,6 +40,9 @@ def _free_port_pair() -> int:
     raise RuntimeError("no two consecutive free ports on 127.0.0.1")
 
 
+_IDS_BURNED = 20  # job IDs used up after a controller restart (see restart_controller)
+
+
 class SlurmCluster:
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="mlps-"))
@@ -154,6 +157,36 @@ class SlurmCluster:
         controller.wait()
         self.procs.remove(controller)
         self._daemon(["slurmctld", "-D"])  # (no -i: it takes its jobs back from StateSaveLocation)
+        # Jobs queued after the controller's last save are lost with it, yet may run on a node;
+        # the restarted controller would hand their IDs out again, and a node that is still
+        # running a job of that ID is drained ("Duplicate jobid"), taking later jobs down with
+        # it. The IDs such jobs may hold are used up here, as an administrator would move the
+        # counter on; the lost jobs themselves are the runner's to recover from.
+        deadline = time.monotonic() + 60
+        while self.command("scontrol", "ping").returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        burned = []
+        for _ in range(_IDS_BURNED):
+            done = self.command("sbatch", "--parsable", "--hold", "--output=/dev/null", "--wrap", "true")
+            if done.returncode == 0:
+                burned.append(done.stdout.strip().split(";")[0])
+        if burned:
+            self.command("scancel", *burned)
+
+    def return_to_service(self) -> None:
+        """Nodes Slurm drained or downed (after a lost node, or a duplicate job ID after a
+        controller restart) are resumed, as an administrator would; then both are idle."""
+        deadline = time.monotonic() + 120
+        while True:
+            states = self.command("sinfo", "-h", "-N", "-o", "%N %T").stdout
+            out = [line.split()[0] for line in states.splitlines() if line.split()[-1].startswith(("drain", "down"))]
+            if not out:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Slurm nodes out of service: {states!r}\n{self.logs()}")
+            for name in out:
+                self.command("scontrol", "update", f"nodename={name}", "state=resume")
+            time.sleep(0.5)
 
     @contextlib.contextmanager
     def node_timeout(self, seconds: int):
