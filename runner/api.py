@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from runner.errors import RunnerError, UsageError
+from runner.errors import RunFailedError, RunnerError, UsageError
 from runner.project.params import parse_assignments, resolve
 from runner.project.spec import load_project
 from runner.request import ResolvedProject, PlannedRun, PreparedRun, RunRequest
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from runner.envs import PlannedEnv
     from runner.launch import RunHandle
     from runner.request import Notify
+    from runner.retries import RetryPolicy
     from runner.tracking.session import TrackedRun, TrackingTarget
 
 __all__ = ["ResolvedProject", "RunRequest", "attach", "plan", "run", "submit"]
@@ -138,6 +139,8 @@ def run(
     detach: bool = False,
     gpus: int = 0,
     gpu_devices: Sequence[str] | str | None = None,
+    retries: int = 0,
+    retry_failed: bool = False,
 ) -> RunHandle:
     """Run an MLflow project; the arguments are those of `mlflow.projects.run`.
 
@@ -146,6 +149,10 @@ def run(
 
     `gpus`: the run gets this many GPUs no other run holds, out of `gpu_devices` (default: those
     CUDA_VISIBLE_DEVICES or `nvidia-smi -L` name), and waits while none are free (runner.gpus).
+
+    `retries` (synchronous runs): a run whose cluster job the infrastructure ended (a lost node,
+    a preemption), or with `retry_failed` one that failed, runs again as a new run tagged
+    mlproject.retry.attempt and mlproject.retry.of, up to that many times (runner.retries).
     """
     try:
         devices = None
@@ -158,9 +165,36 @@ def run(
                              backend, backend_config, storage_dir, synchronous, run_id, run_name, env_manager,
                              build_image, docker_auth, cwd, stream_output, locked, detach, gpus=gpus,
                              gpu_devices=devices)
+        if retries or retry_failed:
+            from runner.retries import RetryPolicy
+
+            return _with_retries(request, RetryPolicy(retries, retry_failed), notify, progress, on_submitted)
         return submit_for_python(request, notify, progress, on_submitted)
     except RunnerError as exc:
         raise exc.for_python() from None
+
+
+def _with_retries(request: RunRequest, policy: RetryPolicy, notify: Notify | None, progress: Notify | None,
+                  on_submitted: Callable[[RunHandle], None] | None) -> RunHandle:
+    """A synchronous run, submitted again as a new attempt while the policy says so."""
+    from runner.retries import next_attempt
+
+    policy.check(request.detach)
+    if not request.synchronous:
+        raise UsageError("retries need a synchronous run: the caller waits while the next attempt is made",
+                         hint="synchronous=True (or retry from your own code with the SubmittedRun's status)")
+    attempt = 1
+    while True:
+        try:
+            return submit_for_python(request, notify, progress, on_submitted)
+        except RunFailedError as failed:
+            why = policy.why_again(failed.submitted_run, attempt)
+            if why is None:
+                raise
+            attempt += 1
+            (notify or _default_notify)(f"run {failed.submitted_run.run_id} failed ({why}): attempt {attempt} "
+                                        f"of {policy.retries + 1}")
+            request = next_attempt(request, failed.submitted_run.run_id, attempt)
 
 
 def submit_for_python(request: RunRequest, notify: Notify | None = None, progress: Notify | None = None,

@@ -17,7 +17,7 @@ LAYERS = {
     "runner.cli": 7, "runner.mlflow_plugin": 7, "runner.keeper_process": 7,
     "runner.sweeps": 6,
     "runner.api": 5, "runner.keeper": 5, "runner.validate": 5,
-    "runner.reproduce": 4,
+    "runner.reproduce": 4, "runner.retries": 4,
     "runner.backends": 3,
     "runner.request": 2,
     "runner.launch": 1, "runner.envs": 1, "runner.sources": 1, "runner.tracking": 1, "runner.project": 1,

@@ -230,6 +230,10 @@ def test_node_lost_during_a_job_ends_the_run_and_leaves_nothing_running_when_it_
         run_id, job_id = _submitted(stderr)
         assert f"=== Run (ID '{run_id}') failed (ray job {job_id} ended FAILED: " in stderr
         assert "exit code None" not in stderr
+        # The cluster lost the job (its supervisor died with the node): what --retries runs again.
+        lost = subprocess.run([sys.executable, "-c", "import sys; from runner.retries import lost_job; "
+                               "print(lost_job('ray', sys.argv[1]))", job_id], capture_output=True, text=True)
+        assert lost.stdout.strip() == f"ray job {job_id} ended FAILED", lost.stdout + lost.stderr
         assert _left_behind(run_id)  # the command goes on, on a node the cluster no longer has
     finally:
         proc.kill()

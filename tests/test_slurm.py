@@ -283,6 +283,90 @@ def test_node_lost_during_a_job_fails_the_run_and_leaves_nothing_when_it_returns
     assert _ledger_row(run_id)["status"] == "FAILED"
 
 
+# Sleeps the first time (until its node is lost), ends at once the next: the marker says which.
+RETRIED_PROJECT = """
+    name: retried
+    entry_points:
+      main:
+        parameters:
+          marker: {type: string}
+        command: "if [ -e '{marker}' ]; then echo again; else touch '{marker}'; sleep 300; fi"
+"""
+
+
+def _rows() -> list[dict]:
+    return json.loads(_cli("runs", "list", "--json", "--limit", "100").stdout)
+
+
+def _lose_n2_until(slurm, running: int, runs_before_return: int, proc: subprocess.Popen) -> str:
+    """With `running` commands running on n2: n2 is lost, and returned once `runs_before_return`
+    runs are in the ledger (the retries queued, pinned to n2). The CLI's stderr."""
+    def all_running() -> bool:
+        jobs = [row for row in _rows() if row["backend"] == "slurm" and row["status"] == "RUNNING"]
+        return len(jobs) == running and all(_processes_of(row["id"]) for row in jobs)
+
+    _wait_for(all_running, 90, "the commands on n2")
+    slurm.lose_node("n2")
+    try:
+        _wait_for(lambda: len(_rows()) >= runs_before_return, 120, "the retries to be queued")
+    finally:
+        slurm.return_node("n2")
+    _, stderr = proc.communicate(timeout=180)
+    return stderr
+
+
+def test_a_run_whose_node_is_lost_is_retried_as_a_new_tagged_run(slurm, make_project, _work_in_tmp, tmp_path):
+    """--retries 1: the job ends NODE_FAIL (the infrastructure, not the command), so the run is
+    submitted again as a new run tagged with its attempt and the run it retries; the first
+    stays recorded FAILED with Slurm's word."""
+    project = make_project(RETRIED_PROJECT)
+    with slurm.node_timeout(5):
+        proc = _start_cli("run", str(project), "-b", "slurm", "-c", '{"sbatch_args": ["--nodelist=n2"]}',
+                          "-P", f"marker={tmp_path / 'marker'}", "--env-manager", "local", "--retries", "1")
+        try:
+            stderr = _lose_n2_until(slurm, 1, 2, proc)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr
+    first, second = sorted(_rows(), key=lambda row: row["start_time"])
+    assert (first["status"], second["status"]) == ("FAILED", "FINISHED"), (first, second)
+    assert "NODE_FAIL" in first["reason"]
+    assert f"run {first['id']} failed (slurm job {first['job_id']} ended NODE_FAIL): attempt 2 of 2" in stderr
+    assert f"=== Run (ID '{second['id']}') succeeded ===" in stderr
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    tags = client.get_run(second["id"]).data.tags
+    assert (tags["mlproject.retry.attempt"], tags["mlproject.retry.of"]) == ("2", first["id"])
+    assert client.get_run(first["id"]).info.status == "FAILED"
+    _wait_for(lambda: not _processes_of(first["id"]), 60, "the lost attempt's processes on the returned node")
+
+
+def test_a_sweeps_trials_whose_node_is_lost_are_retried_and_each_finishes_once(slurm, make_project, _work_in_tmp,
+                                                                                tmp_path):
+    """A sweep's job array on n2, n2 lost: each trial's task ends NODE_FAIL and the trial runs
+    again as attempt 2 (not from the array); every trial ends FINISHED exactly once."""
+    project = make_project(RETRIED_PROJECT)
+    markers = f"{tmp_path / 'a'},{tmp_path / 'b'}"
+    with slurm.node_timeout(5):
+        proc = _start_cli("sweep", str(project), "-b", "slurm", "-c", '{"sbatch_args": ["--nodelist=n2"]}',
+                          "-P", f"marker={markers}", "--env-manager", "local", "--retries", "1",
+                          "--max-parallel", "2")
+        try:
+            stderr = _lose_n2_until(slurm, 2, 5, proc)  # the parent, two lost attempts, two retries
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr
+    trials = [row for row in _rows() if row["backend"] == "slurm"]
+    assert sorted(row["status"] for row in trials) == ["FAILED", "FAILED", "FINISHED", "FINISHED"], trials
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    failed = {row["id"] for row in trials if row["status"] == "FAILED"}
+    retries = [client.get_run(row["id"]).data.tags for row in trials if row["status"] == "FINISHED"]
+    assert {tags["mlproject.retry.of"] for tags in retries} == failed
+    assert all(tags["mlproject.retry.attempt"] == "2" for tags in retries)
+    assert "2/2 trials finished" in stderr
+
+
 def test_a_node_that_does_not_share_mlproject_home_is_named_as_the_cause(slurm, make_project, mlproject_home,
                                                                          _work_in_tmp):
     """What goes wrong first on a real cluster: MLPROJECT_HOME is not on a file system the nodes

@@ -38,6 +38,9 @@ class JobState:
     exit_code: int | None = None
     node: str | None = None
     reason: str | None = None  # the scheduler's reason, when it gives one (TimeLimit, Preempted, ...)
+    # The job was ended by the infrastructure, not by its command or a cancel: its node was
+    # lost or did not boot, or it was preempted. `--retries` runs such a run again.
+    lost: bool = False
 
     @property
     def ended(self) -> bool:

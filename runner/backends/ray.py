@@ -45,6 +45,8 @@ _MAX_VARIABLE = 128 * 1024 - len(REQUEST_VARIABLE) - 2
 JOB_PREFIX = "mlproject-"  # a job's submission ID is this and the run's ledger ID
 # Ray's final job states, as the run ends; PENDING and RUNNING are a job under way.
 _ENDS = {"SUCCEEDED": RunStatus.FINISHED, "FAILED": RunStatus.FAILED, "STOPPED": RunStatus.KILLED}
+# JobInfo.error_type of a job the cluster lost (Ray 2.x): its supervisor actor died with its node.
+_LOST = ("JOB_SUPERVISOR_ACTOR_DIED",)
 _PREAMBLE_END = "Running entrypoint for job "  # Ray's own lines come before it in a job's log
 _CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 # Ray stops a job with SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by default):
@@ -386,7 +388,9 @@ def job_state(job_id: str) -> JobState | None:
     reason = None
     if status == RunStatus.FAILED and info.message:  # Ray appends the job's last logs: the run's log has them
         reason = info.message.strip().splitlines()[0].split(", last available logs")[0][:300]
-    return JobState(name, status, exit_code, info.driver_node_id, reason)
+    # The job's supervisor died with its node (a lost node), not by the command's own failure.
+    lost = status == RunStatus.FAILED and str(getattr(info.error_type, "value", info.error_type)) in _LOST
+    return JobState(name, status, exit_code, info.driver_node_id, reason, lost=lost)
 
 
 def cancel(job_id: str) -> None:

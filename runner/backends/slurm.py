@@ -51,6 +51,8 @@ _ENDS = {
     "OUT_OF_MEMORY": RunStatus.FAILED, "NODE_FAIL": RunStatus.FAILED, "BOOT_FAIL": RunStatus.FAILED, "DEADLINE": RunStatus.FAILED,
     "PREEMPTED": RunStatus.FAILED, "REVOKED": RunStatus.FAILED, "SPECIAL_EXIT": RunStatus.FAILED,
 }
+# The ends the infrastructure caused (the job's command neither failed nor was cancelled).
+_LOST = ("NODE_FAIL", "PREEMPTED", "BOOT_FAIL")
 # Variables the runner inside the job needs (with --export=NAMES, only these and the user's go).
 _RUNNER_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                      "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
@@ -373,7 +375,7 @@ def _state(fields: dict[str, str]) -> JobState:
     node = fields.get("NodeList")
     reason = fields.get("Reason")
     return JobState(name, status, exit_code, node if node and node != "(null)" else None,
-                    reason if reason and reason != "None" else None)
+                    reason if reason and reason != "None" else None, lost=name in _LOST)
 
 
 _completion_log_cache: list[str | None] = []

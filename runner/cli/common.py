@@ -148,6 +148,19 @@ def project_options(with_parameters: bool = True):
 BACKEND_CONFIG_HELP = "the backend's settings: a JSON object, or a file holding one"
 
 
+def retry_options(function):
+    """--retries and --retry-failed (runner.retries), for a run and for a sweep's trials."""
+    options = [
+        click.option("--retries", type=int, default=None, metavar="N",
+                     help="run again, as a new run, up to N times when the cluster ended the job (a lost node, "
+                          "a preemption)"),
+        click.option("--retry-failed", is_flag=True, default=None, help="with --retries: a failed command too"),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 def where_options(function):
     """Where a run (or a sweep's trials) runs and is recorded: -b, -c and the experiment."""
     options = [

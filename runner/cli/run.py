@@ -11,9 +11,13 @@ import click
 from runner import startup
 from runner.cli.common import (
     BACKEND_CONFIG_HELP, ENV_MANAGERS, Interrupted, complete_run_ids, debug_option, out, project_options, say,
-    where_options,
+    retry_options, where_options,
 )
 from runner.status import RunStatus
+
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    from runner.retries import RetryPolicy
 
 @click.command(help="run a project (same flags as `mlflow run`)")
 @project_options()
@@ -29,14 +33,16 @@ from runner.status import RunStatus
               help="the GPUs to choose from, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES's or nvidia-smi's)")
 @click.option("--gpus-per-run", "gpus", type=int, default=None, metavar="K",
               help="the run gets K GPUs no other run holds, waiting while none are free (default: 1 with --gpus)")
+@retry_options
 @click.option("--no-conda", is_flag=True, hidden=True)  # MLflow 1.x; the tutorials still use it
 @debug_option
 def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | None, env_manager: str | None,
         docker_args: tuple[str, ...], experiment_name: str | None, experiment_id: str | None, backend: str,
         backend_config: str | None, storage_dir: str | None, run_id: str | None, run_name: str | None,
         build_image: bool, locked: bool, no_conda: bool, detach: bool, gpu_devices: str | None,
-        gpus: int | None) -> int:
+        gpus: int | None, retries: int | None, retry_failed: bool | None) -> int:
     from runner import api
+    from runner.retries import RetryPolicy
 
     if no_conda:
         if env_manager not in (None, "local"):
@@ -69,7 +75,7 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
 
         devices = parse_devices(gpu_devices)
         request = replace(request, gpus=count_given(gpus, devices, "--gpus-per-run"), gpu_devices=devices)
-    return run_request(request)
+    return run_request(request, policy=RetryPolicy(retries or 0, bool(retry_failed)))
 
 
 @click.command(hidden=True, help="(internal) the runner inside a cluster job: carry out a submitted request")
@@ -82,28 +88,34 @@ def job(request_file: str | None, from_env: bool) -> int:
     return run_request(JobRequest.load(request_file, from_env).run_request(), in_job=True)
 
 
-def run_request(request, in_job: bool = False) -> int:
-    """Submit a request and follow it to its end (or, detached, to its queueing): the exit code."""
+def run_request(request, in_job: bool = False, policy: RetryPolicy | None = None) -> int:
+    """Submit a request and follow it to its end (or, detached, to its queueing): the exit code.
+    With a retry policy, a run the infrastructure ended is submitted again (runner.retries)."""
     from runner import api
     from runner.progress import Progress
+    from runner.retries import RetryPolicy, next_attempt
 
-    active = []  # the SubmittedRun, once it exists
+    policy = policy or RetryPolicy()
+    policy.check(request.detach)
+    active = []  # the SubmittedRun of each attempt, once it exists
     received: list[int] = []
     abandoning: list[int] = []  # the signal that abandoned the preparation
+    retrying: list[bool] = []  # an attempt ended and the next is being prepared
 
     def on_signal(signum: int, _frame) -> None:
-        if active and active[0].done:
+        current = active[-1] if active else None
+        if current is not None and current.done and not retrying:
             return  # the run has ended and its end is recorded: nothing left to stop
         received.append(signum)
-        if active and active[0].launching:
-            run_id = active[0].run_id
+        if current is not None and not current.done and current.launching:
+            run_id = current.run_id
             # os.write: the main thread may be inside a write to sys.stderr right now.
             if len(received) == 1:
                 again = "" if in_job else " (Ctrl-C again to kill now)"  # (a job is stopped by its cluster)
                 os.write(2, f"stopping run {run_id}{again}\n".encode())
             elif len(received) == 2:
                 os.write(2, f"killing run {run_id} now\n".encode())
-            active[0].request_cancel(signum)
+            current.request_cancel(signum)
         elif not abandoning:
             abandoning.append(signum)
             raise Interrupted(signum)  # the command has not started: abandon the preparation
@@ -115,19 +127,32 @@ def run_request(request, in_job: bool = False) -> int:
         for signum in startup.INTERRUPT_SIGNALS:
             signal.signal(signum, startup.where_safe(on_signal))
         # A resized window reaches the command's terminal (see runner.launch).
-        signal.signal(signal.SIGWINCH, lambda _signum, _frame: active[0].sync_window_size() if active else None)
-        submitted = api.submit(request, notify=say, progress=Progress(), on_submitted=active.append)
-        if request.detach:
-            out(f"{submitted.run_id} {submitted.backend} job {submitted.job_id}")
-            say(f"follow it with: mlproject runs logs {submitted.run_id} -f")
-            return 0
-        while not submitted.done:
-            submitted.wait(0.25)
+        signal.signal(signal.SIGWINCH, lambda _signum, _frame: active[-1].sync_window_size() if active else None)
+        attempt = 1
+        while True:
+            submitted = api.submit(request, notify=say, progress=Progress(), on_submitted=active.append)
+            retrying.clear()
+            if request.detach:
+                out(f"{submitted.run_id} {submitted.backend} job {submitted.job_id}")
+                say(f"follow it with: mlproject runs logs {submitted.run_id} -f")
+                return 0
+            while not submitted.done:
+                submitted.wait(0.25)
+            why = None if received or submitted.end_error else policy.why_again(submitted, attempt)
+            if why is None:
+                break
+            retrying.append(True)  # (a signal from here abandons the next attempt's preparation)
+            attempt += 1
+            say(f"run {submitted.run_id} failed ({why}): attempt {attempt} of {policy.retries + 1}")
+            request = next_attempt(request, submitted.run_id, attempt)
     except Interrupted as interrupted:
         startup.ignore()  # the run is ended: nothing more to stop while it says so
         name = signal.Signals(interrupted.signum).name
-        if active:  # the run exists: it was ended KILLED before its command started
-            say(f"interrupted by {name}: run {active[0].run_id} recorded as KILLED before its command started")
+        if retrying:  # between attempts: the last one ended as recorded, the next never started its command
+            say(f"interrupted by {name} before attempt {attempt}'s command started "
+                "(a run already created for it is recorded as KILLED)")
+        elif active:  # the run exists: it was ended KILLED before its command started
+            say(f"interrupted by {name}: run {active[-1].run_id} recorded as KILLED before its command started")
         else:
             say(f"interrupted by {name} before the command started (a run already created is recorded as KILLED)")
         return 128 + interrupted.signum

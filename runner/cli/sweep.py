@@ -8,7 +8,7 @@ import click
 from runner import startup
 from runner.cli.common import (
     ENV_MANAGERS, Group, Interrupted, complete_dirs, complete_entry_points, complete_managers, debug_option, out, say,
-    where_options,
+    retry_options, where_options,
 )
 from runner.seams import SEARCHES
 from runner.status import RunStatus
@@ -60,6 +60,7 @@ def sweep() -> None:
               help="the GPUs to share out, e.g. 0,1,2,3 (default: CUDA_VISIBLE_DEVICES's or nvidia-smi's)")
 @click.option("--gpus-per-trial", type=int, default=None, metavar="K",
               help="each trial gets K GPUs no other trial holds (default: 1 with --gpus)")
+@retry_options
 @where_options
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="a sweep.yaml")
 @click.option("--resume", default=None, metavar="SWEEP_ID", help="run what an interrupted sweep still lacks")
@@ -69,7 +70,7 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
                 max_parallel: int | None, metric: str | None, goal: str | None, max_failures: int | None,
                 backend: str, backend_config: str | None, experiment_name: str | None, experiment_id: str | None,
                 config_file: str | None, resume: str | None, prune: str | None, gpu_devices: str | None,
-                gpus_per_trial: int | None) -> int:
+                gpus_per_trial: int | None, retries: int | None, retry_failed: bool | None) -> int:
     from runner import api
     from runner.progress import Progress
     from runner.sweeps import run_sweep
@@ -90,7 +91,7 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
                            max_parallel, metric, goal, max_failures, backend, backend_config, env_manager,
                            experiment_name, experiment_id, config=config_file, resume=resume, cwd=None, notify=say,
                            progress=Progress(), gpus_per_trial=gpus_per_trial, gpu_devices=gpu_devices,
-                           prune=prune)
+                           prune=prune, retries=retries, retry_failed=retry_failed)
     except (KeyboardInterrupt, Interrupted) as exc:
         startup.ignore()  # the sweep's runs are ended: nothing more to stop while it says so
         number = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT

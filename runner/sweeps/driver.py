@@ -60,8 +60,16 @@ class SweepRequest:
     prune: str | None = None  # median | asha: stop trials that fall behind (runner.sweeps.prune)
     gpus_per_trial: int = 0  # each trial's own GPUs (runner.gpus)
     gpu_devices: tuple[str, ...] | None = None  # the GPUs to share out here (None: the machine's)
+    retries: int = 0  # a trial whose job the infrastructure ended runs again, as a new attempt (runner.retries)
+    retry_failed: bool = False  # and one whose command failed
+
+    def retry_policy(self):
+        from runner.retries import RetryPolicy
+
+        return RetryPolicy(self.retries, self.retry_failed)
 
     def check(self) -> None:
+        self.retry_policy().check()
         from runner.gpus import check_count
         from runner.seams import SEARCHES
 
@@ -133,6 +141,7 @@ def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> Sw
     request = SweepRequest(**record.request)
     from runner import backends
     from runner.tracking.ledger import Ledger
+    from runner.retries import lost_job
     from runner.tracking.runs import find as find_run
 
     ledger = Ledger()
@@ -149,6 +158,9 @@ def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> Sw
                     run = None
                 if run is not None and not run.finished and run.backend in backends.CLUSTER_BACKENDS:
                     following.add(trial.number)  # its job went on without the driver: follow it, not again
+                elif (run is not None and run.status == RunStatus.FAILED and trial.attempt <= request.retries
+                      and lost_job(run.backend, run.job_id)):
+                    trial.status, trial.attempt = "PENDING", trial.attempt + 1  # its retry, never made
                 elif (run is not None and run.status in (RunStatus.FINISHED, RunStatus.FAILED) and run.reason != _runner_died()
                       and not _never_started(run)):
                     trial.status, trial.duration = run.status, (run.end_time or run.start_time) - run.start_time
@@ -526,21 +538,47 @@ class _Sweep:
         return {trial.number: handle for trial, handle in zip(todo, handles)}
 
     def _one(self, trial: Trial, queued=None) -> None:
-        from runner import api
+        """A trial to its end: its run (or its array task, `queued`) followed, and run again as a
+        new attempt while the retry policy says so."""
+        from runner.retries import next_attempt
 
         started = time.monotonic()
-        if queued is not None:  # a task of the sweep's job array: follow it
-            try:
-                self._follow(trial, queued)
-                trial.status = queued.get_status()
-            except RunnerError as exc:
-                trial.status = RunStatus.FAILED
-                self.say(f"trial {trial.number}: {exc.message}")
-            self._finish(trial, started)
-            return
-        if self._stop.is_set():
-            return
+        policy = self.request.retry_policy()
         run_request = self._run_request(trial)
+        if trial.attempt > 1 and trial.run_id:  # resumed with an attempt to make
+            run_request = next_attempt(run_request, trial.run_id, trial.attempt)
+        while True:
+            if queued is not None:  # a task of the sweep's job array: follow it
+                handle = queued
+                try:
+                    self._follow(trial, queued)
+                    trial.status = queued.get_status()
+                except RunnerError as exc:
+                    trial.status = RunStatus.FAILED
+                    self.say(f"trial {trial.number}: {exc.message}")
+            else:
+                if self._stop.is_set():
+                    return
+                handle = self._submit(trial, run_request)
+            if handle is None or self._stop.is_set() or trial.pruned_at is not None:
+                break
+            why = policy.why_again(handle, trial.attempt)
+            if why is None:
+                break
+            trial.attempt += 1
+            run_request = next_attempt(run_request, handle.run_id, trial.attempt)
+            with self._lock:
+                trial.status = "PENDING"  # (the failed attempt's run stays recorded as it ended)
+                self.store.update(self.id, trial)
+            self.say(f"trial {trial.number}: run {handle.run_id} failed ({why}): attempt {trial.attempt} "
+                     f"of {policy.retries + 1}")
+            queued = None
+        self._finish(trial, started)
+
+    def _submit(self, trial: Trial, run_request):
+        """One attempt of a trial, submitted and followed to its end: its handle (None when it
+        could not be submitted)."""
+        from runner import api
 
         def submitted_now(submitted) -> None:
             with self._lock:
@@ -554,10 +592,11 @@ class _Sweep:
             submitted = api.submit(run_request, notify=self._quiet, on_submitted=submitted_now)
             self._follow(trial, submitted)
             trial.status = submitted.get_status()
+            return submitted
         except RunnerError as exc:  # e.g. its environment did not build: the sweep goes on
             trial.status = RunStatus.KILLED if self._stop.is_set() else RunStatus.FAILED
             self.say(f"trial {trial.number}: {exc.message}")
-        self._finish(trial, started)
+            return None
 
     def _follow(self, trial: Trial, handle) -> None:
         """Wait for a trial's run to end. With --prune, its values are read as it runs, and it

@@ -28,6 +28,7 @@ class Trial:
     metric: float | None = None
     duration: float | None = None
     pruned_at: int | None = None  # stopped at this step for falling behind (--prune): done, not failed
+    attempt: int = 1  # its run's attempt (--retries: the infrastructure ended the ones before)
 
     @property
     def done(self) -> bool:
@@ -61,11 +62,13 @@ class SweepStore:
                          " parameters TEXT NOT NULL, run_id TEXT, status TEXT NOT NULL, metric REAL, duration REAL,"
                          " PRIMARY KEY (sweep_id, number))")
         columns = [row[1] for row in self._db.execute("PRAGMA table_info(sweep_trials)")]
-        if "pruned_at" not in columns:  # (a ledger from before --prune)
-            try:
-                self._db.execute("ALTER TABLE sweep_trials ADD COLUMN pruned_at INTEGER")
-            except sqlite3.OperationalError:  # another process added it first
-                pass
+        # (A ledger from before --prune, or --retries.)
+        for column, definition in (("pruned_at", "INTEGER"), ("attempt", "INTEGER NOT NULL DEFAULT 1")):
+            if column not in columns:
+                try:
+                    self._db.execute(f"ALTER TABLE sweep_trials ADD COLUMN {column} {definition}")
+                except sqlite3.OperationalError:  # another process added it first
+                    pass
 
     def create(self, sweep_id: str, parent_run_id: str, request: dict, trials: list[Trial]) -> None:
         self._db.execute("BEGIN IMMEDIATE")
@@ -87,10 +90,10 @@ class SweepStore:
                          (sweep_id, trial.number, json.dumps(trial.parameters)))
 
     def update(self, sweep_id: str, trial: Trial) -> None:
-        self._db.execute("UPDATE sweep_trials SET run_id = ?, status = ?, metric = ?, duration = ?, pruned_at = ?"
-                         " WHERE sweep_id = ? AND number = ?",
-                         (trial.run_id, trial.status, trial.metric, trial.duration, trial.pruned_at, sweep_id,
-                          trial.number))
+        self._db.execute("UPDATE sweep_trials SET run_id = ?, status = ?, metric = ?, duration = ?, pruned_at = ?,"
+                         " attempt = ? WHERE sweep_id = ? AND number = ?",
+                         (trial.run_id, trial.status, trial.metric, trial.duration, trial.pruned_at, trial.attempt,
+                          sweep_id, trial.number))
 
     def get(self, id_prefix: str) -> list[SweepRecord]:
         rows = self._db.execute("SELECT id, parent_run_id, request, created FROM sweeps WHERE id LIKE ? ORDER BY created DESC LIMIT 3",
@@ -98,9 +101,9 @@ class SweepStore:
         return [SweepRecord(row[0], row[1], json.loads(row[2]), row[3], self.trials(row[0])) for row in rows]
 
     def trials(self, sweep_id: str) -> list[Trial]:
-        rows = self._db.execute("SELECT number, parameters, run_id, status, metric, duration, pruned_at"
+        rows = self._db.execute("SELECT number, parameters, run_id, status, metric, duration, pruned_at, attempt"
                                 " FROM sweep_trials WHERE sweep_id = ? ORDER BY number", (sweep_id,)).fetchall()
-        return [Trial(row[0], json.loads(row[1]), row[2], row[3], row[4], row[5], row[6]) for row in rows]
+        return [Trial(row[0], json.loads(row[1]), row[2], row[3], row[4], row[5], row[6], row[7]) for row in rows]
 
     def list(self, limit: int = 20) -> list[SweepRecord]:
         rows = self._db.execute("SELECT id FROM sweeps ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
