@@ -101,9 +101,27 @@ def _unsafe(frame) -> bool:
 
 def _deliver_later(signum: int) -> None:
     if not _again:
+        if not _disarm_at_exit:
+            # Python hands SIGALRM back to its default (death) as it shuts down: a delivery
+            # still due then would end a process that was exiting normally by SIGALRM.
+            import atexit
+
+            atexit.register(_disarm)
+            _disarm_at_exit.append(True)
         signal.signal(signal.SIGALRM, _deliver_again)
         signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
     _again.append(signum)
+
+
+_disarm_at_exit: list[bool] = []
+
+
+def _disarm() -> None:
+    """No delivery is due any more (a command that is done, or a process that is exiting)."""
+    _again.clear()
+    if _disarm_at_exit:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
 
 
 def _deliver_again(_signum: int, frame) -> None:
@@ -132,7 +150,7 @@ def ignore() -> None:
     could only cut its last words short and turn its exit code into a death by signal."""
     for signum in INTERRUPT_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
-    _again.clear()
+    _disarm()
 
 
 # Python's default first-generation threshold (700 new container objects) runs ~150 collections

@@ -259,6 +259,26 @@ def test_a_handler_that_lands_inside_the_import_system_waits_until_it_is_out():
     assert done.stdout.split() == ["deferred", "raised", "False"], done.stderr
 
 
+@pytest.mark.parametrize("done_by", ["ignore", "exit"])
+def test_a_delivery_still_due_never_kills_a_process_that_is_ending(done_by):
+    """A signal put off (`where_safe`) and not delivered yet when the command is done (`ignore()`)
+    or the process exits: Python hands SIGALRM back to its default as it shuts down, and the
+    delivery's timer then ended a normal exit by SIGALRM (seed 20261210, strike 15: a second
+    Ctrl-C during an abandoned preparation, exit -14). Reproduced with a slow finalizer."""
+    code = ("import signal, time\n"
+            "from runner import startup\n"
+            "startup.RETRY_SECONDS = 0.2\n"
+            "signal.signal(signal.SIGINT, startup.where_safe(lambda signum, frame: None))\n"
+            "startup._deliver_later(signal.SIGINT)\n"
+            + ("startup.ignore()\n" if done_by == "ignore" else "")
+            + "class Slow:\n"
+            "    def __del__(self):\n"
+            "        time.sleep(0.5)  # (run as the interpreter shuts down, after its signal handlers)\n"
+            "keep = Slow()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_ctrl_c_at_random_instants_of_imports_never_leaves_the_import_lock_held(seed):
     """A seeded storm: SIGINT at a random instant of each round of ~120 imports, for 8 s, through
