@@ -191,8 +191,14 @@ class SlurmCluster:
     @contextlib.contextmanager
     def node_timeout(self, seconds: int):
         """While inside: a node that does not answer for `seconds` is DOWN (Slurm's default: 300 s)."""
+        with self.setting(f"SlurmdTimeout={seconds}"):
+            yield
+
+    @contextlib.contextmanager
+    def setting(self, line: str):
+        """While inside: slurm.conf has `line` too (the controller reconfigured with it)."""
         original = self.conf.read_text()
-        self.conf.write_text(original + f"SlurmdTimeout={seconds}\n")
+        self.conf.write_text(original + line + "\n")
         self.command("scontrol", "reconfigure")
         try:
             yield

@@ -631,6 +631,42 @@ def test_sweep_on_the_cluster(slurm, make_project, _work_in_tmp):
     assert "queued as slurm job array" in result.stderr
 
 
+def test_a_sweep_larger_than_max_array_size_goes_out_as_arrays_one_after_another(slurm, make_project,
+                                                                                  _work_in_tmp):
+    """MaxArraySize=2 and five trials: three arrays (2, 2, 1), each queued to start once the one
+    before has ended, so no more than the throttle run at once; every trial FINISHED once."""
+    project = make_project(SHELL_PROJECT)
+    with slurm.setting("MaxArraySize=2"):
+        result = subprocess.run([sys.executable, "-m", "runner", "sweep", str(project), "-P",
+                                 "alpha=0.1,0.2,0.3,0.4,0.5", "-b", "slurm", "--max-parallel", "2",
+                                 "--env-manager", "local"],
+                                capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": BARE_PATH})
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    parent = client.search_runs(["0"], "tags.`mlproject.sweep.id` != ''")[0]
+    children = client.search_runs(["0"], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.params["alpha"] for c in children) == ["0.1", "0.2", "0.3", "0.4", "0.5"]
+    assert all(c.info.status == "FINISHED" for c in children)
+    jobs = [c.data.tags["mlproject.slurm.job_id"] for c in children]
+    arrays = sorted({job.split("_")[0] for job in jobs}, key=int)
+    assert len(arrays) == 3 and sorted(job.split("_")[1] for job in jobs) == ["0", "0", "0", "1", "1"], jobs
+    assert f"queued as slurm job arrays {', '.join(arrays)}, at most 2 at once" in result.stderr
+    for before, after in zip(arrays, arrays[1:]):  # the completion log: each array ended before the next began
+        ends = [_completion(slurm, job)["EndTime"] for job in jobs if job.startswith(before + "_")]
+        starts = [_completion(slurm, job)["StartTime"] for job in jobs if job.startswith(after + "_")]
+        assert max(ends) <= min(starts), (before, ends, after, starts)
+
+
+def _completion(slurm, job: str) -> dict[str, str]:
+    """Job `job`'s line of the test cluster's job completion log, as fields."""
+    array, _, task = job.partition("_")
+    for line in slurm.completion_log.read_text().splitlines():
+        fields = dict(word.split("=", 1) for word in line.split() if "=" in word)
+        if fields.get("JobId") == job or (fields.get("ArrayJobId") == array and fields.get("ArrayTaskId") == task):
+            return fields
+    raise AssertionError(f"job {job} is not in the completion log")
+
+
 def test_a_sweep_asks_slurm_for_each_trials_gpus(slurm, make_project, _work_in_tmp):
     """`--gpus-per-trial 1` on Slurm: every array task asks for one GPU of its node (the test
     cluster's nodes have two each, files standing for devices), and Slurm grants it."""

@@ -197,31 +197,77 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
 
 
 def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list[ClusterRun]:
-    """Many runs as one job array (a sweep whose trials are known in advance): one sbatch, each
-    task running the runner on its own run's request; at most `throttle` tasks at once."""
+    """Many runs as job arrays (a sweep whose trials are known in advance): one sbatch per
+    array, each task running the runner on its own run's request; at most `throttle` tasks at
+    once. More runs than the cluster's MaxArraySize go out as several arrays, each queued to
+    start after the one before has ended (`afterany`), so the throttle holds across them."""
     options: SlurmOptions = states[0].backend_options
-    array_dir = home.subdir("runs") / f"array-{os.urandom(8).hex()}"
-    array_dir.mkdir(parents=True)
     recorded: list[_Recorded] = []
+    arrays: list[str] = []
+    size = max_array_size()
     try:
+        directories = []
         for index, state in enumerate(states):
+            if index % size == 0:
+                directories.append(home.subdir("runs") / f"array-{os.urandom(8).hex()}")
+                directories[-1].mkdir(parents=True)
             run_dir = home.subdir("runs") / state.ledger_id()
             run_dir.mkdir(parents=True, exist_ok=True)
-            recorded.append(_record(state, run_dir, array_dir / f"{index}.log"))
-        manifest = array_dir / "jobs.manifest"  # line N: the request of task N
-        manifest.write_text("".join(f"{item.job_file}\n" for item in recorded))
-        script = array_dir / "job.sh"
-        script.write_text(_script(options, manifest, recorded[0].record, array=len(recorded)))
-        spec = f"--array=0-{len(recorded) - 1}" + (f"%{throttle}" if throttle else "")
-        job_id = _sbatch(options, script, array_dir / "%a.log", array_dir, _job_environment(states[0], options), [spec])
+            # (Its log is the task's output file: sbatch --output=DIR/%a.log.)
+            recorded.append(_record(state, run_dir, directories[-1] / f"{index % size}.log"))
+        for number, array_dir in enumerate(directories):
+            arrays.append(_sbatch_array(options, states[0], array_dir, recorded[number * size:(number + 1) * size],
+                                        throttle, arrays[-1] if arrays else None))
     except BaseException as exc:
+        for array_id in arrays:  # (queued, but none of its runs is followed: taken down with the rest)
+            try:
+                cancel(array_id)
+            except LaunchError:
+                pass
         for index, state in enumerate(states):
             abandon(state, exc, recorded[index].record.id if index < len(recorded) else None)
         raise
-    handles = [queued(item.state, item.record, f"{job_id}_{index}", "Slurm") for index, item in enumerate(recorded)]
+    handles = [queued(item.state, item.record, f"{arrays[index // size]}_{index % size}", "Slurm")
+               for index, item in enumerate(recorded)]
     for handle in handles:
         handle.start_following()
     return handles
+
+
+def _sbatch_array(options: SlurmOptions, state: PreparedRun, array_dir: Path, part: list[_Recorded],
+                  throttle: int | None, after: str | None) -> str:
+    """One job array of the recorded runs `part` (task N: the request on line N of its manifest),
+    started after array `after` has ended; its job ID."""
+    manifest = array_dir / "jobs.manifest"
+    manifest.write_text("".join(f"{item.job_file}\n" for item in part))
+    script = array_dir / "job.sh"
+    script.write_text(_script(options, manifest, part[0].record, array=len(part)))
+    extra = [f"--array=0-{len(part) - 1}" + (f"%{throttle}" if throttle else "")]
+    if after is not None:
+        extra.append(f"--dependency=afterany:{after}")
+    return _sbatch(options, script, array_dir / "%a.log", array_dir, _job_environment(state, options), extra)
+
+
+_config_cache: dict[str, str] = {}
+
+
+def _config() -> dict[str, str]:
+    """The controller's settings (`scontrol show config`), asked once per process."""
+    if not _config_cache:
+        from runner.subprocesses import capture
+
+        code, output, _ = capture(["scontrol", "show", "config"])
+        for line in output.splitlines() if code == 0 else []:
+            key, sep, value = line.partition("=")
+            if sep:
+                _config_cache[key.strip()] = value.strip()
+    return _config_cache
+
+
+def max_array_size() -> int:
+    """How many tasks one job array may have here: MaxArraySize (task IDs 0 to one less)."""
+    value = _config().get("MaxArraySize", "")
+    return max(1, int(value)) if value.isdigit() else 1001  # (Slurm's default)
 
 
 @dataclass
@@ -378,23 +424,11 @@ def _state(fields: dict[str, str]) -> JobState:
                     reason if reason and reason != "None" else None, lost=name in _LOST)
 
 
-_completion_log_cache: list[str | None] = []
-
-
 def _completion_log() -> str | None:
     """The cluster's job completion log, when it keeps one as a text file (jobcomp/filetxt)."""
-    if not _completion_log_cache:
-        from runner.subprocesses import capture
-
-        code, output, _ = capture(["scontrol", "show", "config"])
-        settings = {}
-        for line in output.splitlines() if code == 0 else []:
-            key, sep, value = line.partition("=")
-            if sep:
-                settings[key.strip()] = value.strip()
-        path = settings.get("JobCompLoc")
-        _completion_log_cache.append(path if settings.get("JobCompType") == "jobcomp/filetxt" and path else None)
-    return _completion_log_cache[0]
+    settings = _config()
+    path = settings.get("JobCompLoc")
+    return path if settings.get("JobCompType") == "jobcomp/filetxt" and path else None
 
 
 def cancel(job_id: str) -> None:

@@ -533,8 +533,9 @@ class _Sweep:
                 trial.run_id, trial.status = handle.run_id, RunStatus.RUNNING
                 self._active[trial.number] = handle
                 self.store.update(self.id, trial)
-        self.say(f"sweep {self.id}: {len(todo)} trials queued as {self.request.backend} job array "
-                 f"{handles[0].job_id.split('_')[0]}, at most {throttle} at once")
+        arrays = list(dict.fromkeys(handle.job_id.split("_")[0] for handle in handles))
+        self.say(f"sweep {self.id}: {len(todo)} trials queued as {self.request.backend} job array"
+                 f"{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}, at most {throttle} at once")
         return {trial.number: handle for trial, handle in zip(todo, handles)}
 
     def _one(self, trial: Trial, queued=None) -> None:
