@@ -24,14 +24,17 @@ def capture(
     merge_stderr: bool = True,
     input: str | None = None,
     text: bool = True,
+    dies_with_caller: bool = False,
 ) -> tuple[int, Any, Any]:
     """Run to completion: (return code, stdout, stderr); stderr is "" when merged.
     `text=False`: stdout and stderr as bytes, as written (a binary diff).
+    `dies_with_caller`: killed if this process dies first, even by SIGKILL (an installer that
+    would go on filling, and locking, a half-made environment no one will use).
 
     Raises OSError when the program cannot be started.
     """
     proc = subprocess.Popen(
-        list(argv),
+        _dying_with_caller(argv) if dies_with_caller else list(argv),
         env=dict(env) if env is not None else None,
         cwd=cwd,
         stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
@@ -47,6 +50,23 @@ def capture(
     if not text:
         return proc.returncode, out, err or b""
     return proc.returncode, out.decode(errors="replace"), (err or b"").decode(errors="replace")
+
+
+def _dying_with_caller(argv: Sequence[str]) -> list[str]:
+    """argv started through util-linux's `setpriv --pdeathsig KILL`: Linux kills it when the
+    thread that started it ends, and that thread waits for it (capture), so only with this
+    process. As it is where there is no setpriv (not Linux; an interrupt still stops it), or
+    no such program (so that Popen says so, not setpriv)."""
+    import shutil
+
+    if not _setpriv:
+        _setpriv.append(shutil.which("setpriv"))
+    if _setpriv[0] is None or shutil.which(argv[0]) is None:
+        return list(argv)
+    return [_setpriv[0], "--pdeathsig", "KILL", "--", *argv]
+
+
+_setpriv: list[str | None] = []  # its path, once looked for
 
 
 def stop(proc: subprocess.Popen) -> None:

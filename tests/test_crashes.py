@@ -201,3 +201,43 @@ def test_sigkill_during_git_fetches(tmp_path, mlproject_home, _work_in_tmp, cli)
     assert cli("cache", "gc", "--older-than", "0").returncode == 0  # and what the kills left can be removed
     leftovers = [p.name for p in (mlproject_home / "git").rglob(".tmp-*")]
     assert leftovers == [], leftovers
+
+
+def test_an_installer_dies_with_a_runner_killed_mid_build(tmp_path):
+    """A runner SIGKILLed while an environment build's installer runs: the installer is killed
+    with it (Linux's parent-death signal, through `setpriv`), instead of going on filling and
+    locking a half-made environment no one will use (seed 20261210, strike 24: uv's cache lock
+    and the build's venv lock still held after a SIGKILL at 0.24 s)."""
+    marker = f"mlproject-installer-{os.getpid()}"
+    code = ("import sys\n"
+            "from runner.subprocesses import capture\n"
+            "print('building', flush=True)\n"
+            # (The marker is made here, so that only the installer's command line holds it.)
+            f"capture(['sh', '-c', 'sleep 300 # ' + 'mlproject-installer-' + '{os.getpid()}'], dies_with_caller=True)\n")
+    runner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+    def installers() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if marker.encode() in open(f"/proc/{pid}/cmdline", "rb").read() and pid_alive(int(pid)):
+                    found.append(int(pid))
+            except OSError:
+                pass
+        return found
+
+    try:
+        assert runner.stdout.readline().strip() == "building"
+        deadline = time.monotonic() + 10
+        while not installers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert installers(), "the installer never started"
+        runner.kill()
+        runner.wait()
+        deadline = time.monotonic() + 5
+        while installers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert installers() == [], "the installer outlived its runner"
+    finally:
+        for pid in installers():
+            os.kill(pid, signal.SIGKILL)

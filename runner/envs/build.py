@@ -35,7 +35,7 @@ def run_step(
     """Run one build step; return its output, or raise EnvironmentBuildError with it."""
     with step(progress, label):  # a raise in here shows the step as failed
         try:
-            returncode, text, _ = capture(argv, env=env, cwd=cwd)
+            returncode, text, _ = capture(argv, env=env, cwd=cwd, dies_with_caller=True)
         except OSError as exc:
             raise EnvironmentBuildError(f"{label}: cannot start {argv[0]}: {exc.strerror}") from None
         if log is not None:

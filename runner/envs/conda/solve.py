@@ -41,7 +41,7 @@ def worker(action: str, contents: CondaContents, request: dict) -> Any:
                "cache_dir": str(home.subdir("cache") / "conda-repodata"), **request}
     try:
         code, out, err = capture([sys.executable, "-m", "runner.envs.conda.worker"], input=json.dumps(request),
-                                 merge_stderr=False)
+                                 merge_stderr=False, dies_with_caller=True)
     except OSError as exc:
         raise EnvironmentBuildError(f"cannot start the conda worker: {exc.strerror}") from None
     try:
