@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -244,6 +245,29 @@ def test_node_lost_during_a_job_ends_the_run_and_leaves_nothing_running_when_it_
     _wait_for(lambda: _left_behind(run_id) == [], 120, "the run's processes on the returned node to be gone")
     ray.start_second_node()  # (the node's raylet exited: the cluster gets its second node again)
     assert _left_behind(run_id) == [] and _row(run_id)["status"] == "FAILED"
+
+
+def test_a_submission_interrupted_once_ray_has_the_job_stops_the_job(ray, make_project, _work_in_tmp):
+    """SIGHUP just after Ray accepted the job, before this host named it: the run is recorded
+    KILLED, and the job is stopped so that it never runs it (seed 20261210: the job ran and its
+    runner ended the MLflow run FINISHED behind a ledger that said KILLED)."""
+    from ray.job_submission import JobSubmissionClient
+
+    project = make_project(PROJECT)
+    result = subprocess.run([sys.executable, "-m", "runner", "run", str(project), "-b", "ray", "--env-manager", "local"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MLPROJECT_FAULT_AT": "ray.submitted:SIGHUP"})
+    assert result.returncode == 128 + signal.SIGHUP, result.stderr
+    (row,) = json.loads(_cli("runs", "list", "--json").stdout)
+    assert row["status"] == "KILLED", row
+    client = JobSubmissionClient(ray.address)
+    job_id = f"mlproject-{row['id']}"
+    status = _wait_for(lambda: str(client.get_job_status(job_id)) if client.get_job_status(job_id).is_terminal()
+                       else None, 60, "the job's end")
+    assert status.endswith("STOPPED"), status
+    time.sleep(3)  # (what a job that ran would have recorded by now)
+    assert _tracked(_work_in_tmp, row["id"]).info.status == "KILLED"
+    assert "alpha=" not in client.get_job_logs(job_id)
 
 
 def test_project_over_rays_working_dir_limit_is_one_clear_error(ray, make_project, _work_in_tmp):

@@ -242,20 +242,35 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
     run_dir.mkdir(parents=True, exist_ok=True)
     record = None
     job_id = JOB_PREFIX + run_dir.name
+    sent: list[bool] = []  # the submission has been sent: Ray may have the job
     try:
         record = record_scheduled(state, run_dir, run_dir / "output.log", "ray")
-        _submit_job(state, options, record.id, job_id)
+        _submit_job(state, options, record.id, job_id, sent)
     except BaseException as exc:
+        if sent:
+            _withdraw(options.address, job_id)
         abandon(state, exc, record.id if record is not None else None)
         raise
+    # (From here the job is Ray's: interrupted before the handle exists, the run is settled
+    # from the job's own end, as a detached one is.)
     return follow_submitted(state, queued(state, record, job_id, "Ray"), on_submitted)
+
+
+def _withdraw(address: str, job_id: str) -> None:
+    """A job Ray may have taken while its submission was interrupted: stopped, so that it never
+    runs a run this host records as ended (its runner would have ended it FINISHED in tracking
+    behind a ledger that says KILLED: seed 20261210, a SIGHUP during the submission)."""
+    try:
+        _client(address).stop_job(job_id)
+    except Exception:  # noqa: BLE001 - never taken (no such job), or already over: nothing to stop
+        pass
 
 
 def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list[ClusterRun]:
     raise UsageError("the ray backend has no job arrays", hint="a sweep submits its trials one job each")
 
 
-def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: str) -> None:
+def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: str, sent: list[bool]) -> None:
     from runner.backends.staging import snapshot
     from runner.progress import step
 
@@ -285,9 +300,13 @@ def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: st
     metadata = {**options.metadata, "mlproject_run_id": tracked.run_id or run_id}
     client = _client(options.address)
     with step(state.progress, f"submitting Ray job {job_id}"):
+        sent.append(True)
         try:
             _submit_when_ready(client, entrypoint=f"exec {_quote(options.python)} -m runner job --from-env",
                                submission_id=job_id, runtime_env=runtime_env, metadata=metadata, **options.entrypoint)
+            from runner import faults
+
+            faults.checkpoint("ray.submitted")  # (Ray has the job; this host has not named it yet)
         except Exception as exc:  # noqa: BLE001 - the SDK's errors are RuntimeError, ValueError, HTTP errors
             message = _first_line(exc)
             if "maximum" in str(exc).lower() and "size" in str(exc).lower():  # the package, or the request carrying it
