@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -452,6 +453,51 @@ def sweep_grid(args: argparse.Namespace, work: Path) -> str:
     return table("Sweep: a 40-trial grid of a trivial project, 2 at a time", rows, rows[0], note)
 
 
+def _driver_peak_mb(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, the driver process's own peak RSS in MB: its VmHWM, read until it exits)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0.0
+    while proc.poll() is None:
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+        except OSError:
+            pass
+        time.sleep(0.1)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+    return elapsed, peak
+
+
+def sweep_scale(args: argparse.Namespace, work: Path) -> str:
+    """Sweeps at scale on this machine: a 200-trial grid at --max-parallel 8 over a bare `xargs
+    -P8` of the same commands (target: at most 15 ms per trial), and the driver's own peak memory
+    on `--trials` trials (target: at most 100 MB at 1,000)."""
+    project = _write(work / "trivial-sweep", {"MLproject": SWEEP_MLPROJECT})
+    env = {**os.environ, "MLPROJECT_HOME": str(work / "home"), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
+    bare = ["bash", "-c", "seq 0 199 | xargs -P8 -I{} bash -c 'echo {} > /dev/null'"]
+
+    def sweep_of(trials: int) -> list[str]:
+        return mlproject_command() + ["sweep", str(project), "-P", f"x=range(0,{trials})", "--max-parallel", "8",
+                                      "--env-manager", "local"]
+
+    ours = sweep_of(200)
+    measure("warm-up", sweep_of(4), 1, work, env)
+    rows = measure_interleaved([("bare: xargs -P8, 200 commands", bare, env),
+                                ("mlproject sweep, 200-trial grid, --max-parallel 8 (sqlite tracking)", ours, env)],
+                               max(1, args.repeat // 15), work)
+    per_trial = (rows[1].median - rows[0].median) / 200 * 1000
+    seconds, peak = _driver_peak_mb(sweep_of(args.trials), work, env)
+    note = (f"Targets: at most 15 ms per trial over xargs -P8; the driver at most 100 MB on 1,000 trials. "
+            f"Measured {per_trial:.0f} ms per trial over xargs ({'meets' if per_trial <= 15 else 'MISSES'}); "
+            f"the driver's own peak RSS (VmHWM) on {args.trials} trials: {peak:.0f} MB in {seconds:.0f} s "
+            f"({'meets' if peak <= 100 else 'MISSES'}{'' if args.trials >= 1000 else ', fewer trials than the target'}).")
+    return table("Sweep at scale: 200 trials, 8 at a time", rows, rows[0], note)
+
+
 SLURM_MLPROJECT = """
 name: stamp
 entry_points:
@@ -572,6 +618,7 @@ SCENARIOS = {
     "slurm_backend": slurm_backend,
     "ray_backend": ray_backend,
     "sweep_grid": sweep_grid,
+    "sweep_scale": sweep_scale,
 }
 
 
@@ -583,6 +630,7 @@ def main() -> int:
     parser.add_argument("--no-mlflow", action="store_true", help="skip the mlflow comparison")
     parser.add_argument("--skip-mlflow-builds", action="store_true", help="skip MLflow's slow environment builds")
     parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
+    parser.add_argument("--trials", type=int, default=1000, help="sweep_scale: the trials of the driver-memory sweep")
     args = parser.parse_args()
     sections = [f"# mlproject-runner benchmarks\n\nMachine: {os.cpu_count()} cores. Repeats: {args.repeat} (mlflow: {args.mlflow_repeat}).\n"]
     with tempfile.TemporaryDirectory(prefix="mlproject-bench-") as tmp:
@@ -594,7 +642,8 @@ def main() -> int:
     report = "\n".join(sections)
     results = BENCH_DIR / "results"
     results.mkdir(exist_ok=True)
-    (results / "latest.md").write_text(report)
+    # (Some scenarios only, with --only: their own file, so the full report is not replaced.)
+    (results / ("latest.md" if not args.only else "-".join(sorted(args.only)) + ".md")).write_text(report)
     print(report)
     return 0
 
