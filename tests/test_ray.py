@@ -270,6 +270,22 @@ def test_a_submission_interrupted_once_ray_has_the_job_stops_the_job(ray, make_p
     assert "alpha=" not in client.get_job_logs(job_id)
 
 
+def test_a_job_ray_took_from_a_submitter_killed_before_naming_it_is_the_runs(ray, make_project, _work_in_tmp):
+    """SIGKILL just after Ray accepted the job, before the ledger named it: the job runs, and the
+    next command finds it by the submission ID this host chose and records its real end (seed
+    20261210: the run was ended FAILED, "the submission was interrupted", while its job ran and
+    ended the MLflow run FINISHED)."""
+    project = make_project(PROJECT)
+    result = subprocess.run([sys.executable, "-m", "runner", "run", str(project), "-b", "ray", "--env-manager", "local"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MLPROJECT_FAULT_AT": "ray.submitted:SIGKILL"})
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    row = _wait_for(lambda: (rows := json.loads(_cli("runs", "list", "--json").stdout)) and rows[0]["status"]
+                    not in ("SCHEDULED", "RUNNING") and rows[0], 120, "the run's end")
+    assert (row["status"], row["job_id"]) == ("FINISHED", f"mlproject-{row['id']}"), row
+    assert _tracked(_work_in_tmp, row["id"]).info.status == "FINISHED"
+
+
 def test_project_over_rays_working_dir_limit_is_one_clear_error(ray, make_project, _work_in_tmp):
     project = make_project(PROJECT)
     (project / "weights.bin").write_bytes(os.urandom(101 * 1024 * 1024))

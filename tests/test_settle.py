@@ -44,6 +44,9 @@ class FakeCluster:
     def job_state(self, job_id: str) -> JobState | None:
         return self.answer
 
+    def chosen_job_id(self, ledger_id: str) -> str | None:
+        return None
+
     def cancel(self, job_id: str) -> None:
         pass
 

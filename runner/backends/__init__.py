@@ -61,6 +61,14 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
 
         if process_is(record.runner_pid, record.runner_start):
             return record  # still being submitted
+        chosen = backend.chosen_job_id(record.id)
+        if chosen is not None:
+            # The cluster may have taken the job before its submitter died: then it is the run's.
+            taken = backend.job_state(chosen)  # (no answer: raised, and asked again later)
+            if taken is not None:
+                ledger.set_job(record.id, chosen)
+                return settle(ledger, find(ledger, record.id), taken)
+    if record.job_id is None:
         state = JobState("NOT SUBMITTED", RunStatus.FAILED)
         reason = "the submission was interrupted before the job was queued"
     else:

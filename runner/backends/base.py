@@ -70,6 +70,12 @@ class ClusterBackend(Backend, Protocol):
         """How the job is doing; None when the cluster has no record of it."""
         ...
 
+    def chosen_job_id(self, ledger_id: str) -> Optional[str]:
+        """The ID the run's job has before this host records it, where the submitter chooses it
+        (Ray's submission ID), so that a job the cluster took from a submitter that died before
+        recording it is still found; None where the scheduler hands the ID out (Slurm)."""
+        ...
+
     def cancel(self, job_id: str) -> None: ...
 
     def stopped_by_cluster(self) -> Optional[tuple[str, str]]:

@@ -245,6 +245,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
     sent: list[bool] = []  # the submission has been sent: Ray may have the job
     try:
         record = record_scheduled(state, run_dir, run_dir / "output.log", "ray")
+        _remember(record.id, options.address)  # (before: a job Ray took is found if this process dies)
         _submit_job(state, options, record.id, job_id, sent)
     except BaseException as exc:
         if sent:
@@ -314,7 +315,6 @@ def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: st
                                    hint="list what the job does not need (data, checkpoints) in .gitignore") from None
             raise LaunchError(f"Ray refused the job: {message}",
                               hint="check the backend config (-c) and `ray job list` on the cluster") from None
-    _remember(run_id, options.address)
 
 
 def _runner_module(root: Path) -> Path:
@@ -388,6 +388,11 @@ def _address_of(job_id: str) -> str:
 
 
 # -- the job, as Ray sees it ------------------------------------------------------------
+def chosen_job_id(ledger_id: str) -> str | None:
+    """The submission ID this host gives the run's job, once it has said which cluster it goes to."""
+    return JOB_PREFIX + ledger_id if (home.subdir("runs") / ledger_id / "ray.json").exists() else None
+
+
 def job_state(job_id: str) -> JobState | None:
     """How job `job_id` is doing, from the cluster's job table; None when Ray does not know it."""
     client = _client(_address_of(job_id))

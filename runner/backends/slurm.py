@@ -394,6 +394,11 @@ def job_state(job_id: str) -> JobState | None:
     return None
 
 
+def chosen_job_id(ledger_id: str) -> str | None:
+    """None: sbatch hands the job ID out."""
+    return None
+
+
 def _never_started(fields: dict[str, str]) -> bool:
     """An ended record that ran on no node: the tasks of an array still pending when it ended."""
     state = _state(fields)
