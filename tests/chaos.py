@@ -301,8 +301,10 @@ class Worker:
         stderr_file.close()
         if os.environ.get("CHAOS_VERBOSE"):
             print(f"--- {strike.replay} {strike.kind} {strike.fault} exit {code}:\n{stderr[-2500:]}", file=sys.stderr)
-        if code is None and shutil.which("py-spy"):  # where it hangs, for the one reading the report
-            dump = subprocess.run(["py-spy", "dump", "--pid", str(proc.pid)], capture_output=True, text=True)
+        # Where it hangs, for the one reading the report (py-spy: on PATH, or beside this Python).
+        spy = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+        if code is None and spy:
+            dump = subprocess.run([spy, "dump", "--pid", str(proc.pid)], capture_output=True, text=True)
             outcome.violations.append("stacks: " + dump.stdout[-3000:])
         if code is None:
             outcome.violations.append(f"the runner did not exit within {EXIT_WITHIN + GRACE:g} s of the strike"
