@@ -52,6 +52,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from procs import default_signals  # noqa: E402
 from trackingproxy import FaultyProxy  # noqa: E402
 
 PYTHON = sys.executable
@@ -277,7 +278,7 @@ class Worker:
         stderr_file = tempfile.TemporaryFile()
         proc = subprocess.Popen(self.argv(strike.kind, strike.index), cwd=cwd, env=self._env(home, strike.kind),
                                 stdout=subprocess.DEVNULL, stderr=stderr_file, start_new_session=True,
-                                preexec_fn=_as_a_terminal_starts_it)
+                                preexec_fn=default_signals)  # (seed 20261209 ran under nohup)
         time.sleep(outcome.at)
         struck_at = time.monotonic()
         outcome.landed = self._hit(strike, proc, home)
@@ -617,15 +618,6 @@ def _pgid_or_none(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
-
-
-def _as_a_terminal_starts_it() -> None:
-    """The runner gets the signals' default dispositions, as from a shell at a terminal: a
-    campaign started with `nohup` (SIGHUP ignored) or in the background of a script (SIGINT
-    ignored) would otherwise hand that on, and the runner rightly keeps a signal its caller
-    ignores, so those strikes would never land (seed 20261209 ran under nohup)."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
 
 
 def _keepers_of(caller: int) -> list[int]:

@@ -35,3 +35,14 @@ def processes_with_files_under(root) -> list[int]:
                 found.append(int(pid))
                 break
     return [pid for pid in found if pid != os.getpid()]
+
+
+def default_signals() -> None:
+    """(preexec_fn) The child gets SIGINT, SIGTERM and SIGHUP at their defaults, as from a shell at
+    a terminal: a test run in the background of a script (SIGINT ignored) or under `nohup` (SIGHUP
+    ignored) would otherwise hand that on, and the runner rightly keeps a signal its caller
+    ignores, so a strike would never land."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)

@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import pid_alive
+from procs import default_signals
 
 SLOW = "entry_points:\n  main:\n    command: \"echo started; sleep 30\"\n"
 
@@ -37,11 +38,6 @@ def _marked(run_marker_prefix: bytes = b"MLPROJECT_RUN_ID=") -> list[int]:
         if any(item.startswith(run_marker_prefix) for item in environ) and pid_alive(int(pid)):
             found.append(int(pid))
     return found
-
-
-def _default_signals() -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
 
 
 def _struck_run_ends_killed(root, home, cwd, fault: str) -> None:
@@ -179,7 +175,7 @@ def test_a_signal_while_the_runner_imports_exits_quietly(make_project, mlproject
     # signal stays ignored while the runner starts.
     proc = subprocess.run([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
                           capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "MLPROJECT_FAULT_AT": f"import:{strike}"}, preexec_fn=_default_signals)
+                          env={**os.environ, "MLPROJECT_FAULT_AT": f"import:{strike}"}, preexec_fn=default_signals)
     assert proc.returncode == 128 + getattr(signal, strike.split("*")[0]), proc.stderr
     assert proc.stderr == "" and proc.stdout == ""
     assert not (mlproject_home / "ledger.db").exists()  # nothing of a run existed
@@ -301,7 +297,7 @@ def test_a_ctrl_c_before_the_commands_own_handlers_exits_quietly(make_project, m
     root = make_project(SLOW)
     args = ["run", str(root)] if command == "run" else ["sweep", str(root), "--max-runs", "1"]
     proc = subprocess.run([sys.executable, "-m", "runner", *args, "--env-manager", "local"],
-                          capture_output=True, text=True, timeout=60, preexec_fn=_default_signals,
+                          capture_output=True, text=True, timeout=60, preexec_fn=default_signals,
                           env={**os.environ, "MLPROJECT_FAULT_AT": "cli.dispatch:SIGINT"})
     assert (proc.returncode, proc.stderr) == (130, "aborted\n")
 
@@ -313,7 +309,7 @@ def test_a_library_that_imports_runner_keeps_its_keyboard_interrupt():
     # (As from a terminal: a CI job started in the background has SIGINT ignored, and Python
     # then keeps it ignored, runner or not.)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          preexec_fn=_default_signals)
+                          preexec_fn=default_signals)
     assert done.stdout.strip() == "True", done.stderr
 
 
