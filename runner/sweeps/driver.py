@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Callable, Mapping
 
+    from runner.retries import RetryPolicy
     from runner.sweeps.search import Search
 
 GOALS = ("minimize", "maximize")
@@ -63,7 +64,7 @@ class SweepRequest:
     retries: int = 0  # a trial whose job the infrastructure ended runs again, as a new attempt (runner.retries)
     retry_failed: bool = False  # and one whose command failed
 
-    def retry_policy(self):
+    def retry_policy(self) -> RetryPolicy:
         from runner.retries import RetryPolicy
 
         return RetryPolicy(self.retries, self.retry_failed)
