@@ -286,6 +286,20 @@ def test_a_job_ray_took_from_a_submitter_killed_before_naming_it_is_the_runs(ray
     assert _tracked(_work_in_tmp, row["id"]).info.status == "FINISHED"
 
 
+def test_a_signal_between_the_ledger_and_tracking_of_a_submission_ends_its_run(ray, make_project, _work_in_tmp):
+    """SIGHUP after the run's ledger row was written, before tracking heard of it: the row ends
+    KILLED with the tracked run (seed 20261210:88: the row was left for the next command, which
+    ended it FAILED, "the submission was interrupted")."""
+    project = make_project(PROJECT)
+    result = subprocess.run([sys.executable, "-m", "runner", "run", str(project), "-b", "ray", "--env-manager", "local"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MLPROJECT_FAULT_AT": "cluster.recorded:SIGHUP"})
+    assert result.returncode == 128 + signal.SIGHUP, result.stderr
+    (row,) = json.loads(_cli("runs", "list", "--json").stdout)
+    assert row["status"] == "KILLED" and row["reason"].startswith("submission: "), row
+    assert _tracked(_work_in_tmp, row["id"]).info.status == "KILLED"
+
+
 def test_project_over_rays_working_dir_limit_is_one_clear_error(ray, make_project, _work_in_tmp):
     project = make_project(PROJECT)
     (project / "weights.bin").write_bytes(os.urandom(101 * 1024 * 1024))

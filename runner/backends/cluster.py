@@ -227,11 +227,13 @@ class _EndedUnrecorded(Exception):
 def record_scheduled(state: PreparedRun, run_dir: Path, log_path: Path, backend: str) -> RunRecord:
     """The run (ledger ID: its directory's name) in the ledger and in tracking as SCHEDULED, with
     what a rerun needs of its source."""
+    from runner import faults
     from runner.tracking import pending
 
     state.keep_source_state(run_dir)
     record = state.ledger_record(run_dir.name, log_path, status=RunStatus.SCHEDULED, backend=backend)
     state.ledger.start(record)
+    faults.checkpoint("cluster.recorded")  # (in the ledger, not yet in tracking)
     pending.clear(state.note)  # the ledger has the run now
     state.tracked.record_start()
     state.tracked.set_status(RunStatus.SCHEDULED)
@@ -258,19 +260,28 @@ def queued(state: PreparedRun, record: RunRecord, job_id: str, scheduler: str) -
     return ClusterRun(record, experiment_id=context.experiment_id if context else None, follow=False)
 
 
-def abandon(state: PreparedRun, exc: BaseException, run_id: str | None) -> None:
+def abandon(state: PreparedRun, exc: BaseException, ledger_id: str) -> None:
     """A submission that failed: its run ends FAILED (KILLED when interrupted), everywhere
-    (`run_id`: its ledger row, once written)."""
+    (`ledger_id`: its ledger row, if written by then)."""
     from runner.errors import RunnerError
     from runner.tracking.ending import end_everywhere
 
     reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
     try:
-        end_everywhere(state.ledger, run_id, state.tracked, RunStatus.ended_by(exc),
+        # (Asked of the ledger, not of whether `record_scheduled` returned: a signal between its
+        # write and its return left a SCHEDULED row behind an abandoned submission, seed 20261210:88.)
+        end_everywhere(state.ledger, ledger_id if _written(state, ledger_id) else None, state.tracked, RunStatus.ended_by(exc),
                        None, f"submission: {reason}", state.notify, note=state.note)
     finally:
         state.ledger.close()
         state.plan.source.release()
+
+
+def _written(state: PreparedRun, ledger_id: str) -> bool:
+    try:
+        return any(row.id == ledger_id for row in state.ledger.get(ledger_id))
+    except Exception:  # noqa: BLE001 - an unreadable ledger (a full disk): no row of it to end
+        return False
 
 
 def follow_submitted(state: PreparedRun, submitted: ClusterRun, on_submitted) -> ClusterRun:

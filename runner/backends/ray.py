@@ -240,7 +240,6 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
     options: RayOptions = state.backend_options
     run_dir = home.subdir("runs") / state.ledger_id()
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = None
     job_id = JOB_PREFIX + run_dir.name
     sent: list[bool] = []  # the submission has been sent: Ray may have the job
     try:
@@ -250,7 +249,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
     except BaseException as exc:
         if sent:
             _withdraw(options.address, job_id)
-        abandon(state, exc, record.id if record is not None else None)
+        abandon(state, exc, run_dir.name)
         raise
     # (From here the job is Ray's: interrupted before the handle exists, the run is settled
     # from the job's own end, as a detached one is.)

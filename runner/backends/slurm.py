@@ -183,7 +183,6 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
     options: SlurmOptions = state.backend_options
     run_dir = home.subdir("runs") / state.ledger_id()
     run_dir.mkdir(parents=True, exist_ok=True)
-    recorded = None
     try:
         recorded = _record(state, run_dir, run_dir / "job.log")
         script = options.script_file or run_dir / "job.sh"
@@ -191,7 +190,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
         script.write_text(_script(options, recorded.job_file, recorded.record))
         job_id = _sbatch(options, script, run_dir / "job.log", run_dir, _job_environment(state, options))
     except BaseException as exc:
-        abandon(state, exc, recorded.record.id if recorded is not None else None)
+        abandon(state, exc, run_dir.name)
         raise
     return follow_submitted(state, queued(state, recorded.record, job_id, "Slurm"), on_submitted)
 
@@ -205,13 +204,13 @@ def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list
     recorded: list[_Recorded] = []
     arrays: list[str] = []
     size = max_array_size()
+    run_dirs = [home.subdir("runs") / state.ledger_id() for state in states]
     try:
         directories = []
-        for index, state in enumerate(states):
+        for index, (state, run_dir) in enumerate(zip(states, run_dirs)):
             if index % size == 0:
                 directories.append(home.subdir("runs") / f"array-{os.urandom(8).hex()}")
                 directories[-1].mkdir(parents=True)
-            run_dir = home.subdir("runs") / state.ledger_id()
             run_dir.mkdir(parents=True, exist_ok=True)
             # (Its log is the task's output file: sbatch --output=DIR/%a.log.)
             recorded.append(_record(state, run_dir, directories[-1] / f"{index % size}.log"))
@@ -224,8 +223,8 @@ def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list
                 cancel(array_id)
             except LaunchError:
                 pass
-        for index, state in enumerate(states):
-            abandon(state, exc, recorded[index].record.id if index < len(recorded) else None)
+        for state, run_dir in zip(states, run_dirs):
+            abandon(state, exc, run_dir.name)
         raise
     handles = [queued(item.state, item.record, f"{arrays[index // size]}_{index % size}", "Slurm")
                for index, item in enumerate(recorded)]
