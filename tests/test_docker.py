@@ -180,6 +180,33 @@ def test_cancel_stops_and_removes_the_container(daemon, make_project, _work_in_t
     assert status == "KILLED"
 
 
+def test_a_launcher_killed_before_asking_for_its_container_holds_no_exit(daemon, make_project, _work_in_tmp):
+    """Ctrl-C while the container's launcher has not yet asked the daemon for it, and the launcher
+    killed after the grace: the runner exits at once, without waiting for a container no one asked
+    for (seed 20261210:409, :426, :682: 10 s more, a creation wait on every such exit)."""
+    root = docker_project(make_project)
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MLPROJECT_FAULT_AT": "docker.launcher:pause", "MLPROJECT_KILL_GRACE": "1"})
+    said = []
+    for line in proc.stderr:
+        said.append(line)
+        if "fault: paused at docker.launcher" in line:
+            break
+    assert said and "paused at docker.launcher" in said[-1], "".join(said)
+    struck = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - struck
+    assert proc.returncode == 130, err
+    assert took < 6, f"{took:.1f} s from the Ctrl-C to the exit"
+    assert daemon.containers() == []
+    run_id = run_id_of(subprocess.CompletedProcess([], 0, out, "".join(said) + err))
+    with sqlite3.connect(_work_in_tmp / "mlflow.db") as conn:
+        status = conn.execute("select status from runs where run_uuid = ?", (run_id,)).fetchone()[0]
+    assert status == "KILLED"
+
+
 def test_base_image_neither_local_nor_pullable(cli, daemon, make_project, _work_in_tmp):
     root = docker_project(make_project, image="example.invalid/nothing:here")
     result = cli("run", str(root), timeout=120)

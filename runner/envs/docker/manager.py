@@ -293,19 +293,32 @@ class ContainerLauncher:
             "labels": {"mlproject.run_id": run_id, "mlproject.key": self.key},
             "environment": dict(self.environment), "forward": forward, "volumes": volumes,
             "network": network, "workdir": CODE_DIR, "options": [list(pair) for pair in self.options],
-            "grace": max(1.0, kill_grace() - 1.0),
+            "grace": max(1.0, kill_grace() - 1.0), "creating": str(_creation_marker(run_id)),
         }
         return [sys.executable, "-m", "runner.envs.docker.run", json.dumps(spec)]
 
     def cleanup(self, run_id: str, launcher_killed: bool = False) -> None:
-        """Remove the run's container. `launcher_killed`: its launcher was SIGKILLed, maybe while
-        the daemon was creating the container, which it then finishes: wait a while for it."""
+        """Remove the run's container. `launcher_killed`: its launcher was SIGKILLed; if it had
+        asked the daemon for the container by then, the daemon finishes making it: wait a while
+        for it (only then: a launcher killed before asking left nothing to wait for, and waiting
+        anyway held the runner's exit 10 s past a Ctrl-C, seed 20261210:409)."""
         from runner.envs.docker import client as docker_client
 
-        docker_client.remove_container(container_name(run_id), wait=CREATION_WAIT if launcher_killed else 0.0)
+        marker = _creation_marker(run_id)
+        asked = launcher_killed and marker.exists()
+        docker_client.remove_container(container_name(run_id), wait=CREATION_WAIT if asked else 0.0)
+        marker.unlink(missing_ok=True)
 
 
 CREATION_WAIT = 10.0  # seconds: a creation on the vfs storage driver takes up to a few here
+
+
+def _creation_marker(run_id: str) -> Path:
+    """Present while the run's launcher has asked the daemon for its container and not yet
+    heard back (see runner.envs.docker.run)."""
+    from runner import home
+
+    return home.subdir("runs") / run_id / "container.creating"
 
 
 def container_name(run_id: str) -> str:

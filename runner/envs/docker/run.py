@@ -68,10 +68,17 @@ def main(argv: list[str]) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)
+    creating = spec.get("creating")
+    from runner import faults
+
+    faults.checkpoint("docker.launcher")  # (its handlers set, nothing asked of the daemon yet)
     try:
         client = docker.from_env(timeout=600)
         if "network_mode" not in options:
             options["network_mode"] = spec["network"] or _default_network(client)
+        if received:  # asked to stop before anything was asked of the daemon
+            return 128 + received[0]
+        _mark(creating)
         container = client.containers.create(
             spec["image"], command=["sh", "-c", SHELL_WRAPPER, spec["command"]], name=spec["name"], labels=labels,
             environment=environment, volumes=volumes, detach=True, auto_remove=True, **options,
@@ -82,6 +89,7 @@ def main(argv: list[str]) -> int:
     except (APIError, DockerException) as exc:
         return _fail(f"cannot create the container: {getattr(exc, 'explanation', None) or exc}")
     created.append(container)
+    _mark(creating, False)  # (the container exists: whoever removes it finds it by name)
     if received:  # asked to stop while it was being created: it never starts
         try:
             container.remove(force=True, v=True)
@@ -131,6 +139,20 @@ def _wait_for_exit(client, container_id: str, exit_status: list[int]) -> None:
 def _default_network(client) -> str:
     # docker's default bridge, unless this daemon runs without one (--bridge=none).
     return "bridge" if client.networks.list(names=["bridge"]) else "none"
+
+
+def _mark(path: str | None, creating: bool = True) -> None:
+    """The file that tells the runner, if this process is killed, that a creation was asked of
+    the daemon (which finishes it regardless): only then does its cleanup wait for a container."""
+    if path is None:
+        return
+    try:
+        if creating:
+            open(path, "w").close()
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def _stop(container_id: str, grace: float) -> None:
