@@ -300,6 +300,24 @@ def test_a_signal_between_the_ledger_and_tracking_of_a_submission_ends_its_run(r
     assert _tracked(_work_in_tmp, row["id"]).info.status == "KILLED"
 
 
+def test_a_signal_after_the_job_is_queued_before_the_caller_holds_it_stops_the_job(ray, make_project, _work_in_tmp):
+    """SIGHUP after "Submitted run", before the CLI held the run's handle: the job is stopped and
+    the run recorded KILLED (seed 777:59: exit 129, and the job ran on and ended the run FINISHED)."""
+    from ray.job_submission import JobSubmissionClient
+
+    project = make_project(PROJECT)
+    result = subprocess.run([sys.executable, "-m", "runner", "run", str(project), "-b", "ray", "--env-manager", "local"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MLPROJECT_FAULT_AT": "cluster.queued:SIGHUP"})
+    assert result.returncode == 128 + signal.SIGHUP, result.stderr
+    (row,) = json.loads(_cli("runs", "list", "--json").stdout)
+    assert row["status"] == "KILLED", row
+    status = JobSubmissionClient(ray.address).get_job_status(f"mlproject-{row['id']}")
+    assert str(status).endswith("STOPPED"), status
+    time.sleep(3)  # (what a job that ran would have recorded by now)
+    assert _tracked(_work_in_tmp, row["id"]).info.status == "KILLED"
+
+
 def test_project_over_rays_working_dir_limit_is_one_clear_error(ray, make_project, _work_in_tmp):
     project = make_project(PROJECT)
     (project / "weights.bin").write_bytes(os.urandom(101 * 1024 * 1024))

@@ -14,10 +14,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner import faults
 from runner.launch import RunHandle, deferred
 from runner.status import RunStatus
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from runner.request import PreparedRun
     from runner.tracking.ledger import RunRecord
@@ -222,12 +223,11 @@ class _EndedUnrecorded(Exception):
 
 # -- what every cluster backend's submit does around its own submission ----------------------
 # The skeleton: `record_scheduled` (the run SCHEDULED in the ledger and tracking), the backend's
-# own submission, `queued` (the job named everywhere, the handle made), `follow_submitted`;
+# own submission, `follow_submitted` (the job named everywhere, the handle made and handed);
 # `abandon` when anything in between fails or is interrupted.
 def record_scheduled(state: PreparedRun, run_dir: Path, log_path: Path, backend: str) -> RunRecord:
     """The run (ledger ID: its directory's name) in the ledger and in tracking as SCHEDULED, with
     what a rerun needs of its source."""
-    from runner import faults
     from runner.tracking import pending
 
     state.keep_source_state(run_dir)
@@ -284,17 +284,62 @@ def _written(state: PreparedRun, ledger_id: str) -> bool:
         return False
 
 
-def follow_submitted(state: PreparedRun, submitted: ClusterRun, on_submitted) -> ClusterRun:
-    """After the job is queued: follow it (echoing its output unless detached or quiet), hand it
-    to the caller, and wait for its end when the request is synchronous, as a local run does."""
+def follow_submitted(state: PreparedRun, record: RunRecord, job_id: str, scheduler: str,
+                     on_submitted: Callable[[ClusterRun], None] | None) -> ClusterRun:
+    """After the job is queued: name it (`queued`), follow it (echoing its output unless
+    detached or quiet), hand it to the caller, and wait for its end when the request is
+    synchronous, as a local run does.
+
+    Until the caller holds the handle, nothing else can stop the job: a signal (or any failure)
+    before then stops it here and waits a little for its end to be recorded (seed 777:59, Ray,
+    SIGHUP after "Submitted run": exit 129, and the job ran on to FINISHED)."""
     from runner.errors import RunFailedError
 
     request = state.request
-    if request.stream_output and not request.detach:
-        submitted._echo, submitted._progress = True, state.progress
-    submitted.start_following()
-    if on_submitted is not None:
-        on_submitted(submitted)
+    handed: list[ClusterRun] = []
+    submitted: ClusterRun | None = None
+    try:
+        submitted = queued(state, record, job_id, scheduler)
+        faults.checkpoint("cluster.queued")  # (the job named everywhere, its handle not yet the caller's)
+        if request.stream_output and not request.detach:
+            submitted._echo, submitted._progress = True, state.progress
+        submitted.start_following()
+        handed.append(submitted)
+        if on_submitted is not None:
+            on_submitted(submitted)
+    except BaseException as exc:
+        if not handed:
+            _stop_unheld(record, job_id, submitted, getattr(exc, "signum", None))
+        raise
     if request.synchronous and not request.detach and not submitted.wait():
         raise RunFailedError(submitted)
     return submitted
+
+
+_UNHELD_WAIT = 6.0  # seconds for a stopped job's end to be recorded before the runner exits anyway
+
+
+def _stop_unheld(record: RunRecord, job_id: str, submitted: ClusterRun | None, signum: int | None) -> None:
+    """Cancel a queued job no caller holds a handle to, and follow it a while to its end (the
+    ledger must name the job for the next command to settle it if it takes longer)."""
+    from runner import backends
+    from runner.tracking.ledger import Ledger
+    from runner.tracking.runs import find
+
+    try:
+        backends.cluster_backend(record.backend).cancel(job_id)
+    except Exception:  # noqa: BLE001 - the follower (or the next command) records what the cluster says
+        pass
+    try:
+        if submitted is None:
+            ledger = Ledger()
+            try:
+                ledger.set_job(record.id, job_id)
+                submitted = ClusterRun(find(ledger, record.id), follow=False)
+            finally:
+                ledger.close()
+        submitted.cancel_signal = submitted.cancel_signal or signum
+        submitted.start_following()
+        submitted.wait(_UNHELD_WAIT)
+    except Exception:  # noqa: BLE001 - e.g. an unwritable ledger: the next command settles the run
+        pass

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import home
-from runner.backends.cluster import JobState, abandon, follow_submitted, queued, record_scheduled
+from runner.backends.cluster import JobState, abandon, follow_submitted, record_scheduled
 from runner.backends.job import REQUEST_VARIABLE, JobRequest
 from runner.errors import LaunchError, NotAvailableError, ProjectError, RunnerError, UsageError
 from runner.status import RunStatus
@@ -253,17 +253,36 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
         raise
     # (From here the job is Ray's: interrupted before the handle exists, the run is settled
     # from the job's own end, as a detached one is.)
-    return follow_submitted(state, queued(state, record, job_id, "Ray"), on_submitted)
+    return follow_submitted(state, record, job_id, "Ray", on_submitted)
 
 
 def _withdraw(address: str, job_id: str) -> None:
     """A job Ray may have taken while its submission was interrupted: stopped, so that it never
     runs a run this host records as ended (its runner would have ended it FINISHED in tracking
-    behind a ledger that says KILLED: seed 20261210, a SIGHUP during the submission)."""
-    try:
-        _client(address).stop_job(job_id)
-    except Exception:  # noqa: BLE001 - never taken (no such job), or already over: nothing to stop
-        pass
+    behind a ledger that says KILLED: seed 20261210, a SIGHUP during the submission).
+
+    Asked again until Ray says it stopped: Ray records a job before it names the job's
+    supervisor, and a stop asked in between finds no supervisor and is dropped (`stop_job`
+    says False; the job then runs). A job Ray never heard of is looked for 1 s."""
+    import time
+
+    client = _client(address)
+    started = time.monotonic()
+    while True:
+        known = True
+        try:
+            if client.stop_job(job_id):
+                return  # its supervisor has the stop
+            if client.get_job_status(job_id).is_terminal():
+                return
+        except Exception:  # noqa: BLE001 - no such job (not taken, or not yet recorded), or Ray unreachable
+            known = False
+        if time.monotonic() - started > (_WITHDRAW_WAIT if known else 1.0):
+            return
+        time.sleep(0.1)
+
+
+_WITHDRAW_WAIT = 5.0  # seconds: a supervisor is named within a second or two of the job's record
 
 
 def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list[ClusterRun]:
@@ -417,12 +436,16 @@ def job_state(job_id: str) -> JobState | None:
 
 
 def cancel(job_id: str) -> None:
+    address = _address_of(job_id)
     try:
-        _client(_address_of(job_id)).stop_job(job_id)
+        stopped = _client(address).stop_job(job_id)
     except RuntimeError as exc:
         if "does not exist" not in str(exc):
             raise LaunchError(f"Ray did not stop job {job_id}: {_first_line(exc)}",
-                              hint=f"ray job stop {job_id} --address {_address_of(job_id)}") from None
+                              hint=f"ray job stop {job_id} --address {address}") from None
+        return
+    if not stopped:  # (recorded, its supervisor not yet named, or over: see _withdraw)
+        _withdraw(address, job_id)
 
 
 def pull_output(job_id: str, log_path: Path) -> None:

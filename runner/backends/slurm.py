@@ -192,7 +192,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
     except BaseException as exc:
         abandon(state, exc, run_dir.name)
         raise
-    return follow_submitted(state, queued(state, recorded.record, job_id, "Slurm"), on_submitted)
+    return follow_submitted(state, recorded.record, job_id, "Slurm", on_submitted)
 
 
 def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list[ClusterRun]:
