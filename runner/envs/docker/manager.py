@@ -305,8 +305,13 @@ class ContainerLauncher:
         from runner.envs.docker import client as docker_client
 
         marker = _creation_marker(run_id)
-        asked = launcher_killed and marker.exists()
-        docker_client.remove_container(container_name(run_id), wait=CREATION_WAIT if asked else 0.0)
+        try:
+            phase = marker.read_text()
+        except OSError:
+            phase = ""  # (the launcher never asked for a container)
+        appearing = launcher_killed and phase == "creating"
+        docker_client.remove_container(container_name(run_id), wait=CREATION_WAIT if appearing or phase == "created" else 0.0,
+                                       appearing=appearing)
         marker.unlink(missing_ok=True)
 
 
@@ -314,8 +319,8 @@ CREATION_WAIT = 10.0  # seconds: a creation on the vfs storage driver takes up t
 
 
 def _creation_marker(run_id: str) -> Path:
-    """Present while the run's launcher has asked the daemon for its container and not yet
-    heard back (see runner.envs.docker.run)."""
+    """Where the run's launcher says how far its container's making went (see
+    runner.envs.docker.run: `creating`, then `created`)."""
     from runner import home
 
     return home.subdir("runs") / run_id / "container.creating"

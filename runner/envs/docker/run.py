@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
             options["network_mode"] = spec["network"] or _default_network(client)
         if received:  # asked to stop before anything was asked of the daemon
             return 128 + received[0]
-        _mark(creating)
+        _mark(creating, "creating")
         container = client.containers.create(
             spec["image"], command=["sh", "-c", SHELL_WRAPPER, spec["command"]], name=spec["name"], labels=labels,
             environment=environment, volumes=volumes, detach=True, auto_remove=True, **options,
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
     except (APIError, DockerException) as exc:
         return _fail(f"cannot create the container: {getattr(exc, 'explanation', None) or exc}")
     created.append(container)
-    _mark(creating, False)  # (the container exists: whoever removes it finds it by name)
+    _mark(creating, "created")  # (it exists: whoever removes it finds it by name, until it is gone)
     if received:  # asked to stop while it was being created: it never starts
         try:
             container.remove(force=True, v=True)
@@ -141,16 +141,15 @@ def _default_network(client) -> str:
     return "bridge" if client.networks.list(names=["bridge"]) else "none"
 
 
-def _mark(path: str | None, creating: bool = True) -> None:
-    """The file that tells the runner, if this process is killed, that a creation was asked of
-    the daemon (which finishes it regardless): only then does its cleanup wait for a container."""
+def _mark(path: str | None, phase: str) -> None:
+    """The file that tells the runner, if this process is killed, where the container's making
+    stood: `creating` (asked of the daemon, which finishes it regardless: wait for it), then
+    `created` (it exists until removed). No file: nothing was asked, nothing to wait for."""
     if path is None:
         return
     try:
-        if creating:
-            open(path, "w").close()
-        else:
-            os.unlink(path)
+        with open(path, "w") as handle:
+            handle.write(phase)
     except OSError:
         pass
 
