@@ -610,8 +610,8 @@ class _Sweep:
             return
         while not handle.done:
             handle.wait(POLL_SECONDS)
-            if handle.done or self._stop.is_set():
-                continue
+            if handle.done or self._stop.is_set() or handle.get_status() == RunStatus.SCHEDULED:
+                continue  # (a queued trial has logged nothing: its metrics are not asked for)
             history = self._history(trial)
             if history and self.pruner.should_prune(trial, history):
                 trial.pruned_at = history[-1][0]
