@@ -91,6 +91,10 @@ def test_grid_records_a_parent_with_its_children_and_the_best(quadratic, _work_i
     assert result.stdout.splitlines()[1].split()[:3] == ["3", "FINISHED", "1.0025"]
     shown = subprocess.run([sys.executable, "-m", "runner", "sweep", "show", sweep_id[:6]], capture_output=True, text=True)
     assert shown.returncode == 0 and shown.stdout.splitlines()[3].split()[:2] == ["3", "FINISHED"], shown.stdout
+    plotted = subprocess.run([sys.executable, "-m", "runner", "sweep", "show", sweep_id, "--plot",
+                              str(_work_in_tmp / "sweep.png")], capture_output=True, text=True)
+    assert plotted.returncode == 0 and f"plot written to {_work_in_tmp / 'sweep.png'}" in plotted.stderr, plotted.stderr
+    assert (_work_in_tmp / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     trials = subprocess.run([sys.executable, "-m", "runner", "runs", "list", "--sweep", sweep_id, "--json"],
                             capture_output=True, text=True)
     assert sorted(r["id"] for r in json.loads(trials.stdout)) == sorted(c.info.run_id for c in children)
@@ -116,6 +120,11 @@ def test_random_search_is_reproducible_by_its_seed(quadratic, _work_in_tmp):
         parent = _client(_work_in_tmp).search_runs(["0"], f"tags.`mlproject.sweep.id` = '{_sweep_id(result.stderr)}'")[0]
         params.append(sorted((c.data.params["x"], c.data.params["y"]) for c in _children(_client(_work_in_tmp), parent.info.run_id)))
     assert params[0] == params[1] and len(params[0]) == 3
+    # (no --metric: nothing to plot, said as one error)
+    unplotted = subprocess.run([sys.executable, "-m", "runner", "sweep", "show", _sweep_id(result.stderr), "--plot",
+                                str(_work_in_tmp / "none.png")], capture_output=True, text=True)
+    assert_clean_error(unplotted, 2, "has no metric to plot")
+    assert not (_work_in_tmp / "none.png").exists()
 
 
 def test_every_value_is_checked_before_the_first_trial(quadratic, _work_in_tmp):

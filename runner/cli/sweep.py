@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import click
 
@@ -120,8 +121,10 @@ def _raise_interrupted(signum: int, _frame) -> None:
 
 @sweep.command("show", help="a sweep's trials, best first")
 @click.argument("sweep_id")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PNG",
+              help="also write a plot: the metric over the trials and against each swept parameter")
 @debug_option
-def sweep_show(sweep_id: str) -> int:
+def sweep_show(sweep_id: str, plot_path: Path | None) -> int:
     from runner.sweeps.driver import find
     from runner.sweeps.report import table
 
@@ -131,7 +134,26 @@ def sweep_show(sweep_id: str) -> int:
     out(f"project {request['uri']} (entry point {request['entry_point']}); parent run {record.parent_run_id}")
     for line in table(record.trials, request.get("metric"), request.get("goal") or "minimize"):
         out(line)
+    if plot_path is not None:
+        _write_plot(record, plot_path)
     return 0
+
+
+def _write_plot(record, path: Path) -> None:
+    from runner.errors import UsageError
+    from runner.sweeps.report import plot
+
+    request = record.request
+    metric = request.get("metric")
+    if not metric or not any(trial.metric is not None for trial in record.trials):
+        raise UsageError(f"sweep {record.id} has no {'values of its metric' if metric else 'metric'} to plot",
+                         hint="a sweep with --metric NAME whose trials log NAME to MLflow has")
+    written, note = plot(record.trials, metric, request.get("goal") or "minimize", list(request["parameters"]),
+                         f"sweep {record.id}", path.parent, path)
+    if written is None:
+        raise UsageError(note.removeprefix("note: ") if note else "nothing to plot",
+                         hint="pip install matplotlib")
+    say(f"plot written to {written}")
 
 
 @sweep.command("list", help="recent sweeps")

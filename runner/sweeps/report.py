@@ -47,12 +47,13 @@ def write_csv(path: Path, trials: list[Trial], metric: str | None, goal: str) ->
 
 
 def plot(trials: list[Trial], metric: str | None, goal: str, parameters: list[str], title: str,
-         directory: Path) -> tuple[Path | None, str | None]:
-    """The metric against each swept parameter (of `parameters`, those whose trials differ), one
-    panel each, as directory/METRIC.png (matplotlib, when installed): (the file, a note)."""
+         directory: Path, path: Path | None = None) -> tuple[Path | None, str | None]:
+    """The metric over the trials (by number) and against each swept parameter (of `parameters`,
+    those whose trials differ), one panel each, as `path` or directory/METRIC.png (matplotlib,
+    when installed): (the file, a note)."""
     points = [t for t in trials if t.metric is not None]
     swept = [name for name in parameters if len({t.parameters.get(name) for t in points}) > 1]
-    if not metric or not points or not swept:
+    if not metric or not points:
         return None, None
     try:
         import matplotlib
@@ -61,8 +62,11 @@ def plot(trials: list[Trial], metric: str | None, goal: str, parameters: list[st
         import matplotlib.pyplot as plt
     except ImportError:
         return None, "note: matplotlib is not installed: the sweep's plot was skipped"
-    figure, axes = plt.subplots(1, len(swept), figsize=(4 * len(swept), 3.2), squeeze=False)
-    for axis, name in zip(axes[0], swept):
+    figure, axes = plt.subplots(1, 1 + len(swept), figsize=(4 * (1 + len(swept)), 3.2), squeeze=False)
+    axes[0][0].scatter([t.number for t in points], [t.metric for t in points], s=8 if len(points) > 200 else 18)
+    axes[0][0].set_xlabel("trial")
+    axes[0][0].set_ylabel(metric)
+    for axis, name in zip(axes[0][1:], swept):
         values = [t.parameters[name] for t in points]
         try:
             xs: list = [float(v) for v in values]
@@ -73,7 +77,7 @@ def plot(trials: list[Trial], metric: str | None, goal: str, parameters: list[st
         axis.set_ylabel(metric)
     figure.suptitle(f"{title}: {metric} ({goal})")
     figure.tight_layout()
-    path = directory / f"{_safe(metric)}.png"
+    path = path or directory / f"{_safe(metric)}.png"
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path, None
