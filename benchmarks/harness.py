@@ -11,6 +11,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +43,16 @@ def measure(
     known shortcoming), where the failure is reported in the table instead."""
     timing = Timing(label)
     for _ in range(repeat):
-        started = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        # (stderr to a file, not a pipe: a command that says more than a pipe holds, as a sweep
+        # of 1,000 trials does, would block on it while this waits for its exit)
+        with tempfile.TemporaryFile() as said:
+            started = time.perf_counter()
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=said)
+            _, status, usage = os.wait4(proc.pid, 0)
+            elapsed = time.perf_counter() - started
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            said.seek(0)
+            stderr = said.read().decode(errors="replace")
         if proc.returncode != 0:
             if may_fail:
                 last = [line for line in stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -453,23 +454,27 @@ def sweep_grid(args: argparse.Namespace, work: Path) -> str:
     return table("Sweep: a 40-trial grid of a trivial project, 2 at a time", rows, rows[0], note)
 
 
-def _driver_peak_mb(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, the driver process's own peak RSS in MB: its VmHWM, read until it exits)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = 0.0
-    while proc.poll() is None:
-        try:
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) / 1024)
-        except OSError:
-            pass
-        time.sleep(0.1)
-    elapsed = time.perf_counter() - started
+def _driver_peak_mb(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:
+    """(wall seconds, the driver process's own peak RSS in MB: its VmHWM, read until it exits,
+    what it said on stderr)."""
+    with tempfile.TemporaryFile() as said:  # (a file: 1,000 trials' lines would fill a pipe and block it)
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=said)
+        peak = 0.0
+        while proc.poll() is None:
+            try:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) / 1024)
+            except OSError:
+                pass
+            time.sleep(0.1)
+        elapsed = time.perf_counter() - started
+        said.seek(0)
+        stderr = said.read().decode(errors="replace")
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
-    return elapsed, peak
+        raise SystemExit(f"{' '.join(argv)} failed: {stderr[-2000:]}")
+    return elapsed, peak, stderr
 
 
 def sweep_scale(args: argparse.Namespace, work: Path) -> str:
@@ -490,11 +495,16 @@ def sweep_scale(args: argparse.Namespace, work: Path) -> str:
                                 ("mlproject sweep, 200-trial grid, --max-parallel 8 (sqlite tracking)", ours, env)],
                                max(1, args.repeat // 15), work)
     per_trial = (rows[1].median - rows[0].median) / 200 * 1000
-    seconds, peak = _driver_peak_mb(sweep_of(args.trials), work, env)
-    note = (f"Targets: at most 15 ms per trial over xargs -P8; the driver at most 100 MB on 1,000 trials. "
+    seconds, peak, said = _driver_peak_mb(sweep_of(args.trials), work, env)
+    sweep_id = re.search(r"sweep (\S+): \d+ trial", said).group(1)  # type: ignore[union-attr]
+    show = measure(f"mlproject sweep show, {args.trials} trials", mlproject_command() + ["sweep", "show", sweep_id],
+                   5, work, env)
+    note = (f"Targets: at most 15 ms per trial over xargs -P8; the driver at most 100 MB on 1,000 trials; "
+            f"`sweep show` of 1,000 trials under 1 s. "
             f"Measured {per_trial:.0f} ms per trial over xargs ({'meets' if per_trial <= 15 else 'MISSES'}); "
             f"the driver's own peak RSS (VmHWM) on {args.trials} trials: {peak:.0f} MB in {seconds:.0f} s "
-            f"({'meets' if peak <= 100 else 'MISSES'}{'' if args.trials >= 1000 else ', fewer trials than the target'}).")
+            f"({'meets' if peak <= 100 else 'MISSES'}{'' if args.trials >= 1000 else ', fewer trials than the target'}); "
+            f"`sweep show` of them: {show.median:.2f} s median of 5 ({'meets' if show.median < 1 else 'MISSES'}).")
     return table("Sweep at scale: 200 trials, 8 at a time", rows, rows[0], note)
 
 
@@ -576,8 +586,9 @@ JobSubmissionClient(sys.argv[1]).submit_job(entrypoint="true", runtime_env={"wor
 
 def ray_backend(args: argparse.Namespace, work: Path) -> str:
     """The ray backend on a real two-node cluster on this machine (tests/raycluster.py):
-    submission overhead over a bare `JobSubmissionClient.submit_job` of the same project
-    (target <= 300 ms; the working_dir upload of an unchanged project is skipped by both)."""
+    a --detach run of an unchanged project against a bare `JobSubmissionClient.submit_job`
+    process of the same project (target: at most half its time; the working_dir upload of an
+    unchanged project is skipped by both)."""
     sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
     from raycluster import RayCluster
 
@@ -595,10 +606,12 @@ def ray_backend(args: argparse.Namespace, work: Path) -> str:
             measure("warm-up", ours, 1, work, env)
         rows = measure_interleaved([("bare `JobSubmissionClient(...).submit_job(...)` (a Python process)", bare, env),
                                     ("mlproject run -b ray --detach (sqlite tracking)", ours, env)], args.repeat, work)
-        overhead = (rows[1].median - rows[0].median) * 1000
-        note = (f"Target: submission at most 300 ms over a bare submit_job of the same project. Measured "
-                f"{overhead:.0f} ms: {'meets' if overhead <= 300 else 'MISSES'}. Both pay Ray's SDK import "
-                "(about 2 s here); ours adds the runner's start, the tracked run, the ledger and the staged snapshot.")
+        ratio = rows[1].median / rows[0].median
+        note = (f"Target: a run of an unchanged project, --detach, at most half the time of a bare submit_job "
+                f"process. Measured {ratio:.2f}x the bare process: {'meets' if ratio <= 0.5 else 'MISSES'}. The bare "
+                "process pays Ray's SDK import (about 2 s here); ours submits packages the cluster already holds "
+                "through the dashboard's REST API without it, and adds the runner's start, the tracked run, the "
+                "ledger and the staged snapshot.")
         return table("Ray: submitting a job", rows, rows[0], note)
     finally:
         cluster.stop()
