@@ -95,6 +95,39 @@ def test_run_streams_output_and_records_the_same_run(ray, make_project, _work_in
     assert _left_behind(run_id) == []
 
 
+def test_a_run_of_an_unchanged_project_submits_without_importing_rays_sdk(ray, make_project, _work_in_tmp):
+    """The first run uploads the project through Ray's SDK; the next run of the same project
+    submits, follows and ends through the dashboard's REST API, with no import of the SDK."""
+    project = make_project(PROJECT)
+
+    def run(alpha: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", "run", str(project), "-b", "ray",
+                                 "-P", f"alpha={alpha}", "--env-manager", "local"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                    if line.startswith("import time:")}
+        return result, imported
+
+    first, imported = run("0.1")
+    assert "ray.job_submission" in imported
+    second, imported = run("0.2")
+    assert not {name for name in imported if name == "ray" or name.startswith("ray.")}, sorted(imported)[:20]
+    assert "alpha=0.2" in second.stdout
+    run_id, job_id = _submitted(second.stderr)
+    assert (_row(run_id)["status"], _row(run_id)["job_id"]) == ("FINISHED", job_id)
+    assert _tracked(_work_in_tmp, run_id).info.status == "FINISHED"
+    # A package the cluster no longer holds is uploaded again (Ray removes unused ones):
+    # an entry that names one it never held is not trusted.
+    kept = Path(os.environ["MLPROJECT_HOME"]) / "ray-packages.json"
+    entries = json.loads(kept.read_text())
+    for entry in entries.values():
+        entry["working_dir"] = "gcs://_ray_pkg_0000000000000000.zip"
+    kept.write_text(json.dumps(entries))
+    third, imported = run("0.3")
+    assert "ray.job_submission" in imported and "alpha=0.3" in third.stdout
+
+
 def test_failed_command_exits_with_its_code(ray, make_project, _work_in_tmp):
     project = make_project(PROJECT)
     result = _cli("run", str(project), "-b", "ray", "-P", "code=3", "--env-manager", "local")

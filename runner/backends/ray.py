@@ -9,6 +9,10 @@ version), so the nodes need only a Python with the runner's dependencies. The re
 travels as JSON in the job's environment (`MLPROJECT_JOB_REQUEST`), and the entrypoint
 only says `exec <python> -m runner job --from-env`.
 
+This host speaks the dashboard's Jobs REST API (runner.backends.ray_rest) for all but
+uploading a package: a job of packages the cluster already holds (their `gcs://` URIs are
+kept from the first job that uploaded them) is submitted without importing Ray's SDK.
+
 Nodes share no files with this host: the runner on the node keeps its own ledger row and
 ends the MLflow run; this host follows the job through Ray (its state, its exit code, its
 output, copied into the run's log here) and records its end in this host's ledger.
@@ -28,6 +32,7 @@ from pathlib import Path
 from runner import home
 from runner.backends.cluster import JobState, abandon, follow_submitted, record_scheduled
 from runner.backends.job import REQUEST_VARIABLE, JobRequest
+from runner.backends.ray_rest import RayRest, RayRestError
 from runner.errors import LaunchError, NotAvailableError, ProjectError, RunnerError, UsageError
 from runner.status import RunStatus
 
@@ -60,7 +65,7 @@ _PROBE_LOCK = threading.Lock()
 _PROBED: dict[Path, dict] = {}  # the nodes' answers this process asked for, by where they are kept
 _RUNNER_MODULES: dict[Path, Path] = {}  # staging root -> this runner's module directory there
 SHARED_LEDGER: bool = False  # the submit side records the end itself, from Ray's word (see cluster.py)
-QUICK_STATE: bool = False  # asking Ray costs its SDK's import (~2 s): local runs do not settle Ray jobs
+QUICK_STATE: bool = False  # asking Ray is a request to a remote dashboard: local runs do not wait on it
 JOB_ARRAYS: bool = False  # Ray has no job arrays: a sweep submits its trials one job each
 
 
@@ -111,8 +116,27 @@ def check(config: dict[str, Any], request: RunRequest) -> RayOptions:
         raise _problem("python must be the nodes' interpreter (a name or a path)", '"python": "python3"')
     options = RayOptions(address, python, runtime_env, {str(k): str(v) for k, v in metadata.items()}, entrypoint,
                          home.staging(config.get("staging_dir")))
-    _client(options.address)  # the SDK is here and the dashboard answers
+    _reachable(options.address)
     return options
+
+
+def _reachable(address: str) -> None:
+    """The SDK is installed (found, not imported: it is needed only to upload a package) and
+    the cluster's dashboard answers."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise NotAvailableError("the ray backend needs Ray's job SDK, which is not installed",
+                                hint="pip install 'mlproject-runner[ray]'")
+    try:
+        _rest(address).version()
+    except Exception as exc:  # noqa: BLE001 - URLError, a refused connection, an HTTP error, a proxy's page
+        raise _problem(f"cannot reach the Ray cluster at {address}: {_first_line(exc)}",
+                       "check the address (the dashboard's, usually http://HEAD:8265) and that the cluster is up") from None
+
+
+def _rest(address: str) -> RayRest:
+    return RayRest(address)
 
 
 def _client(address: str):
@@ -209,9 +233,10 @@ def _probe_nodes(options: RayOptions, progress) -> dict:
     job_id = f"{JOB_PREFIX}nodecheck-{os.urandom(8).hex()}"
     with step(progress, f"checking the Ray nodes' Python ({options.python}; once per cluster and runner version)"):
         try:
-            _submit_when_ready(client, entrypoint=f"exec {_quote(options.python)} -m runner.backends.nodecheck "
-                                       + " ".join(map(_quote, nodecheck.probed())),
-                               submission_id=job_id, runtime_env=runtime_env, metadata={"mlproject": "node check"})
+            _submit_when_ready(options.address, {
+                "entrypoint": f"exec {_quote(options.python)} -m runner.backends.nodecheck "
+                              + " ".join(map(_quote, nodecheck.probed())),
+                "submission_id": job_id, "runtime_env": runtime_env, "metadata": {"mlproject": "node check"}})
             deadline = time.monotonic() + _PROBE_SECONDS
             while str(getattr(status := client.get_job_status(job_id), "value", status)) not in _ENDS:
                 if time.monotonic() > deadline:
@@ -266,15 +291,17 @@ def _withdraw(address: str, job_id: str) -> None:
     says False; the job then runs). A job Ray never heard of is looked for 1 s."""
     import time
 
-    client = _client(address)
+    rest = _rest(address)
     started = time.monotonic()
     while True:
         known = True
         try:
-            if client.stop_job(job_id):
+            if rest.stop(job_id):
                 return  # its supervisor has the stop
-            if client.get_job_status(job_id).is_terminal():
+            details = rest.job(job_id)
+            if details is not None and details.get("status") in _ENDS:
                 return
+            known = details is not None
         except Exception:  # noqa: BLE001 - no such job (not taken, or not yet recorded), or Ray unreachable
             known = False
         if time.monotonic() - started > (_WITHDRAW_WAIT if known else 1.0):
@@ -317,12 +344,12 @@ def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: st
     runtime_env = {**options.runtime_env, "working_dir": str(project),
                    "py_modules": [str(_runner_module(options.staging_dir))], "env_vars": env_vars}
     metadata = {**options.metadata, "mlproject_run_id": tracked.run_id or run_id}
-    client = _client(options.address)
+    job = {"entrypoint": f"exec {_quote(options.python)} -m runner job --from-env", "submission_id": job_id,
+           "runtime_env": runtime_env, "metadata": metadata, **options.entrypoint}
     with step(state.progress, f"submitting Ray job {job_id}"):
         sent.append(True)
         try:
-            _submit_when_ready(client, entrypoint=f"exec {_quote(options.python)} -m runner job --from-env",
-                               submission_id=job_id, runtime_env=runtime_env, metadata=metadata, **options.entrypoint)
+            _submit_when_ready(options.address, job)
             from runner import faults
 
             faults.checkpoint("ray.submitted")  # (Ray has the job; this host has not named it yet)
@@ -369,20 +396,74 @@ def _make_runner_module(root: Path) -> Path:
     return final
 
 
-def _submit_when_ready(client, **job: Any) -> None:
-    """submit_job, asked again while the cluster says it is not ready yet ("No available agent to
-    submit job, please try again later": a cluster that has just started), for up to a minute."""
+def _submit_when_ready(address: str, job: dict[str, Any]) -> None:
+    """Submit the job, asked again while the cluster says it is not ready yet ("No available
+    agent to submit job, please try again later": a cluster that has just started), for up to
+    a minute. Its packages as the cluster already holds them when it does (one REST request);
+    else through the SDK, which uploads them, and what they became is kept for the next job."""
     import time
 
     deadline = time.monotonic() + _NOT_READY_SECONDS
     while True:
         try:
-            client.submit_job(**job)
+            held = _held_packages(address, job["runtime_env"])
+            if held is not None:
+                _rest(address).submit({**job, "runtime_env": {**held, "env_vars": job["runtime_env"].get("env_vars", {})}})
+            else:
+                _client(address).submit_job(**job)
+                _keep_packages(address, job["runtime_env"], job["submission_id"])
             return
         except RuntimeError as exc:
             if "try again later" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
+
+
+# Where a job's packages went: (cluster, working_dir, py_modules, the rest of runtime_env but its
+# env_vars) -> the runtime_env the cluster recorded for it, `gcs://` URIs in place of the local
+# directories. Both directories are content-addressed (backends.staging, _runner_module): the
+# same path is the same contents.
+_PACKAGES_FILE = "ray-packages.json"
+
+
+def _packages_key(address: str, runtime_env: dict[str, Any]) -> str:
+    return json.dumps([RayRest(address).base, {k: v for k, v in runtime_env.items() if k != "env_vars"}],
+                      sort_keys=True, default=str)
+
+
+def _packages_path() -> Path:
+    return home.home() / _PACKAGES_FILE
+
+
+def _held_packages(address: str, runtime_env: dict[str, Any]) -> dict[str, Any] | None:
+    """The runtime_env (without env_vars) a job of these packages had, if the cluster still
+    holds every package it names; else None (the SDK uploads them)."""
+    known = (_read_json(_packages_path()) or {}).get(_packages_key(address, runtime_env))
+    if not isinstance(known, dict):
+        return None
+    uris = [known.get("working_dir"), *(known.get("py_modules") or [])]
+    rest = _rest(address)
+    if not all(isinstance(uri, str) and "://" in uri and rest.holds(uri) for uri in uris):
+        return None
+    return known
+
+
+def _keep_packages(address: str, runtime_env: dict[str, Any], job_id: str) -> None:
+    """What the cluster recorded of a job the SDK submitted: its packages' URIs, for the next."""
+    try:
+        recorded = dict((_rest(address).job(job_id) or {}).get("runtime_env") or {})
+    except Exception:  # noqa: BLE001 - not kept: the next job goes through the SDK again
+        return
+    recorded.pop("env_vars", None)
+    if not str(recorded.get("working_dir", "")).startswith("gcs://"):
+        return
+    path = _packages_path()
+    with _CLIENT_LOCK:  # (a sweep's trials: one process; other processes may lose an entry, not corrupt one)
+        kept = _read_json(path) or {}
+        if len(kept) > 200:  # (old projects' entries: the file stays small)
+            kept = dict(list(kept.items())[-100:])
+        kept[_packages_key(address, runtime_env)] = recorded
+        home.save_text(path, json.dumps(kept))
 
 
 def _quote(word: str) -> str:
@@ -413,33 +494,36 @@ def chosen_job_id(ledger_id: str) -> str | None:
 
 def job_state(job_id: str) -> JobState | None:
     """How job `job_id` is doing, from the cluster's job table; None when Ray does not know it."""
-    client = _client(_address_of(job_id))
-    try:
-        info = client.get_job_info(job_id)
-    except RuntimeError as exc:
-        if "does not exist" in str(exc) or "404" in str(exc):
-            return None
-        raise
-    name = str(getattr(info.status, "value", info.status))
+    info = _rest(_address_of(job_id)).job(job_id)
+    if info is None:
+        return None
+    name = str(info.get("status"))
     status = _ENDS.get(name)
-    exit_code = info.driver_exit_code
+    exit_code = info.get("driver_exit_code")
     if status == RunStatus.FINISHED:
         exit_code = 0
     elif status == RunStatus.KILLED and exit_code is None:
         exit_code = 143
     reason = None
-    if status == RunStatus.FAILED and info.message:  # Ray appends the job's last logs: the run's log has them
-        reason = info.message.strip().splitlines()[0].split(", last available logs")[0][:300]
+    message = info.get("message") or ""
+    if status == RunStatus.FAILED and message:  # Ray appends the job's last logs: the run's log has them
+        reason = message.strip().splitlines()[0].split(", last available logs")[0][:300]
     # The job's supervisor died with its node (a lost node), not by the command's own failure.
-    lost = status == RunStatus.FAILED and str(getattr(info.error_type, "value", info.error_type)) in _LOST
-    return JobState(name, status, exit_code, info.driver_node_id, reason, lost=lost)
+    lost = status == RunStatus.FAILED and str(info.get("error_type")) in _LOST
+    return JobState(name, status, exit_code, info.get("driver_node_id"), reason, lost=lost)
+
+
+def job_states(job_ids: list[str]) -> dict[str, JobState | None]:
+    """Each job's own answer: a sweep's Ray trials are jobs of their own, no more followed at
+    once than it runs at once (Ray's list of all jobs grows with every job it ever ran)."""
+    return {job_id: job_state(job_id) for job_id in job_ids}
 
 
 def cancel(job_id: str) -> None:
     address = _address_of(job_id)
     try:
-        stopped = _client(address).stop_job(job_id)
-    except RuntimeError as exc:
+        stopped = _rest(address).stop(job_id)
+    except (RayRestError, OSError) as exc:
         if "does not exist" not in str(exc):
             raise LaunchError(f"Ray did not stop job {job_id}: {_first_line(exc)}",
                               hint=f"ray job stop {job_id} --address {address}") from None
@@ -452,7 +536,7 @@ def pull_output(job_id: str, log_path: Path) -> None:
     """Copy the job's output (Ray keeps it on the cluster) into the run's log here. Ray answers
     with the whole log each time; the file is replaced only when the log grew, so several
     followers of one run can pull at once."""
-    logs = _client(_address_of(job_id)).get_job_logs(job_id)
+    logs = _rest(_address_of(job_id)).logs(job_id)
     marker = logs.find(_PREAMBLE_END)
     if marker < 0:
         return  # the entrypoint has not started: what there is is Ray's (its runtime_env setup)
