@@ -657,6 +657,73 @@ def test_a_sweep_larger_than_max_array_size_goes_out_as_arrays_one_after_another
         assert max(ends) <= min(starts), (before, ends, after, starts)
 
 
+def test_a_requeued_job_carries_its_run_on_to_its_end(slurm, make_project, _work_in_tmp):
+    """`--requeue` in sbatch_args, and Slurm requeues the running job (`scontrol requeue`: what a
+    preemption does under PreemptMode=REQUEUE): the run is not ended but waits SCHEDULED; the job's
+    next start carries the same run on to FINISHED, once, its log holding both starts."""
+    project = make_project(SHELL_PROJECT)
+    proc = _start_cli("run", str(project), "-b", "slurm", "-c", '{"sbatch_args": ["--requeue"]}', "-P", "secs=5",
+                      "--env-manager", "local")
+    try:
+        row = _wait_for(lambda: (rows := json.loads(_cli("runs", "list", "--json").stdout)) and
+                        rows[0]["status"] == "RUNNING" and rows[0], 120, "the job to run")
+        time.sleep(1.5)  # (the command is under way)
+        assert slurm.command("scontrol", "requeue", row["job_id"]).returncode == 0
+        requeued = _wait_for(lambda: _ledger_row(row["id"])["status"] == "SCHEDULED" and _ledger_row(row["id"]), 30,
+                             "the run to wait for the job's next start")
+        assert "requeued" in requeued["reason"]
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr
+    (only,) = json.loads(_cli("runs", "list", "--json").stdout)
+    assert (only["id"], only["status"], only["exit_code"]) == (row["id"], "FINISHED", 0), only
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(row["id"]).info.status == "FINISHED"
+    log = _cli("runs", "logs", row["id"]).stdout
+    assert log.count("alpha=0.5 node=") == 2, log
+
+
+def test_a_sweeps_array_is_followed_by_one_thread_asking_the_controller_once_a_second(slurm, make_project,
+                                                                                      _work_in_tmp, monkeypatch):
+    """Twelve trials queued as one array: one thread follows them all and asks the controller
+    about all their jobs in one `scontrol` a second, not one per trial (at 1,000 trials, one per
+    trial was 1,000 commands a second on the submit host)."""
+    import threading
+
+    import runner
+
+    project = make_project(SHELL_PROJECT)
+    shims, calls = _work_in_tmp / "shims", _work_in_tmp / "scontrol.calls"
+    shims.mkdir()
+    (shims / "scontrol").write_text(f"#!/bin/sh\necho \"$(date +%s.%N) $*\" >> {calls}\nexec /usr/bin/scontrol \"$@\"\n")
+    (shims / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}:{BARE_PATH}")
+    followers, stop = [], threading.Event()
+
+    def count_followers() -> None:
+        while not stop.wait(0.05):
+            followers.append(sum(thread.name == "mlproject-follow" for thread in threading.enumerate()))
+
+    sampler = threading.Thread(target=count_followers, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    try:
+        result = runner.sweep(str(project), parameters={"alpha": ",".join(f"0.{n:02d}" for n in range(12)),
+                                                        "secs": "1"},
+                              backend="slurm", max_parallel=4, env_manager="local", cwd=_work_in_tmp)
+    finally:
+        stop.set()
+        sampler.join()
+    took = time.monotonic() - started
+    assert result.succeeded and len(result.trials) == 12
+    assert all(trial.status == "FINISHED" for trial in result.trials)
+    assert max(followers) == 1, sorted(set(followers))
+    # (the whole-cluster reads of the follower, beside the few a submission and its checks make)
+    follows = [line for line in calls.read_text().splitlines() if line.split()[1:] == ["show", "job", "-o"]]
+    assert len(follows) <= took + 2, (len(follows), took)
+
+
 def _completion(slurm, job: str) -> dict[str, str]:
     """Job `job`'s line of the test cluster's job completion log, as fields."""
     array, _, task = job.partition("_")

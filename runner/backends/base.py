@@ -70,6 +70,11 @@ class ClusterBackend(Backend, Protocol):
         """How the job is doing; None when the cluster has no record of it."""
         ...
 
+    def job_states(self, job_ids: list[str]) -> dict[str, Optional[JobState]]:
+        """job_state of many jobs at once, in as few requests as the scheduler allows (the
+        follower of a whole sweep asks this once a second)."""
+        ...
+
     def chosen_job_id(self, ledger_id: str) -> Optional[str]:
         """The ID the run's job has before this host records it, where the submitter chooses it
         (Ray's submission ID), so that a job the cluster took from a submitter that died before
@@ -80,7 +85,8 @@ class ClusterBackend(Backend, Protocol):
 
     def stopped_by_cluster(self) -> Optional[tuple[str, str]]:
         """Asked by the runner inside a job that was signalled: (status, reason) when the
-        cluster says why (its time limit, a cancel), else None."""
+        cluster says why (its time limit, a cancel; SCHEDULED: the job was requeued and the
+        run goes on at its next start), else None."""
         ...
 
     def pull_output(self, job_id: str, log_path: Path) -> None:

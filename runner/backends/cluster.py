@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +17,11 @@ from runner import faults
 from runner.launch import RunHandle, deferred
 from runner.status import RunStatus
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from runner.request import PreparedRun
     from runner.tracking.ledger import RunRecord
 
-_POLL_SECONDS = 0.1  # the ledger and the output file (local reads)
-_JOB_POLL_SECONDS = 1.0  # the scheduler (a command, and a request to its controller)
 # After the scheduler says the job ended, the runner inside it is given this long to record
 # the end itself (it knows the exit code and why); then the scheduler's word is recorded.
 _RUNNER_GRACE_SECONDS = 3.0
@@ -42,6 +39,7 @@ class JobState:
     # The job was ended by the infrastructure, not by its command or a cancel: its node was
     # lost or did not boot, or it was preempted. `--retries` runs such a run again.
     lost: bool = False
+    restarts: int = 0  # how often the scheduler requeued the job (Slurm's Restarts)
 
     @property
     def ended(self) -> bool:
@@ -66,6 +64,7 @@ class ClusterRun(RunHandle):
         self._echo = echo
         self._progress = progress  # shows the time a job waits in its queue (see runner.progress)
         self._done = threading.Event()
+        self._following = _Following()
         self._cancelling = threading.Lock()
         deferred.ready()  # request_cancel hands its work there (see runner.launch)
         if record.finished:
@@ -80,9 +79,12 @@ class ClusterRun(RunHandle):
             self.start_following()
 
     def start_following(self) -> None:
-        """Follow the run from a thread (the submitter starts it once the run is fully queued)."""
+        """Follow the run (the submitter starts it once the run is fully queued): with every
+        other run this process follows, from one thread (runner.backends.following)."""
         if not self._done.is_set():
-            threading.Thread(target=self._follow, daemon=True, name="mlproject-follow").start()
+            from runner.backends import following
+
+            following.follow(self)
 
     # -- the SubmittedRun interface (wait, get_status, done, cancel: RunHandle's) ----------
     # get_status(): SCHEDULED (queued), RUNNING, then FINISHED, FAILED or KILLED.
@@ -128,58 +130,57 @@ class ClusterRun(RunHandle):
                 return  # our stdout went away; the file keeps everything
             chunk = chunk[written:]
 
-    def _follow(self) -> None:
+    def _step(self, ledger, record: RunRecord | None, states: dict[str, JobState | None] | None, now: float) -> bool:
+        """One look at the run: its ledger row `record` (None: gone), and, once a second, its
+        job as the scheduler said (`states`, by job ID; None between those). True once it ended."""
         from runner import backends
         from runner.progress import step
-        from runner.tracking.ledger import Ledger
         from runner.tracking.runs import find, read_from
 
-        ledger = Ledger()
-        position = 0
-        next_job_poll = time.monotonic() + _JOB_POLL_SECONDS
-        ended_at: float | None = None  # when the scheduler was first seen saying the job ended
-        queued = None  # the progress step open while the job waits in its queue
+        if record is None:  # (a row the batched read missed: asked as before, by ID or prefix)
+            record = find(ledger, self.ledger_id)
+        follow = self._following
+        if self._progress is not None and (record.status == RunStatus.SCHEDULED) != (follow.queued is not None):
+            if follow.queued is None:
+                follow.queued = step(self._progress, f"{record.backend} job {record.job_id}: waiting in the queue")
+                follow.queued.__enter__()
+            else:
+                follow.queued.__exit__(None, None, None)
+                follow.queued = None
+        if self._echo:  # (a sweep's trials are not echoed: their logs are not read)
+            chunk = read_from(self.log_path, follow.position)
+            if chunk:
+                follow.position += len(chunk)
+                if self._echo:
+                    self._write(chunk)
+        self._status = record.status
+        if record.finished:
+            backends.pull_output(record)  # (a cluster that keeps the output: its last lines)
+            if self._echo:  # what was written before the end was recorded
+                self._write(read_from(self.log_path, follow.position))
+            self.exit_code, self.reason = record.exit_code, record.reason
+            return True
+        if states is None:
+            return False
+        if record.status != RunStatus.SCHEDULED:
+            backends.pull_output(record)
         try:
-            while True:
-                record = find(ledger, self.ledger_id)
-                if self._progress is not None and (record.status == RunStatus.SCHEDULED) != (queued is not None):
-                    if queued is None:
-                        queued = step(self._progress, f"{record.backend} job {record.job_id}: waiting in the queue")
-                        queued.__enter__()
-                    else:
-                        queued.__exit__(None, None, None)
-                        queued = None
-                chunk = read_from(self.log_path, position)
-                if chunk:
-                    position += len(chunk)
-                    if self._echo:
-                        self._write(chunk)
-                self._status = record.status
-                if record.finished:
-                    backends.pull_output(record)  # (a cluster that keeps the output: its last lines)
-                    if self._echo:  # what was written before the end was recorded
-                        self._write(read_from(self.log_path, position))
-                    self.exit_code, self.reason = record.exit_code, record.reason
-                    return
-                now = time.monotonic()
-                if now >= next_job_poll:
-                    next_job_poll = now + _JOB_POLL_SECONDS
-                    backends.pull_output(record)
-                    try:
-                        record = self._check_job(ledger, record)
-                    except _EndedUnrecorded as unrecorded:
-                        self._status, self.reason = RunStatus.FAILED, str(unrecorded)
-                        return
-                    if record is not None and ended_at is None:
-                        ended_at = now
-                    if record is not None and ended_at is not None and now - ended_at >= self._grace(record):
-                        backends.settle(ledger, record)
-                time.sleep(_POLL_SECONDS)
-        finally:
-            if queued is not None:
-                queued.__exit__(None, None, None)
-            ledger.close()
-            self._done.set()
+            ended = self._check_job(ledger, record, states)
+        except _EndedUnrecorded as unrecorded:
+            self._status, self.reason = RunStatus.FAILED, str(unrecorded)
+            return True
+        if ended is not None and follow.ended_at is None:
+            follow.ended_at = now
+        if ended is not None and follow.ended_at is not None and now - follow.ended_at >= self._grace(ended):
+            backends.settle(ledger, ended)
+        return False
+
+    def _stop_following(self) -> None:
+        """The follower is done with the run (ended, or the follower failed on it)."""
+        if self._following.queued is not None:
+            self._following.queued.__exit__(None, None, None)
+            self._following.queued = None
+        self._done.set()
 
     @staticmethod
     def _grace(record: RunRecord) -> float:
@@ -189,8 +190,9 @@ class ClusterRun(RunHandle):
 
         return _RUNNER_GRACE_SECONDS if backends.cluster_backend(record.backend).SHARED_LEDGER else 0.0
 
-    def _check_job(self, ledger, record: RunRecord) -> RunRecord | None:
-        """The record when the scheduler says its job has ended (or forgot it); else None."""
+    def _check_job(self, ledger, record: RunRecord, states: dict[str, JobState | None]) -> RunRecord | None:
+        """The record when the scheduler says its job has ended (or forgot it); else None.
+        `states`: the scheduler's word on the jobs followed (a job missing: it did not answer)."""
         from runner import backends
 
         if record.backend == "local":  # its runner died without a word: the ledger's reconcile ends it
@@ -207,14 +209,22 @@ class ClusterRun(RunHandle):
         if record.job_id is None:
             return None
         self.job_id = record.job_id
-        try:
-            state = backends.cluster_backend(record.backend).job_state(record.job_id)
-        except Exception:  # noqa: BLE001 - the scheduler did not answer this time; ask again later
+        if record.job_id not in states:  # the scheduler did not answer this time; asked again later
             return None
+        state = states[record.job_id]
         if state is not None and not state.ended:
             backends.settle(ledger, record, state)  # (a job started: RUNNING, where the cluster says so)
             return None
         return record
+
+
+@dataclass
+class _Following:
+    """What the follower keeps of one run between its looks."""
+
+    position: int = 0  # how much of the run's log has been read
+    ended_at: float | None = None  # when the scheduler was first seen saying the job ended
+    queued: Any = None  # the progress step open while the job waits in its queue
 
 
 class _EndedUnrecorded(Exception):

@@ -159,10 +159,25 @@ def take_over(state: PreparedRun, run_id: str, log_path: Path) -> None:
 
 def cluster_verdict(job_of: JobOf, status: str, reason: str | None) -> tuple[str, str | None]:
     """Whatever the command's own exit said: was the job being taken down by its cluster (its time
-    limit: FAILED; a cancel: KILLED)? A scheduler signals every process of the job, so the command
-    may end (even with 0) before this runner hears of it."""
+    limit: FAILED; a cancel: KILLED; requeued: SCHEDULED, see `requeued`)? A scheduler signals
+    every process of the job, so the command may end (even with 0) before this runner hears of it."""
     try:
         verdict = backend_of(job_of).stopped_by_cluster()
     except Exception:  # noqa: BLE001 - the signal's own account stands
         return status, reason
     return verdict or (status, reason)
+
+
+def requeued(ledger, run_id: str, tracked, reason: str | None, notify) -> None:
+    """The job was requeued under the run: the run is not over. It waits SCHEDULED (ledger and
+    tracking) for the job's next start, whose runner takes it over and carries it on."""
+    from runner.errors import RunnerError
+    from runner.status import RunStatus
+
+    ledger.requeued(run_id, reason or "requeued")
+    try:
+        tracked.set_status(RunStatus.SCHEDULED)
+    except RunnerError as exc:
+        notify(f"warning: tracking: the requeued run was not set SCHEDULED: {exc.message}")
+    tracked.ended = True  # (this runner is done with it; the job's next start goes on with it)
+    notify(f"=== {reason}: the run continues when the job starts again ===")

@@ -68,7 +68,12 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
 
             status, reason = cluster_verdict(job_of, status, reason)
         try:
-            end_everywhere(ledger, run_id, tracked, status, exit_code, reason, notify)
+            if status == RunStatus.SCHEDULED:  # (requeued by its cluster: not ended)
+                from runner.backends.job import requeued
+
+                requeued(ledger, run_id, tracked, reason, notify)
+            else:
+                end_everywhere(ledger, run_id, tracked, status, exit_code, reason, notify)
         finally:
             ledger.close()
 

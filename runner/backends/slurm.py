@@ -336,6 +336,8 @@ def _sbatch(options: SlurmOptions, script: Path, log_path: Path, run_dir: Path, 
     # its run FAILED, instead of Slurm's default of running the command again later under the
     # same run. `"sbatch_args": ["--requeue"]` comes after it and wins (sbatch takes the last).
     argv = ["sbatch", "--no-requeue", *options.sbatch_args, *(extra or [])]
+    if "--requeue" in options.sbatch_args and not any(a.startswith("--open-mode") for a in options.sbatch_args):
+        argv.append("--open-mode=append")  # (a requeued job's start would empty the run's log)
     if options.exports is not None:
         names = [*options.exports, *(name for name in _RUNNER_VARIABLES if name in env)]
         argv.append("--export=" + ",".join(dict.fromkeys(names)))
@@ -353,6 +355,44 @@ def _sbatch(options: SlurmOptions, script: Path, log_path: Path, run_dir: Path, 
 
 
 # -- the job, as Slurm sees it ----------------------------------------------------------
+def job_states(job_ids: list[str]) -> dict[str, JobState | None]:
+    """How each of many jobs is doing, in one request to the controller (`scontrol show job`
+    of all it remembers: a sweep's array of 1,000 tasks is followed by one command a second,
+    not 1,000); the jobs it has forgotten are asked one by one, as job_state does."""
+    from runner.subprocesses import capture
+
+    code, output, _ = capture(["scontrol", "show", "job", "-o"])
+    own: dict[str, dict[str, str]] = {}  # by job ID, and by ARRAY_TASK for an array's task
+    collapsed: dict[str, dict[str, str]] = {}  # an array's record of its tasks not yet split out
+    for line in output.splitlines() if code == 0 else []:
+        fields = _fields(line)
+        array, task = fields.get("ArrayJobId"), fields.get("ArrayTaskId", "")
+        if array and task.isdigit():
+            own[f"{array}_{task}"] = fields
+        elif array and task:
+            collapsed[array] = fields
+        else:
+            own.setdefault(fields.get("JobId", ""), fields)
+    states: dict[str, JobState | None] = {}
+    for job_id in job_ids:
+        fields = own.get(job_id)
+        array_id, _, task = job_id.partition("_")
+        if fields is None and task.isdigit() and array_id in collapsed and \
+                _holds(collapsed[array_id].get("ArrayTaskId", ""), int(task)):
+            fields = collapsed[array_id]
+        states[job_id] = _state(fields) if fields is not None else job_state(job_id)
+    return states
+
+
+def _holds(tasks: str, task: int) -> bool:
+    """Whether an array record's ArrayTaskId (`3-999%8`, `1,4-6`) names task `task`."""
+    for part in tasks.split("%")[0].split(","):
+        low, _, high = part.partition("-")
+        if low.isdigit() and int(low) <= task <= int(high if high.isdigit() else low):
+            return True
+    return False
+
+
 def job_state(job_id: str) -> JobState | None:
     """How job `job_id` is doing: the controller while it remembers the job (MinJobAge), then
     accounting (sacct, when the cluster has it), then the job completion log. None: no record."""
@@ -424,8 +464,10 @@ def _state(fields: dict[str, str]) -> JobState:
         exit_code = 128 + int(signal_number) if signal_number.isdigit() and int(signal_number) else int(code)
     node = fields.get("NodeList")
     reason = fields.get("Reason")
+    restarts = fields.get("Restarts", "0")
     return JobState(name, status, exit_code, node if node and node != "(null)" else None,
-                    reason if reason and reason != "None" else None, lost=name in _LOST)
+                    reason if reason and reason != "None" else None, lost=name in _LOST,
+                    restarts=int(restarts) if restarts.isdigit() else 0)
 
 
 def _completion_log() -> str | None:
@@ -458,6 +500,11 @@ def stopped_by_cluster() -> tuple[str, str] | None:
     state = job_state(job_id)
     if state is None:
         return None
+    started_as = os.environ.get("SLURM_RESTART_COUNT", "0")
+    if state.restarts > (int(started_as) if started_as.isdigit() else 0):
+        # Requeued (`--requeue`: preempted, its node lost, `scontrol requeue`): the same run goes
+        # on when the job starts again, instead of ending here.
+        return RunStatus.SCHEDULED, f"slurm job {job_id} requeued (restart {state.restarts})"
     # While the job is being taken down its state reads COMPLETING, and only the reason says
     # why. This runner is the job's batch script, still alive: so the job did not complete on
     # its own, and with no reason given (as after `scancel`) it was cancelled.

@@ -155,6 +155,13 @@ class Ledger:
         self._db.execute("UPDATE runs SET status = 'RUNNING', runner_pid = 0, runner_start = NULL"
                          " WHERE id = ? AND status = 'SCHEDULED'", (run_id,))
 
+    def requeued(self, run_id: str, reason: str) -> bool:
+        """A cluster job requeued under its running run: SCHEDULED again, with no runner until
+        the job starts again and its runner takes the row over."""
+        return bool(self._db.execute(
+            "UPDATE runs SET status = 'SCHEDULED', reason = ?, runner_pid = 0, runner_start = NULL, pgid = NULL"
+            " WHERE id = ? AND status IN ('SCHEDULED', 'RUNNING')", (reason, run_id)).rowcount)
+
     def reopen(self, run_id: str) -> None:
         """An ended row runs again, with this process as its runner (a sweep that is resumed)."""
         pid = os.getpid()
@@ -191,6 +198,17 @@ class Ledger:
             (id_prefix + "%", id_prefix + "%"),
         ).fetchall()
         return [_record(row) for row in rows]
+
+    def rows(self, ids: list[str]) -> dict[str, RunRecord]:
+        """The rows of exactly these IDs, in as few queries as SQLite's parameter limit allows."""
+        found: dict[str, RunRecord] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            query = f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE id IN ({', '.join('?' * len(part))})"
+            for row in self._db.execute(query, part).fetchall():
+                record = _record(row)
+                found[record.id] = record
+        return found
 
     def list(self, status: str | None = None, limit: int = 20) -> list[RunRecord]:
         query = f"SELECT {', '.join(_COLUMNS)} FROM runs"
