@@ -688,9 +688,10 @@ def test_a_requeued_job_carries_its_run_on_to_its_end(slurm, make_project, _work
 
 def test_a_sweeps_array_is_followed_by_one_thread_asking_the_controller_once_a_second(slurm, make_project,
                                                                                       _work_in_tmp, monkeypatch):
-    """Twelve trials queued as one array: one thread follows them all and asks the controller
-    about all their jobs in one `scontrol` a second, not one per trial (at 1,000 trials, one per
-    trial was 1,000 commands a second on the submit host)."""
+    """Twenty-four trials queued as one array, four at a time: one thread follows them all and
+    asks the controller about all their jobs in one `scontrol` a second, not one per trial, and
+    a trial takes a driver thread only once its task has left the queue (at 1,000 trials, one
+    per trial was 1,000 threads and 1,000 commands a second on the submit host)."""
     import threading
 
     import runner
@@ -701,26 +702,29 @@ def test_a_sweeps_array_is_followed_by_one_thread_asking_the_controller_once_a_s
     (shims / "scontrol").write_text(f"#!/bin/sh\necho \"$(date +%s.%N) $*\" >> {calls}\nexec /usr/bin/scontrol \"$@\"\n")
     (shims / "scontrol").chmod(0o755)
     monkeypatch.setenv("PATH", f"{shims}:{BARE_PATH}")
-    followers, stop = [], threading.Event()
+    followers, trial_threads, stop = [], [], threading.Event()
 
-    def count_followers() -> None:
+    def count_threads() -> None:
         while not stop.wait(0.05):
-            followers.append(sum(thread.name == "mlproject-follow" for thread in threading.enumerate()))
+            names = [thread.name for thread in threading.enumerate()]
+            followers.append(names.count("mlproject-follow"))
+            trial_threads.append(sum(name.startswith("mlproject-trial") for name in names))
 
-    sampler = threading.Thread(target=count_followers, daemon=True)
+    sampler = threading.Thread(target=count_threads, daemon=True)
     sampler.start()
     started = time.monotonic()
     try:
-        result = runner.sweep(str(project), parameters={"alpha": ",".join(f"0.{n:02d}" for n in range(12)),
+        result = runner.sweep(str(project), parameters={"alpha": ",".join(f"0.{n:02d}" for n in range(24)),
                                                         "secs": "1"},
                               backend="slurm", max_parallel=4, env_manager="local", cwd=_work_in_tmp)
     finally:
         stop.set()
         sampler.join()
     took = time.monotonic() - started
-    assert result.succeeded and len(result.trials) == 12
+    assert result.succeeded and len(result.trials) == 24
     assert all(trial.status == "FINISHED" for trial in result.trials)
     assert max(followers) == 1, sorted(set(followers))
+    assert max(trial_threads) <= 4 + 4 + 8, max(trial_threads)  # (the throttle, and as many again, and 8)
     # (the whole-cluster reads of the follower, beside the few a submission and its checks make)
     follows = [line for line in calls.read_text().splitlines() if line.split()[1:] == ["show", "job", "-o"]]
     assert len(follows) <= took + 2, (len(follows), took)

@@ -433,28 +433,33 @@ class _Sweep:
         if not self.search.ADAPTIVE and len(fresh) > 1 and self._arrays():
             # Known in advance: one job array queues them all, at most `workers` running at once.
             queued.update(self._queue_array(fresh, workers))
-            workers = len(todo)  # a thread follows each queued task
-        else:
-            workers += len(queued)  # (followed jobs take no slot from new trials)
+        # A queued trial takes a thread once its job has started (or ended): those running are
+        # at most the throttle, so a 1,000-task array is not 1,000 threads waiting in its queue.
+        workers += min(len(queued), workers + 8)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlproject-trial")
         futures: set = set()
         try:
             while True:
                 while len(futures) < workers and not self._stop.is_set():
-                    trial = todo.pop(0) if todo else self._proposed()
+                    trial = _next_ready(todo, queued) if todo else self._proposed()
                     if trial is None:
                         break
                     futures.add(pool.submit(self._one, trial, queued.get(trial.number)))
-                if not futures:
+                if not futures and not todo:
                     break
-                done, futures = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
-                for future in done:
-                    future.result()  # a bug in the driver surfaces here, not silently
+                if futures:
+                    done, futures = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()  # a bug in the driver surfaces here, not silently
+                else:
+                    time.sleep(0.25)  # (every trial left is a job still waiting in its queue)
                 signals.raise_received()
         except BaseException:
             self._stop.set()
             asked = len(signals.received)
             self._cancel_running()
+            # The queued trials no thread took yet are recorded too, as their cancelled jobs end.
+            futures |= {pool.submit(self._one, trial, queued[trial.number]) for trial in todo if trial.number in queued}
             while futures:
                 _, futures = wait(futures, timeout=0.25)
                 if len(signals.received) > asked:  # asked again: a second request kills at once
@@ -782,3 +787,13 @@ def _as_json(request: SweepRequest, cwd: Path) -> dict:
     data["cwd"] = str(cwd)
     data["parameters"] = {k: str(v) for k, v in (request.parameters or {}).items()}
     return data
+
+
+def _next_ready(todo: list[Trial], queued: dict[int, Any]) -> Trial | None:
+    """The first trial to take a thread now: one to submit, or a queued one whose job has left
+    its queue (taken out of `todo`); None while every one left still waits in the queue."""
+    for index, trial in enumerate(todo):
+        handle = queued.get(trial.number)
+        if handle is None or handle.done or handle.get_status() != RunStatus.SCHEDULED:
+            return todo.pop(index)
+    return None
