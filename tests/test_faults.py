@@ -63,6 +63,21 @@ def test_disk_full_while_the_command_writes_its_log(small_store, make_project, c
     assert listed.returncode == 0 and '"RUNNING"' not in listed.stdout, listed.stdout
 
 
+def test_a_run_whose_end_cannot_be_recorded_says_so_and_exits_1(small_store, make_project, cli, _work_in_tmp):
+    """The command filled MLPROJECT_HOME's disk and exited 0: its end could not be written to
+    the ledger, and the runner exited 0, the run reconciled FAILED later (`1:1`, git, disk full at
+    0.23 s). Now: exit 1 and an `error:` that says the end was not recorded, with its `hint:`."""
+    root = make_project("name: filler\nentry_points:\n  main:\n"
+                        "    command: \"head -c 60000000 /dev/zero > $MLPROJECT_HOME/filler; echo filled\"\n")
+    result = cli("run", str(root), "--env-manager", "local", timeout=120)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "but its end could not be recorded" in result.stderr and "hint: free space" in result.stderr, result.stderr
+    (small_store / "filler").unlink()
+    listed = cli("runs", "list", "--json")  # (space again: a later command records what happened)
+    assert listed.returncode == 0 and '"RUNNING"' not in listed.stdout, listed.stdout
+
+
 # -- a tracking server that fails or stalls: a fault-injecting proxy in front of a real one --
 def _project(make_project):
     """A project with one parameter, so that a run also logs parameters (`runs/log-batch`)."""

@@ -390,3 +390,34 @@ def test_a_signal_while_a_sweep_opens_its_parent_ends_the_parent_killed(make_pro
     ledger, tracked = _statuses(mlproject_home, _work_in_tmp)
     assert ledger == ["KILLED"] and tracked == ["KILLED"], (ledger, tracked, proc.stderr)  # the parent; no trial ran
     assert not list((mlproject_home / "pending").glob("*.json"))
+
+
+@pytest.mark.parametrize("strike", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_a_signal_once_the_work_is_recorded_keeps_the_exit_code(make_project, mlproject_home, _work_in_tmp, strike):
+    """Struck after the run's end was recorded, as the process shut down: exit -15 for a run
+    recorded FINISHED (`20261204:50`, git, SIGTERM at 0.74 s). Signals are ignored from there."""
+    root = make_project("entry_points:\n  main:\n    command: \"echo done\"\n")
+    proc = subprocess.run([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
+                          capture_output=True, text=True, timeout=60, preexec_fn=default_signals,
+                          env={**os.environ, "MLPROJECT_FAULT_AT": f"cli.done:{strike}"})
+    assert proc.returncode == 0, proc.stderr
+    assert "done" in proc.stdout and "Traceback" not in proc.stderr
+    ledger, tracked = _statuses(mlproject_home, _work_in_tmp)
+    assert ledger == ["FINISHED"] and tracked == ["FINISHED"], (ledger, tracked)
+
+
+def test_ctrl_c_twice_while_a_sweeps_trials_start_stops_them_and_ends_the_parent(make_project, mlproject_home,
+                                                                                 _work_in_tmp):
+    """Two Ctrl-Cs 50 ms apart as the sweep's trials start: the second escaped as an uncaught
+    KeyboardInterrupt (exit -2) while the first was being carried out (`1:32`, sweep, SIGINT
+    twice at 0.59 s). Now: exit 130, no traceback, the trials and the parent KILLED, nothing left."""
+    root = make_project("entry_points:\n  main:\n    parameters:\n      x: float\n"
+                        "    command: \"sleep 30; echo {x}\"\n")
+    proc = subprocess.run([sys.executable, "-m", "runner", "sweep", str(root), "-P", "x=1,2", "--max-parallel", "2",
+                           "--env-manager", "local"], capture_output=True, text=True, timeout=60,
+                          preexec_fn=default_signals, env={**os.environ, "MLPROJECT_FAULT_AT": "launch.started:SIGINT*2"})
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr, proc.stderr
+    ledger, tracked = _statuses(mlproject_home, _work_in_tmp)
+    assert ledger and set(ledger) == {"KILLED"} and set(tracked) == {"KILLED"}, (ledger, tracked, proc.stderr)
+    assert _no_process_left() == []

@@ -75,6 +75,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         # The work is done and recorded: a signal now could only kill the process in its last
         # milliseconds (Python restores the default handlers as it shuts down) and lose its exit code.
         startup.ignore()
+        faults.checkpoint("cli.done")  # (the work recorded; signals ignored from here)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (`mlproject runs list | head -1`): what it did not read is dropped
