@@ -207,6 +207,29 @@ def test_a_launcher_killed_before_asking_for_its_container_holds_no_exit(daemon,
     assert status == "KILLED"
 
 
+def test_a_dead_runners_container_is_removed_by_the_next_command(daemon, make_project, _work_in_tmp):
+    """The runner SIGKILLed while its launcher held a container made and not started: the next
+    command's reconcile stopped the launcher and ended the run, and left the container `Created`
+    for good (seed 20261211:122). It now removes the run's container as well."""
+    root = docker_project(make_project)
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MLPROJECT_FAULT_AT": "docker.created:pause"})
+    said = []
+    for line in proc.stderr:
+        said.append(line)
+        if "fault: paused at docker.created" in line:
+            break
+    assert said and "paused at docker.created" in said[-1], "".join(said)
+    assert [c for c in daemon.containers() if "Created" in c], daemon.containers()
+    proc.kill()
+    proc.wait(timeout=30)
+    listed = subprocess.run([sys.executable, "-m", "runner", "runs", "list", "--json"], capture_output=True, text=True,
+                            timeout=120)
+    assert listed.returncode == 0 and '"FAILED"' in listed.stdout, listed.stdout + listed.stderr
+    assert daemon.containers() == []
+
+
 def test_base_image_neither_local_nor_pullable(cli, daemon, make_project, _work_in_tmp):
     root = docker_project(make_project, image="example.invalid/nothing:here")
     result = cli("run", str(root), timeout=120)

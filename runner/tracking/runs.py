@@ -35,6 +35,9 @@ def _stop_what_is_left(record: RunRecord, grace: float) -> None:
     and one started before the runner could record the group (see runner.launch)."""
     ours = bool(record.pgid) and group_alive(record.pgid) and _group_is_ours(record.pgid, record.id)  # type: ignore[arg-type]
     stop_run_processes(record.id, record.pgid if ours else None, grace)
+    from runner.envs.docker.manager import remove_run_container
+
+    remove_run_container(record.id, launcher_killed=True)  # (a Docker run's container: nothing for others)
 
 
 def reconcile(ledger: Ledger) -> list[RunRecord]:

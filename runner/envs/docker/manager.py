@@ -298,21 +298,26 @@ class ContainerLauncher:
         return [sys.executable, "-m", "runner.envs.docker.run", json.dumps(spec)]
 
     def cleanup(self, run_id: str, launcher_killed: bool = False) -> None:
-        """Remove the run's container. `launcher_killed`: its launcher was SIGKILLed; if it had
-        asked the daemon for the container by then, the daemon finishes making it: wait a while
-        for it (only then: a launcher killed before asking left nothing to wait for, and waiting
-        anyway held the runner's exit 10 s past a Ctrl-C, seed 20261210:409)."""
-        from runner.envs.docker import client as docker_client
+        """Remove the run's container (see remove_run_container)."""
+        remove_run_container(run_id, launcher_killed)
 
-        marker = _creation_marker(run_id)
-        try:
-            phase = marker.read_text()
-        except OSError:
-            phase = ""  # (the launcher never asked for a container)
-        appearing = launcher_killed and phase == "creating"
-        docker_client.remove_container(container_name(run_id), wait=CREATION_WAIT if appearing or phase == "created" else 0.0,
-                                       appearing=appearing)
-        marker.unlink(missing_ok=True)
+
+def remove_run_container(run_id: str, launcher_killed: bool) -> None:
+    """Remove a run's container, as far as its launcher's mark says one was made. A launcher
+    SIGKILLed while the daemon was creating the container (which the daemon then finishes) is
+    waited for a while; one killed before asking left nothing to wait for (waiting anyway held
+    the runner's exit 10 s past a Ctrl-C, seed 20261210:409). Also asked by the reconcile of a
+    dead runner's run, whose launcher it stopped (seed 20261211:122 left one Created)."""
+    from runner.envs.docker import client as docker_client
+
+    marker = _creation_marker(run_id)
+    try:
+        phase = marker.read_text()
+    except OSError:
+        return  # (the launcher never asked for a container)
+    appearing = launcher_killed and phase == "creating"
+    docker_client.remove_container(container_name(run_id), wait=CREATION_WAIT, appearing=appearing)
+    marker.unlink(missing_ok=True)
 
 
 CREATION_WAIT = 10.0  # seconds: a creation on the vfs storage driver takes up to a few here

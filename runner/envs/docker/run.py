@@ -90,6 +90,7 @@ def main(argv: list[str]) -> int:
         return _fail(f"cannot create the container: {getattr(exc, 'explanation', None) or exc}")
     created.append(container)
     _mark(creating, "created")  # (it exists: whoever removes it finds it by name, until it is gone)
+    faults.checkpoint("docker.created")  # (made, not started)
     if received:  # asked to stop while it was being created: it never starts
         try:
             container.remove(force=True, v=True)
