@@ -440,12 +440,15 @@ class _Sweep:
         futures: set = set()
         try:
             while True:
-                while len(futures) < workers and not self._stop.is_set():
-                    trial = _next_ready(todo, queued) if todo else self._proposed()
+                while len(futures) < workers:
+                    # (Stopped: no new trial starts, but a queued one is still followed to the end
+                    # its cancel gives it, and recorded.)
+                    stopped = self._stop.is_set()
+                    trial = _next_ready(todo, queued, not stopped) if todo else None if stopped else self._proposed()
                     if trial is None:
                         break
                     futures.add(pool.submit(self._one, trial, queued.get(trial.number)))
-                if not futures and not todo:
+                if not futures and not any(t.number in queued or not self._stop.is_set() for t in todo):
                     break
                 if futures:
                     done, futures = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
@@ -789,11 +792,11 @@ def _as_json(request: SweepRequest, cwd: Path) -> dict:
     return data
 
 
-def _next_ready(todo: list[Trial], queued: dict[int, Any]) -> Trial | None:
-    """The first trial to take a thread now: one to submit, or a queued one whose job has left
-    its queue (taken out of `todo`); None while every one left still waits in the queue."""
+def _next_ready(todo: list[Trial], queued: dict[int, Any], fresh: bool) -> Trial | None:
+    """The first trial to take a thread now (taken out of `todo`): one to submit (when `fresh`),
+    or a queued one whose job has left its queue; None while every one left waits."""
     for index, trial in enumerate(todo):
         handle = queued.get(trial.number)
-        if handle is None or handle.done or handle.get_status() != RunStatus.SCHEDULED:
+        if (handle is None and fresh) or (handle is not None and (handle.done or handle.get_status() != RunStatus.SCHEDULED)):
             return todo.pop(index)
     return None
