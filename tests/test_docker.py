@@ -180,20 +180,27 @@ def test_cancel_stops_and_removes_the_container(daemon, make_project, _work_in_t
     assert status == "KILLED"
 
 
+def _paused_at(root: Path, phase: str, env: dict | None = None) -> tuple[subprocess.Popen, list[str]]:
+    """`mlproject run ROOT` started and paused at fault phase `phase`: the process and what it
+    said on stderr so far."""
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MLPROJECT_FAULT_AT": f"{phase}:pause", **(env or {})})
+    said = []
+    for line in proc.stderr:  # type: ignore[union-attr]
+        said.append(line)
+        if f"fault: paused at {phase}" in line:
+            break
+    assert said and f"paused at {phase}" in said[-1], "".join(said)
+    return proc, said
+
+
 def test_a_launcher_killed_before_asking_for_its_container_holds_no_exit(daemon, make_project, _work_in_tmp):
     """Ctrl-C while the container's launcher has not yet asked the daemon for it, and the launcher
     killed after the grace: the runner exits at once, without waiting for a container no one asked
     for (seed 20261210:409, :426, :682: 10 s more, a creation wait on every such exit)."""
     root = docker_project(make_project)
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "MLPROJECT_FAULT_AT": "docker.launcher:pause", "MLPROJECT_KILL_GRACE": "1"})
-    said = []
-    for line in proc.stderr:
-        said.append(line)
-        if "fault: paused at docker.launcher" in line:
-            break
-    assert said and "paused at docker.launcher" in said[-1], "".join(said)
+    proc, said = _paused_at(root, "docker.launcher", {"MLPROJECT_KILL_GRACE": "1"})
     struck = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -212,15 +219,7 @@ def test_a_dead_runners_container_is_removed_by_the_next_command(daemon, make_pr
     command's reconcile stopped the launcher and ended the run, and left the container `Created`
     for good (seed 20261211:122). It now removes the run's container as well."""
     root = docker_project(make_project)
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "MLPROJECT_FAULT_AT": "docker.created:pause"})
-    said = []
-    for line in proc.stderr:
-        said.append(line)
-        if "fault: paused at docker.created" in line:
-            break
-    assert said and "paused at docker.created" in said[-1], "".join(said)
+    proc, _ = _paused_at(root, "docker.created")
     assert [c for c in daemon.containers() if "Created" in c], daemon.containers()
     proc.kill()
     proc.wait(timeout=30)

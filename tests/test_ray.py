@@ -65,6 +65,13 @@ def _row(run_id: str) -> dict:
 _wait_for = wait_for
 
 
+def _run_struck(project: Path, fault: str) -> subprocess.CompletedProcess:
+    """`mlproject run -b ray` of `project`, struck by the runner itself at a named phase
+    (`MLPROJECT_FAULT_AT`: PHASE:ACTION)."""
+    return subprocess.run([sys.executable, "-m", "runner", "run", str(project), "-b", "ray", "--env-manager", "local"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "MLPROJECT_FAULT_AT": fault})
+
+
 def _tracked(cwd: Path, run_id: str):
     return MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}").get_run(run_id)
 
@@ -287,9 +294,7 @@ def test_a_submission_interrupted_once_ray_has_the_job_stops_the_job(ray, make_p
     from ray.job_submission import JobSubmissionClient
 
     project = make_project(PROJECT)
-    result = subprocess.run([sys.executable, "-m", "runner", "run", str(project), "-b", "ray", "--env-manager", "local"],
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "MLPROJECT_FAULT_AT": "ray.submitted:SIGHUP"})
+    result = _run_struck(project, "ray.submitted:SIGHUP")
     assert result.returncode == 128 + signal.SIGHUP, result.stderr
     (row,) = json.loads(_cli("runs", "list", "--json").stdout)
     assert row["status"] == "KILLED", row
@@ -309,9 +314,7 @@ def test_a_job_ray_took_from_a_submitter_killed_before_naming_it_is_the_runs(ray
     20261210: the run was ended FAILED, "the submission was interrupted", while its job ran and
     ended the MLflow run FINISHED)."""
     project = make_project(PROJECT)
-    result = subprocess.run([sys.executable, "-m", "runner", "run", str(project), "-b", "ray", "--env-manager", "local"],
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "MLPROJECT_FAULT_AT": "ray.submitted:SIGKILL"})
+    result = _run_struck(project, "ray.submitted:SIGKILL")
     assert result.returncode == -signal.SIGKILL, result.stderr
     row = _wait_for(lambda: (rows := json.loads(_cli("runs", "list", "--json").stdout)) and rows[0]["status"]
                     not in ("SCHEDULED", "RUNNING") and rows[0], 120, "the run's end")
@@ -324,9 +327,7 @@ def test_a_signal_between_the_ledger_and_tracking_of_a_submission_ends_its_run(r
     KILLED with the tracked run (seed 20261210:88: the row was left for the next command, which
     ended it FAILED, "the submission was interrupted")."""
     project = make_project(PROJECT)
-    result = subprocess.run([sys.executable, "-m", "runner", "run", str(project), "-b", "ray", "--env-manager", "local"],
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "MLPROJECT_FAULT_AT": "cluster.recorded:SIGHUP"})
+    result = _run_struck(project, "cluster.recorded:SIGHUP")
     assert result.returncode == 128 + signal.SIGHUP, result.stderr
     (row,) = json.loads(_cli("runs", "list", "--json").stdout)
     assert row["status"] == "KILLED" and row["reason"].startswith("submission: "), row
@@ -339,9 +340,7 @@ def test_a_signal_after_the_job_is_queued_before_the_caller_holds_it_stops_the_j
     from ray.job_submission import JobSubmissionClient
 
     project = make_project(PROJECT)
-    result = subprocess.run([sys.executable, "-m", "runner", "run", str(project), "-b", "ray", "--env-manager", "local"],
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "MLPROJECT_FAULT_AT": "cluster.queued:SIGHUP"})
+    result = _run_struck(project, "cluster.queued:SIGHUP")
     assert result.returncode == 128 + signal.SIGHUP, result.stderr
     (row,) = json.loads(_cli("runs", "list", "--json").stdout)
     assert row["status"] == "KILLED", row

@@ -151,8 +151,7 @@ class ClusterRun(RunHandle):
             chunk = read_from(self.log_path, follow.position)
             if chunk:
                 follow.position += len(chunk)
-                if self._echo:
-                    self._write(chunk)
+                self._write(chunk)
         self._status = record.status
         if record.finished:
             backends.pull_output(record)  # (a cluster that keeps the output: its last lines)
