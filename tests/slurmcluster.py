@@ -71,6 +71,10 @@ class SlurmCluster:
             f"SlurmdUser={user}",
             "AuthType=auth/none",
             "CredType=cred/none",
+            # A requeued job waits out its revoked credential (120 s by default) before it may start
+            # again; started earlier (`scontrol update StartTime=now`), slurmd refuses it as "already
+            # killed" and it ends FAILED. Ten seconds keeps requeue tests short and honest.
+            "AuthInfo=cred_expire=10",
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "SelectType=select/cons_tres",
@@ -78,7 +82,7 @@ class SlurmCluster:
             "MpiDefault=none",
             "JobCompType=jobcomp/filetxt",
             f"JobCompLoc={self.completion_log}",
-            "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0",
+            "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=2,bf_interval=2",
             f"StateSaveLocation={self.root / 'state'}",
             f"SlurmdSpoolDir={self.root / 'spool-%n'}",
             f"SlurmctldPidFile={self.root / 'slurmctld.pid'}",
@@ -150,18 +154,31 @@ class SlurmCluster:
         self._daemon(["slurmd", "-D", "-N", name], hidden)
         self._wait_for_idle_nodes(f"node {name} did not return", 120, resume=True)
 
-    def restart_controller(self) -> None:
-        """slurmctld killed and started again from its saved state (jobs run on meanwhile)."""
+    def saved_state(self) -> Path:
+        """A copy of the controller's saved state as it stands (see restart_controller)."""
+        copy = Path(tempfile.mkdtemp(prefix="state-", dir=self.root))
+        shutil.copytree(self.root / "state", copy, dirs_exist_ok=True)
+        return copy
+
+    def restart_controller(self, from_state: Path | None = None, cancel_burned: bool = True) -> list[str]:
+        """slurmctld killed and started again from its saved state (jobs run on meanwhile).
+        `from_state` (a `saved_state()`): the state it had then, as if it died before saving
+        what came after: the jobs queued since are lost. Returns the job IDs used up (see
+        below); `cancel_burned=False` leaves them held, for the caller to cancel later."""
         controller = next(proc for proc in self.procs if "slurmctld" in " ".join(map(str, proc.args)))
         controller.kill()
         controller.wait()
         self.procs.remove(controller)
+        if from_state is not None:
+            shutil.rmtree(self.root / "state")
+            shutil.copytree(from_state, self.root / "state")
         self._daemon(["slurmctld", "-D"])  # (no -i: it takes its jobs back from StateSaveLocation)
         # Jobs queued after the controller's last save are lost with it, yet may run on a node;
         # the restarted controller would hand their IDs out again, and a node that is still
         # running a job of that ID is drained ("Duplicate jobid"), taking later jobs down with
         # it. The IDs such jobs may hold are used up here, as an administrator would move the
-        # counter on; the lost jobs themselves are the runner's to recover from.
+        # counter on; the lost jobs themselves are the runner's to recover from. (Cancelled,
+        # such a job ends with the lost one's ID, and its end reads as the lost job's.)
         deadline = time.monotonic() + 60
         while self.command("scontrol", "ping").returncode != 0 and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -170,8 +187,9 @@ class SlurmCluster:
             done = self.command("sbatch", "--parsable", "--hold", "--output=/dev/null", "--wrap", "true")
             if done.returncode == 0:
                 burned.append(done.stdout.strip().split(";")[0])
-        if burned:
+        if burned and cancel_burned:
             self.command("scancel", *burned)
+        return burned
 
     def return_to_service(self) -> None:
         """Nodes Slurm drained or downed (after a lost node, or a duplicate job ID after a
