@@ -350,6 +350,19 @@ def test_a_signal_after_the_job_is_queued_before_the_caller_holds_it_stops_the_j
     assert _tracked(_work_in_tmp, row["id"]).info.status == "KILLED"
 
 
+def test_a_stop_that_reaches_a_job_after_its_end_keeps_its_success(ray, make_project, _work_in_tmp):
+    """SIGTERM once Ray said the job SUCCEEDED and before this host recorded it: the stop reaches
+    an ended job, and the run is what it was, FINISHED; the CLI says so and exits 0 (seed 9:6 and
+    9:9: the run FINISHED, the CLI said "killed" and exited 143)."""
+    project = make_project(PROJECT)
+    result = _run_struck(project, "cluster.ended:SIGTERM")
+    assert result.returncode == 0, result.stderr
+    assert "succeeded: the stop asked by SIGTERM came after its end" in result.stderr, result.stderr
+    (row,) = json.loads(_cli("runs", "list", "--json").stdout)
+    assert (row["status"], row["exit_code"]) == ("FINISHED", 0), row
+    assert _tracked(_work_in_tmp, row["id"]).info.status == "FINISHED"
+
+
 def test_project_over_rays_working_dir_limit_is_one_clear_error(ray, make_project, _work_in_tmp):
     project = make_project(PROJECT)
     (project / "weights.bin").write_bytes(os.urandom(101 * 1024 * 1024))

@@ -672,18 +672,41 @@ def test_a_requeued_job_carries_its_run_on_to_its_end(slurm, make_project, _work
         requeued = _wait_for(lambda: _ledger_row(row["id"])["status"] == "SCHEDULED" and _ledger_row(row["id"]), 30,
                              "the run to wait for the job's next start")
         assert "requeued" in requeued["reason"]
-        # (Slurm holds a requeued job back for two minutes; the test releases it now)
-        slurm.command("scontrol", "update", f"JobId={row['job_id']}", "StartTime=now")
         _, stderr = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 0, stderr + "\n--- the job's log:\n" + _cli("runs", "logs", row["id"]).stdout + slurm.logs()
     (only,) = json.loads(_cli("runs", "list", "--json").stdout)
     assert (only["id"], only["status"], only["exit_code"]) == (row["id"], "FINISHED", 0), only
     assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(row["id"]).info.status == "FINISHED"
     log = _cli("runs", "logs", row["id"]).stdout
     assert log.count("alpha=0.5 node=n") == 2, log  # (one line per start of the job)
+
+
+def test_a_finished_job_launched_again_leaves_its_run_as_it_ended(slurm, make_project, _work_in_tmp):
+    """After a controller restart Slurm may launch a job that has already run (seed 7:15: its
+    runner continued the MLflow run, RUNNING again, found its ledger row ended, and left it
+    RUNNING). Replayed by queueing the finished job's own batch script again, in the job's own
+    environment: the runner runs nothing and gives the tracked run its recorded end back."""
+    project = make_project(SHELL_PROJECT)
+    result = _cli("run", str(project), "-b", "slurm", "--env-manager", "local")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(_cli("runs", "list", "--json").stdout)
+    tracking = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    run_dir = Path(row["log_path"]).parent
+    again = subprocess.run(["sbatch", "--parsable", f"--output={run_dir / 'again.log'}", f"--chdir={run_dir}",
+                            str(run_dir / "job.sh")], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, **slurm.env,
+                                "MLFLOW_TRACKING_URI": f"sqlite:///{_work_in_tmp / 'mlflow.db'}"})
+    assert again.returncode == 0, again.stderr
+    job_id = again.stdout.strip().split(";")[0]
+    _wait_for(lambda: re.search(r"JobState=(COMPLETED|FAILED)", slurm.command("scontrol", "show", "job", "-o",
+                                                                              job_id).stdout), 120, "the second launch")
+    said = (run_dir / "again.log").read_text()
+    assert "was ended before its job started" in said and "alpha=" not in said, said
+    assert tracking.get_run(row["id"]).info.status == "FINISHED", said
+    assert (_ledger_row(row["id"])["status"], _ledger_row(row["id"])["exit_code"]) == ("FINISHED", 0)
 
 
 def test_a_sweeps_array_is_followed_by_one_thread_asking_the_controller_once_a_second(slurm, make_project,
@@ -832,6 +855,58 @@ def test_resumed_sweep_follows_jobs_that_outlived_its_driver(slurm, make_project
     parent = client.search_runs(["0"], f"tags.`mlproject.sweep.id` = '{sweep_id}'")[0]
     children = client.search_runs(["0"], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED"]  # each trial once
+    assert parent.info.status == "FINISHED"
+
+
+def test_trials_whose_jobs_a_restarted_controller_lost_run_again_when_resumed(slurm, make_project, _work_in_tmp):
+    """slurmctld dies before it saved the array just queued, and comes back without it (seed
+    5:26 and 8:1: a controller SIGKILLed and restarted 0.4-0.7 s after the submission). The
+    trials are recorded FAILED as never started, and a resume runs them, once each (the resume
+    kept them as failures and they never ran). Replayed by restarting the controller from the
+    state it had saved before the sweep; the jobs are held so that none starts before."""
+    project = make_project(SHELL_PROJECT)
+    before = slurm.saved_state()
+    proc = _start_cli("sweep", str(project), "-P", "alpha=0.1,0.2", "-b", "slurm", "-c", '{"sbatch_args": ["--hold"]}',
+                      "--env-manager", "local")
+    burned: list[str] = []
+    resumed = None
+    try:
+        _wait_for(lambda: len([r for r in json.loads(_cli("runs", "list", "--json").stdout)
+                               if r["backend"] == "slurm" and r["job_id"]]) == 2, 60, "the array queued")
+        # (The IDs it hands out again stay held until the lost jobs are ended: cancelled, their
+        # ends would read as the lost jobs'.)
+        burned = slurm.restart_controller(from_state=before, cancel_burned=False)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 1, stderr
+        lost = [r for r in json.loads(_cli("runs", "list", "--json").stdout) if r["backend"] == "slurm"]
+        assert [r["status"] for r in lost] == ["FAILED", "FAILED"], lost
+        assert all("its runner never started" in r["reason"] for r in lost), lost
+        sweep_id = next(line.split()[1].rstrip(":") for line in stderr.splitlines() if "trial(s) to run" in line)
+        resumed = _start_cli("sweep", "--resume", sweep_id)
+        deadline = time.monotonic() + 180
+        while resumed.poll() is None and time.monotonic() < deadline:  # (its jobs are held too)
+            queued = slurm.command("squeue", "-h", "-t", "PD", "-o", "%i").stdout.split()
+            held = {job.split("_")[0] for job in queued} - set(burned)
+            if held:
+                slurm.command("scontrol", "release", *held)
+            time.sleep(0.5)
+        _, resumed_said = resumed.communicate(timeout=30)
+    finally:
+        for started in (proc, resumed):
+            if started is not None and started.poll() is None:
+                os.killpg(started.pid, signal.SIGKILL)
+        if burned:
+            slurm.command("scancel", *burned)
+    assert resumed.returncode == 0, resumed_said
+    assert "0 trial(s) kept, 0 still running on the cluster, 2 to run" in resumed_said, resumed_said
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    parent = client.search_runs(["0"], f"tags.`mlproject.sweep.id` = '{sweep_id}'")[0]
+    children = client.search_runs(["0"], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.info.status for c in children) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
+    ran = [r for r in json.loads(_cli("runs", "list", "--json").stdout) if r["status"] == "FINISHED"
+           and r["backend"] == "slurm"]
+    said = [re.findall(r"^alpha=\S+", _cli("runs", "logs", r["id"]).stdout, re.MULTILINE) for r in ran]
+    assert sorted(said) == [["alpha=0.1"], ["alpha=0.2"]], said  # (each trial once)
     assert parent.info.status == "FINISHED"
 
 

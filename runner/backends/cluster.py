@@ -171,6 +171,7 @@ class ClusterRun(RunHandle):
         if ended is not None and follow.ended_at is None:
             follow.ended_at = now
         if ended is not None and follow.ended_at is not None and now - follow.ended_at >= self._grace(ended):
+            faults.checkpoint("cluster.ended")  # (the cluster says the job ended; not recorded here yet)
             backends.settle(ledger, ended)
         return False
 
