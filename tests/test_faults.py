@@ -78,6 +78,53 @@ def test_a_run_whose_end_cannot_be_recorded_says_so_and_exits_1(small_store, mak
     assert listed.returncode == 0 and '"RUNNING"' not in listed.stdout, listed.stdout
 
 
+def test_a_sweep_that_meets_a_full_disk_at_its_end_warns_of_its_table_and_ends_its_parent(small_store, make_project,
+                                                                                         cli, _work_in_tmp, tmp_path):
+    """MLPROJECT_HOME's disk fills once the trials are over, as the sweep writes its table: the
+    table and plot are a warning, and the parent run is ended all the same (`1:16`, sweep, disk
+    full at 0.91 s: a traceback, and the parent never ended)."""
+    from mlflow.tracking import MlflowClient
+
+    root = make_project("name: two\nentry_points:\n  main:\n    parameters:\n      n: {type: int, default: 0}\n"
+                        "    command: \"echo trial {n}\"\n")
+    go = tmp_path / "go"
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "sweep", str(root), "-P", "n=1,2", "--env-manager", "local"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MLPROJECT_FAULT_AT": "sweep.closing:hold", "MLPROJECT_FAULT_GO": str(go)})
+    said = []
+    for line in proc.stderr:  # type: ignore[union-attr]
+        said.append(line)
+        if "fault: held at sweep.closing" in line:
+            break
+    assert said and "held at sweep.closing" in said[-1], "".join(said)
+    with open(small_store / "filler", "wb") as filler:  # (the disk full from here on)
+        try:
+            while True:
+                filler.write(b"\0" * 1_000_000)
+                filler.flush()
+        except OSError:
+            pass
+    go.touch()
+    _, rest = proc.communicate(timeout=120)
+    stderr = "".join(said) + rest
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "warning: the sweep's table and plot were not written" in stderr, stderr[-3000:]
+    # (The ledger refused the parent's end too: said, as for a run whose end it refuses.)
+    assert proc.returncode == 1 and "\nhint: free space" in stderr, stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+
+    def tracked() -> list:
+        return client.search_runs([client.get_experiment_by_name("Default").experiment_id])
+
+    parents = [run for run in tracked() if "mlflow.parentRunId" not in run.data.tags]
+    assert len(tracked()) == 3 and len(parents) == 1, [(run.info.run_id, run.data.tags) for run in tracked()]
+    assert parents[0].info.status == "FINISHED", (parents[0].info, stderr[-2000:])
+    (small_store / "filler").unlink()
+    listed = cli("runs", "list", "--json")  # (space again: a later command records what happened)
+    assert listed.returncode == 0 and '"RUNNING"' not in listed.stdout, listed.stdout
+    assert "RUNNING" not in [run.info.status for run in tracked()]
+
+
 # -- a tracking server that fails or stalls: a fault-injecting proxy in front of a real one --
 def _project(make_project):
     """A project with one parameter, so that a run also logs parameters (`runs/log-batch`)."""

@@ -363,6 +363,9 @@ class _Sweep:
 
     def close(self) -> None:
         """Rank the trials, record the best on the parent with the table, and end the parent."""
+        from runner import faults
+
+        faults.checkpoint("sweep.closing")  # (the trials are over; the parent's table and end to come)
         result = self.result
         ended = [t for t in self.trials if t.status == RunStatus.FINISHED]
         ranked = [t for t in ended if t.metric is not None]
@@ -390,7 +393,9 @@ class _Sweep:
                 if plot is not None:
                     self.tracked.artifacts.append((plot, None))
             except OSError as exc:
-                result.notes.append(f"warning: the sweep's table and plot were not written: {exc}")
+                # (Said now: a disk that refuses them may refuse the parent's end in the ledger too,
+                # and the command then ends on that error before any note is said.)
+                self.notify(f"warning: the sweep's table and plot were not written: {exc}")
             # (An interrupted sweep ran no command of its own to give an exit code.)
             from runner.tracking.ending import end_everywhere
 
