@@ -214,6 +214,38 @@ def test_a_launcher_killed_before_asking_for_its_container_holds_no_exit(daemon,
     assert status == "KILLED"
 
 
+def test_a_ctrl_c_while_the_daemon_creates_the_container_removes_it_once_made(daemon, make_project, _work_in_tmp,
+                                                                            tmp_path):
+    """Ctrl-C while the launcher waits for the daemon to create its container (3 s: a proxy in
+    front of the daemon holds the request back): the creation is let finish, the container is
+    removed unstarted, the run ends KILLED with exit 130 (seed 5:3 and 6:0-6:11: the launcher
+    died mid-request with a KeyboardInterrupt traceback, and the daemon finished making a
+    container no one removed)."""
+    from dockerproxy import DockerProxy
+
+    proxy = DockerProxy(str(daemon.socket), tmp_path / "proxy.sock", hold_creation=3.0)
+    try:
+        root = docker_project(make_project, command="echo started")
+        # (A grace longer than the creation: the launcher is not killed while it waits for it.)
+        proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(root)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "DOCKER_HOST": proxy.host, "MLPROJECT_KILL_GRACE": "20"})
+        assert proxy.creation_asked.wait(120), "the launcher never asked for its container"
+        proc.send_signal(signal.SIGINT)  # (the runner hands it to its command: the launcher)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err and "started" not in out, err
+        # (Made by the daemon whatever became of its asker: it is there, or it was removed.)
+        assert proxy.creation_answered.wait(60), "the daemon never answered the creation"
+    finally:
+        proxy.close()
+    assert daemon.containers() == [], err
+    run_id = run_id_of(subprocess.CompletedProcess([], 0, out, err))
+    with sqlite3.connect(_work_in_tmp / "mlflow.db") as conn:
+        status = conn.execute("select status from runs where run_uuid = ?", (run_id,)).fetchone()[0]
+    assert status == "KILLED"
+
+
 def test_a_dead_runners_container_is_removed_by_the_next_command(daemon, make_project, _work_in_tmp):
     """The runner SIGKILLed while its launcher held a container made and not started: the next
     command's reconcile stopped the launcher and ended the run, and left the container `Created`
@@ -227,6 +259,34 @@ def test_a_dead_runners_container_is_removed_by_the_next_command(daemon, make_pr
                             timeout=120)
     assert listed.returncode == 0 and '"FAILED"' in listed.stdout, listed.stdout + listed.stderr
     assert daemon.containers() == []
+
+
+def test_a_removal_the_daemon_refuses_is_asked_again_until_the_container_is_gone(daemon, make_project, _work_in_tmp,
+                                                                                 tmp_path):
+    """Ctrl-C twice while the launcher holds a container made and not started: the second kills
+    the launcher, and the run's cleanup removes the container. The daemon refuses a removal while
+    another is under way (seed 20261206:318: the cleanup took its first refusal for an answer and
+    left the container `Created`); here a proxy in front of the daemon refuses the first two."""
+    from dockerproxy import DockerProxy
+
+    proxy = DockerProxy(str(daemon.socket), tmp_path / "proxy.sock", refusals=2)
+    try:
+        root = docker_project(make_project)
+        proc, said = _paused_at(root, "docker.created", {"DOCKER_HOST": proxy.host})
+        assert [c for c in daemon.containers() if "Created" in c], daemon.containers()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)  # (the second Ctrl-C: the launcher is killed at once)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proxy.close()
+    assert proc.returncode == 130, err
+    assert (proxy.refused, proxy.removals_passed) == (2, 1), (proxy.refused, proxy.removals_passed, err)
+    assert daemon.containers() == []
+    run_id = run_id_of(subprocess.CompletedProcess([], 0, out, "".join(said) + err))
+    with sqlite3.connect(_work_in_tmp / "mlflow.db") as conn:
+        status = conn.execute("select status from runs where run_uuid = ?", (run_id,)).fetchone()[0]
+    assert status == "KILLED"
 
 
 def test_base_image_neither_local_nor_pullable(cli, daemon, make_project, _work_in_tmp):
