@@ -300,6 +300,9 @@ def _prepare(request: RunRequest, notify, progress):
     from runner.envs import check_manager_name
     from runner.tracking.session import plan_tracking
 
+    from runner.timing import Timings
+
+    timings = Timings()
     check_manager_name(request.env_manager)
     backend = backends.get(request.backend)
     backend_options = backend.check(parse_backend_config(request.backend_config), request)
@@ -310,8 +313,9 @@ def _prepare(request: RunRequest, notify, progress):
                              request.tracking_uri)
     if tracking.note:
         notify(tracking.note)
-    the_plan = plan(request.uri, request.entry_point, request.version, request.parameters, request.env_manager,
-                    caller_cwd, notify=notify, progress=progress, patch=request.patch)
+    with timings.stage("fetch"):
+        the_plan = plan(request.uri, request.entry_point, request.version, request.parameters, request.env_manager,
+                        caller_cwd, notify=notify, progress=progress, patch=request.patch)
     if request.logged_paths:
         from dataclasses import replace
 
@@ -319,10 +323,12 @@ def _prepare(request: RunRequest, notify, progress):
         kept = {name: text for name, text in request.logged_paths.items() if name in given}
         the_plan = replace(the_plan, invocation=replace(the_plan.invocation, given_paths={**given, **kept}))
     try:
-        planned = PlannedRun(request, tracking, the_plan, notify, progress, backend_options,
-                             _plan_environment(request, tracking, the_plan, notify, progress))
+        with timings.stage("solve"):
+            environment = _plan_environment(request, tracking, the_plan, notify, progress)
+        planned = PlannedRun(request, tracking, the_plan, notify, progress, backend_options, environment, timings)
         backend.check_plan(planned)  # what only the plan tells (its env manager), before the run exists
-        state = _open_run(planned)
+        with timings.stage("open"):
+            state = _open_run(planned)
     except BaseException:
         the_plan.source.release()  # once launched, the run's end releases it
         raise

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from runner.project.params import Invocation
     from runner.project.spec import Project
     from runner.sources import ProjectDir
+    from runner.timing import Timings
     from runner.tracking.ledger import Ledger
     from runner.tracking.session import TrackedRun, TrackingTarget
 
@@ -109,6 +110,7 @@ class PlannedRun:
     progress: Notify | None
     backend_options: Any  # what the backend's check() made of the backend config
     environment: PlannedEnv
+    timings: Timings  # how long each stage took so far (runner.timing)
 
 
 @dataclass
@@ -122,7 +124,7 @@ class PreparedRun(PlannedRun):
     @classmethod
     def opened(cls, planned: PlannedRun, tracked: TrackedRun, ledger: Ledger, note: Path | None) -> PreparedRun:
         return cls(planned.request, planned.tracking, planned.plan, planned.notify, planned.progress,
-                   planned.backend_options, planned.environment, tracked, ledger, note)
+                   planned.backend_options, planned.environment, planned.timings, tracked, ledger, note)
 
     def ledger_id(self) -> str:
         """The run's ledger ID: the MLflow run ID when tracked (one ID everywhere), otherwise one of

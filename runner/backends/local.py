@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
     from runner.envs.base import EnvManager
     from runner.request import PlannedRun, PreparedRun, RunRequest
+    from runner.timing import Timings
+    from runner.tracking.ledger import Ledger
+    from runner.tracking.session import TrackedRun
 
 
 def check(config: dict, request: RunRequest) -> None:
@@ -49,7 +52,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     from runner.tracking.ending import end_everywhere
 
     the_plan, tracked, ledger, notify = state.plan, state.tracked, state.ledger, state.notify
-    planned, tracking_plan, progress = state.environment, state.tracking, state.progress
+    planned, tracking_plan, progress, timings = state.environment, state.tracking, state.progress, state.timings
     job_of = state.request.job_of
     run_id = state.ledger_id()
     run_dir = home.subdir("runs") / run_id
@@ -92,6 +95,8 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     def abandon(exc: BaseException, stage: str) -> None:
         """The run ends before its command started: KILLED on a signal, FAILED on an error."""
         reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
+        tracked.end_tags.update(timings.tags())  # (where the time went up to the failure)
+        timings.write(run_dir)
         try:
             end(RunStatus.ended_by(exc), None, f"{stage}: {reason}")
         finally:
@@ -111,12 +116,14 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
         tracked.artifacts.append((log_path, None))
         tracked.artifacts.extend(provenance.artifacts(run_dir))  # (a cluster job's were kept at submission)
         tracked.record_start()  # a refusal here ends the run FAILED, in the ledger and in tracking
-        prepared = realize(planned, progress)
+        with timings.stage("build"):
+            prepared = realize(planned, progress)
         if the_plan.source.checkout is not None and prepared.environment.container is None:
             # (a container mounts the shared checkout read-only, which binds root too)
             invocation = replace(invocation, cwd=the_plan.source.private_copy(private))
         if invocation.remote:
-            local = downloads.download(invocation.remote, inputs_dir, tracking_plan.uri, tracking_plan.library)
+            with timings.stage("download"):
+                local = downloads.download(invocation.remote, inputs_dir, tracking_plan.uri, tracking_plan.library)
             invocation = invocation.localize(the_plan.project.entry_point(invocation.entry_point), local)
             command = invocation.command
         if prepared.environment.run_tags:
@@ -129,7 +136,8 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
         child_env = environment.apply(os.environ)
         child_env.update(tracked.child_env())
         if state.request.gpus and job_of is None:  # (on a cluster, its scheduler hands them out)
-            devices = _lease_devices(state, submitted, tracked)
+            with timings.stage("gpus"):
+                devices = _lease_devices(state, submitted, tracked)
             if devices is not None:
                 child_env.update(devices.env())
         if tracked.context is not None and tracked.context.artifact_uri:
@@ -177,7 +185,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
             invocation.cwd,
             child_env,
             echo=state.request.stream_output,
-            on_started=lambda pgid: ledger.set_process(run_id, pgid),
+            on_started=lambda pgid: _started(pgid, ledger, run_id, run_dir, timings, tracked),
             on_finish=on_finish,
             guarded=job_of is not None,  # a cluster may kill this runner outright (see launch.py)
         )
@@ -201,6 +209,15 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
         if not submitted.wait():
             raise RunFailedError(submitted)
     return submitted
+
+
+def _started(pgid: int, ledger: Ledger, run_id: str, run_dir: Path, timings: Timings, tracked: TrackedRun) -> None:
+    """The command's process exists: its group in the ledger, and the cold start's timings kept
+    with the run and sent with its end (runner.timing)."""
+    ledger.set_process(run_id, pgid)
+    timings.command_started()
+    tracked.end_tags.update(timings.tags())
+    timings.write(run_dir)
 
 
 def _lease_devices(state: PreparedRun, submitted: SubmittedRun, tracked):

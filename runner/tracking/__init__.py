@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
         def record_start(self, request: StartRequest, run_id: str) -> None: ...
 
-        def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None: ...
+        def end(self, run_id: str, status: str, end_time_ms: int | None = None,
+                tags: dict[str, str] | None = None) -> None: ...  # (tags: set with the end, at once)
 
         def set_tags(self, run_id: str, tags: dict[str, str]) -> None: ...
 

@@ -94,7 +94,9 @@ class LibraryTracker:
 
         self._call("logging the parameters", log)
 
-    def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
+    def end(self, run_id: str, status: str, end_time_ms: int | None = None, tags: dict[str, str] | None = None) -> None:
+        if tags:
+            self.set_tags(run_id, tags)
         self._call("ending the run", lambda: self.client().set_terminated(run_id, status, end_time_ms or now_ms()))
 
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:

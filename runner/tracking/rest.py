@@ -270,8 +270,10 @@ class RestTracker:
             "experiment_ids": [experiment_id], "filter": tag_filter(key, value), "max_results": 50})
         return [run["info"]["run_id"] for run in answer.get("runs", []) if run["info"].get("status") == RunStatus.RUNNING]
 
-    def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
+    def end(self, run_id: str, status: str, end_time_ms: int | None = None, tags: dict[str, str] | None = None) -> None:
         # The caller retries the end as a whole (any failure, for its own budget).
+        if tags:
+            self.set_tags(run_id, tags)
         self._call("POST", "/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": status, "end_time": end_time_ms or now_ms()},
                    transient_retry=False)
 

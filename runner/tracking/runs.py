@@ -120,9 +120,20 @@ def one_of(matches: list, exact: list, noun: str, given: str, listing: str):
 
 
 def describe(record: RunRecord) -> dict:
+    from runner import timing
+
     data = asdict(record)
     data["duration"] = (record.end_time or time.time()) - record.start_time
+    data["timing"] = timing.read(_run_dir(record))
     return data
+
+
+def _run_dir(record: RunRecord) -> Path:
+    """Where the runner of `record` kept its files (on a cluster: the node's runner, where the
+    nodes share this host's MLPROJECT_HOME)."""
+    from runner import home
+
+    return home.home() / "runs" / record.id
 
 
 def summary(record: RunRecord) -> list[tuple[str, str]]:
@@ -143,6 +154,11 @@ def summary(record: RunRecord) -> list[tuple[str, str]]:
 
     rows.append(("duration", human_duration((record.end_time or time.time()) - record.start_time)
                  + ("" if record.end_time else " so far")))
+    from runner import timing
+
+    seconds = timing.read(_run_dir(record))
+    if seconds:
+        rows.append(("cold start", timing.line(seconds)))
     params, metrics, note = dict(record.parameters), {}, None
     if record.tracking_run_id and record.tracking_uri:
         rows.append(("tracking", f"{record.tracking_uri} (run {record.tracking_run_id})"))

@@ -66,6 +66,8 @@ class TrackedRun:
     # that a runner killed meanwhile loses none), for a later invocation to deliver with the run's
     # end (see runner.tracking.runs.end_in_tracking); None: a failed upload is only warned of.
     undelivered: Path | None = None
+    # Tags sent with the run's end rather than on the way to the command (runner.timing's).
+    end_tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def continued(self) -> bool:
@@ -110,8 +112,14 @@ class TrackedRun:
 
         problems: list[str] = []
         missed: list[tuple[Path, str | None]] = []
+        # The end's tags go with the uploads, on the uploads' own client, where there is one (a
+        # server: no round trip more on the end's way); else with the end itself (a local store:
+        # one commit).
+        tags_with_end = getattr(self.tracker, "clone", None) is None
 
         def upload() -> None:
+            if self.end_tags and not tags_with_end:
+                self._send_end_tags(self.uploader, problems)
             for path, artifact_path in self.artifacts:
                 if path.exists():
                     try:
@@ -123,7 +131,8 @@ class TrackedRun:
         uploading = threading.Thread(target=upload, name="mlproject-artifacts")
         uploading.start()
         try:
-            retry(lambda: self.tracker.end(self.context.run_id, status), "ending the run")  # type: ignore[union-attr]
+            end_tags = self.end_tags if tags_with_end else None
+            retry(lambda: self.tracker.end(self.context.run_id, status, tags=end_tags), "ending the run")  # type: ignore[union-attr]
             self.end_recorded = True
         except TrackingError as exc:
             problems.append(str(exc))
@@ -140,6 +149,12 @@ class TrackedRun:
         for problem in problems:
             notify(f"warning: tracking: {problem}")
         return "; ".join(problems) or None
+
+    def _send_end_tags(self, tracker, problems: list[str]) -> None:
+        try:
+            tracker.set_tags(self.context.run_id, self.end_tags)  # type: ignore[union-attr]
+        except TrackingError as exc:
+            problems.append(f"tags: {exc}")
 
     @property
     def uploader(self):

@@ -158,11 +158,24 @@ class SqliteTracker:
             raise
         return RunContext(run_id, str(row[0]), self.uri, row[1])
 
-    def end(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
+    def end(self, run_id: str, status: str, end_time_ms: int | None = None, tags: dict[str, str] | None = None) -> None:
         try:
             db = self._db()
             try:
-                db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?", (status, end_time_ms or now_ms(), run_id))
+                if not tags:
+                    db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?", (status, end_time_ms or now_ms(), run_id))
+                    return
+                db.execute("BEGIN IMMEDIATE")  # (the end and its tags: one commit)
+                try:
+                    db.executemany("INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
+                                   [(k, v, run_id) for k, v in tags.items()])
+                    db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
+                               (status, end_time_ms or now_ms(), run_id))
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
             finally:
                 db.close()
         except sqlite3.Error as exc:
