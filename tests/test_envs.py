@@ -190,6 +190,31 @@ def test_python_version_not_on_machine(make_project, cli, mlproject_home):
     assert _envs(mlproject_home) == []
 
 
+def test_a_run_its_rerun_and_its_locked_run_share_one_environment(make_project, cli, mlproject_home, _work_in_tmp):
+    """A run (resolved), its rerun (the lock it recorded) and a `--locked` run (pylock.toml) install
+    the same packages three ways, each with a key of its own: one environment holds them, built
+    once (three copies before). A lock of other versions gets an environment of its own."""
+    root = make_project(SIX_PROJECT, {"python_env.yaml": "python: '3.11'\ndependencies: [six==1.16.0, packaging]\n"})
+    first = cli("run", str(root))
+    assert first.returncode == 0, first.stderr
+    [env] = _envs(mlproject_home)
+    [row] = json.loads(cli("runs", "list", "--json").stdout)
+    again = cli("rerun", row["id"])
+    assert again.returncode == 0, again.stderr
+    assert cli("lock", str(root)).returncode == 0
+    locked = cli("run", str(root), "--locked")
+    assert locked.returncode == 0, locked.stderr
+    assert _envs(mlproject_home) == [env] and len(_builds(mlproject_home)) == 1, _builds(mlproject_home)
+    rows = json.loads(cli("runs", "list", "--json").stdout)
+    assert len(rows) == 3 and {r["env_key"] for r in rows} == {env.name.removeprefix("uv-")}, rows
+    assert all(str(env) in run.stdout for run in (first, again, locked)), [r.stdout for r in (first, again, locked)]
+    (root / "python_env.yaml").write_text("python: '3.11'\ndependencies: [six==1.17.0, packaging]\n")
+    assert cli("lock", str(root)).returncode == 0
+    other = cli("run", str(root), "--locked")
+    assert other.returncode == 0 and "1.17.0" in other.stdout, other.stderr
+    assert len(_envs(mlproject_home)) == 2
+
+
 def test_failed_build_reports_installer_output_and_leaves_nothing(make_project, cli, mlproject_home):
     root = make_project(SIX_PROJECT, {"python_env.yaml": "dependencies: [./broken]\n", **BROKEN_PACKAGE})
     result = cli("run", str(root))

@@ -89,7 +89,20 @@ def plan(manager: str, project: Project, notify: Callable[[str], None] | None, l
         description["lock"] = pylock.key_material(lock)
         summary = f"{manager}: Python {contents.interpreter.version}, {len(lock.packages)} package(s) from {lock.path.name}"
         meta["source"] = lock.path.name
+        description = _same_set(manager, description, lock)
     return EnvRecipe(manager, description, summary, meta, contents)
+
+
+def _same_set(manager: str, description: dict, lock: PyLock) -> dict:
+    """The lock's own environment when it is built; else one that already holds exactly its
+    packages, if any (see runner.envs.python.sameset); else the lock's own, to be built."""
+    from runner.envs.python import sameset
+    from runner.store import Store
+
+    store = Store()
+    if store.is_complete(store.path_of(manager, EnvRecipe(manager, description, "", {}).key)):
+        return description
+    return sameset.holding(lock, description) or description
 
 
 def _current_lock(contents: PythonEnvContents, platform: str, notify, locked: bool) -> PyLock | None:
