@@ -298,9 +298,8 @@ def _prepare(request: RunRequest, notify, progress):
     """Everything before the backend takes the run: (backend, PreparedRun) with the run open."""
     from runner import backends
     from runner.envs import check_manager_name
-    from runner.tracking.session import plan_tracking
-
     from runner.timing import Timings
+    from runner.tracking.session import plan_tracking
 
     timings = Timings()
     check_manager_name(request.env_manager)
