@@ -155,7 +155,20 @@ class SlurmCluster:
         self._wait_for_idle_nodes(f"node {name} did not return", 120, resume=True)
 
     def saved_state(self) -> Path:
-        """A copy of the controller's saved state as it stands (see restart_controller)."""
+        """A copy of the controller's saved state (see restart_controller), taken with no job in
+        the queue and once the controller has saved that: a copy that still held a job since
+        ended would bring it back RUNNING, a ghost no node runs."""
+        self.wait_idle()
+        jobs = self.root / "state" / "job_state"
+        saved_before = jobs.stat().st_mtime_ns if jobs.exists() else 0
+        marker = self.command("sbatch", "--parsable", "--hold", "--output=/dev/null", "--wrap", "true")
+        self.command("scancel", marker.stdout.strip().split(";")[0])  # (a change the controller saves)
+        deadline = time.monotonic() + 60
+        while not (jobs.exists() and jobs.stat().st_mtime_ns > saved_before):
+            if time.monotonic() > deadline:
+                raise RuntimeError("slurmctld did not save its state in 60 s")
+            time.sleep(0.1)
+        self.wait_idle()
         copy = Path(tempfile.mkdtemp(prefix="state-", dir=self.root))
         shutil.copytree(self.root / "state", copy, dirs_exist_ok=True)
         return copy

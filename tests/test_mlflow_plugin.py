@@ -40,8 +40,13 @@ def _store(cwd: Path) -> MlflowClient:
 
 
 def _tags(run) -> dict[str, str]:
-    # (what differs between any two runs: their IDs, names, attempts)
-    return {k: v for k, v in run.data.tags.items() if k not in ("mlflow.runName", "mlproject.attempt")}
+    # (what differs between any two runs: their IDs, names, attempts, how long their stages took)
+    return {k: v for k, v in run.data.tags.items() if k not in ("mlflow.runName", "mlproject.attempt")
+            and not k.startswith("mlproject.timing.")}
+
+
+def _timing_tags(run) -> set[str]:
+    return {k for k in run.data.tags if k.startswith("mlproject.timing.")}
 
 
 def test_mlflow_run_with_the_plugin_records_the_run_mlproject_run_records(make_project, _work_in_tmp):
@@ -68,6 +73,7 @@ def test_mlflow_run_with_the_plugin_records_the_run_mlproject_run_records(make_p
     expected = _tags(direct)
     assert expected.pop("mlflow.project.backend") == "local"
     assert {k: v for k, v in _tags(through_mlflow).items() if k != "mlflow.project.backend"} == expected
+    assert _timing_tags(through_mlflow) == _timing_tags(direct) and "mlproject.timing.start" in _timing_tags(direct)
     artifacts = _store(_work_in_tmp).list_artifacts
     assert [a.path for a in artifacts(through_mlflow.info.run_id)] == [a.path for a in artifacts(direct.info.run_id)] \
         == ["output.log", "source"]  # (source/: the files of a project outside git, for a rerun)

@@ -908,6 +908,7 @@ def test_trials_whose_jobs_a_restarted_controller_lost_run_again_when_resumed(sl
     said = [re.findall(r"^alpha=\S+", _cli("runs", "logs", r["id"]).stdout, re.MULTILINE) for r in ran]
     assert sorted(said) == [["alpha=0.1"], ["alpha=0.2"]], said  # (each trial once)
     assert parent.info.status == "FINISHED"
+    slurm.wait_idle(30)
 
 
 MESSAGE_PROJECT = """
