@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from gitservers import read_http_request, serve_connections
+
 _REFUSAL = b'{"message":"removal of container is already in progress"}'
 
 
@@ -31,24 +33,13 @@ class DockerProxy:
         self.creation_answered = threading.Event()
         self._lock = threading.Lock()
         self._upstreams: list[socket.socket] = []
-        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._server.bind(str(socket_path))
-        self._server.listen(16)
+        self._listener = serve_connections(self._serve, socket_path)
         self.host = f"unix://{socket_path}"
-        threading.Thread(target=self._accept, daemon=True).start()
 
     def close(self) -> None:
-        self._server.close()
+        self._listener.close()
         for upstream in self._upstreams:
             upstream.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
         upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -63,27 +54,18 @@ class DockerProxy:
         pending = b""
         try:
             while True:
-                while b"\r\n\r\n" not in pending:
-                    data = client.recv(65536)
-                    if not data:
-                        return
-                    pending += data
-                head, _, pending = pending.partition(b"\r\n\r\n")
+                request = read_http_request(client, pending)
+                if request is None:
+                    return
+                head, body, pending = request
                 lines = head.split(b"\r\n")
                 method, path = (lines[0].split(b" ") + [b"", b""])[:2]
                 headers = {name.strip().lower(): value.strip() for name, _, value in
                            (line.partition(b":") for line in lines[1:])}
                 if b"upgrade" in headers or b"chunked" in headers.get(b"transfer-encoding", b""):
-                    upstream.sendall(head + b"\r\n\r\n" + pending)  # (a stream from here: passed on as it is)
+                    upstream.sendall(head + b"\r\n\r\n" + body + pending)  # (a stream from here: passed on as it is)
                     _pipe(client, upstream, [])
                     return
-                length = int(headers.get(b"content-length", b"0") or 0)
-                while len(pending) < length:
-                    data = client.recv(65536)
-                    if not data:
-                        return
-                    pending += data
-                body, pending = pending[:length], pending[length:]
                 removal = method == b"DELETE" and b"/containers/" in path
                 if removal and self._refuse():
                     client.sendall(b"HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\n"

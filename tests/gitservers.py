@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import functools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -39,10 +40,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def serve_connections(handle) -> socket.socket:
-    """A listener on a free loopback port whose every connection goes to `handle(conn)` in a
-    thread of its own, until the listener is closed."""
-    listener = socket.create_server(("127.0.0.1", 0))
+def serve_connections(handle, unix_path: Path | None = None) -> socket.socket:
+    """A listener on a free loopback port (or on the Unix socket `unix_path`) whose every
+    connection goes to `handle(conn)` in a thread of its own, until the listener is closed."""
+    if unix_path is None:
+        listener = socket.create_server(("127.0.0.1", 0))
+    else:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(unix_path))
+        listener.listen(16)
 
     def accept() -> None:
         while True:
@@ -54,6 +60,25 @@ def serve_connections(handle) -> socket.socket:
 
     threading.Thread(target=accept, daemon=True).start()
     return listener
+
+
+def read_http_request(conn: socket.socket, pending: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """One HTTP/1.1 request read from `conn`, after the `pending` bytes already read from it: its
+    head, its body (by Content-Length) and the bytes read past it; None if the peer closed first."""
+    while b"\r\n\r\n" not in pending:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        pending += data
+    head, _, pending = pending.partition(b"\r\n\r\n")
+    declared = re.search(rb"(?im)^content-length: *(\d+)", head)
+    length = int(declared.group(1)) if declared else 0
+    while len(pending) < length:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        pending += data
+    return head, pending[:length], pending[length:]
 
 
 def wait_for_port(port: int, what: str, proc: subprocess.Popen | None = None, timeout: float = 15) -> None:

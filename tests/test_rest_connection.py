@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from conftest import assert_clean_error
-from gitservers import serve_connections
+from gitservers import read_http_request, serve_connections
 from runner.tracking.connection import Connection, Endpoint, TransportError
 from trackingproxy import FaultyProxy, self_signed_certificate
 
@@ -33,17 +33,11 @@ class ScriptedServer:
         with conn:
             buffer = b""
             while True:
-                while b"\r\n\r\n" not in buffer:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buffer += data
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1)) if b"ontent-" in head else 0
-                while len(buffer) < length:
-                    buffer += conn.recv(65536)
-                self.requests.append(head + b"\r\n\r\n" + buffer[:length])
-                buffer = buffer[length:]
+                request = read_http_request(conn, buffer)
+                if request is None:
+                    return
+                head, body, buffer = request
+                self.requests.append(head + b"\r\n\r\n" + body)
                 index = len(self.requests) - 1
                 answer = self.answers[index] if index < len(self.answers) else None
                 if answer is None:

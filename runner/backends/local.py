@@ -95,8 +95,7 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
     def abandon(exc: BaseException, stage: str) -> None:
         """The run ends before its command started: KILLED on a signal, FAILED on an error."""
         reason = exc.message if isinstance(exc, RunnerError) else f"{exc.__class__.__name__}: {exc}"
-        tracked.end_tags.update(timings.tags())  # (where the time went up to the failure)
-        timings.write(run_dir)
+        _keep_timings(timings, tracked, run_dir)  # (where the time went up to the failure)
         try:
             end(RunStatus.ended_by(exc), None, f"{stage}: {reason}")
         finally:
@@ -216,6 +215,11 @@ def _started(pgid: int, ledger: Ledger, run_id: str, run_dir: Path, timings: Tim
     with the run and sent with its end (runner.timing)."""
     ledger.set_process(run_id, pgid)
     timings.command_started()
+    _keep_timings(timings, tracked, run_dir)
+
+
+def _keep_timings(timings: Timings, tracked: TrackedRun, run_dir: Path) -> None:
+    """The stages so far, for the run's end to send as tags and for `runs show` to read."""
     tracked.end_tags.update(timings.tags())
     timings.write(run_dir)
 

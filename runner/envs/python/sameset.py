@@ -12,21 +12,23 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from runner.envs.python.pylock import PyLock
+
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    from runner.store import Store
 
 # What must match besides the packages (the rest of a description says how the set was chosen).
 _SAME = ("recipe", "manager", "platform", "python", "index")
 
 
-def holding(lock: PyLock, description: dict, root: Path | None = None) -> dict | None:
-    """The description (hence the key) of a complete environment in the store that holds exactly
+def holding(lock: PyLock, description: dict, store: Store) -> dict | None:
+    """The description (hence the key) of a complete environment in `store` that holds exactly
     `lock`'s packages and matches `description` on everything but how its set was chosen; None."""
-    from runner.store import META_DIR, Store
+    from runner.store import META_DIR
 
     wanted = {_normal(name): version for name, version in lock.versions().items()}
-    store = Store(root)
     for path in sorted(store.root.glob(f"{description['manager']}-*")):
         if not store.is_complete(path):
             continue

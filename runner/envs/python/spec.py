@@ -102,7 +102,7 @@ def _same_set(manager: str, description: dict, lock: PyLock) -> dict:
     store = Store()
     if store.is_complete(store.path_of(manager, EnvRecipe(manager, description, "", {}).key)):
         return description
-    return sameset.holding(lock, description) or description
+    return sameset.holding(lock, description, store) or description
 
 
 def _current_lock(contents: PythonEnvContents, platform: str, notify, locked: bool) -> PyLock | None:
