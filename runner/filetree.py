@@ -38,10 +38,16 @@ def _feed(digest, path: Path) -> None:
     if path.is_symlink():
         digest.update(f"link\0{os.readlink(path)}\0".encode())
         return
-    digest.update(f"{os.stat(path).st_mode & 0o111}\0".encode())
+    digest.update(mode_material(os.stat(path).st_mode))
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+
+
+def mode_material(mode: int) -> bytes:
+    """What a regular file's mode contributes to its digest, before its bytes (for a caller that
+    hashes the bytes as it streams them elsewhere, as `mlproject env pack` does)."""
+    return f"{mode & 0o111}\0".encode()
 
 
 def remembered_file_digests(root: Path, files: list[tuple[str, os.stat_result]], purpose: str) -> dict[str, str]:

@@ -103,11 +103,13 @@ class Store:
         build: Callable[[Path, Path], None],
         meta: dict,
         on_wait: Callable[[], None] | None = None,
+        event: str = "built",
     ) -> tuple[Path, Lease]:
         """Reuse the environment, or build it exactly once across processes.
 
         `build(tmp_dir, final_dir)` creates and fills `tmp_dir`; it may rely on being
-        renamed to `final_dir` afterwards. Any exception removes the build.
+        renamed to `final_dir` afterwards. Any exception removes the build. `event` is what
+        the store's history says was done (`built`, `unpacked`).
         """
         found = self.lookup(kind, key)
         if found is not None:
@@ -117,7 +119,7 @@ class Store:
         try:
             lock.exclusive(on_wait=on_wait)
             if not self.is_complete(final):
-                self._build_locked(kind, key, final, build, meta)
+                self._build_locked(kind, key, final, build, meta, event)
             # Downgrade to shared: we now only use it. (flock conversion is not atomic,
             # but nothing removes a complete environment without the exclusive lock.)
             lock.shared()
@@ -127,7 +129,7 @@ class Store:
             lock.close()
             raise
 
-    def _build_locked(self, kind: str, key: str, final: Path, build, meta: dict) -> None:
+    def _build_locked(self, kind: str, key: str, final: Path, build, meta: dict, event: str) -> None:
         # We hold the exclusive lock: no one else is building this key, so any
         # leftover temporary build of it (a killed run) or incomplete final
         # directory can go.
@@ -147,7 +149,7 @@ class Store:
             _fsync_dir_entries(meta_dir)
             (meta_dir / COMPLETE).write_text("")  # written last
             os.rename(tmp, final)
-            append_history(self.root, f"{time.time():.3f} built {final.name} pid={os.getpid()}")
+            append_history(self.root, f"{time.time():.3f} {event} {final.name} pid={os.getpid()}")
         except BaseException:
             if os.path.lexists(tmp):
                 remove_tree(tmp, self.root)
