@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -185,5 +186,45 @@ class Group(click.Group):
 class Interrupted(BaseException):
     def __init__(self, signum: int):
         self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame) -> None:
+    raise Interrupted(signum)
+
+
+def interrupt_on_signals() -> None:
+    """Ctrl-C, SIGTERM and SIGHUP raise inside the work (KeyboardInterrupt, Interrupted) so that
+    its cleanup runs: nothing is left half-made. Ctrl-C is taken even when this process was
+    started with SIGINT ignored (a background job of a script, `cmd &`, inherits that)."""
+    import signal
+
+    from runner import startup
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, startup.where_safe(_raise_interrupted))
+    signal.signal(signal.SIGINT, startup.where_safe(signal.default_int_handler))
+
+
+def interrupted_signal(exc: BaseException) -> int:
+    import signal
+
+    return exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+
+
+def interruptible(what: str, work: Callable[[], int]) -> int:
+    """Run a store command's `work` so that a signal abandons it cleanly: what it was making is
+    removed by its own cleanup, and the exit code is 128 + the signal's number."""
+    import signal
+
+    from runner import startup
+
+    try:
+        interrupt_on_signals()  # (inside the `try`: the first handler set may raise before the others are)
+        return work()
+    except (KeyboardInterrupt, Interrupted) as exc:
+        startup.ignore()  # (cleaned up: a second signal must not turn the exit code into a death)
+        number = interrupted_signal(exc)
+        say(f"{what} interrupted by {signal.Signals(number).name}: nothing was left half-made")
+        return 128 + number
 
 

@@ -8,8 +8,8 @@ import click
 
 from runner import startup
 from runner.cli.common import (
-    ENV_MANAGERS, Group, Interrupted, complete_dirs, complete_entry_points, complete_managers, debug_option, out, say,
-    retry_options, where_options,
+    ENV_MANAGERS, Group, Interrupted, complete_dirs, complete_entry_points, complete_managers, debug_option,
+    interrupt_on_signals, interrupted_signal, out, retry_options, say, where_options,
 )
 from runner.seams import SEARCHES
 from runner.status import RunStatus
@@ -82,12 +82,7 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
     # Ctrl-C, SIGTERM and SIGHUP stop the sweep: its running trials are cancelled and recorded
     # KILLED, and so is the parent run.
     try:
-        # (Inside the `try`: the first handler set may raise before the others are.)
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, startup.where_safe(_raise_interrupted))
-        # Ctrl-C as KeyboardInterrupt even when this process was started with SIGINT ignored (a
-        # background job of a script, `cmd &`, inherits that), as `mlproject run` takes it.
-        signal.signal(signal.SIGINT, startup.where_safe(signal.default_int_handler))
+        interrupt_on_signals()  # (inside the `try`: the first handler set may raise before the others are)
         result = run_sweep(uri or ".", api.cli_parameters(param_list), entry_point, version, method, max_runs, seed,
                            max_parallel, metric, goal, max_failures, backend, backend_config, env_manager,
                            experiment_name, experiment_id, config=config_file, resume=resume, cwd=None, notify=say,
@@ -95,7 +90,7 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
                            prune=prune, retries=retries, retry_failed=retry_failed)
     except (KeyboardInterrupt, Interrupted) as exc:
         startup.ignore()  # the sweep's runs are ended: nothing more to stop while it says so
-        number = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        number = interrupted_signal(exc)
         sweep_id = getattr(exc, "sweep_id", None)
         resume_with = f"mlproject sweep --resume {sweep_id}" if sweep_id else "mlproject sweep --resume ID (see `mlproject sweep list`)"
         say(f"sweep interrupted by {signal.Signals(number).name}: its running trials and its parent run were "
@@ -113,10 +108,6 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
          f"{f', {pruned} pruned' if pruned else ''}{best}; "
          f"parent run {result.parent_run_id} ===")
     return 0 if result.succeeded else 1
-
-
-def _raise_interrupted(signum: int, _frame) -> None:
-    raise Interrupted(signum)
 
 
 @sweep.command("show", help="a sweep's trials, best first")
