@@ -8,7 +8,7 @@ conda-build and rattler-build write them) and indexes them with
 - generic noarch packages with dependencies and several versions, enough for a
   conflict (`datalib 2` needs `helper >=2`, `tool` needs `helper <1.5`);
 - `greeter`, whose script carries a prefix placeholder and which has an
-  `etc/conda/activate.d` script;
+  `etc/conda/activate.d` script; `binprefix`, a binary file with a binary placeholder;
 - `pyhello`, a noarch: python package (files under site-packages/), and `pip`
   itself as one (with its console script), as published conda.yaml files list it;
 - `python`, made from an interpreter on this machine (a pyenv build): its
@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PLACEHOLDER = "/opt/mlproject-placeholder-prefix-0123456789abcdef0123456789abcdef"
+# As conda-build's: long enough for any prefix, since a binary's prefix is padded into its place.
+BINARY_PLACEHOLDER = "/opt/" + "_placehold" * 25
 
 
 @dataclass
@@ -39,7 +41,8 @@ class PackageFile:
     data: bytes | None = None  # None: a symlink
     target: str | None = None  # the symlink's target
     mode: int = 0o644
-    placeholder: str | None = None  # text prefix placeholder in this file
+    placeholder: str | None = None  # prefix placeholder in this file
+    placeholder_mode: str = "text"  # or "binary": replaced inside NUL-terminated strings, padded
 
 
 @dataclass
@@ -87,8 +90,8 @@ def write_package(pkg: Package, channel: Path) -> Path:
         entry = {"_path": item.path, "path_type": "hardlink", "sha256": hashlib.sha256(item.data).hexdigest(),
                  "size_in_bytes": len(item.data)}
         if item.placeholder:
-            entry.update({"prefix_placeholder": item.placeholder, "file_mode": "text"})
-            has_prefix.append(f"{item.placeholder} text {item.path}")
+            entry.update({"prefix_placeholder": item.placeholder, "file_mode": item.placeholder_mode})
+            has_prefix.append(f"{item.placeholder} {item.placeholder_mode} {item.path}")
         paths.append(entry)
     index = {"name": pkg.name, "version": pkg.version, "build": pkg.build, "build_number": 0, "depends": pkg.depends,
              "subdir": pkg.subdir, "license": "MIT", "timestamp": 1_700_000_000_000}
@@ -132,6 +135,10 @@ def noarch_packages() -> list[Package]:
         _text("share/greeter/hello.txt", "hello\n"),
         _text("etc/conda/activate.d/greeter.sh", 'export GREETER_HOME="$CONDA_PREFIX/share/greeter"\n'),
     ]))
+    # A binary that names its prefix inside a NUL-terminated string, as compiled libraries do.
+    packages.append(Package("binprefix", "1.0", files=[PackageFile(
+        "lib/binprefix.dat", b"\x7fBIN\0" + BINARY_PLACEHOLDER.encode() + b"/share/binprefix\0tail\0",
+        placeholder=BINARY_PLACEHOLDER, placeholder_mode="binary")]))
     packages.append(Package("pyhello", "0.1", build="py_0", depends=["python >=3.8"], noarch="python", files=[
         _text("site-packages/pyhello/__init__.py", "def greet(who):\n    return f'hello {who} from a conda package'\n"),
     ]))

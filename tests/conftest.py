@@ -231,6 +231,15 @@ def channel_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def channel(channel_root, tmp_path, monkeypatch) -> str:
+    """The local channel as `conda-forge`, through a .condarc's channel_alias."""
+    from condachannel import condarc
+
+    monkeypatch.setenv("CONDARC", str(condarc(tmp_path / "condarc", channel_alias=f"file://{channel_root}")))
+    return f"file://{channel_root / 'conda-forge'}"
+
+
+@pytest.fixture
 def own_channel(channel_root, tmp_path, monkeypatch) -> Path:
     """A private copy of the channel, as `conda-forge`, that a test may publish to."""
     import shutil

@@ -22,13 +22,6 @@ COMMAND = (
 )
 
 
-@pytest.fixture
-def channel(channel_root, tmp_path, monkeypatch) -> str:
-    """The local channel as `conda-forge`, through a .condarc's channel_alias."""
-    monkeypatch.setenv("CONDARC", str(condarc(tmp_path / "condarc", channel_alias=f"file://{channel_root}")))
-    return f"file://{channel_root / 'conda-forge'}"
-
-
 def conda_project(make_project, conda_yaml: str, command: str = COMMAND, files: dict | None = None) -> Path:
     return make_project(
         f"name: condademo\nconda_env: conda.yaml\nentry_points:\n  main:\n    command: \"{_yaml_escape(command)}\"\n",

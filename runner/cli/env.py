@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import click
 
-from runner.cli.common import Group, complete_env_keys, debug_option, out, project_options, say
+from runner.cli.common import (
+    Group, complete_env_keys, complete_managers, debug_option, interruptible, out, project_options, say,
+)
 
 @click.group(cls=Group, help="manage the environment store")
 def env() -> None:
@@ -29,7 +31,7 @@ def _env_prepare(uri: str, version: str | None, env_manager: str | None, build: 
 @project_options(with_parameters=False)
 @debug_option
 def env_build(uri: str, version: str | None, env_manager: str | None) -> int:
-    return _env_prepare(uri, version, env_manager, build=True)
+    return interruptible("env build", lambda: _env_prepare(uri, version, env_manager, build=True))
 
 
 @env.command("path", help="print the path of a project's environment")
@@ -84,3 +86,46 @@ def env_gc(older_than: str, dry_run: bool) -> int:
     for line in admin.gc(older_than, dry_run):
         out(line)
     return 0
+
+
+@env.command("pack", help="write an environment into one archive that `env unpack` takes on another machine")
+@click.argument("target", metavar="KEY|PROJECT", shell_complete=complete_env_keys)
+@click.option("-o", "--output", default=None, metavar="FILE",
+              help="the archive (default: <manager>-<key>.tar.zst here; a directory: that name in it)")
+@click.option("-v", "--version", default=None, help="a project's git branch, tag or commit")
+@click.option("--env-manager", default=None, shell_complete=complete_managers, help="a project's environment manager")
+@debug_option
+def env_pack(target: str, output: str | None, version: str | None, env_manager: str | None) -> int:
+    from pathlib import Path
+
+    from runner.envs import admin, pack
+    from runner.progress import Progress
+
+    def work() -> int:
+        progress = Progress()
+        packed = pack.pack(admin.to_pack(target, version, env_manager, say, progress),
+                           Path(output) if output else None, progress=progress)
+        say(f"packed {packed.name}: {packed.files} files, {admin.human_size(packed.size)} "
+            f"into {admin.human_size(packed.archive_size)}")
+        out(str(packed.path))
+        return 0
+
+    return interruptible("env pack", work)
+
+
+@env.command("unpack", help="put a packed environment into this machine's store (checked against its key)")
+@click.argument("archive", type=click.Path(dir_okay=False))
+@debug_option
+def env_unpack(archive: str) -> int:
+    from pathlib import Path
+
+    from runner.envs import pack
+    from runner.progress import Progress
+
+    def work() -> int:
+        unpacked = pack.unpack(Path(archive), progress=Progress())
+        say(f"{unpacked.name} was already in the store" if unpacked.already else f"unpacked {unpacked.name}")
+        out(str(unpacked.path))
+        return 0
+
+    return interruptible("env unpack", work)

@@ -107,6 +107,27 @@ def show(key: str) -> list[str]:
     return lines
 
 
+def to_pack(target: str, version: str | None, env_manager: str | None, notify, progress) -> StoredEnv:
+    """What `mlproject env pack TARGET` packs: the environment whose key (or `<manager>-<key>`)
+    starts with TARGET, else the environment of the project TARGET names (built if it is not)."""
+    store = Store()
+    if re.fullmatch(r"(?:[a-z]+-)?[0-9a-f]{4,32}", target) and not Path(target).exists():
+        if version is not None or env_manager is not None:
+            raise UsageError("-v/--version and --env-manager choose a project's environment, not a key's",
+                             hint=f"mlproject env pack {target}")
+        return find_one(target, store)
+    from runner.api import prepare_environment
+
+    prepared = prepare_environment(target, version, env_manager, notify=notify, progress=progress, build=True)
+    try:
+        if prepared.plan is None:
+            raise UsageError("this project runs in the current environment (--env-manager local): nothing to pack",
+                             hint="pack a project's uv, virtualenv or conda environment")
+        return find_one(prepared.plan.key, store)
+    finally:
+        prepared.release()
+
+
 def remove(key: str) -> str:
     env = find_one(key)
     images = _built_images([env])
