@@ -17,6 +17,7 @@ import pytest
 import zstandard
 
 from conftest import assert_clean_error
+from runner.envs.build import relocated_text
 from runner.envs.python.installed import installed_packages
 
 SIX = """
@@ -62,8 +63,9 @@ def test_a_packed_python_environment_runs_from_another_store_as_built(cli, make_
     archive = _pack(cli, str(root), tmp_path, "--env-manager", manager)
     built = mlproject_home / "envs" / archive.name[: -len(".tar.zst")]
     assert len(_builds(mlproject_home)) == 1 and built.is_dir()
-    # Another store, at a longer path: a node's own MLPROJECT_HOME.
-    other = tmp_path / "another-node-with-a-longer-home-path"
+    # Another store, at a path long enough that a script's shebang naming it would pass the 127
+    # bytes pip writes plainly: a node's own MLPROJECT_HOME.
+    other = tmp_path / ("another-node-with-a-longer-home-path-" + "x" * 80)
     node = {"MLPROJECT_HOME": str(other)}
     # Two unpacks of one key at once on a node unpack it once (the store's lock).
     racing = [subprocess.Popen([os.sys.executable, "-m", "runner", "env", "unpack", str(archive)], env={**os.environ, **node},
@@ -78,11 +80,14 @@ def test_a_packed_python_environment_runs_from_another_store_as_built(cli, make_
     assert "six==1.16.0" in installed_packages(unpacked)
     assert (unpacked / ".mlproject" / "packages.txt").read_text() == (built / ".mlproject" / "packages.txt").read_text()
     assert (unpacked / ".mlproject" / "pylock.toml").is_file()  # the lock travels with it
+    shown = cli("env", "show", built.name, env=node)
+    assert f"unpacked from: {archive.name} (built at {built})" in shown.stdout, shown.stdout
     for script in (unpacked / "bin").iterdir():
         if script.is_file() and not script.is_symlink():
             assert str(built).encode() not in script.read_bytes(), script
     if manager == "virtualenv":
-        assert (unpacked / "bin" / "pip").read_text().startswith(f"#!{unpacked}/bin/python")
+        # Written as pip writes a long shebang: through /bin/sh.
+        assert (unpacked / "bin" / "pip").read_text().startswith(f"#!/bin/sh\n'''exec' {unpacked}/bin/python")
         version = subprocess.run([str(unpacked / "bin" / "pip"), "--version"], capture_output=True, text=True)
         assert version.returncode == 0 and str(unpacked) in version.stdout, version
     # The project runs there on it, building nothing.
@@ -95,6 +100,24 @@ def test_a_packed_python_environment_runs_from_another_store_as_built(cli, make_
     # By key, too (a prefix of it is enough).
     (tmp_path / "by-key").mkdir()
     assert _pack(cli, built.name.split("-")[-1][:10], tmp_path / "by-key").name == archive.name
+
+
+@pytest.mark.parametrize("where", ["short", "long", "with space"])
+def test_a_relocated_script_still_runs_wherever_its_interpreter_now_lives(tmp_path, where):
+    """A script's shebang that its new path makes longer than pip writes plainly, or gives a
+    space, goes through /bin/sh as pip writes it; the script runs from there with its arguments."""
+    old = b"/opt/built/env"
+    new = tmp_path / {"short": "e", "long": "n" * 130, "with space": "a node"}[where]
+    (new / "bin").mkdir(parents=True)
+    (new / "bin" / "python").symlink_to(os.sys.executable)
+    script = new / "bin" / "hello"
+    script.write_bytes(relocated_text(old.join([b"#!", b"/bin/python\nimport sys\nprint('hi', sys.argv[1:])\n"]),
+                                      old, str(new).encode()))
+    script.chmod(0o755)
+    first = script.read_bytes().split(b"\n")[0]
+    assert first == (f"#!{new}/bin/python".encode() if where == "short" else b"#!/bin/sh")
+    ran = subprocess.run([str(script), "a b", "$x"], capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout == "hi ['a b', '$x']\n", ran
 
 
 def test_a_packed_conda_environment_is_relocated_in_its_text_and_its_binaries(cli, channel, make_project,

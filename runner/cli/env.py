@@ -7,6 +7,10 @@ from runner.cli.common import (
     Group, complete_env_keys, complete_managers, debug_option, interruptible, out, project_options, say,
 )
 
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    from runner.store import StoredEnv
+
 @click.group(cls=Group, help="manage the environment store")
 def env() -> None:
     pass
@@ -103,14 +107,36 @@ def env_pack(target: str, output: str | None, version: str | None, env_manager: 
 
     def work() -> int:
         progress = Progress()
-        packed = pack.pack(admin.to_pack(target, version, env_manager, say, progress),
-                           Path(output) if output else None, progress=progress)
+        packed = pack.pack(_to_pack(target, version, env_manager, progress), Path(output) if output else None,
+                           progress=progress)
         say(f"packed {packed.name}: {packed.files} files, {admin.human_size(packed.size)} "
             f"into {admin.human_size(packed.archive_size)}")
         out(str(packed.path))
         return 0
 
     return interruptible("env pack", work)
+
+
+def _to_pack(target: str, version: str | None, env_manager: str | None, progress) -> StoredEnv:
+    """The environment whose key starts with TARGET, else the environment of the project TARGET
+    names (built if it is not)."""
+    from runner.api import prepare_environment
+    from runner.envs import admin
+    from runner.errors import UsageError
+
+    if admin.key_to_pack(target):
+        if version is not None or env_manager is not None:
+            raise UsageError("-v/--version and --env-manager choose a project's environment, not a key's",
+                             hint=f"mlproject env pack {target}")
+        return admin.find_one(target)
+    prepared = prepare_environment(target, version, env_manager, notify=say, progress=progress, build=True)
+    try:
+        if prepared.plan is None:
+            raise UsageError("this project runs in the current environment (--env-manager local): nothing to pack",
+                             hint="pack a project's uv, virtualenv or conda environment")
+        return admin.find_one(prepared.plan.key)
+    finally:
+        prepared.release()
 
 
 @env.command("unpack", help="put a packed environment into this machine's store (checked against its key)")

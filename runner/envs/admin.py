@@ -97,8 +97,10 @@ def show(key: str) -> list[str]:
         f"summary: {meta.get('summary', '')}",
         f"size: {human_size(sizes(store.list()).get(env.name) or int(meta.get('size') or 0))}",
         f"created: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(meta.get('created', 0)))}",
-        "packages:",
     ]
+    if meta.get("unpacked_from"):  # (not built here: `mlproject env unpack` put it here)
+        lines.append(f"unpacked from: {meta['unpacked_from']} (built at {meta.get('packed_at', '?')})")
+    lines.append("packages:")
     packages = env.path / META_DIR / "packages.txt"
     try:
         lines.extend(f"  {line}" for line in packages.read_text().splitlines() if line.strip())
@@ -107,25 +109,10 @@ def show(key: str) -> list[str]:
     return lines
 
 
-def to_pack(target: str, version: str | None, env_manager: str | None, notify, progress) -> StoredEnv:
-    """What `mlproject env pack TARGET` packs: the environment whose key (or `<manager>-<key>`)
-    starts with TARGET, else the environment of the project TARGET names (built if it is not)."""
-    store = Store()
-    if re.fullmatch(r"(?:[a-z]+-)?[0-9a-f]{4,32}", target) and not Path(target).exists():
-        if version is not None or env_manager is not None:
-            raise UsageError("-v/--version and --env-manager choose a project's environment, not a key's",
-                             hint=f"mlproject env pack {target}")
-        return find_one(target, store)
-    from runner.api import prepare_environment
-
-    prepared = prepare_environment(target, version, env_manager, notify=notify, progress=progress, build=True)
-    try:
-        if prepared.plan is None:
-            raise UsageError("this project runs in the current environment (--env-manager local): nothing to pack",
-                             hint="pack a project's uv, virtualenv or conda environment")
-        return find_one(prepared.plan.key, store)
-    finally:
-        prepared.release()
+def key_to_pack(target: str) -> bool:
+    """Whether `mlproject env pack TARGET` names a stored environment (a key, a prefix of one, or
+    `<manager>-<key>`) rather than a project."""
+    return re.fullmatch(r"(?:[a-z]+-)?[0-9a-f]{4,32}", target) is not None and not Path(target).exists()
 
 
 def remove(key: str) -> str:

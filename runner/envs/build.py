@@ -68,5 +68,25 @@ def relocate(root: Path, old: Path, new: Path) -> None:
             continue
         if old_bytes in data and b"\0" not in data[:1024]:
             mode = entry.stat().st_mode
-            entry.write_bytes(data.replace(old_bytes, new_bytes))
+            entry.write_bytes(relocated_text(data, old_bytes, new_bytes))
             os.chmod(entry, mode)
+
+
+# pip writes a script's interpreter into a plain shebang up to this length, and through /bin/sh
+# beyond it (older kernels cut a shebang at 128 bytes; one with a space cannot be written at all).
+_SHEBANG_MAX = 127
+
+
+def relocated_text(data: bytes, old: bytes, new: bytes) -> bytes:
+    """A text file of an environment with its old path `old` replaced by `new`; a Python script's
+    shebang that the new path makes too long (or gives a space) is written as pip writes it then:
+    `/bin/sh` running the interpreter, in lines Python reads as a string."""
+    data = data.replace(old, new)
+    line, _, rest = data.partition(b"\n")
+    interpreter = line[2:].strip()
+    if (not line.startswith(b"#!") or not interpreter.startswith(new + b"/")
+            or not os.path.basename(interpreter).startswith(b"python")
+            or (len(line) <= _SHEBANG_MAX and b" " not in interpreter)):
+        return data
+    quoted = b'"' + interpreter + b'"' if b" " in interpreter else interpreter
+    return b"#!/bin/sh\n'''exec' " + quoted + b' "$0" "$@"\n' + b"' '''\n" + rest

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from runner import faults
+from runner.envs.build import relocated_text
 from runner.errors import UsageError
 from runner.filetree import mode_material
 from runner.store import COMPLETE, META_DIR, Store, StoredEnv
@@ -419,7 +420,7 @@ class _Made:
 
 def _rewrite(path: Path, old: bytes, new: bytes, binary: bool) -> None:
     data = path.read_bytes()
-    rewritten = _padded(data, old, new, path) if binary else data.replace(old, new)
+    rewritten = _padded(data, old, new, path) if binary else relocated_text(data, old, new)
     if rewritten == data:
         return
     mode = os.lstat(path).st_mode
