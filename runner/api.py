@@ -363,7 +363,8 @@ def _plan_environment(request: RunRequest, tracking: TrackingTarget, the_plan: R
     for warning in [*the_plan.project.warnings, *the_plan.invocation.warnings]:
         notify(f"warning: {warning}")
     environment = plan_environment(the_plan.env_manager, the_plan.project, notify, **request.env_options())
-    resolve_before_run(environment, progress)
+    if request.shipped_environment is None:  # (else the submit host resolved it, and built it: the job brings it)
+        resolve_before_run(environment, progress)
     remote = the_plan.invocation.remote
     downloads.require(remote)
     if remote and tracking.library is None:

@@ -30,6 +30,7 @@ class JobOf:
 
     backend: str
     run_id: str
+    own_ledger: bool = False  # the node keeps its own ledger (it does not share MLPROJECT_HOME)
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,10 @@ class RunRequest:
     detach: bool = False
     # The run is a child of this MLflow run (a sweep's trials); else of the caller's active run.
     parent_run_id: str | None = None
-    # Internal: this process is the cluster job of this ledger row (see runner.backends).
+    # Internal: this process is the cluster job of this ledger row (see runner.backends), and
+    # the packed environment its submitter built and the job brought, as a path on this node.
     job_of: JobOf | None = None
+    shipped_environment: str | None = None
     # A rerun (runner.rerun): where the original was tracked, the uncommitted changes it ran
     # with (applied to the checkout of `version`), the lock its environment was installed
     # from, and the tags that say what it reruns.

@@ -5,6 +5,8 @@ The stages, in the pipeline's order (a stage that did not happen is not recorded
     fetch     the project's source fetched (a clone, a cache hit) and loaded
     solve     the environment planned before the run exists (a conda solve, a lock read)
     open      the run created in tracking and in the ledger
+    unpack    a packed environment the job brought put into this node's store (a cluster job:
+              built once on the submit host, see runner.envs.pack), instead of a build here
     build     the environment made, or found made (with its downloads: uv and conda fetch
               packages as they install them)
     download  the run's remote inputs (`runs:/`, `s3://` parameters)
@@ -27,7 +29,7 @@ from typing import Iterator
 
 TAG_PREFIX = "mlproject.timing."
 FILE_NAME = "timing.json"
-STAGES = ("fetch", "solve", "open", "build", "download", "gpus", "start")
+STAGES = ("fetch", "solve", "open", "unpack", "build", "download", "gpus", "start")
 
 
 @dataclass
@@ -45,6 +47,11 @@ class Timings:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
+
+    def record(self, name: str, seconds: float) -> None:
+        """Stage `name` took `seconds` (measured by its caller: a stage that may turn out not to
+        have happened, such as an unpack of what the store held already)."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
     def command_started(self) -> None:
         self.seconds["start"] = time.monotonic() - self.began

@@ -6,8 +6,9 @@ each with its own temporary directory. Every process of the cluster carries a
 marker in its environment, and `stop()` kills them by it: `ray stop` would stop
 every Ray on the machine, and gcs_server and raylet ignore SIGTERM for ~20 s.
 
-The nodes share no files with the tests' runner: the cluster has its own
-MLPROJECT_HOME, as a real cluster's nodes have their own disks.
+The nodes share no files with the tests' runner, nor with each other: each node has its own
+MLPROJECT_HOME (inside its own temporary directory, the second node's on a disk of its own),
+as a real cluster's nodes have their own disks.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from procs import processes_with, processes_with_files_under
 
 HEAD_IP, NODE_IP = "127.0.0.2", "127.0.0.3"
 NODE_RESOURCE = "second_node"  # only the second node has it: a job that asks for it runs there
+HEAD_RESOURCE = "head_node"  # only the head has it
 
 
 def _free_port(host: str) -> int:
@@ -48,12 +50,24 @@ class RayCluster:
         self.marker = f"MLPROJECT_TEST_RAY={self.root.name}"
         self.gcs_port = _free_port(HEAD_IP)
         self.dashboard_port = _free_port(HEAD_IP)
-        self.home = self.root / "node-home"  # the nodes' own MLPROJECT_HOME
         self.temp_dir = self.root / "ray"
+        # Each node's own MLPROJECT_HOME: one path, on each node's own disk (see _ray).
+        self.home = self.temp_dir / "node-home"
 
     @property
     def address(self) -> str:
         return f"http://{HEAD_IP}:{self.dashboard_port}"
+
+    @property
+    def homes(self) -> dict[str, Path]:
+        """Each node's MLPROJECT_HOME as this host sees it: the head's, and the second node's on its own disk."""
+        return {"head": self.home, "second": self.root / "node-disk" / self.home.relative_to(self.temp_dir)}
+
+    def home_of(self, run_id: str) -> Path:
+        """The MLPROJECT_HOME of the node that ran `run_id` (its runner kept the run's directory)."""
+        found = [home for home in self.homes.values() if (home / "runs" / run_id).is_dir()]
+        assert len(found) == 1, f"run {run_id} is in the nodes' homes {found}"
+        return found[0]
 
     def _env(self) -> dict[str, str]:
         name, value = self.marker.split("=", 1)
@@ -98,7 +112,7 @@ class RayCluster:
         self._ray("--head", f"--node-ip-address={HEAD_IP}", f"--port={self.gcs_port}",
                   f"--dashboard-host={HEAD_IP}", f"--dashboard-port={self.dashboard_port}",
                   f"--dashboard-agent-listen-port={_free_port(HEAD_IP)}", f"--ray-client-server-port={_free_port(HEAD_IP)}",
-                  f"--temp-dir={self.temp_dir}", "--include-dashboard=true")
+                  f"--temp-dir={self.temp_dir}", "--include-dashboard=true", f"--resources={{\"{HEAD_RESOURCE}\": 1}}")
         self.start_second_node()
         self._wait_for_jobs()
         print(f"ray test cluster up in {time.monotonic() - started:.1f} s at {self.address}", file=sys.stderr)

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -331,3 +332,29 @@ def test_what_env_pack_does_not_take(cli, make_project, tmp_path):
     assert_clean_error(local, 2, "nothing to pack")
     key_with_options = cli("env", "pack", "0123abcd", "--env-manager", "uv")
     assert_clean_error(key_with_options, 2, "not a key's")
+
+
+def test_cache_gc_removes_packed_environments_no_submission_used_lately(cli, tmp_path):
+    """What the Ray backend packs for its nodes (staging/environments/<name>/...) is dated by each
+    submission that ships it; `cache gc` removes those unused for the period, and packings that
+    were cut short."""
+    staging = tmp_path / "staging"
+    day_ago = time.time() - 86400
+
+    def packed(name: str, aged: bool, archive: bool = True) -> Path:
+        directory = staging / "environments" / name / f"mlproject_env_{name}"
+        directory.mkdir(parents=True)
+        if archive:
+            (directory / f"{name}.tar.zst").write_bytes(b"x" * 4096)
+        for path in (directory / f"{name}.tar.zst", directory.parent) if archive else (directory.parent,):
+            if aged:
+                os.utime(path, (day_ago, day_ago))
+        return directory.parent
+
+    old, fresh, cut_short = packed("uv-old", True), packed("uv-fresh", False), packed("uv-cut", True, archive=False)
+    collected = cli("cache", "gc", "--older-than", "1h", "--staging-dir", str(staging))
+    assert collected.returncode == 0, collected.stderr
+    assert "removed 0 staged project(s), 1 packed environment(s), 0 ended job(s)' files and 1 leftover(s)" in collected.stdout, collected.stdout
+    assert "and 1 packed environment(s) used recently" in collected.stdout
+    assert not old.exists() and not cut_short.exists() and fresh.exists()
+    assert sorted(p.name for p in (staging / "environments").iterdir()) == ["uv-fresh"]

@@ -96,7 +96,7 @@ def test_run_streams_output_and_records_the_same_run(ray, make_project, _work_in
     assert run.data.tags["mlflow.project.backend"] == "ray" and run.data.tags["mlproject.ray.job_id"] == job_id
     assert run.data.tags["mlflow.source.name"] == str(project)
     # The node kept its own record of the run: the nodes share no ledger with this host.
-    assert (ray.home / "ledger.db").is_file() and (ray.home / "runs" / run_id).is_dir()
+    assert (ray.home_of(run_id) / "ledger.db").is_file()
     logs = _cli("runs", "logs", run_id)
     assert "alpha=0.7" in logs.stdout
     assert _left_behind(run_id) == []
@@ -200,6 +200,55 @@ def test_two_runs_at_once_on_the_two_nodes(ray, make_project, _work_in_tmp):
         assert waited.returncode == 0 and "alpha=" in waited.stdout, waited.stderr
         assert _row(run_id)["status"] == "FINISHED"
 
+
+def test_an_environment_is_built_once_for_the_cluster_and_unpacked_on_each_node(ray, make_project, _work_in_tmp,
+                                                                                  mlproject_home):
+    """The submit host builds the project's environment once and packs it; the package goes to
+    the cluster once, and each node that runs the project unpacks it into its own store instead
+    of building it (the nodes share no files: each has its own MLPROJECT_HOME)."""
+    from raycluster import HEAD_RESOURCE, NODE_RESOURCE
+
+    project = make_project("""
+        name: shipped
+        python_env: python_env.yaml
+        entry_points:
+          main:
+            command: "python -c 'import six, sys; print(\\"six\\", six.__version__, sys.prefix)'"
+    """, {"python_env.yaml": 'python: "3.11"\ndependencies:\n  - six==1.16.0\n'})
+
+    def builds(home: Path) -> list[list[str]]:
+        log = home / "envs" / ".builds.log"
+        return [line.split()[1:3] for line in log.read_text().splitlines()] if log.exists() else []
+
+    # (Placed before the tests that lose the second node: run after them, in the module's cluster,
+    # the first job on the returned node ended SUCCEEDED with no output reaching this host, twice
+    # on 2026-12-06; this test reads each node's output. Why the returned node's log is not
+    # served is not known yet.)
+    runs = []
+    for node, resource in (("second", NODE_RESOURCE), ("head", HEAD_RESOURCE), ("head", HEAD_RESOURCE)):
+        config = json.dumps({"entrypoint_resources": {resource: 1}})
+        result = _cli("run", str(project), "-b", "ray", "--env-manager", "uv", "-c", config)
+        assert result.returncode == 0, result.stderr
+        run_id, _ = _submitted(result.stderr)
+        assert ray.home_of(run_id) == ray.homes[node]
+        runs.append((node, run_id, result))
+    # Built once, here; packed once.
+    [(event, name)] = builds(mlproject_home)
+    assert event == "built" and name.startswith("uv-")
+    assert "building environment" in runs[0][2].stderr and "packing " in runs[0][2].stderr
+    assert not any("building environment" in result.stderr or "packing " in result.stderr for _, _, result in runs[1:])
+    # Each node unpacked it once, into its own store, and built nothing; the command ran in it.
+    # (The cluster is the module's: other tests' environments may be in the nodes' stores too.)
+    for node in ("second", "head"):
+        assert [event for event, built in builds(ray.homes[node]) if built == name] == ["unpacked"], node
+        assert "built" not in [event for event, _ in builds(ray.homes[node])], node
+    for _, run_id, result in runs:
+        prefix = ray.home / "envs" / name  # (as the node sees its own store)
+        assert f"six 1.16.0 {prefix}\n" in result.stdout, (run_id, result.stderr, _cli("runs", "logs", run_id).stdout)
+        tags = _tracked(_work_in_tmp, run_id).data.tags
+        assert _row(run_id)["status"] == "FINISHED"
+        # The unpack is where the first run on a node went; the next run there finds it unpacked.
+        assert ("mlproject.timing.unpack" in tags) == (run_id != runs[2][1]), tags
 
 def test_sweep_on_ray(ray, make_project, _work_in_tmp):
     project = make_project(PROJECT)
@@ -491,8 +540,9 @@ def test_rerun_on_ray_installs_the_recorded_lock(ray, make_project, _work_in_tmp
     # already holds exactly its packages (runner.envs.python.sameset); never resolved again.
     assert "from pylock.toml" in said or "building environment" not in said, said
     assert "installing dependencies" not in said, said
-    shipped = ray.home / "runs" / rerun / "requested-lock" / "pylock.toml"
+    shipped = ray.home_of(rerun) / "runs" / rerun / "requested-lock" / "pylock.toml"
     assert shipped.read_text() == Path(recorded).read_text()
     assert [line for line in again.stdout.splitlines() if line.startswith("six ")] == \
         [line for line in first.stdout.splitlines() if line.startswith("six ")]
     assert _row(rerun)["status"] == "FINISHED"
+

@@ -25,7 +25,7 @@ class FakeCluster:
     JOB_ARRAYS = False
 
     def __init__(self, shared_ledger: bool):
-        self.SHARED_LEDGER = shared_ledger
+        self.shared_ledger = shared_ledger
         self.answer: JobState | None = None
         self.pulled: list[str] = []
 
@@ -43,6 +43,9 @@ class FakeCluster:
 
     def job_state(self, job_id: str) -> JobState | None:
         return self.answer
+
+    def shares_ledger(self, run_id: str) -> bool:
+        return self.shared_ledger
 
     def chosen_job_id(self, ledger_id: str) -> str | None:
         return None
@@ -99,7 +102,7 @@ def test_a_job_that_never_ran_its_runner_has_no_exit_code_and_says_so(fake, tmp_
     fake.answer = JobState("NODE_FAIL", "FAILED", 1, "n1")
     settled = settle(ledger, row)
     assert settled.status == "FAILED"
-    if fake.SHARED_LEDGER:  # the runner would have taken the row over: it never started
+    if fake.shared_ledger:  # the runner would have taken the row over: it never started
         assert settled.exit_code is None and settled.reason == f"fake job 42 ended NODE_FAIL; {NEVER_STARTED}"
     else:  # the runner keeps its own ledger: the scheduler's code stands
         assert settled.exit_code == 1 and settled.reason == "fake job 42 ended NODE_FAIL"
@@ -110,7 +113,7 @@ def test_a_job_whose_output_is_not_on_this_host_names_the_shared_home(fake):
     row = _row(ledger, "SCHEDULED")  # its log path does not exist here
     fake.answer = JobState("FAILED", "FAILED", 1, None)
     settled = settle(ledger, row)
-    if fake.SHARED_LEDGER:
+    if fake.shared_ledger:
         assert "the nodes must share MLPROJECT_HOME" in settled.reason
     else:
         assert "MLPROJECT_HOME" not in settled.reason

@@ -571,11 +571,11 @@ def test_cache_gc_removes_staged_projects_no_job_needs(slurm, make_project, mlpr
 
     dry = _cli("cache", "gc", "--older-than", "1h", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "would remove 1 staged project(s) and 1 leftover(s)" in dry.stdout and "kept 1 named by queued" in dry.stdout
+    assert "would remove 1 staged project(s), 0 packed environment(s), 0 ended job(s)' files and 1 leftover(s)" in dry.stdout and "kept 1 named by queued" in dry.stdout
     assert old.exists() and leftover.exists()
     collected = _cli("cache", "gc", "--older-than", "1h")
     assert collected.returncode == 0, collected.stderr
-    assert "removed 1 staged project(s) and 1 leftover(s)" in collected.stdout, collected.stdout
+    assert "removed 1 staged project(s), 0 packed environment(s), 0 ended job(s)' files and 1 leftover(s)" in collected.stdout, collected.stdout
     assert not old.exists() and not leftover.exists() and needed.exists()
     assert [p.name for p in staging.iterdir() if p.name.startswith(".tmp-")] == []
 
@@ -589,7 +589,7 @@ def test_cache_gc_removes_staged_projects_no_job_needs(slurm, make_project, mlpr
     _cli("runs", "logs", again, "-f")
     assert _ledger_row(again)["status"] == "FINISHED"
     kept = _cli("cache", "gc", "--older-than", "1h").stdout
-    assert "removed 0 staged project(s)" in kept and "kept 0 named by queued or running jobs and 1 used recently" in kept
+    assert "removed 0 staged project(s)" in kept and "kept 0 named by queued or running jobs and 1 used recently," in kept
     assert needed.exists()
 
 
@@ -983,3 +983,76 @@ def test_mlflow_run_with_the_plugin_queues_on_slurm(slurm, make_project, _work_i
     assert (row["status"], row["backend"]) == ("FINISHED", "slurm") and row["job_id"]
     assert "alpha=0.3 node=n" in _cli("runs", "logs", run_id).stdout
     assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED"
+
+
+SIX_PROJECT = """
+    name: six-on-private-nodes
+    python_env: python_env.yaml
+    entry_points:
+      main:
+        parameters:
+          code: {type: int, default: 0}
+        command: "python -c 'import six, sys; print(\\"six\\", six.__version__, sys.prefix)'; echo node=$SLURMD_NODENAME; exit {code}"
+"""
+
+
+def test_nodes_that_share_only_the_staging_directory_unpack_the_environment_built_here(
+        slurm, make_project, mlproject_home, _work_in_tmp, tmp_path):
+    """`"shared_home": false`: each node has an MLPROJECT_HOME of its own (an empty file system
+    over that path, in the node's own mount namespace); only staging_dir is shared. The
+    environment is built once here and packed; each node unpacks it once into its own store;
+    the node's runner keeps its own ledger and ends the tracked run; this host follows the job
+    through Slurm, copies its output back and records its end. A sweep's array goes the same way."""
+    project = make_project(SIX_PROJECT, {"python_env.yaml": 'python: "3.11"\ndependencies:\n  - six==1.16.0\n'})
+    staging = tmp_path / "shared-staging"
+    config = {"shared_home": False, "staging_dir": str(staging)}
+    refused = _cli("run", str(project), "-b", "slurm", "-c", '{"shared_home": false}', "--env-manager", "uv")
+    assert_clean_error(refused, 2, "staging_dir")
+    for node in ("n1", "n2"):
+        slurm.lose_node(node)
+        slurm.return_node(node, hidden=mlproject_home)
+    try:
+        runs = []
+        for node in ("n1", "n2", "n1"):
+            chosen = json.dumps({**config, "sbatch_args": [f"--nodelist={node}"]})
+            result = _cli("run", str(project), "-b", "slurm", "-c", chosen, "--env-manager", "uv", timeout=300)
+            assert result.returncode == 0, result.stdout + result.stderr
+            runs.append((node, _submitted(result.stderr)[0], result))
+        failing = _cli("run", str(project), "-b", "slurm", "-c", json.dumps(config), "--env-manager", "uv",
+                       "-P", "code=3", timeout=300)
+        sweep = _cli("sweep", str(project), "-P", "code=0,4", "-b", "slurm", "-c", json.dumps(config),
+                     "--env-manager", "uv", timeout=300)
+    finally:
+        for node in ("n1", "n2"):
+            slurm.lose_node(node)
+            slurm.return_node(node)
+    builds = (mlproject_home / "envs" / ".builds.log").read_text().splitlines()
+    [(event, name)] = [line.split()[1:3] for line in builds]
+    assert event == "built"  # here, once
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    for index, (node, run_id, result) in enumerate(runs):
+        # The node ran it in its own store's copy, at the same path, unpacked there the first time.
+        assert f"six 1.16.0 {mlproject_home / 'envs' / name}\n" in result.stdout and f"node={node}" in result.stdout
+        assert ("unpacking " + name in result.stdout) == (index < 2), result.stdout
+        assert "building environment" not in result.stdout and "resolving" not in result.stdout
+        row = _ledger_row(run_id)
+        assert (row["status"], row["exit_code"]) == ("FINISHED", 0), row
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert "six 1.16.0" in _cli("runs", "logs", run_id).stdout  # copied back into the run's log here
+        assert not (mlproject_home / "runs" / run_id / "timing.json").exists()  # (the node's runner kept it)
+    assert failing.returncode == 3, failing.stderr
+    failed = _submitted(failing.stderr)[0]
+    row = _ledger_row(failed)
+    assert (row["status"], row["exit_code"]) == ("FAILED", 3), row
+    assert client.get_run(failed).info.status == "FAILED"
+    assert sweep.returncode == 1 and "queued as slurm job array" in sweep.stderr, sweep.stderr
+    parent = client.search_runs(["0"], "tags.`mlproject.sweep.id` != ''")[0]
+    children = client.search_runs(["0"], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted((c.data.params["code"], c.info.status) for c in children) == [("0", "FINISHED"), ("4", "FAILED")]
+    assert "six 1.16.0" in _cli("runs", "logs", next(c.info.run_id for c in children if c.data.params["code"] == "0")).stdout
+    # Nothing of the jobs is in this host's store but what it built; the staging directory has
+    # the jobs' files, the snapshot and the packed environment, which `cache gc` removes in time.
+    assert sorted(p.name for p in staging.iterdir()) == sorted(["environments", "jobs", *(
+        p.name for p in staging.iterdir() if (p / ".mlproject-staged").exists())])
+    collected = _cli("cache", "gc", "--older-than", "0", "--staging-dir", str(staging))
+    assert "1 packed environment(s) used recently" in collected.stdout, collected.stdout

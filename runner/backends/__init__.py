@@ -93,7 +93,7 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
     pull_output(record)  # the job's last output, where the cluster keeps it, into the run's log here
     # A runner that never took its run over never started the command: whatever code the job
     # ended with (a launch failure's, a cancel's) is not the command's.
-    never_ran = current.status == RunStatus.SCHEDULED and backend.SHARED_LEDGER
+    never_ran = current.status == RunStatus.SCHEDULED and backend.shares_ledger(record.id)
     exit_code = None if never_ran else state.exit_code
     if record.job_id is None:  # never queued (a resumed sweep runs its trial again): not a matter of the nodes
         reason = f"{reason}; {NEVER_STARTED}"
@@ -101,7 +101,8 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
         # Nor is the job's output where this host looks: the nodes do not see this host's
         # MLPROJECT_HOME (the first thing to check on a new cluster).
         reason = (f"{reason}; {NEVER_STARTED}, and the job's output {record.log_path} is not on this host:"
-                  " the nodes must share MLPROJECT_HOME (or the config's mlproject_home) with it")
+                  " the nodes must share MLPROJECT_HOME (or the config's mlproject_home) with it, or be told they"
+                  " do not (\"shared_home\": false, with a staging_dir they share)")
     elif never_ran and state.status == RunStatus.FAILED:  # (a job the cluster lost before it ran: a resumed sweep runs it again)
         reason = f"{reason}; {NEVER_STARTED}"
     end_recorded(ledger, record, state.status, exit_code, reason)  # type: ignore[arg-type]

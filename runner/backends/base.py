@@ -51,10 +51,11 @@ class ClusterBackend(Backend, Protocol):
         this backend do (Ray: its SDK takes seconds to import)."""
         ...
 
-    @property
-    def SHARED_LEDGER(self) -> bool:
-        """Whether the runner inside the job writes this host's ledger (a shared file system:
-        Slurm) or its own (Ray), in which case this host records the end from the cluster's word."""
+    def shares_ledger(self, run_id: str) -> bool:
+        """Whether the runner inside run `run_id`'s job writes this host's ledger (a shared
+        file system: Slurm's default) or its own (Ray; Slurm with `"shared_home": false`), in
+        which case this host records the end from the cluster's word. Asked on the submit
+        host; the runner inside the job reads the same from its request (JobOf.own_ledger)."""
         ...
 
     @property

@@ -185,10 +185,10 @@ class ClusterRun(RunHandle):
     @staticmethod
     def _grace(record: RunRecord) -> float:
         """How long the runner inside the job is given to record its end itself: only where it
-        writes this host's ledger (see backends: SHARED_LEDGER)."""
+        writes this host's ledger (see ClusterBackend.shares_ledger)."""
         from runner import backends
 
-        return _RUNNER_GRACE_SECONDS if backends.cluster_backend(record.backend).SHARED_LEDGER else 0.0
+        return _RUNNER_GRACE_SECONDS if backends.cluster_backend(record.backend).shares_ledger(record.id) else 0.0
 
     def _check_job(self, ledger, record: RunRecord, states: dict[str, JobState | None]) -> RunRecord | None:
         """The record when the scheduler says its job has ended (or forgot it); else None.

@@ -57,10 +57,14 @@ class JobRequest:
     lock: RecordedLock | None = None  # install exactly this lock (a rerun)
     storage_dir: str | None = None
     cwd: str | None = None
+    # The environment built once on the submit host and packed (runner.envs.pack), which the
+    # job brings to its node: an absolute path there, or one relative to a directory of the
+    # job's module path (PYTHONPATH: where Ray puts the packages of `py_modules`).
+    environment: str | None = None
 
     @classmethod
     def of(cls, state: PreparedRun, backend: str, run_id: str, uri: str, version: str | None = None,
-           cwd: str | None = None) -> JobRequest:
+           cwd: str | None = None, environment: str | None = None, own_ledger: bool = False) -> JobRequest:
         """The request for the job of ledger row `run_id`, from the prepared run on the submit host."""
         request = state.request
         lock = None
@@ -69,9 +73,9 @@ class JobRequest:
             lock = RecordedLock(path.name, path.read_text(encoding="utf-8"))
         return cls(
             uri=uri, version=version, entry_point=request.entry_point, parameters=dict(request.parameters or {}),
-            env_manager=state.plan.env_manager, job_of=JobOf(backend, run_id), run_id=state.tracked.run_id,
+            env_manager=state.plan.env_manager, job_of=JobOf(backend, run_id, own_ledger), run_id=state.tracked.run_id,
             docker_args=dict(request.docker_args or {}), build_image=request.build_image, locked=request.locked,
-            lock=lock, storage_dir=request.storage_dir, cwd=cwd,
+            lock=lock, storage_dir=request.storage_dir, cwd=cwd, environment=environment,
         )
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -99,7 +103,8 @@ class JobRequest:
         if not os.path.isfile(request_file):  # written by the submitter: this node does not see its files
             raise LaunchError(f"the job's request {request_file} is not on this node ({os.uname().nodename})",
                               hint="the nodes must share MLPROJECT_HOME (or the backend config's mlproject_home) "
-                                   "with the submit host")
+                                   "with the submit host, or the config must say they do not (\"shared_home\": false, "
+                                   "with a staging_dir they share)")
         if request_file.endswith(".manifest"):  # a job array: task N runs the request on line N
             with open(request_file, encoding="utf-8") as handle:
                 request_file = handle.read().splitlines()[int(os.environ["SLURM_ARRAY_TASK_ID"])]
@@ -121,8 +126,21 @@ class JobRequest:
             self.uri, entry_point=self.entry_point, version=self.version, parameters=self.parameters,
             docker_args=self.docker_args, storage_dir=self.storage_dir, synchronous=False, run_id=self.run_id,
             env_manager=self.env_manager, build_image=self.build_image, cwd=self.cwd, locked=self.locked,
-            job_of=self.job_of, lock_file=lock_file,
+            job_of=self.job_of, lock_file=lock_file, shipped_environment=self.shipped_environment(),
         )
+
+    def shipped_environment(self) -> str | None:
+        """Where the environment the job brings is on this node; None when it brings none, or
+        it is not here (the node then builds the environment itself)."""
+        if self.environment is None:
+            return None
+        if os.path.isabs(self.environment):
+            return self.environment if os.path.isfile(self.environment) else None
+        for directory in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+            candidate = os.path.join(directory, self.environment)
+            if directory and os.path.isfile(candidate):
+                return candidate
+        return None
 
 
 # -- the node side: the runner inside the job, taking its row over ---------------------------------
@@ -143,7 +161,7 @@ def take_over(state: PreparedRun, run_id: str, log_path: Path) -> None:
     assert job_of is not None
     if ledger.take_over(run_id) is not None:
         return
-    if not ledger.get(run_id) and not backend_of(job_of).SHARED_LEDGER:
+    if not ledger.get(run_id) and job_of.own_ledger:
         ledger.start(state.ledger_record(run_id, log_path, backend=job_of.backend))  # this node's own record
         return
     ended = ledger.get(run_id)

@@ -5,6 +5,7 @@ the row its submitter wrote (`RunRequest.job_of`)."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def check_plan(state: PlannedRun) -> None:
 def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | None) -> SubmittedRun:
     """Record the run in the ledger, prepare its environment and inputs, start its command here."""
     from runner import faults
-    from runner.envs import realize
+    from runner.envs import realize, unpack_shipped
     from runner.tracking import downloads, pending, redact
     from runner.tracking.ending import end_everywhere
 
@@ -115,6 +116,10 @@ def submit(state: PreparedRun, on_submitted: Callable[[SubmittedRun], None] | No
         tracked.artifacts.append((log_path, None))
         tracked.artifacts.extend(provenance.artifacts(run_dir))  # (a cluster job's were kept at submission)
         tracked.record_start()  # a refusal here ends the run FAILED, in the ledger and in tracking
+        if state.request.shipped_environment is not None:  # (a cluster job: built once, on the submit host)
+            unpacking = time.monotonic()
+            if unpack_shipped(planned, Path(state.request.shipped_environment), progress, notify):
+                timings.record("unpack", time.monotonic() - unpacking)
         with timings.stage("build"):
             prepared = realize(planned, progress)
         if the_plan.source.checkout is not None and prepared.environment.container is None:

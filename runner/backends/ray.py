@@ -5,7 +5,9 @@ project goes to the cluster as the job's `runtime_env` `working_dir`, made from 
 content-addressed snapshot (see backends.staging: no `.git`, `mlruns`, `mlflow.db`; Ray
 leaves out what `.gitignore` excludes and uploads a package only once per content); the
 runner itself goes as `py_modules` (this host's `runner` package, uploaded once per
-version), so the nodes need only a Python with the runner's dependencies. The request
+version), so the nodes need only a Python with the runner's dependencies; the project's
+environment goes built, packed once per key (runner.envs.pack) as one more `py_modules`
+package, which each node's runner unpacks into its own store instead of building. The request
 travels as JSON in the job's environment (`MLPROJECT_JOB_REQUEST`), and the entrypoint
 only says `exec <python> -m runner job --from-env`.
 
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from runner.request import PlannedRun, PreparedRun, RunRequest
 
 KNOWN_KEYS = ("address", "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory", "entrypoint_resources",
-              "runtime_env", "metadata", "python", "staging_dir")
+              "runtime_env", "metadata", "python", "staging_dir", "ship_environment")
 # Linux refuses an environment string longer than 128 KiB (MAX_ARG_STRLEN).
 _MAX_VARIABLE = 128 * 1024 - len(REQUEST_VARIABLE) - 2
 JOB_PREFIX = "mlproject-"  # a job's submission ID is this and the run's ledger ID
@@ -64,7 +66,6 @@ _CLIENTS: dict[str, Any] = {}
 _PROBE_LOCK = threading.Lock()
 _PROBED: dict[Path, dict] = {}  # the nodes' answers this process asked for, by where they are kept
 _RUNNER_MODULES: dict[Path, Path] = {}  # staging root -> this runner's module directory there
-SHARED_LEDGER: bool = False  # the submit side records the end itself, from Ray's word (see cluster.py)
 QUICK_STATE: bool = False  # asking Ray is a request to a remote dashboard: local runs do not wait on it
 JOB_ARRAYS: bool = False  # Ray has no job arrays: a sweep submits its trials one job each
 
@@ -77,6 +78,7 @@ class RayOptions:
     metadata: dict = field(default_factory=dict)
     entrypoint: dict = field(default_factory=dict)  # entrypoint_num_cpus, _gpus, _memory, _resources
     staging_dir: Path = field(default_factory=home.staging)
+    ship_environment: bool = True  # built here once and shipped packed, instead of built on each node
 
 
 def _problem(message: str, hint: str) -> UsageError:
@@ -114,8 +116,11 @@ def check(config: dict[str, Any], request: RunRequest) -> RayOptions:
     python = config.get("python", "python")
     if not isinstance(python, str) or not python:
         raise _problem("python must be the nodes' interpreter (a name or a path)", '"python": "python3"')
+    ship = config.get("ship_environment", True)
+    if not isinstance(ship, bool):
+        raise _problem(f"ship_environment must be true or false, not {json.dumps(ship)}", '"ship_environment": false')
     options = RayOptions(address, python, runtime_env, {str(k): str(v) for k, v in metadata.items()}, entrypoint,
-                         home.staging(config.get("staging_dir")))
+                         home.staging(config.get("staging_dir")), ship)
     _reachable(options.address)
     return options
 
@@ -324,7 +329,8 @@ def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: st
     project = snapshot(state.plan.source.path, options.staging_dir, state.progress)
     # The job's working directory is the staged project; the node does not see the caller's
     # directory, so path parameters are taken from there (no cwd).
-    job_request = JobRequest.of(state, "ray", run_id, ".")
+    shipped = _environment_package(state, options)
+    job_request = JobRequest.of(state, "ray", run_id, ".", environment=shipped[1] if shipped else None, own_ledger=True)
     encoded = job_request.to_json(indent=None)
     if len(encoded) > _MAX_VARIABLE:
         raise UsageError(f"the job's request ({len(encoded) // 1024} KiB with its recorded lock) is too large for the "
@@ -341,8 +347,8 @@ def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: st
         if redact(state.tracking.uri) != state.tracking.uri or any(os.environ.get(n) for n in _CREDENTIALS):
             state.notify("note: tracking credentials are not sent to Ray (the dashboard shows a job's environment); "
                          "the cluster's own environment must have them")
-    runtime_env = {**options.runtime_env, "working_dir": str(project),
-                   "py_modules": [str(_runner_module(options.staging_dir))], "env_vars": env_vars}
+    py_modules = [str(_runner_module(options.staging_dir)), *([str(shipped[0])] if shipped else [])]
+    runtime_env = {**options.runtime_env, "working_dir": str(project), "py_modules": py_modules, "env_vars": env_vars}
     metadata = {**options.metadata, "mlproject_run_id": tracked.run_id or run_id}
     job = {"entrypoint": f"exec {_quote(options.python)} -m runner job --from-env", "submission_id": job_id,
            "runtime_env": runtime_env, "metadata": metadata, **options.entrypoint}
@@ -360,6 +366,29 @@ def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: st
                                    hint="list what the job does not need (data, checkpoints) in .gitignore") from None
             raise LaunchError(f"Ray refused the job: {message}",
                               hint="check the backend config (-c) and `ray job list` on the cluster") from None
+
+
+# Ray sends a package in one gRPC message of at most 512 MiB (RAY_max_grpc_message_size): an
+# environment packed larger is built on each node instead.
+_PACKAGE_LIMIT = 500 * 1024 * 1024
+
+
+def _environment_package(state: PreparedRun, options: RayOptions) -> tuple[Path, str] | None:
+    """The run's environment, packed once per key (backends.shipping), as a directory that goes
+    as a package of the job's `py_modules`: Ray uploads it once, each node fetches it once, and
+    the node's runner unpacks it instead of building (see JobRequest.environment). (directory,
+    the archive's path relative to the module path), or None: nothing to ship, `"ship_environment":
+    false`, or too large for Ray to carry."""
+    from runner.backends.shipping import packed_environment
+
+    archive = packed_environment(state, options.staging_dir) if options.ship_environment else None
+    if archive is None:
+        return None
+    if archive.stat().st_size >= _PACKAGE_LIMIT:
+        state.notify(f"note: {archive.name} is {archive.stat().st_size >> 20} MiB, more than Ray carries in a "
+                     f"package ({_PACKAGE_LIMIT >> 20} MiB): each node builds the environment")
+        return None
+    return archive.parent, f"{archive.parent.name}/{archive.name}"
 
 
 def _runner_module(root: Path) -> Path:
@@ -490,6 +519,11 @@ def _address_of(job_id: str) -> str:
 def chosen_job_id(ledger_id: str) -> str | None:
     """The submission ID this host gives the run's job, once it has said which cluster it goes to."""
     return JOB_PREFIX + ledger_id if (home.subdir("runs") / ledger_id / "ray.json").exists() else None
+
+
+def shares_ledger(run_id: str) -> bool:
+    """Never: the nodes keep their own ledgers, and this host records the end from Ray's word."""
+    return False
 
 
 def job_state(job_id: str) -> JobState | None:

@@ -12,6 +12,15 @@ On the node the runner continues that run as a local run does (environment by it
 hash, the store's locks, RUNNING, the end). What it cannot record (cancelled while
 pending, a dead node) is read from Slurm: `scontrol` while the controller remembers the
 job, then `sacct`, then the job completion log; see `job_state`.
+
+Nodes that do not share MLPROJECT_HOME (`"shared_home": false`; they share `staging_dir`
+with this host) get everything through the staging directory: the job's request and output
+(`staging_dir/jobs/<run>/`, or the array's directory there), the project as a snapshot (a git
+commit too: the git cache is this host's), and the environment built here once and packed
+(backends.shipping), which the node's runner unpacks into its own store, once per node and
+key. That runner keeps its own ledger row and ends the tracked run, as on Ray; this host
+follows the job through Slurm, copies its output into the run's log here (`pull_output`)
+and records its end.
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ from pathlib import Path
 from runner import home
 from runner.backends.cluster import JobState, abandon, follow_submitted, queued, record_scheduled
 from runner.backends.job import REQUEST_FILE, JobRequest
+from runner.backends.staging import JOBS, STAGED_OUTPUT
 from runner.errors import LaunchError, UsageError
 from runner.status import RunStatus
 
@@ -42,7 +52,7 @@ _SBATCH_OPTIONS = {
 }
 _LISTS = ("modules", "exports", "sbatch_args")
 _PATHS = ("staging_dir", "python", "mlproject_home", "sbatch-script-file")
-KNOWN_KEYS = (*_SBATCH_OPTIONS, "exclusive", "environment", *_LISTS, *_PATHS)
+KNOWN_KEYS = (*_SBATCH_OPTIONS, "exclusive", "shared_home", "environment", *_LISTS, *_PATHS)
 
 # Slurm's final job states, as the run ends. Everything else (PENDING, RUNNING, COMPLETING,
 # CONFIGURING, REQUEUED, SUSPENDED, ...) is a job still under way.
@@ -61,7 +71,6 @@ _RUNNER_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_
 
 
 QUICK_STATE: bool = True  # squeue and sacct answer in milliseconds: every run settles finished jobs
-SHARED_LEDGER: bool = True  # the nodes share MLPROJECT_HOME: the runner inside the job writes the ledger
 JOB_ARRAYS: bool = True  # a sweep's trials go out as one `sbatch --array`
 
 
@@ -77,7 +86,7 @@ class SlurmOptions:
     staging_dir: Path = field(default_factory=home.staging)
     python: str = sys.executable
     home: Path = field(default_factory=home.home)
-
+    shared_home: bool = True  # False: the nodes share only staging_dir with this host
 
 def _problem(message: str, hint: str) -> UsageError:
     return UsageError(f"slurm backend: {message}", hint=hint)
@@ -104,6 +113,12 @@ def check(config: dict[str, Any], request: RunRequest) -> SlurmOptions:
         raise _problem(f"exclusive must be true or false, not {json.dumps(exclusive)}", '"exclusive": true')
     if exclusive:
         sbatch_args.append("--exclusive")
+    shared_home = config.get("shared_home", True)
+    if not isinstance(shared_home, bool):
+        raise _problem(f"shared_home must be true or false, not {json.dumps(shared_home)}", '"shared_home": false')
+    if not shared_home and not config.get("staging_dir"):
+        raise _problem("with \"shared_home\": false the nodes need a staging_dir they share with this host",
+                       'add "staging_dir": "/shared/mlproject-staging" (a directory this host and the nodes see)')
     lists = {}
     for key in _LISTS:
         value = config.get(key, [])
@@ -132,6 +147,7 @@ def check(config: dict[str, Any], request: RunRequest) -> SlurmOptions:
         staging_dir=home.staging(paths["staging_dir"]),
         python=python,
         home=Path(paths["mlproject_home"]).expanduser().absolute() if paths["mlproject_home"] else home.home(),
+        shared_home=shared_home,
     )
     _check_cluster(config.get("partition"))
     return options
@@ -184,11 +200,12 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
     run_dir = home.subdir("runs") / state.ledger_id()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        recorded = _record(state, run_dir, run_dir / "job.log")
+        files = _job_files(options, run_dir.name) or run_dir  # (the request and the output, where the nodes see them)
+        recorded = _record(state, run_dir, run_dir / "job.log", files / "job.log")
         script = options.script_file or run_dir / "job.sh"
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(_script(options, recorded.job_file, recorded.record))
-        job_id = _sbatch(options, script, run_dir / "job.log", run_dir, _job_environment(state, options))
+        job_id = _sbatch(options, script, files / "job.log", files, _job_environment(state, options))
     except BaseException as exc:
         abandon(state, exc, run_dir.name)
         raise
@@ -209,11 +226,14 @@ def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list
         directories = []
         for index, (state, run_dir) in enumerate(zip(states, run_dirs)):
             if index % size == 0:
-                directories.append(home.subdir("runs") / f"array-{os.urandom(8).hex()}")
-                directories[-1].mkdir(parents=True)
+                directories.append(_job_files(options, f"array-{os.urandom(8).hex()}")
+                                   or home.subdir("runs") / f"array-{os.urandom(8).hex()}")
+                directories[-1].mkdir(parents=True, exist_ok=True)
             run_dir.mkdir(parents=True, exist_ok=True)
-            # (Its log is the task's output file: sbatch --output=DIR/%a.log.)
-            recorded.append(_record(state, run_dir, directories[-1] / f"{index % size}.log"))
+            # (Its log is the task's output file: sbatch --output=DIR/%a.log; where the nodes do not
+            # share MLPROJECT_HOME, that file is in the staging directory, copied into the run's log here.)
+            output = directories[-1] / f"{index % size}.log"
+            recorded.append(_record(state, run_dir, output if options.shared_home else run_dir / "job.log", output))
         for number, array_dir in enumerate(directories):
             arrays.append(_sbatch_array(options, states[0], array_dir, recorded[number * size:(number + 1) * size],
                                         throttle, arrays[-1] if arrays else None))
@@ -278,14 +298,39 @@ class _Recorded:
     job_file: Path
 
 
-def _record(state: PreparedRun, run_dir: Path, log_path: Path) -> _Recorded:
+def _job_files(options: SlurmOptions, name: str) -> Path | None:
+    """Where the nodes find job `name`'s request and write its output when they do not share
+    MLPROJECT_HOME: a directory of its own in the staging directory; else None (the run's own)."""
+    if options.shared_home:
+        return None
+    files = options.staging_dir / JOBS / name
+    files.mkdir(parents=True, exist_ok=True)
+    return files
+
+
+def _record(state: PreparedRun, run_dir: Path, log_path: Path, output: Path) -> _Recorded:
+    """The run recorded SCHEDULED (its log here: `log_path`) and its request written where the
+    job reads it; `output`: where the job writes its output (the log itself, on a shared home)."""
     options: SlurmOptions = state.backend_options
     record = record_scheduled(state, run_dir, log_path, "slurm")
-    recorded = _Recorded(state, record, run_dir / REQUEST_FILE)
+    # (Where the nodes do not share MLPROJECT_HOME: next to the output, named by the run, since
+    # an array's runs share one directory.)
+    recorded = _Recorded(state, record, run_dir / REQUEST_FILE if options.shared_home
+                         else output.parent / f"{run_dir.name}.{REQUEST_FILE}")
     uri, version = _project_for_nodes(state.plan.source, options, state.progress)
+    environment = None
+    if not options.shared_home:  # built here once, packed; the node unpacks it into its own store
+        from runner.backends.shipping import packed_environment
+
+        archive = packed_environment(state, options.staging_dir)
+        environment = str(archive) if archive is not None else None
     # (Parameters as given: the node resolves them from the caller's directory, as this host did.)
-    job = JobRequest.of(state, "slurm", record.id, uri, version, cwd=str(state.request.caller_cwd()))
+    job = JobRequest.of(state, "slurm", record.id, uri, version, cwd=str(state.request.caller_cwd()),
+                        environment=environment, own_ledger=not options.shared_home)
     recorded.job_file.write_text(job.to_json())
+    if recorded.job_file != run_dir / REQUEST_FILE:  # (kept here too: what the job was asked, for gc and reruns)
+        (run_dir / REQUEST_FILE).write_text(job.to_json())
+        (run_dir / STAGED_OUTPUT).write_text(str(output))
     return recorded
 
 
@@ -293,8 +338,8 @@ def _project_for_nodes(source, options: SlurmOptions, progress) -> tuple[str, st
     """(URI, version) the runner on the node fetches: a cached commit is found in the shared git
     cache by its (credential-free) URL and full hash; a local directory, or a commit with
     changes applied (a rerun of a dirty run), is staged."""
-    if source.checkout is not None and not source.dirty:
-        return source.uri, source.commit
+    if source.checkout is not None and not source.dirty and options.shared_home:
+        return source.uri, source.commit  # (the git cache is this host's: nodes that do not share it get a snapshot)
     from runner.backends.staging import snapshot
 
     return str(snapshot(source.path, options.staging_dir, progress)), None
@@ -485,8 +530,31 @@ def cancel(job_id: str) -> None:
         raise LaunchError(f"scancel {job_id} failed: {output.strip()}", hint="check `squeue -j " + job_id + "`")
 
 
+def shares_ledger(run_id: str) -> bool:
+    """Whether run `run_id`'s job writes this host's ledger: unless its nodes do not share
+    MLPROJECT_HOME (its output is then in the staging directory)."""
+    return not (home.subdir("runs") / run_id / STAGED_OUTPUT).exists()
+
+
 def pull_output(job_id: str, log_path: Path) -> None:
-    """Nothing to pull: the job writes the run's log itself, on the shared file system."""
+    """Where the nodes share MLPROJECT_HOME the job writes the run's log itself: nothing to
+    pull. Otherwise its output is in the staging directory: copied into the run's log here
+    whenever it grew (several followers of one run may pull at once)."""
+    try:
+        staged = Path((log_path.parent / STAGED_OUTPUT).read_text())
+        size = staged.stat().st_size
+    except (OSError, ValueError):
+        return
+    try:
+        if log_path.stat().st_size >= size:
+            return
+    except FileNotFoundError:
+        pass
+    tmp = log_path.with_name(f".{log_path.name}.{os.getpid()}.tmp")
+    with open(staged, "rb") as source, open(tmp, "wb") as copy:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            copy.write(block)
+    os.replace(tmp, log_path)
 
 
 def stopped_by_cluster() -> tuple[str, str] | None:

@@ -66,6 +66,13 @@ def snapshot(directory: Path, root: Path, progress=None) -> Path:
     return final
 
 
+ENVIRONMENTS = "environments"  # packed environments the jobs bring to their nodes (see backends.shipping)
+JOBS = "jobs"  # the requests and output of jobs whose nodes do not share MLPROJECT_HOME (backends.slurm)
+# In a run's directory, when its nodes do not share MLPROJECT_HOME: the path of the job's output,
+# in the staging directory (see slurm.pull_output, slurm.shares_ledger).
+STAGED_OUTPUT = "staged-output"
+
+
 # -- gc -----------------------------------------------------------------------------------
 # A submission chooses its snapshot before the job file that names it is written: whatever
 # was used this recently is kept, even by `--older-than 0`.
@@ -79,6 +86,9 @@ class StagingGcResult:
     kept: int  # used within the period
     leftovers: int  # interrupted stagings
     freed: int  # bytes, as du counts them
+    environments_removed: int = 0  # packed environments shipped to nodes (see ENVIRONMENTS)
+    environments_kept: int = 0
+    jobs_removed: int = 0  # the files of ended jobs whose nodes did not share MLPROJECT_HOME
 
 
 def gc(root: Path, older_than: float, dry_run: bool = False) -> StagingGcResult:
@@ -94,6 +104,7 @@ def gc(root: Path, older_than: float, dry_run: bool = False) -> StagingGcResult:
     try:
         reconcile(ledger)  # first: a job that has ended no longer holds its snapshot
         in_use = _named_by_unfinished_jobs(ledger)
+        jobs_in_use = _job_files_of_unfinished_jobs(ledger)
     finally:
         ledger.close()
     cutoff = time.time() - max(older_than, RECENT)
@@ -115,10 +126,29 @@ def gc(root: Path, older_than: float, dry_run: bool = False) -> StagingGcResult:
         else:
             doomed.append(entry)
             result.removed += 1
+    for entry in sorted((root / ENVIRONMENTS).iterdir()) if (root / ENVIRONMENTS).is_dir() else []:
+        # Packed environments shipped to nodes (a directory per environment; its archive's mtime
+        # is its last use): uploaded to Ray at submission, not read again.
+        archives = list(entry.glob("*/*.tar.zst")) if entry.is_dir() else []
+        if not archives:
+            if entry.is_dir() and entry.stat().st_mtime <= cutoff:  # (a packing that was interrupted)
+                doomed.append(entry)
+                result.leftovers += 1
+        elif max(archive.stat().st_mtime for archive in archives) > cutoff:
+            result.environments_kept += 1
+        else:
+            doomed.append(entry)
+            result.environments_removed += 1
+    for entry in sorted((root / JOBS).iterdir()) if (root / JOBS).is_dir() else []:
+        # A job's request and output (an array's: its runs'), read by its node and copied into
+        # the run's log here as it went: of no use once the job is over.
+        if entry.resolve() not in jobs_in_use and entry.stat().st_mtime <= cutoff:
+            doomed.append(entry)
+            result.jobs_removed += 1
     result.freed = sum(disk_usage(doomed))
     if not dry_run:
         for entry in doomed:
-            trash = root / f".tmp-trash-{entry.name}-{os.urandom(3).hex()}"
+            trash = entry.parent / f".tmp-trash-{entry.name}-{os.urandom(3).hex()}"
             try:
                 os.rename(entry, trash)  # gone at once for any job that looks: a snapshot is whole or absent
             except OSError:
@@ -142,6 +172,19 @@ def _named_by_unfinished_jobs(ledger) -> set[Path]:
             continue
         if request.get("version") is None and request.get("uri"):
             named.add(Path(request["uri"]).resolve())
+    return named
+
+
+def _job_files_of_unfinished_jobs(ledger) -> set[Path]:
+    """The job directories (staging_dir/jobs/...) that queued or running Slurm jobs write to."""
+    from runner import home
+
+    named: set[Path] = set()
+    for record in ledger.unfinished_jobs(("slurm",)):
+        try:
+            named.add(Path((home.subdir("runs") / record.id / STAGED_OUTPUT).read_text()).parent.resolve())
+        except (OSError, ValueError):
+            continue
     return named
 
 

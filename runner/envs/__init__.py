@@ -188,12 +188,7 @@ def plan_environment(
 def resolve_before_run(planned: PlannedEnv, progress: Callable[[str], None] | None = None) -> None:
     """A manager that can find its spec unsatisfiable before building (conda's solve)
     does so now, before a run exists; an environment already built needs nothing."""
-    if planned.plan is None:
-        return
-    from runner.store import Store
-
-    store = Store()
-    if not store.is_complete(store.path_of(planned.manager, planned.plan.key)):
+    if planned.plan is not None and existing_path(planned) is None:
         planned.module.resolve(planned.plan, progress)
 
 
@@ -213,6 +208,37 @@ def existing(planned: PlannedEnv) -> Prepared | None:
 
     found = Store().lookup(planned.manager, plan.key)
     return Prepared(module.activate(plan, found[0]), found[1], plan) if found else None
+
+
+def unpack_shipped(planned: PlannedEnv, archive: Path, progress: Callable[[str], None] | None = None,
+                   notify: Callable[[str], None] | None = None) -> bool:
+    """Put the packed environment a cluster job brought (`archive`, built and packed once on
+    the submit host) into this node's store, unless it holds the planned environment already.
+    An archive that is not the planned environment (this node plans another Python or
+    platform), or that is damaged, is passed over with a note: the environment is built here
+    then, as without one. Whether it was unpacked."""
+    if planned.plan is None or existing_path(planned) is not None:
+        return False
+    from runner.envs import pack
+
+    try:
+        pack.unpack(archive, progress=progress, expected=f"{planned.manager}-{planned.plan.key}")
+    except UsageError as exc:
+        if notify is not None:
+            notify(f"note: the environment the job brought is not used ({exc.message}): building it here")
+        return False
+    return True
+
+
+def existing_path(planned: PlannedEnv) -> Path | None:
+    """Where the planned environment is built in this machine's store, if it is (not held)."""
+    if planned.plan is None:
+        return None
+    from runner.store import Store
+
+    store = Store()
+    path = store.path_of(planned.manager, planned.plan.key)
+    return path if store.is_complete(path) else None
 
 
 def realize(planned: PlannedEnv, progress: Callable[[str], None] | None = None) -> Prepared:

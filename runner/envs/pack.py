@@ -93,7 +93,7 @@ def pack(env: StoredEnv, output: Path | None = None, store: Store | None = None,
     target = Path(output) if output is not None else Path.cwd()
     if target.is_dir():
         target = target / f"{env.name}{SUFFIX}"
-    partial = target.with_name(f".{target.name}.part-{os.getpid()}")
+    partial = target.with_name(f".{target.name}.part-{os.getpid()}-{os.urandom(4).hex()}")  # (threads too)
     try:
         entries = _entries(prefix)
         size = sum(info.st_size for _, info in entries if _is_regular(info))
@@ -234,9 +234,12 @@ class _Reading:
 
 
 # -- unpack -------------------------------------------------------------------------------------
-def unpack(archive_path: Path, store: Store | None = None, progress: Callable[[str], None] | None = None) -> Unpacked:
+def unpack(archive_path: Path, store: Store | None = None, progress: Callable[[str], None] | None = None,
+           expected: str | None = None) -> Unpacked:
     """Put the packed environment into `store` (by default this machine's), unless it holds it
-    already; checked against its key and its files' digests, relocated to its new path."""
+    already; checked against its key and its files' digests, relocated to its new path.
+    `expected`: the environment (`<manager>-<key>`) the archive must hold, else it is refused
+    before anything is written."""
     import zstandard
 
     from runner.progress import step
@@ -247,6 +250,10 @@ def unpack(archive_path: Path, store: Store | None = None, progress: Callable[[s
         header = _header(archive, archive_path)
         kind, key = header["kind"], header["key"]
         name = f"{kind}-{key}"
+        if expected is not None and name != expected:
+            raise UsageError(f"{archive_path.name} holds {name[:len(kind) + 13]}, not {expected[:len(kind) + 13]}",
+                             hint="the environment planned here differs from the one packed (another Python, "
+                                  "platform or lock)")
         if store.is_complete(store.path_of(kind, key)):
             found = store.lookup(kind, key)
             if found is not None:
