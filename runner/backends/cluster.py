@@ -353,3 +353,18 @@ def _stop_unheld(record: RunRecord, job_id: str, submitted: ClusterRun | None, s
         submitted.wait(_UNHELD_WAIT)
     except Exception:  # noqa: BLE001 - e.g. an unwritable ledger: the next command settles the run
         pass
+
+
+def replace_log_if_grown(log_path: Path, size: int, write: Callable[[Any], None]) -> None:
+    """Replace the run's log here with the job's output as the cluster keeps it (`size` bytes,
+    written into a file object by `write`), only when that grew: several followers of one run
+    may pull at once, and none of them sees the log shrink (see ClusterBackend.pull_output)."""
+    try:
+        if log_path.stat().st_size >= size:
+            return
+    except FileNotFoundError:
+        pass
+    tmp = log_path.with_name(f".{log_path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as copy:
+        write(copy)
+    os.replace(tmp, log_path)

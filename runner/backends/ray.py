@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import home
-from runner.backends.cluster import JobState, abandon, follow_submitted, record_scheduled
+from runner.backends.cluster import JobState, abandon, follow_submitted, record_scheduled, replace_log_if_grown
 from runner.backends.job import REQUEST_VARIABLE, JobRequest
 from runner.backends.ray_rest import RayRest, RayRestError
 from runner.errors import LaunchError, NotAvailableError, ProjectError, RunnerError, UsageError
@@ -384,8 +384,9 @@ def _environment_package(state: PreparedRun, options: RayOptions) -> tuple[Path,
     archive = packed_environment(state, options.staging_dir) if options.ship_environment else None
     if archive is None:
         return None
-    if archive.stat().st_size >= _PACKAGE_LIMIT:
-        state.notify(f"note: {archive.name} is {archive.stat().st_size >> 20} MiB, more than Ray carries in a "
+    size = archive.stat().st_size
+    if size >= _PACKAGE_LIMIT:
+        state.notify(f"note: {archive.name} is {size >> 20} MiB, more than Ray carries in a "
                      f"package ({_PACKAGE_LIMIT >> 20} MiB): each node builds the environment")
         return None
     return archive.parent, f"{archive.parent.name}/{archive.name}"
@@ -576,14 +577,7 @@ def pull_output(job_id: str, log_path: Path) -> None:
         return  # the entrypoint has not started: what there is is Ray's (its runtime_env setup)
     newline = logs.find("\n", marker)
     data = logs[newline + 1:].encode() if newline >= 0 else b""
-    try:
-        if log_path.stat().st_size >= len(data):
-            return
-    except FileNotFoundError:
-        pass
-    tmp = log_path.with_name(f".{log_path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, log_path)
+    replace_log_if_grown(log_path, len(data), lambda copy: copy.write(data))
 
 
 def stopped_by_cluster() -> tuple[str, str] | None:

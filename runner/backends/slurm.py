@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import home
-from runner.backends.cluster import JobState, abandon, follow_submitted, queued, record_scheduled
+from runner.backends.cluster import JobState, abandon, follow_submitted, queued, record_scheduled, replace_log_if_grown
 from runner.backends.job import REQUEST_FILE, JobRequest
 from runner.backends.staging import JOBS, STAGED_OUTPUT
 from runner.errors import LaunchError, UsageError
@@ -87,6 +87,7 @@ class SlurmOptions:
     python: str = sys.executable
     home: Path = field(default_factory=home.home)
     shared_home: bool = True  # False: the nodes share only staging_dir with this host
+
 
 def _problem(message: str, hint: str) -> UsageError:
     return UsageError(f"slurm backend: {message}", hint=hint)
@@ -226,8 +227,8 @@ def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list
         directories = []
         for index, (state, run_dir) in enumerate(zip(states, run_dirs)):
             if index % size == 0:
-                directories.append(_job_files(options, f"array-{os.urandom(8).hex()}")
-                                   or home.subdir("runs") / f"array-{os.urandom(8).hex()}")
+                name = f"array-{os.urandom(8).hex()}"
+                directories.append(_job_files(options, name) or home.subdir("runs") / name)
                 directories[-1].mkdir(parents=True, exist_ok=True)
             run_dir.mkdir(parents=True, exist_ok=True)
             # (Its log is the task's output file: sbatch --output=DIR/%a.log; where the nodes do not
@@ -540,21 +541,19 @@ def pull_output(job_id: str, log_path: Path) -> None:
     """Where the nodes share MLPROJECT_HOME the job writes the run's log itself: nothing to
     pull. Otherwise its output is in the staging directory: copied into the run's log here
     whenever it grew (several followers of one run may pull at once)."""
+    import shutil
+
     try:
         staged = Path((log_path.parent / STAGED_OUTPUT).read_text())
         size = staged.stat().st_size
     except (OSError, ValueError):
         return
-    try:
-        if log_path.stat().st_size >= size:
-            return
-    except FileNotFoundError:
-        pass
-    tmp = log_path.with_name(f".{log_path.name}.{os.getpid()}.tmp")
-    with open(staged, "rb") as source, open(tmp, "wb") as copy:
-        for block in iter(lambda: source.read(1 << 20), b""):
-            copy.write(block)
-    os.replace(tmp, log_path)
+
+    def copy_staged(copy) -> None:
+        with open(staged, "rb") as source:
+            shutil.copyfileobj(source, copy)
+
+    replace_log_if_grown(log_path, size, copy_staged)
 
 
 def stopped_by_cluster() -> tuple[str, str] | None:

@@ -53,7 +53,8 @@ def cache_gc(older_than: str, dry_run: bool, staging_dir: str | None) -> int:
     root = home.staging(staging_dir)
     staged = staging.gc(root, age, dry_run)
     out(f"{verb} {staged.removed} staged project(s), {staged.environments_removed} packed environment(s), "
-         f"{staged.jobs_removed} ended job(s)' files and {staged.leftovers} leftover(s) in {root}; kept {staged.in_use} named by queued or running jobs and "
-         f"{staged.kept} used recently, and {staged.environments_kept} packed environment(s) used recently; "
+         f"{staged.jobs_removed} ended job(s)' files and {staged.leftovers} leftover(s) in {root}; "
+         f"kept {staged.in_use} named by queued or running jobs and {staged.kept} used recently, "
+         f"and {staged.environments_kept} packed environment(s) used recently; "
          f"{human_size(staged.freed)} {freed}" + ("; nothing was removed (--dry-run)" if dry_run else ""))
     return 0
