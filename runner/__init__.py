@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 if TYPE_CHECKING:
     from typing import Any
 
-    from runner.api import attach, rerun, run
+    from runner.api import attach, rerun, run, sync_runs
     from runner.sweeps import sweep
     from runner.launch import SubmittedRun
     from runner.project.spec import load_project
@@ -64,6 +64,7 @@ __all__ = [
     "attach",
     "rerun",
     "sweep",
+    "sync_runs",
     "SubmittedRun",
     "load_project",
     "RunnerError",
@@ -84,6 +85,7 @@ _LAZY = {
     "attach": ("runner.api", "attach"),
     "rerun": ("runner.api", "rerun"),
     "sweep": ("runner.sweeps", "sweep"),
+    "sync_runs": ("runner.api", "sync_runs"),
     "SubmittedRun": ("runner.launch", "SubmittedRun"),
     "load_project": ("runner.project.spec", "load_project"),
 }

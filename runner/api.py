@@ -141,6 +141,7 @@ def run(
     gpu_devices: Sequence[str] | str | None = None,
     retries: int = 0,
     retry_failed: bool = False,
+    tracking: str | None = None,
 ) -> RunHandle:
     """Run an MLflow project; the arguments are those of `mlflow.projects.run`.
 
@@ -153,6 +154,10 @@ def run(
     `retries` (synchronous runs): a run whose cluster job the infrastructure ended (a lost node,
     a preemption), or with `retry_failed` one that failed, runs again as a new run tagged
     mlproject.retry.attempt and mlproject.retry.of, up to that many times (runner.retries).
+
+    `tracking`: "offline" records the run in this machine's offline store, for `mlproject runs
+    sync` to send to its server later; "auto" (the default, or MLPROJECT_TRACKING's) does so
+    when the server cannot be reached; "online" never does (runner.tracking.offline).
     """
     try:
         devices = None
@@ -164,7 +169,7 @@ def run(
         request = RunRequest(uri, entry_point, version, parameters, docker_args, experiment_name, experiment_id,
                              backend, backend_config, storage_dir, synchronous, run_id, run_name, env_manager,
                              build_image, docker_auth, cwd, stream_output, locked, detach, gpus=gpus,
-                             gpu_devices=devices)
+                             gpu_devices=devices, tracking=tracking)
         if retries or retry_failed:
             from runner.retries import RetryPolicy
 
@@ -303,13 +308,15 @@ def _prepare(request: RunRequest, notify, progress):
 
     timings = Timings()
     check_manager_name(request.env_manager)
+    tracking_mode = request.tracking_mode()
     backend = backends.get(request.backend)
     backend_options = backend.check(parse_backend_config(request.backend_config), request)
     caller_cwd = request.caller_cwd()
     # Decided first: when the mlflow library is needed, its import runs in the
     # background while the project and environment are prepared.
     tracking = plan_tracking(caller_cwd, request.experiment_name, request.experiment_id, request.run_id,
-                             request.tracking_uri)
+                             request.tracking_uri, tracking_mode,
+                             local=request.backend == "local" and request.job_of is None, notify=notify)
     if tracking.note:
         notify(tracking.note)
     with timings.stage("fetch"):
@@ -332,6 +339,18 @@ def _prepare(request: RunRequest, notify, progress):
         the_plan.source.release()  # once launched, the run's end releases it
         raise
     return backend, state
+
+
+def sync_runs(to: str | None = None, run_ids: Sequence[str] = ()):
+    """Send the runs recorded offline to the tracking server each was recorded for (or `to`),
+    once each, as `mlproject runs sync` does; returns a SyncResult (`sent`: (ledger ID, server,
+    the run's ID there); `waiting`: runs not sent yet, and why). See runner.tracking.sync."""
+    from runner.tracking.sync import sync
+
+    try:
+        return sync(to, tuple(run_ids))
+    except RunnerError as exc:
+        raise exc.for_python() from None
 
 
 def attach(run_id: str):
@@ -401,7 +420,7 @@ def _open_run(state: PlannedRun) -> PreparedRun:
     try:
         created = begin_tracking(state.tracking, experiment_name=request.experiment_name,
                                  experiment_id=request.experiment_id, run_id=request.run_id, run_name=request.run_name,
-                                 tags=tags, params=params)
+                                 tags=tags, params=params, notify=state.notify)
     except BaseException as exc:
         pending.settle(note, exc)
         raise

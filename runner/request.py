@@ -80,9 +80,18 @@ class RunRequest:
     # the machine's) here, or asked of the scheduler on a cluster.
     gpus: int = 0
     gpu_devices: tuple[str, ...] | None = None
+    # auto | offline | online (runner.tracking.offline); None: MLPROJECT_TRACKING's, else auto.
+    tracking: str | None = None
 
     def caller_cwd(self) -> Path:
         return Path(self.cwd).absolute() if self.cwd is not None else Path.cwd()
+
+    def tracking_mode(self) -> str:
+        from runner.tracking.offline import check_mode
+
+        if self.job_of is not None:
+            return "online"  # (a cluster job continues the run its submitter made, where it is)
+        return check_mode(self.tracking or os.environ.get("MLPROJECT_TRACKING") or "auto", self.backend)
 
     def env_options(self) -> dict[str, Any]:
         """The options some environment managers take (see envs.plan_environment)."""

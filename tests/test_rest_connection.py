@@ -107,8 +107,14 @@ def test_garbage_and_truncated_answers_are_transport_errors():
 
 
 def test_header_injection_is_refused():
-    with pytest.raises(ValueError):
-        Connection(Endpoint("127.0.0.1", 9), 1).request("GET", "/", headers={"X": "a\r\nEvil: 1"})
+    import socket
+
+    with socket.socket() as listening:  # (connected first: the header is refused before it is sent)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        with pytest.raises(ValueError):
+            Connection(Endpoint("127.0.0.1", listening.getsockname()[1]), 1).request(
+                "GET", "/", headers={"X": "a\r\nEvil: 1"})
 
 
 # -- HTTPS to a real tracking server ---------------------------------------------------

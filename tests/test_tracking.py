@@ -295,10 +295,12 @@ def test_rest_run_with_environment_logs_package_list(make_project, cli, mlflow_s
 
 
 def test_server_down_at_start_is_a_clear_error_and_starts_nothing(make_project, cli, _work_in_tmp, tmp_path):
+    """With --tracking online (by default such a run is recorded offline: test_offline.py)."""
     marker = tmp_path / "ran"
     root = make_project(f"entry_points:\n  main:\n    command: 'touch {marker}'\n")
     dead = f"http://127.0.0.1:{free_port()}"
-    result = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp, env={"MLFLOW_TRACKING_URI": dead})
+    result = cli("run", str(root), "--env-manager", "local", "--tracking", "online", cwd=_work_in_tmp,
+                 env={"MLFLOW_TRACKING_URI": dead})
     assert_clean_error(result, contains="cannot reach the MLflow tracking server")
     assert not marker.exists()
     assert json.loads(cli("runs", "list", "--json").stdout) == []
@@ -313,12 +315,15 @@ def test_credentials_never_recorded(make_project, cli, mlflow_server, _work_in_t
     run = MlflowClient(mlflow_server).get_run(_run_id(result.stderr))
     assert secret not in json.dumps(run.data.tags) + json.dumps(run.data.params)
     assert secret not in result.stdout + result.stderr
-    for path in mlproject_home.rglob("*"):
+    dead = f"http://alice:{secret}@127.0.0.1:{free_port()}"
+    failed = cli("run", str(root), "--env-manager", "local", "--tracking", "online", cwd=_work_in_tmp,
+                 env={"MLFLOW_TRACKING_URI": dead})
+    assert failed.returncode == 2 and secret not in failed.stderr
+    offline = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp, env={"MLFLOW_TRACKING_URI": dead})
+    assert offline.returncode == 0 and "recorded offline" in offline.stderr and secret not in offline.stderr
+    for path in mlproject_home.rglob("*"):  # (the offline store's runs too: their server is named masked)
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
-    dead = f"http://alice:{secret}@127.0.0.1:{free_port()}"
-    failed = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp, env={"MLFLOW_TRACKING_URI": dead})
-    assert failed.returncode == 2 and secret not in failed.stderr
 
 
 def test_tracking_settings_secrets_never_recorded(make_project, cli, mlflow_server, _work_in_tmp, mlproject_home, tmp_path):
@@ -342,9 +347,15 @@ def test_tracking_settings_secrets_never_recorded(make_project, cli, mlflow_serv
         assert secret not in result.stdout + result.stderr
         for path in written:
             assert secret.encode() not in path.read_bytes(), path
-    failed = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp,
-                 env={**settings, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
-    assert failed.returncode == 2 and token not in failed.stderr and password not in failed.stderr
+    # Its server down: recorded offline, and the settings are in nothing it wrote there either.
+    offline = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp,
+                  env={**settings, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    assert offline.returncode == 0 and "recorded offline" in offline.stderr, offline.stderr
+    for secret in (token, password):
+        assert secret not in offline.stdout + offline.stderr
+        for path in mlproject_home.rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
 
 
 def _start_server(root: Path, port: int) -> subprocess.Popen:

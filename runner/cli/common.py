@@ -170,6 +170,9 @@ def where_options(function):
         click.option("-b", "--backend", default="local", show_default=True, metavar="|".join(BACKENDS),
                      help="where it runs: on this machine, or as a Slurm or Ray job (-c: its config)"),
         click.option("-c", "--backend-config", default=None, metavar="JSON_OR_FILE", help=BACKEND_CONFIG_HELP),
+        click.option("--tracking", type=click.Choice(["auto", "offline", "online"]), default=None,
+                     help="offline: record on this machine for `mlproject runs sync`; auto (default, or "
+                          "MLPROJECT_TRACKING): so too when the tracking server cannot be reached"),
     ]
     for option in reversed(options):
         function = option(function)

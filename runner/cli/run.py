@@ -40,7 +40,7 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
         docker_args: tuple[str, ...], experiment_name: str | None, experiment_id: str | None, backend: str,
         backend_config: str | None, storage_dir: str | None, run_id: str | None, run_name: str | None,
         build_image: bool, locked: bool, no_conda: bool, detach: bool, gpu_devices: str | None,
-        gpus: int | None, retries: int | None, retry_failed: bool | None) -> int:
+        gpus: int | None, retries: int | None, retry_failed: bool | None, tracking: str | None) -> int:
     from runner import api
     from runner.retries import RetryPolicy
 
@@ -67,6 +67,7 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
         build_image=build_image,
         locked=locked,
         detach=detach,
+        tracking=tracking,
     )
     if gpus is not None or gpu_devices is not None:  # (runner.gpus only for a run that asks for GPUs)
         from dataclasses import replace

@@ -114,6 +114,27 @@ def runs_diff(first: str, second: str) -> int:
     return 0
 
 
+@runs.command("sync", help="send the runs recorded offline to their tracking server (once each)")
+@click.argument("run_ids", nargs=-1, shell_complete=complete_run_ids)
+@click.option("--to", "to", default=None, metavar="URI",
+              help="this tracking server or store (default: the one each run was recorded for)")
+@debug_option
+def runs_sync(run_ids: tuple[str, ...], to: str | None) -> int:
+    from runner.progress import Progress
+    from runner.tracking.sync import sync
+
+    result = sync(to, run_ids, notify=say, progress=Progress())
+    for run_id, why in result.waiting:
+        say(f"run {run_id} not sent yet: {why}")
+    if not result.sent and not result.waiting:
+        out("nothing to sync: no run recorded offline is waiting")
+        return 0
+    servers = sorted({server for _, server, _ in result.sent})
+    out(f"sent {len(result.sent)} run(s)" + (f" to {', '.join(servers)}" if servers else "")
+        + (f"; {len(result.waiting)} waiting" if result.waiting else ""))
+    return 0
+
+
 def _job_line(record) -> str:
     """The job of a cluster run, and (while it is unfinished) what its scheduler says of it now."""
     line = f"{record.backend} job {record.job_id or '(not queued)'}"

@@ -71,7 +71,7 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
                 max_parallel: int | None, metric: str | None, goal: str | None, max_failures: int | None,
                 backend: str, backend_config: str | None, experiment_name: str | None, experiment_id: str | None,
                 config_file: str | None, resume: str | None, prune: str | None, gpu_devices: str | None,
-                gpus_per_trial: int | None, retries: int | None, retry_failed: bool | None) -> int:
+                gpus_per_trial: int | None, retries: int | None, retry_failed: bool | None, tracking: str | None) -> int:
     from runner import api
     from runner.progress import Progress
     from runner.sweeps import run_sweep
@@ -87,7 +87,7 @@ def sweep_start(uri: str | None, entry_point: str | None, param_list: tuple[str,
                            max_parallel, metric, goal, max_failures, backend, backend_config, env_manager,
                            experiment_name, experiment_id, config=config_file, resume=resume, cwd=None, notify=say,
                            progress=Progress(), gpus_per_trial=gpus_per_trial, gpu_devices=gpu_devices,
-                           prune=prune, retries=retries, retry_failed=retry_failed)
+                           prune=prune, retries=retries, retry_failed=retry_failed, tracking=tracking)
     except (KeyboardInterrupt, Interrupted) as exc:
         startup.ignore()  # the sweep's runs are ended: nothing more to stop while it says so
         number = interrupted_signal(exc)

@@ -71,6 +71,7 @@ def sweep(
     prune: str | None = None,
     retries: int | None = None,
     retry_failed: bool | None = None,
+    tracking: str | None = None,
 ) -> SweepResult:
     """Run a sweep (or, with `resume=SWEEP_ID`, what an earlier one still lacks) and wait for it.
 
@@ -83,7 +84,9 @@ def sweep(
     `prune`: "median" or "asha" stops trials whose `metric`, logged with a step, falls behind
     (runner.sweeps.prune); they end KILLED, counted as pruned. `retries`: a trial whose cluster job
     the infrastructure ended (a lost node, a preemption), or with `retry_failed` one that failed,
-    runs again as a new run, up to that many times (runner.retries)."""
+    runs again as a new run, up to that many times (runner.retries). `tracking`: "offline" records the
+    sweep on this machine for `mlproject runs sync`; "auto" (default) so too when its server cannot
+    be reached; "online" never (runner.tracking.offline)."""
     from runner.errors import RunnerError
 
     try:
@@ -91,7 +94,7 @@ def sweep(
                          max_failures, backend, backend_config, env_manager, experiment_name, experiment_id,
                          config=config, resume=resume, cwd=cwd, notify=notify, progress=progress,
                          gpus_per_trial=gpus_per_trial, gpu_devices=gpu_devices, prune=prune, retries=retries,
-                         retry_failed=retry_failed)
+                         retry_failed=retry_failed, tracking=tracking)
     except RunnerError as exc:
         raise exc.for_python() from None
 
@@ -99,7 +102,7 @@ def sweep(
 def run_sweep(uri, parameters, entry_point, version, method, max_runs, seed, max_parallel, metric, goal, max_failures,
               backend, backend_config, env_manager, experiment_name, experiment_id, *, config, resume, cwd, notify,
               progress, gpus_per_trial=None, gpu_devices=None, prune=None, retries=None,
-              retry_failed=None) -> SweepResult:
+              retry_failed=None, tracking=None) -> SweepResult:
     """`sweep()` for the CLI too: its errors keep the command line's hints."""
     from runner.sweeps import driver
 
@@ -111,7 +114,8 @@ def run_sweep(uri, parameters, entry_point, version, method, max_runs, seed, max
              "max_parallel": max_parallel, "metric": metric, "goal": goal, "max_failures": max_failures,
              "backend": backend, "backend_config": backend_config, "env_manager": env_manager,
              "experiment_name": experiment_name, "experiment_id": experiment_id, "gpus_per_trial": gpus_per_trial,
-             "gpu_devices": gpu_devices, "prune": prune, "retries": retries, "retry_failed": retry_failed}
+             "gpu_devices": gpu_devices, "prune": prune, "retries": retries, "retry_failed": retry_failed,
+             "tracking": tracking}
     fields.update({k: v for k, v in given.items() if v is not None})
     from runner.gpus import count_given, parse_devices
 

@@ -63,6 +63,7 @@ class SweepRequest:
     gpu_devices: tuple[str, ...] | None = None  # the GPUs to share out here (None: the machine's)
     retries: int = 0  # a trial whose job the infrastructure ended runs again, as a new attempt (runner.retries)
     retry_failed: bool = False  # and one whose command failed
+    tracking: str | None = None  # auto | offline | online (runner.tracking.offline)
 
     def retry_policy(self) -> RetryPolicy:
         from runner.retries import RetryPolicy
@@ -71,6 +72,10 @@ class SweepRequest:
 
     def check(self) -> None:
         self.retry_policy().check()
+        if self.tracking is not None:
+            from runner.tracking.offline import check_mode
+
+            check_mode(self.tracking, self.backend or "local")
         from runner.gpus import check_count
         from runner.seams import SEARCHES
 
@@ -173,7 +178,7 @@ def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> Sw
     missing = [t for t in record.trials if not t.done and t.number not in following]
     notify(f"resuming sweep {record.id}: {len(record.trials) - len(missing) - len(following)} trial(s) kept, "
            f"{len(following)} still running on the cluster, {len(missing)} to run")
-    parent = _Parent(record.parent_run_id, parent_row.tracking_run_id)
+    parent = _Parent(record.parent_run_id, parent_row.tracking_run_id, parent_row.tracking_uri)
     space = parse_space(dict(request.parameters or {}))
     search = _search_of(request, space)
     return _drive(request, record.id, record.trials, parent, notify, progress, space.as_json(), search,
@@ -186,6 +191,7 @@ class _Parent:
 
     ledger_id: str
     tracking_run_id: str | None
+    tracking_uri: str | None = None
 
 
 def find(sweep_id: str) -> SweepRecord:
@@ -305,6 +311,8 @@ class _Sweep:
         from runner import faults
         from runner.tracking import pending, redact
         from runner.tracking.ledger import RunRecord
+        from runner.tracking import offline
+        from runner.tracking.offline import check_mode
         from runner.tracking.session import begin_tracking, plan_tracking, project_tags
 
         request = self.request
@@ -313,8 +321,13 @@ class _Sweep:
             from runner.tracking.session import TrackingTarget
 
             self.tracking = TrackingTarget(None, False)
+        elif parent is not None and parent.tracking_uri and offline.is_store(parent.tracking_uri):  # offline: its rest too
+            self.tracking = offline.resumed(parent.tracking_uri, parent.tracking_run_id)
         else:
-            self.tracking = plan_tracking(self.cwd, request.experiment_name, request.experiment_id, continued)
+            mode = check_mode(request.tracking or os.environ.get("MLPROJECT_TRACKING") or "auto",
+                              request.backend or "local")
+            self.tracking = plan_tracking(self.cwd, request.experiment_name, request.experiment_id, continued,
+                                          mode=mode, local=(request.backend or "local") == "local", notify=self.say)
         tags = project_tags(plan.source.source_name, request.entry_point, self.manager, None, plan.source.commit,
                             plan.source.repo_url, plan.source.branch, plan.source.dirty, plan.source.branch_named,
                             request.backend or "local")
@@ -333,7 +346,7 @@ class _Sweep:
                 self.tracked = begin_tracking(self.tracking, experiment_name=request.experiment_name,
                                               experiment_id=request.experiment_id, run_id=continued,
                                               run_name=None if parent else f"sweep-{self.id}", tags=tags,
-                                              params={})()
+                                              params={}, notify=self.say)()
         except BaseException as exc:
             pending.settle(self.note, exc)
             self.note = None
@@ -513,8 +526,12 @@ class _Sweep:
         from runner.request import RunRequest
 
         request = self.request
+        experiment_name, experiment_id, tracking = None, self.experiment_id, request.tracking
+        if self.tracking.offline_for is not None:  # recorded offline, as the parent: where the user chose
+            experiment_name, experiment_id, tracking = request.experiment_name, request.experiment_id, "offline"
         return RunRequest(
-            request.uri, request.entry_point, self.version, trial.parameters, experiment_id=self.experiment_id,
+            request.uri, request.entry_point, self.version, trial.parameters, experiment_name=experiment_name,
+            experiment_id=experiment_id, tracking=tracking,
             backend=request.backend or "local", backend_config=request.backend_config, synchronous=False,
             env_manager=self.manager, run_name=f"sweep-{self.id}-{trial.number}", cwd=self.cwd, stream_output=False,
             parent_run_id=self.tracked.run_id, gpus=request.gpus_per_trial, gpu_devices=self.gpu_pool,

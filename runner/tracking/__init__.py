@@ -123,7 +123,7 @@ def resolve_uri(cwd: Path) -> tuple[str, bool]:
     """(tracking URI, whether the user asked for it), as MLflow 3.7+ resolves it."""
     configured = os.environ.get("MLFLOW_TRACKING_URI")
     if configured:
-        return _absolute_local(configured, cwd), True
+        return absolute_uri(configured, cwd), True
     if _has_file_store_data(cwd / "mlruns"):
         return (cwd / "mlruns").as_uri(), False
     return f"sqlite:///{cwd / 'mlflow.db'}", False
@@ -139,7 +139,7 @@ def _has_file_store_data(mlruns: Path) -> bool:
         return False
 
 
-def _absolute_local(uri: str, cwd: Path) -> str:
+def absolute_uri(uri: str, cwd: Path) -> str:
     # The command runs in the project directory: a relative store path must keep
     # pointing where the caller meant.
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -193,9 +193,11 @@ def open_tracker(uri: str, library_import=None, way: str | None = None, timeout:
     if way == "sqlite":
         from runner.tracking.sqlite_direct import SqliteTracker
 
+        from runner.tracking import offline
+
         path = local_store_path(uri)
         assert path is not None  # (way_to found a sqlite:/// file)
-        return SqliteTracker(uri, path)
+        return SqliteTracker(uri, path, offline.artifact_root() if offline.is_store(uri) else None)
     from runner.tracking.mlflow_lib import LibraryTracker
 
     return LibraryTracker(uri, library_import)

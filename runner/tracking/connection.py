@@ -9,12 +9,21 @@ closed while idle is reopened before a request is sent on it.
 from __future__ import annotations
 
 import http.client
+import os
 import select
 import socket
 from dataclasses import dataclass
 
 # What a caller treats as "the server could not be reached or did not answer".
 TransportError = (OSError, http.client.HTTPException)
+# Connecting may take this long before the server counts as unreachable (a loaded server's
+# kernel still accepts at once; only a host that is down or firewalled lets it run out).
+CONNECT_TIMEOUT = float(os.environ.get("MLPROJECT_CONNECT_TIMEOUT") or "10")
+
+
+class NotConnected(ConnectionError):
+    """No connection could be made (refused, no route, no such host, timed out): the server
+    has seen nothing of the request."""
 
 
 @dataclass
@@ -88,7 +97,26 @@ class Connection:
                                                          context=_tls_context(endpoint))
             else:
                 self._conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
+            self._connect(self._conn)
         return self._conn
+
+    def _connect(self, conn: http.client.HTTPConnection) -> None:
+        """Connect now, within CONNECT_TIMEOUT, so that a server that cannot be reached is told
+        from one that was reached and failed (NotConnected). A TLS failure is not the former."""
+        import ssl
+
+        conn.timeout = min(self.timeout, CONNECT_TIMEOUT)
+        try:
+            conn.connect()
+        except ssl.SSLError:
+            self.close()
+            raise
+        except OSError as exc:
+            self.close()
+            raise NotConnected(getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__) from exc
+        conn.timeout = self.timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(self.timeout)
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:

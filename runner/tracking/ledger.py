@@ -192,6 +192,19 @@ class Ledger:
         ).fetchall()
         return [r for r in map(_record, rows) if not process_is(r.runner_pid, r.runner_start)]
 
+    def tracked_in(self, tracking_uri: str) -> list[RunRecord]:
+        """The rows whose MLflow run is in this store, oldest first (the offline store's, to sync)."""
+        rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE tracking_uri = ? ORDER BY start_time",
+                                (tracking_uri,)).fetchall()
+        return [_record(row) for row in rows]
+
+    def moved(self, run_id: str, from_uri: str, tracking_uri: str, tracking_run_id: str) -> bool:
+        """The row's MLflow run is now this one, in this store (an offline run synced); its ledger
+        ID stays. False when it had moved already."""
+        return bool(self._db.execute(
+            "UPDATE runs SET tracking_uri = ?, tracking_run_id = ? WHERE id = ? AND tracking_uri = ?",
+            (tracking_uri, tracking_run_id, run_id, from_uri)).rowcount)
+
     def get(self, id_prefix: str) -> list[RunRecord]:
         rows = self._db.execute(
             f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE id LIKE ? OR tracking_run_id LIKE ? ORDER BY start_time DESC LIMIT 3",

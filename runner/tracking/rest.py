@@ -131,10 +131,15 @@ class RestTracker:
             f"cannot reach the MLflow tracking server at {redact(self.uri)}: {reason}",
             hint="trust its certificate with MLFLOW_TRACKING_SERVER_CERT_PATH=<ca.pem> "
                  "(or, unverified, MLFLOW_TRACKING_INSECURE_TLS=true)" if tls
-            else "is the server running? check MLFLOW_TRACKING_URI",
+            else "is the server running? check MLFLOW_TRACKING_URI"
+            + (" (or record the run offline: --tracking offline)" if sent is False else ""),
         )
         # Sent but unanswered: the server may have acted on it (a run may exist).
         error.outcome_unknown = sent  # type: ignore[attr-defined]
+        # Not even connected: the server saw nothing (a run may be recorded offline instead).
+        from runner.tracking.connection import NotConnected
+
+        error.unreachable = isinstance(exc, NotConnected)  # type: ignore[attr-defined]
         return error
 
     def _answer(self, endpoint: str, response) -> dict:

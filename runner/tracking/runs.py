@@ -161,7 +161,10 @@ def summary(record: RunRecord) -> list[tuple[str, str]]:
         rows.append(("cold start", timing.line(seconds)))
     params, metrics, note = dict(record.parameters), {}, None
     if record.tracking_run_id and record.tracking_uri:
-        rows.append(("tracking", f"{record.tracking_uri} (run {record.tracking_run_id})"))
+        from runner.tracking import offline
+
+        waiting = "; recorded offline, for `mlproject runs sync`" if offline.is_store(record.tracking_uri) else ""
+        rows.append(("tracking", f"{record.tracking_uri} (run {record.tracking_run_id}){waiting}"))
         try:
             from runner.tracking import tracker_for
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from runner.errors import TrackingError
 from runner.tracking import BackgroundImport, RunContext, StartRequest, mlflow_installed, open_tracker, redact, resolve_uri, way_to
-from runner.tracking.common import retry
+from runner.tracking.common import experiment_choice, retry
 from runner.version import __version__
 
 from typing import TYPE_CHECKING
@@ -32,18 +32,46 @@ class TrackingTarget:
     library: BackgroundImport | None = None
     note: str | None = None
     way: str | None = None  # see runner.tracking.way_to
+    # Recorded offline (runner.tracking.offline): the server the run is for, credentials masked.
+    offline_for: str | None = None
+    # A server that cannot be reached when the run is created: record offline instead.
+    may_go_offline: bool = False
+
+    def go_offline(self, notify: Callable[[str], None] | None = None) -> None:
+        """From here on, the run is recorded in the offline store, for `self.uri`."""
+        from runner.tracking import offline
+
+        intended = self.uri
+        assert intended is not None  # (an untracked run has nowhere to be synced to)
+        self.uri = offline.ensure_store(notify)
+        self.way = way_to(self.uri)
+        self.library = BackgroundImport() if self.way == "library" and self.library is None else self.library
+        self.offline_for = redact(intended)
+        self.may_go_offline = False
 
 
 def plan_tracking(cwd: Path, experiment_name: str | None, experiment_id: str | None, run_id: str | None,
-                  uri: str | None = None) -> TrackingTarget:
-    """`uri`: this tracking store (a rerun goes where its original went); else the usual one."""
+                  uri: str | None = None, mode: str = "auto", local: bool = True,
+                  notify: Callable[[str], None] | None = None) -> TrackingTarget:
+    """`uri`: this tracking store (a rerun goes where its original went); else the usual one.
+    `mode` (runner.tracking.offline.MODES): "offline" records in this machine's offline store for
+    a later `runs sync`; "auto" does so too when the run is `local` and its server cannot be
+    reached; "online" never does."""
+    if mode == "offline":
+        if run_id:
+            raise TrackingError(f"--run-id continues MLflow run {run_id} where it is: it cannot be recorded offline",
+                                hint="leave out --tracking offline, or --run-id")
+        target = TrackingTarget(uri or resolve_uri(cwd)[0], True)
+        target.go_offline(notify)
+        return target
     if os.environ.get("MLPROJECT_NO_TRACKING") and not (experiment_name or experiment_id or run_id or uri):
         return TrackingTarget(None, False)  # the local ledger only, by the user's choice
     uri, asked = (uri, True) if uri else resolve_uri(cwd)
     asked = asked or bool(experiment_name or experiment_id or run_id or os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID"))
     way = way_to(uri)
     if way != "library":
-        return TrackingTarget(uri, asked, way=way)
+        return TrackingTarget(uri, asked, way=way,
+                              may_go_offline=mode == "auto" and local and way == "rest" and not run_id)
     if not mlflow_installed():
         if asked:
             raise TrackingError(
@@ -172,13 +200,41 @@ def begin_tracking(
     run_name: str | None,
     tags: dict[str, str],
     params: dict[str, str],
+    notify: Callable[[str], None] | None = None,
 ) -> Callable[[], TrackedRun]:
     """Start creating the run; the returned function waits for it.
 
     Over REST the creation is sent at once and answered while the caller does
-    the rest of its preparation; other stores create the run here."""
+    the rest of its preparation; other stores create the run here. A server that
+    cannot be reached (the creation never left) makes the run an offline one when
+    the plan allows it; `notify` says so."""
     if plan.uri is None:
         return lambda: TrackedRun(None, None)
+    try:
+        return _begin(plan, experiment_name, experiment_id, run_id, run_name, tags, params)
+    except TrackingError as exc:
+        if not (plan.may_go_offline and getattr(exc, "unreachable", False)):
+            raise
+        plan.go_offline(notify)
+        if notify is not None:
+            notify(f"warning: {exc.message}; this run is recorded offline, and `mlproject runs sync` sends it "
+                   "there later")
+    from runner.tracking import ATTEMPT_TAG, offline, pending
+
+    if ATTEMPT_TAG in tags:  # its pending note must name where the run is made now
+        pending.note(tags[ATTEMPT_TAG], plan.uri, *offline.experiment_here(*experiment_choice(experiment_name,
+                                                                                             experiment_id)))
+    return _begin(plan, experiment_name, experiment_id, run_id, run_name, tags, params)
+
+
+def _begin(plan: TrackingTarget, experiment_name: str | None, experiment_id: str | None, run_id: str | None,
+           run_name: str | None, tags: dict[str, str], params: dict[str, str]) -> Callable[[], TrackedRun]:
+    assert plan.uri is not None  # (an untracked run is begun by its caller)
+    if plan.offline_for is not None:
+        from runner.tracking import offline
+
+        experiment_name, experiment_id = offline.experiment_here(*experiment_choice(experiment_name, experiment_id))
+        tags = {**tags, offline.TARGET_TAG: plan.offline_for}
     tracker = open_tracker(plan.uri, plan.library, plan.way)
     request = StartRequest(experiment_name, experiment_id, run_name, tags, params, run_id)
     begin = getattr(tracker, "begin", None)

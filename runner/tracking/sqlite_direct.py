@@ -42,9 +42,11 @@ def _join_uri(base: str, *parts: str) -> str:
 
 
 class SqliteTracker:
-    def __init__(self, uri: str, path: Path):
+    def __init__(self, uri: str, path: Path, artifact_root: Path | None = None):
         self.uri = uri
         self.path = path
+        # Where a new experiment's artifacts go: MLflow's default is ./mlruns of the caller.
+        self.artifact_root = artifact_root
 
     def _db(self) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
@@ -86,7 +88,7 @@ class SqliteTracker:
                 (name, stamp, stamp),
             )
             experiment_id = str(cursor.lastrowid)
-            location = str(Path.cwd() / "mlruns" / experiment_id)
+            location = str((self.artifact_root or Path.cwd() / "mlruns") / experiment_id)
             db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (location, int(experiment_id)))
             db.execute("COMMIT")
         except BaseException:
