@@ -139,26 +139,41 @@ def test_an_offline_sweep_is_sent_with_its_trials_under_their_parent(make_projec
     server = MlflowClient(mlflow_server)
     experiment_id = server.create_experiment(f"offline-sweep-{uuid.uuid4().hex[:8]}")
     env = {"MLFLOW_TRACKING_URI": mlflow_server}  # reachable: offline because it is asked for
-    swept = cli("sweep", str(root), "--env-manager", "local", "-P", "alpha=0.1,0.2,0.4", "--metric", "loss",
-                "--max-parallel", "2", "--tracking", "offline", "--experiment-id", experiment_id, env=env)
-    assert swept.returncode == 0, swept.stderr
+    # The driver SIGKILLed after its first trial: resumed, the rest of the sweep is recorded
+    # offline too, under the same parent.
+    log = _work_in_tmp / "sweep.err"
+    with open(log, "w") as stderr_file:
+        driver = subprocess.Popen([sys.executable, "-m", "runner", "sweep", str(root), "--env-manager", "local",
+                                   "-P", "alpha=0.1,0.2,0.4", "--metric", "loss", "--max-parallel", "1",
+                                   "--tracking", "offline", "--experiment-id", experiment_id],
+                                  env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=stderr_file)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not re.search(r"^trial \S+ \(1/3\)", log.read_text(), re.MULTILINE):
+        time.sleep(0.1)
+    driver.kill()
+    driver.wait()
+    sweep_id = re.search(r"^sweep (\S+):", log.read_text(), re.MULTILINE).group(1)
+    swept = cli("sweep", "--resume", sweep_id, env=env)
+    assert swept.returncode == 0 and "trial(s) kept" in swept.stderr, swept.stderr
     parent = re.search(r"parent run ([0-9a-f]{32})", swept.stderr).group(1)
-    trials = [r for r in json.loads(cli("runs", "list", "--json").stdout) if r["id"] != parent]
-    assert len(trials) == 3 and all(r["tracking_uri"].endswith("offline/mlflow.db") for r in trials)
+    rows = json.loads(cli("runs", "list", "--json").stdout)
+    trials = [r for r in rows if r["id"] != parent and r["status"] == "FINISHED"]
+    assert len(trials) == 3 and all(r["tracking_uri"].endswith("offline/mlflow.db") for r in rows)
     assert not server.search_runs([experiment_id])  # nothing reached the server yet
 
     synced = cli("runs", "sync", "--to", mlflow_server, env=env)
-    assert synced.returncode == 0 and "sent 4 run(s)" in synced.stdout, (synced.stdout, synced.stderr)
+    # (the trial the driver's death cut short is there too, FAILED, and was run again)
+    assert synced.returncode == 0 and f"sent {len(rows)} run(s)" in synced.stdout, (synced.stdout, synced.stderr)
     [parent_copy] = _copies(server, experiment_id, parent)
     assert parent_copy.data.tags["mlproject.sweep.trials"] == "3"
     for trial in trials:
         [copy] = _copies(server, experiment_id, trial["id"])
         assert copy.data.tags["mlflow.parentRunId"] == parent_copy.info.run_id
         assert copy.info.status == "FINISHED"
-    assert len(server.search_runs([experiment_id])) == 4
+    assert len(server.search_runs([experiment_id])) == len(rows)
     again = cli("runs", "sync", "--to", mlflow_server, env=env)
     assert "nothing to sync" in again.stdout, again.stdout
-    assert len(server.search_runs([experiment_id])) == 4
+    assert len(server.search_runs([experiment_id])) == len(rows)
 
 
 def test_a_sync_killed_at_any_instant_sends_each_run_exactly_once(make_project, cli, mlflow_server, mlproject_home,
