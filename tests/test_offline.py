@@ -247,17 +247,27 @@ def test_the_warm_path_of_an_offline_run_does_not_import_mlflow(make_project, cl
     assert "NO-MLFLOW" in result.stderr, result.stderr
 
 
-def test_the_python_api_records_offline_and_syncs(make_project, mlflow_server, _work_in_tmp):
+def test_the_python_api_records_offline_and_syncs(make_project, mlflow_server, _work_in_tmp, monkeypatch):
+    """runner.run(tracking="offline") and runner.sync_runs(); a rerun of an offline run is recorded
+    offline too, for the same server."""
     import runner
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     root = make_project(QUICK)
     submitted = runner.run(str(root), parameters={"n": 7}, env_manager="local", tracking="offline",
                            experiment_name=f"offline-api-{uuid.uuid4().hex[:8]}")
     assert submitted.get_status() == "FINISHED"
-    first = runner.sync_runs(to=mlflow_server)
-    [(ledger_id, server_uri, copy)] = first.sent
-    assert (ledger_id, server_uri) == (submitted.run_id, mlflow_server)
-    assert MlflowClient(mlflow_server).get_run(copy).data.params == {"n": "7"}
-    assert runner.sync_runs(to=mlflow_server).sent == []
+    again = runner.rerun(submitted.run_id)
+    assert again.get_status() == "FINISHED"
+    first = runner.sync_runs()
+    assert sorted(first.sent) == sorted((run_id, mlflow_server, copy) for run_id, _, copy in first.sent)
+    assert {ledger_id for ledger_id, _, _ in first.sent} == {submitted.run_id, again.run_id}
+    server = MlflowClient(mlflow_server)
+    copies = {ledger_id: copy for ledger_id, _, copy in first.sent}
+    for copy in copies.values():
+        assert server.get_run(copy).data.params == {"n": "7"}
+    # (the rerun's tag names its original's copy on the server, as the parent of a sweep's trial)
+    assert server.get_run(copies[again.run_id]).data.tags["mlproject.rerunOf"] == copies[submitted.run_id]
+    assert runner.sync_runs().sent == []
     with pytest.raises(runner.UsageError, match="expected one of auto, offline, online"):
         runner.run(str(root), parameters={"n": 1}, env_manager="local", tracking="nowhere")

@@ -79,6 +79,10 @@ def plan_rerun(run_id: str, parameters: Mapping[str, Any] | None = None, env_man
         logged_paths = {name: str(tracked.params[name]) for name in recorded_params
                         if name not in given and name in tracked.params
                         and str(tracked.params[name]) != recorded_params[name]}
+        from runner.tracking.offline import TARGET_TAG
+
+        if TARGET_TAG in tracked.tags:  # recorded offline: the rerun is too, for the same server
+            tags[TARGET_TAG] = tracked.tags[TARGET_TAG]
         then = tracked.tags.get("mlproject.version")
         if then and then != __version__:
             result.differences.append(Difference(f"runner: mlproject-runner {__version__} (the run used {then})", False))

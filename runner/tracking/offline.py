@@ -108,5 +108,5 @@ def resumed(uri: str, run_id: str | None):
 
     target = TrackingTarget(uri, True, way=way_to(uri))
     meant_for = open_tracker(uri, way=target.way).recorded_run(run_id).tags.get(TARGET_TAG) if run_id else None
-    target.offline_for = meant_for or "(unknown)"
+    target.offline_for = meant_for or ""  # ("": for no server it names; `runs sync --to` says which)
     return target

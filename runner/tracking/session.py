@@ -234,7 +234,8 @@ def _begin(plan: TrackingTarget, experiment_name: str | None, experiment_id: str
         from runner.tracking import offline
 
         experiment_name, experiment_id = offline.experiment_here(*experiment_choice(experiment_name, experiment_id))
-        tags = {**tags, offline.TARGET_TAG: plan.offline_for}
+        if plan.offline_for:
+            tags = {**tags, offline.TARGET_TAG: plan.offline_for}
     tracker = open_tracker(plan.uri, plan.library, plan.way)
     request = StartRequest(experiment_name, experiment_id, run_name, tags, params, run_id)
     begin = getattr(tracker, "begin", None)

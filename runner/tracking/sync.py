@@ -2,8 +2,8 @@
 
 Each ended run of the offline store (runner.tracking.offline), oldest first so that a sweep's
 parent is there before its trials: its experiment found or made on the server, a run made
-there with the offline run's start time, name and tags (its parent's ID mapped to the
-parent's copy, and SYNCED_FROM_TAG added), then its parameters, every value of every metric
+there with the offline run's start time, name and tags (its parent's ID, a rerun's original's
+and a retry's first attempt's mapped to their copies, and SYNCED_FROM_TAG added), then its parameters, every value of every metric
 with its step and timestamp, its artifacts, and last its end (status and end time). Then
 the ledger's row names the server's run; the ledger ID stays what it was.
 
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Sequence
 
 _PARENT_TAG = "mlflow.parentRunId"
+# Tags whose value is another run's ID (a rerun's original, a retry's first attempt): on the
+# server they name that run's copy.
+_NAMING_A_RUN = ("mlproject.rerunOf", "mlproject.retry.of")
 
 
 @dataclass
@@ -99,7 +102,13 @@ class _Sender:
         run = self.source.get_run(record.tracking_run_id)
         tags = dict(run.data.tags)
         meant_for = tags.pop(offline.TARGET_TAG, None)
-        target = self.to or _with_credentials(meant_for)
+        if self.to:
+            target = self.to
+        elif meant_for:
+            target = _with_credentials(meant_for)
+        else:
+            self.result.waiting.append((record.id, "it does not say which server it is for: give --to URI"))
+            return
         if offline.is_store(target):
             raise TrackingError(f"run {record.id} cannot be sent to the offline store itself",
                                 hint="give the tracking server: mlproject runs sync --to URI")
@@ -110,6 +119,9 @@ class _Sender:
                 self.result.waiting.append((record.id, f"its parent run {parent} is not sent yet"))
                 return
             tags[_PARENT_TAG] = moved
+        for key in _NAMING_A_RUN:
+            if tags.get(key):
+                tags[key] = self._moved(tags[key]) or tags[key]  # (not sent yet: its ID here)
         tags[offline.SYNCED_FROM_TAG] = record.id
         client = self._client(target)
         experiment_id = self._experiment(client, target, run.info.experiment_id)
@@ -196,12 +208,9 @@ def _check_reachable(target: str) -> None:
                             hint="the offline runs stay here; run `mlproject runs sync` again once it is up") from None
 
 
-def _with_credentials(meant_for: str | None) -> str:
+def _with_credentials(meant_for: str) -> str:
     """The server a run was recorded for, with the credentials its record masks: those of
     MLFLOW_TRACKING_URI when it names the same server."""
-    if not meant_for:
-        raise TrackingError("an offline run does not say which server it is for",
-                            hint="give it: mlproject runs sync --to URI")
     current = os.environ.get("MLFLOW_TRACKING_URI")
     if current and redact(current) == meant_for:
         return current
