@@ -261,9 +261,10 @@ def offline_tracking(args: argparse.Namespace, work: Path) -> str:
             ("mlproject run --tracking offline", ours + ["--tracking", "offline"], rest_env),
             ("mlproject run, its server unreachable (recorded offline)", ours, {**base_env, "MLFLOW_TRACKING_URI": closed}),
         ], args.repeat * 2, work)
-        waiting = args.repeat * 2 + 2  # (the warm-up's offline runs: the unreachable ones wait for their server)
-        sync = measure(f"mlproject runs sync of {waiting} offline runs", mlproject_command() + ["runs", "sync"], 1, work,
-                       rest_env)
+        waiting = args.repeat * 4 + 2  # (two offline kinds, interleaved, and the warm-up's two)
+        # (--to: the runs whose server was unreachable go to the one that answers)
+        sync = measure(f"mlproject runs sync of {waiting} offline runs", mlproject_command() + ["runs", "sync", "--to", url],
+                       1, work, rest_env)
         again = measure("mlproject runs sync again (nothing to send)", mlproject_command() + ["runs", "sync"],
                         args.repeat, work, rest_env)
     finally:

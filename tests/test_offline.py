@@ -271,3 +271,20 @@ def test_the_python_api_records_offline_and_syncs(make_project, mlflow_server, _
     assert runner.sync_runs().sent == []
     with pytest.raises(runner.UsageError, match="expected one of auto, offline, online"):
         runner.run(str(root), parameters={"n": 1}, env_manager="local", tracking="nowhere")
+
+
+def test_runs_for_a_server_still_down_wait_while_the_others_are_sent(make_project, cli, mlflow_server):
+    from conftest import free_port
+
+    root = make_project(QUICK)
+    dead = f"http://127.0.0.1:{free_port()}"
+    down = cli("run", str(root), "-P", "n=1", "--env-manager", "local", env={"MLFLOW_TRACKING_URI": dead})
+    assert down.returncode == 0 and "recorded offline" in down.stderr, down.stderr
+    up = cli("run", str(root), "-P", "n=2", "--env-manager", "local", "--tracking", "offline",
+             env={"MLFLOW_TRACKING_URI": mlflow_server})
+    assert up.returncode == 0, up.stderr
+    synced = cli("runs", "sync", env={"MLFLOW_TRACKING_URI": mlflow_server})
+    assert_clean_error(synced, 2, f"cannot reach the MLflow tracking server at {dead}")
+    assert "sent 1 run(s)" in synced.stdout and "1 waiting" in synced.stdout, synced.stdout
+    assert _ledger(cli, _run_id(up))["tracking_uri"] == mlflow_server
+    assert _ledger(cli, _run_id(down))["tracking_uri"].endswith("offline/mlflow.db")

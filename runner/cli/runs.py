@@ -123,6 +123,8 @@ def runs_sync(run_ids: tuple[str, ...], to: str | None) -> int:
     from runner.progress import Progress
     from runner.tracking.sync import sync
 
+    from runner.errors import TrackingError
+
     result = sync(to, run_ids, notify=say, progress=Progress())
     for run_id, why in result.waiting:
         say(f"run {run_id} not sent yet: {why}")
@@ -132,6 +134,11 @@ def runs_sync(run_ids: tuple[str, ...], to: str | None) -> int:
     servers = sorted({server for _, server, _ in result.sent})
     out(f"sent {len(result.sent)} run(s)" + (f" to {', '.join(servers)}" if servers else "")
         + (f"; {len(result.waiting)} waiting" if result.waiting else ""))
+    if result.unreachable:  # (the others were sent: the exit code says that some were not)
+        server, reason = sorted(result.unreachable.items())[0]
+        others = f" (and {len(result.unreachable) - 1} other server(s))" if len(result.unreachable) > 1 else ""
+        raise TrackingError(f"cannot reach the MLflow tracking server at {server}: {reason}{others}",
+                            hint="its runs stay here; run `mlproject runs sync` again once it is up")
     return 0
 
 

@@ -39,6 +39,7 @@ _NAMING_A_RUN = ("mlproject.rerunOf", "mlproject.retry.of")
 class SyncResult:
     sent: list[tuple[str, str, str]] = field(default_factory=list)  # (ledger ID, server, its run ID there)
     waiting: list[tuple[str, str]] = field(default_factory=list)  # (ledger ID, why it was not sent yet)
+    unreachable: dict[str, str] = field(default_factory=dict)  # server -> why it could not be reached
 
 
 def sync(to: str | None = None, run_ids: Sequence[str] = (), notify: Callable[[str], None] | None = None,
@@ -83,6 +84,7 @@ class _Sender:
         self.ledger, self.store, self.to, self.result, self.notify = ledger, store, to, result, notify
         self.source = MlflowClient(store)
         self.clients: dict[str, Any] = {}
+        self.tried: dict[str, bool] = {}  # server -> whether it could be connected to
         self.experiments: dict[tuple[str, str], str] = {}
 
     def send(self, records: list[RunRecord]) -> None:
@@ -112,6 +114,9 @@ class _Sender:
         if offline.is_store(target):
             raise TrackingError(f"run {record.id} cannot be sent to the offline store itself",
                                 hint="give the tracking server: mlproject runs sync --to URI")
+        if not self._reachable(target):
+            self.result.waiting.append((record.id, f"its server {redact(target)} cannot be reached"))
+            return
         parent = tags.get(_PARENT_TAG)
         if parent:
             moved = self._moved(parent)
@@ -138,9 +143,18 @@ class _Sender:
             return offline_run_id
         return None if offline.is_store(rows[0].tracking_uri) else rows[0].tracking_run_id
 
+    def _reachable(self, target: str) -> bool:
+        """Whether the server can be connected to, tried once per server (MLflow's client would
+        retry one that cannot for minutes); one that cannot is in the result, with the reason."""
+        if target not in self.tried:
+            reason = _connect_problem(target)
+            self.tried[target] = reason is None
+            if reason is not None:
+                self.result.unreachable[redact(target)] = reason
+        return self.tried[target]
+
     def _client(self, target: str):
         if target not in self.clients:
-            _check_reachable(target)
             self.clients[target] = self.client_class(target)
         return self.clients[target]
 
@@ -189,10 +203,11 @@ class _Sender:
         return copy
 
 
-def _check_reachable(target: str) -> None:
-    """A server that cannot be reached is said at once (MLflow's client would retry it for minutes)."""
+def _connect_problem(target: str) -> str | None:
+    """Why a connection to an http(s) server could not be made; None when it could (or the target
+    is a store, not a server)."""
     if not target.startswith(("http://", "https://")):
-        return
+        return None
     import socket
     from urllib.parse import urlsplit
 
@@ -203,9 +218,8 @@ def _check_reachable(target: str) -> None:
     try:
         socket.create_connection((parts.hostname or "localhost", port), timeout=CONNECT_TIMEOUT).close()
     except OSError as exc:
-        raise TrackingError(f"cannot reach the MLflow tracking server at {redact(target)}: "
-                            f"{exc.strerror or exc.__class__.__name__}",
-                            hint="the offline runs stay here; run `mlproject runs sync` again once it is up") from None
+        return exc.strerror or exc.__class__.__name__
+    return None
 
 
 def _with_credentials(meant_for: str) -> str:
