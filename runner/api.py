@@ -345,12 +345,18 @@ def sync_runs(to: str | None = None, run_ids: Sequence[str] = ()):
     """Send the runs recorded offline to the tracking server each was recorded for (or `to`),
     once each, as `mlproject runs sync` does; returns a SyncResult (`sent`: (ledger ID, server,
     the run's ID there); `waiting`: runs not sent yet, and why). See runner.tracking.sync."""
+    from runner import backends
+    from runner.tracking.ledger import Ledger
     from runner.tracking.sync import sync
 
+    ledger = Ledger()
     try:
-        return sync(to, tuple(run_ids))
+        backends.reconcile(ledger)  # (a run whose runner died is ended first: then it can be sent)
+        return sync(ledger, to, tuple(run_ids))
     except RunnerError as exc:
         raise exc.for_python() from None
+    finally:
+        ledger.close()
 
 
 def attach(run_id: str):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -247,9 +248,10 @@ def test_the_warm_path_of_an_offline_run_does_not_import_mlflow(make_project, cl
     assert "NO-MLFLOW" in result.stderr, result.stderr
 
 
-def test_the_python_api_records_offline_and_syncs(make_project, mlflow_server, _work_in_tmp, monkeypatch):
+def test_the_python_api_records_offline_and_syncs(make_project, mlflow_server, _work_in_tmp, monkeypatch, cli,
+                                                   mlproject_home):
     """runner.run(tracking="offline") and runner.sync_runs(); a rerun of an offline run is recorded
-    offline too, for the same server."""
+    offline too, for the same server; `cache gc` removes the offline originals of sent runs."""
     import runner
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -269,6 +271,21 @@ def test_the_python_api_records_offline_and_syncs(make_project, mlflow_server, _
     # (the rerun's tag names its original's copy on the server, as the parent of a sweep's trial)
     assert server.get_run(copies[again.run_id]).data.tags["mlproject.rerunOf"] == copies[submitted.run_id]
     assert runner.sync_runs().sent == []
+    here = _offline_store(mlproject_home)
+    originals = [Path(here.get_run(run_id).info.artifact_uri).parent for run_id in copies]
+    assert all(directory.is_dir() for directory in originals)
+    dry = cli("cache", "gc", "--older-than", "0", "--dry-run")
+    assert "would remove the offline originals of 2 run(s)" in dry.stdout, dry.stdout
+    assert all(directory.is_dir() for directory in originals)
+    gc = cli("cache", "gc", "--older-than", "0")
+    assert gc.returncode == 0 and "removed the offline originals of 2 run(s)" in gc.stdout, (gc.stdout, gc.stderr)
+    assert not any(directory.exists() for directory in originals)
+    assert {here.get_run(run_id).info.lifecycle_stage for run_id in copies} == {"deleted"}
+    for ledger_id, copy in copies.items():  # the runs are the server's copies, whole
+        assert server.get_run(copy).data.params == {"n": "7"}
+        assert "output.log" in {a.path for a in server.list_artifacts(copy)}
+        assert _ledger(cli, ledger_id)["tracking_run_id"] == copy
+    assert "originals of 0 run(s)" in cli("cache", "gc", "--older-than", "0").stdout
     with pytest.raises(runner.UsageError, match="expected one of auto, offline, online"):
         runner.run(str(root), parameters={"n": 1}, env_manager="local", tracking="nowhere")
 

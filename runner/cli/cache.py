@@ -32,7 +32,8 @@ def cache_list() -> int:
     return 0
 
 
-@cache.command("gc", help="remove checkouts, mirrors and staged projects not used for a while (never one in use)")
+@cache.command("gc", help="remove checkouts, mirrors, staged projects and sent offline runs not used for a while "
+                           "(never one in use)")
 @click.option("--older-than", required=True, metavar="DURATION", help="30d, 12h, 45m, 30s; 0 for all unused")
 @click.option("--dry-run", is_flag=True, help="print what would be removed and the space freed; remove nothing")
 @click.option("--staging-dir", default=None, type=click.Path(file_okay=False),
@@ -57,4 +58,9 @@ def cache_gc(older_than: str, dry_run: bool, staging_dir: str | None) -> int:
          f"kept {staged.in_use} named by queued or running jobs and {staged.kept} used recently, "
          f"and {staged.environments_kept} packed environment(s) used recently; "
          f"{human_size(staged.freed)} {freed}" + ("; nothing was removed (--dry-run)" if dry_run else ""))
+    from runner.tracking import offline
+
+    sent = offline.forget_sent(age, dry_run)
+    out(f"{verb} the offline originals of {sent.runs} run(s) sent to their tracking server; "
+        f"{human_size(sent.freed)} {freed}" + ("; nothing was removed (--dry-run)" if dry_run else ""))
     return 0

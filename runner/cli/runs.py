@@ -125,7 +125,11 @@ def runs_sync(run_ids: tuple[str, ...], to: str | None) -> int:
 
     from runner.errors import TrackingError
 
-    result = sync(to, run_ids, notify=say, progress=Progress())
+    ledger, _ = _ledger()
+    try:
+        result = sync(ledger, to, run_ids, notify=say, progress=Progress())
+    finally:
+        ledger.close()
     for run_id, why in result.waiting:
         say(f"run {run_id} not sent yet: {why}")
     if not result.sent and not result.waiting:

@@ -15,6 +15,7 @@ sends the run to experiment 7 again; the Default experiment (0) is 0 on both sid
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from runner import home
@@ -110,3 +111,50 @@ def resumed(uri: str, run_id: str | None):
     meant_for = open_tracker(uri, way=target.way).recorded_run(run_id).tags.get(TARGET_TAG) if run_id else None
     target.offline_for = meant_for or ""  # ("": for no server it names; `runs sync --to` says which)
     return target
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    runs: int  # sent runs whose offline originals were removed (or would be, dry)
+    freed: int  # bytes of their artifacts
+
+
+def forget_sent(age_seconds: float, dry_run: bool) -> Forgotten:
+    """The offline originals of runs sent to their server (`runs sync`) that ended more than
+    `age_seconds` ago: their artifacts removed and each run marked deleted, as MLflow deletes a run
+    (the copy on the server is the run now; the ledger names it). Under the sync's lock."""
+    import sqlite3
+    import time
+
+    from runner.filelock import held
+    from runner.store import disk_usage, remove_tree
+    from runner.tracking.artifacts import local_root
+    from runner.tracking.ledger import Ledger
+    from runner.tracking.sqlite_direct import verified_schema
+
+    path = directory() / "mlflow.db"
+    if not path.is_file() or not verified_schema(path):  # (a schema not verified: left alone)
+        return Forgotten(0, 0)
+    cutoff = time.time() - age_seconds
+    with held(directory() / ".sync.lock"):
+        db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        ledger = Ledger()
+        try:
+            active = db.execute("SELECT run_uuid, artifact_uri FROM runs WHERE lifecycle_stage = 'active'").fetchall()
+            records = ledger.rows([run_id for run_id, _ in active])
+            sent = [(run_id, local_root(uri)) for run_id, uri in active
+                    if run_id in records and records[run_id].tracking_uri and not is_store(records[run_id].tracking_uri)
+                    and (records[run_id].end_time or cutoff) < cutoff]
+            run_dirs = [root.parent for _, root in sent if root is not None and root.parent.is_dir()
+                        and artifact_root().resolve() in root.resolve().parents]
+            freed = sum(disk_usage(run_dirs))
+            if not dry_run:
+                for run_id, _ in sent:  # (first: a run whose files are going is no longer offered)
+                    db.execute("UPDATE runs SET lifecycle_stage = 'deleted', deleted_time = ? WHERE run_uuid = ?",
+                               (int(time.time() * 1000), run_id))
+                for run_dir in run_dirs:
+                    remove_tree(run_dir, artifact_root())
+        finally:
+            db.close()
+            ledger.close()
+    return Forgotten(len(sent), freed)

@@ -23,11 +23,12 @@ from runner import faults
 from runner.errors import TrackingError
 from runner.tracking import absolute_uri, offline, redact
 from runner.tracking.common import tag_filter
-from runner.tracking.ledger import Ledger, RunRecord
 
 from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Callable, Sequence
+
+    from runner.tracking.ledger import Ledger, RunRecord
 
 _PARENT_TAG = "mlflow.parentRunId"
 # Tags whose value is another run's ID (a rerun's original, a retry's first attempt): on the
@@ -42,28 +43,25 @@ class SyncResult:
     unreachable: dict[str, str] = field(default_factory=dict)  # server -> why it could not be reached
 
 
-def sync(to: str | None = None, run_ids: Sequence[str] = (), notify: Callable[[str], None] | None = None,
-         progress=None) -> SyncResult:
+def sync(ledger: Ledger, to: str | None = None, run_ids: Sequence[str] = (),
+         notify: Callable[[str], None] | None = None, progress=None) -> SyncResult:
     """Send the ended offline runs (those whose ledger IDs start with one of `run_ids`, if given)
     to `to`, or each to the server it was recorded for; `progress` shows the sending (see
-    runner.progress.step)."""
+    runner.progress.step). The caller's `ledger` is reconciled already (a run whose runner died is
+    ended, so that it can be sent), and stays open."""
     store = offline.store_uri()
     result = SyncResult()
-    ledger = Ledger()
-    try:
-        if not _chosen(ledger.tracked_in(store), run_ids):
-            return result
-        from runner.filelock import held
+    if not _chosen(ledger.tracked_in(store), run_ids):
+        return result
+    from runner.filelock import held
 
-        with held(offline.directory() / ".sync.lock"):  # (two syncs at once would send a run twice)
-            records = _chosen(ledger.tracked_in(store), run_ids)  # again: a sync that held it sent some
-            target = absolute_uri(to, Path.cwd()) if to else None
-            from runner.progress import step
+    with held(offline.directory() / ".sync.lock"):  # (two syncs at once would send a run twice)
+        records = _chosen(ledger.tracked_in(store), run_ids)  # again: a sync that held it sent some
+        target = absolute_uri(to, Path.cwd()) if to else None
+        from runner.progress import step
 
-            with step(progress, f"sending {len(records)} offline run(s)"):
-                _Sender(ledger, store, target, result, notify or (lambda _: None)).send(records)
-    finally:
-        ledger.close()
+        with step(progress, f"sending {len(records)} offline run(s)"):
+            _Sender(ledger, store, target, result, notify or (lambda _: None)).send(records)
     return result
 
 
