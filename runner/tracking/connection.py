@@ -16,9 +16,15 @@ from dataclasses import dataclass
 
 # What a caller treats as "the server could not be reached or did not answer".
 TransportError = (OSError, http.client.HTTPException)
-# Connecting may take this long before the server counts as unreachable (a loaded server's
-# kernel still accepts at once; only a host that is down or firewalled lets it run out).
-CONNECT_TIMEOUT = float(os.environ.get("MLPROJECT_CONNECT_TIMEOUT") or "10")
+# How long a connection may take to be made; by default the request's own timeout. Not shorter:
+# a server whose accept queue is full (fifty runs starting at once) drops the handshake, and the
+# client's retransmissions (1 s, 2 s, 4 s, 8 s, ...) connect later; cut short, they would make a
+# busy server look unreachable.
+_CONNECT_TIMEOUT = os.environ.get("MLPROJECT_CONNECT_TIMEOUT")
+
+
+def connect_timeout(request_timeout: float) -> float:
+    return float(_CONNECT_TIMEOUT) if _CONNECT_TIMEOUT else request_timeout
 
 
 class NotConnected(ConnectionError):
@@ -101,11 +107,11 @@ class Connection:
         return self._conn
 
     def _connect(self, conn: http.client.HTTPConnection) -> None:
-        """Connect now, within CONNECT_TIMEOUT, so that a server that cannot be reached is told
-        from one that was reached and failed (NotConnected). A TLS failure is not the former."""
+        """Connect now, so that a server that cannot be reached is told from one that was reached
+        and failed (NotConnected). A TLS failure is not the former."""
         import ssl
 
-        conn.timeout = min(self.timeout, CONNECT_TIMEOUT)
+        conn.timeout = connect_timeout(self.timeout)
         try:
             conn.connect()
         except ssl.SSLError:

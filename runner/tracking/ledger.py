@@ -80,7 +80,7 @@ class Ledger:
             self._create()
 
     def _create(self) -> None:
-        self._db.execute("PRAGMA journal_mode = WAL")
+        self._wal()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]  # again, under the lock
@@ -109,6 +109,20 @@ class Ledger:
             if self._db.in_transaction:  # (not after a COMMIT an interrupt landed just behind)
                 self._db.execute("ROLLBACK")
             raise
+
+    def _wal(self) -> None:
+        """WAL mode. SQLite answers "database is locked" at once, without its busy handler, when
+        another process holds the file while the mode changes (fifty first runs at once did, in a
+        fresh clone's test run): asked again for up to the busy timeout."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def close(self) -> None:
         self._db.close()

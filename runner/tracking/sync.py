@@ -209,12 +209,12 @@ def _connect_problem(target: str) -> str | None:
     import socket
     from urllib.parse import urlsplit
 
-    from runner.tracking.connection import CONNECT_TIMEOUT
+    from runner.tracking.connection import connect_timeout
 
     parts = urlsplit(target)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        socket.create_connection((parts.hostname or "localhost", port), timeout=CONNECT_TIMEOUT).close()
+        socket.create_connection((parts.hostname or "localhost", port), timeout=connect_timeout(30.0)).close()
     except OSError as exc:
         return exc.strerror or exc.__class__.__name__
     return None
