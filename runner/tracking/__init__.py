@@ -206,11 +206,14 @@ def open_tracker(uri: str, library_import=None, way: str | None = None, timeout:
 def tracker_for(tracking_uri: str, quick: bool = False) -> Tracker:
     """A tracker for a URI as the ledger stores it (redacted): the current MLFLOW_TRACKING_URI,
     credentials and all, when it is the same store. `quick`: a short network timeout."""
-    uri = tracking_uri
+    return open_tracker(with_credentials(tracking_uri), timeout=3.0 if quick else None)
+
+
+def with_credentials(recorded_uri: str) -> str:
+    """A URI as the ledger or a tag records it (credentials masked): the current
+    MLFLOW_TRACKING_URI, credentials and all, when it names the same store; else as recorded."""
     current = os.environ.get("MLFLOW_TRACKING_URI")
-    if current and redact(current) == uri:
-        uri = current  # the stored form has its credentials masked
-    return open_tracker(uri, timeout=3.0 if quick else None)
+    return current if current and redact(current) == recorded_uri else recorded_uri
 
 
 class BackgroundImport:

@@ -35,6 +35,11 @@ def store_uri() -> str:
     return f"sqlite:///{directory() / 'mlflow.db'}"
 
 
+def sync_lock() -> Path:
+    """Held by `runs sync` and by the removal of what it sent: one of them at a time."""
+    return directory() / ".sync.lock"
+
+
 def artifact_root() -> Path:
     return directory() / "mlruns"
 
@@ -136,7 +141,7 @@ def forget_sent(age_seconds: float, dry_run: bool) -> Forgotten:
     if not path.is_file() or not verified_schema(path):  # (a schema not verified: left alone)
         return Forgotten(0, 0)
     cutoff = time.time() - age_seconds
-    with held(directory() / ".sync.lock"):
+    with held(sync_lock()):
         db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
         ledger = Ledger()
         try:

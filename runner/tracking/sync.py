@@ -21,7 +21,7 @@ from pathlib import Path
 
 from runner import faults
 from runner.errors import TrackingError
-from runner.tracking import absolute_uri, offline, redact
+from runner.tracking import absolute_uri, offline, redact, with_credentials
 from runner.tracking.common import tag_filter
 
 from typing import TYPE_CHECKING
@@ -55,7 +55,7 @@ def sync(ledger: Ledger, to: str | None = None, run_ids: Sequence[str] = (),
         return result
     from runner.filelock import held
 
-    with held(offline.directory() / ".sync.lock"):  # (two syncs at once would send a run twice)
+    with held(offline.sync_lock()):  # (two syncs at once would send a run twice)
         records = _chosen(ledger.tracked_in(store), run_ids)  # again: a sync that held it sent some
         target = absolute_uri(to, Path.cwd()) if to else None
         from runner.progress import step
@@ -136,10 +136,10 @@ class _Sender:
     def _moved(self, offline_run_id: str) -> str | None:
         """The server's ID of a run of the offline store, once it was sent (else None); an ID that
         is no offline run's is the server's already."""
-        rows = [r for r in self.ledger.get(offline_run_id) if r.id == offline_run_id]
-        if not rows:
+        row = self.ledger.rows([offline_run_id]).get(offline_run_id)
+        if row is None:
             return offline_run_id
-        return None if offline.is_store(rows[0].tracking_uri) else rows[0].tracking_run_id
+        return None if offline.is_store(row.tracking_uri) else row.tracking_run_id
 
     def _reachable(self, target: str) -> bool:
         """Whether the server can be connected to, tried once per server (MLflow's client would
@@ -222,15 +222,13 @@ def _connect_problem(target: str) -> str | None:
 
 def _with_credentials(meant_for: str) -> str:
     """The server a run was recorded for, with the credentials its record masks: those of
-    MLFLOW_TRACKING_URI when it names the same server."""
-    current = os.environ.get("MLFLOW_TRACKING_URI")
-    if current and redact(current) == meant_for:
-        return current
-    if "***@" in meant_for:
+    MLFLOW_TRACKING_URI when it names the same server (else a clear error, not a failed login)."""
+    uri = with_credentials(meant_for)
+    if "***@" in uri:
         raise TrackingError(f"the runs are for {meant_for}, whose credentials are not kept",
                             hint="set MLFLOW_TRACKING_URI to that server with its credentials, or use "
                                  "MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN")
-    return meant_for
+    return uri
 
 
 def _failed(record: RunRecord, exc: Exception) -> TrackingError:
