@@ -274,7 +274,10 @@ def submit_array(requests: list[RunRequest], *, notify: Notify | None = None, th
     prepared = []
     try:
         for request in requests:
-            prepared.append(_prepare(request, notify, None))
+            # (The first checks the backend config against the cluster and settles what dead
+            # runners left; the others, alike, take its word: 1,000 trials, 1,000 times less.)
+            first = prepared[0][1] if prepared else None
+            prepared.append(_prepare(request, notify, None, checked=first and first.backend_options, settle=not first))
     except BaseException as exc:
         for _, state in prepared:
             _abandon(state, exc)
@@ -299,8 +302,10 @@ def _abandon(state: PreparedRun, exc: BaseException) -> None:
     _end_tracked(state.tracked, state.note, exc, state.notify)
 
 
-def _prepare(request: RunRequest, notify, progress):
-    """Everything before the backend takes the run: (backend, PreparedRun) with the run open."""
+def _prepare(request: RunRequest, notify, progress, checked: Any = None, settle: bool = True):
+    """Everything before the backend takes the run: (backend, PreparedRun) with the run open.
+    `checked`: the backend config as an alike request's check made it (not checked again);
+    `settle`: settle what dead runners left (see _open_run)."""
     from runner import backends
     from runner.envs import check_manager_name
     from runner.timing import Timings
@@ -310,7 +315,7 @@ def _prepare(request: RunRequest, notify, progress):
     check_manager_name(request.env_manager)
     tracking_mode = request.tracking_mode()
     backend = backends.get(request.backend)
-    backend_options = backend.check(parse_backend_config(request.backend_config), request)
+    backend_options = checked if checked is not None else backend.check(parse_backend_config(request.backend_config), request)
     caller_cwd = request.caller_cwd()
     # Decided first: when the mlflow library is needed, its import runs in the
     # background while the project and environment are prepared.
@@ -334,7 +339,7 @@ def _prepare(request: RunRequest, notify, progress):
         planned = PlannedRun(request, tracking, the_plan, notify, progress, backend_options, environment, timings)
         backend.check_plan(planned)  # what only the plan tells (its env manager), before the run exists
         with timings.stage("open"):
-            state = _open_run(planned)
+            state = _open_run(planned, settle)
     except BaseException:
         the_plan.source.release()  # once launched, the run's end releases it
         raise
@@ -399,8 +404,9 @@ def _plan_environment(request: RunRequest, tracking: TrackingTarget, the_plan: R
     return environment
 
 
-def _open_run(state: PlannedRun) -> PreparedRun:
-    """Create the run in tracking and open the ledger, settling what dead runners left."""
+def _open_run(state: PlannedRun, settle: bool = True) -> PreparedRun:
+    """Create the run in tracking and open the ledger, settling what dead runners left (unless
+    `settle` is False: the process has just done so)."""
     from runner.tracking import pending
     from runner.tracking.session import begin_tracking, project_tags
 
@@ -439,7 +445,9 @@ def _open_run(state: PlannedRun) -> PreparedRun:
 
         ledger = Ledger()
         # (inside a cluster job, only this host's own: the submit side follows the jobs)
-        if request.job_of is not None:
+        if not settle:
+            orphans = []
+        elif request.job_of is not None:
             orphans = reconcile_local(ledger)
         else:
             orphans = reconcile(ledger, quick_only=True, backend=request.backend)
