@@ -46,13 +46,21 @@ class RetryPolicy:
         """Why the run that just ended as `attempt` runs again; None: its end stands."""
         if attempt > self.retries or handle.get_status() != RunStatus.FAILED:
             return None  # finished, or stopped on purpose (KILLED), or no attempt left
-        lost = lost_job(handle.backend, handle.job_id)
+        lost = lost_job(handle.backend, handle.job_id) if not _ended_on_its_own(handle) else None
         if lost is not None:
             return lost
         if self.retry_failed:
             code = handle.exit_code
             return "it failed" + (f" with exit code {code}" if code is not None else "") + " (--retry-failed)"
         return None
+
+
+def _ended_on_its_own(handle: RunHandle) -> bool:
+    """A run whose job carries other runs too ended by its command's own exit code: whatever
+    its carrier's job ended with later (a lost node) did not end this run."""
+    from runner.backends.job import is_carried
+
+    return handle.exit_code is not None and is_carried(handle.ledger_id)
 
 
 def lost_job(backend: str, job_id: str | None) -> str | None:

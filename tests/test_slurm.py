@@ -833,6 +833,116 @@ def test_ctrl_c_stops_a_sweep_on_the_cluster(slurm, make_project, _work_in_tmp):
     _wait_for(lambda: not any(_processes_of(run_id) for run_id in rows), 30, "the trials' processes to go")
 
 
+def _slurm_rows() -> list[dict]:
+    return [row for row in _rows() if row["backend"] == "slurm"]
+
+
+def test_a_sweeps_array_tasks_carry_several_trials_each_its_own_run(slurm, make_project, _work_in_tmp):
+    """`"trials_per_task": 3`: six trials as two array tasks, each carrying three one after another
+    in one runner; every trial is still its own run: its own status and exit code (the command's,
+    not the carrier's), its own log, its own tracked run, the job ID of its task."""
+    project = make_project(SHELL_PROJECT)
+    result = _cli("sweep", str(project), "-P", "alpha=0.1,0.2,0.3", "-P", "code=0,5", "-b", "slurm",
+                  "-c", '{"trials_per_task": 3}', "--max-parallel", "2", "--env-manager", "local")
+    assert result.returncode == 1, result.stderr  # (the trials with code=5 fail, and the sweep says so)
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    parent = client.search_runs(["0"], "tags.`mlproject.sweep.id` != ''")[0]
+    children = client.search_runs(["0"], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted((c.data.params["alpha"], c.data.params["code"], c.info.status) for c in children) == [
+        (alpha, code, "FINISHED" if code == "0" else "FAILED") for alpha in ("0.1", "0.2", "0.3") for code in ("0", "5")]
+    jobs = [c.data.tags["mlproject.slurm.job_id"] for c in children]
+    assert len({job.split("_")[0] for job in jobs}) == 1 and sorted(job.split("_")[1] for job in jobs) == ["0"] * 3 + ["1"] * 3
+    for child in children:
+        row = _ledger_row(child.info.run_id)
+        assert row["exit_code"] == int(child.data.params["code"]), row
+        said = re.findall(r"^alpha=\S+", _cli("runs", "logs", child.info.run_id).stdout, re.MULTILINE)
+        assert said == [f"alpha={child.data.params['alpha']}"], said  # (its own output only)
+    carriers = sorted(Path(_ledger_row(children[0].info.run_id)["log_path"]).parent.glob("task-*.log"))
+    assert [path.name for path in carriers] == ["task-0.log", "task-1.log"]
+    assert all(path.read_text().count("carrier: run ") == 3 for path in carriers)
+
+
+def test_a_carried_trial_is_cancelled_alone_and_a_waiting_one_never_starts(slurm, make_project, _work_in_tmp):
+    """Three trials carried by one task: the third, waiting its turn, is cancelled (`runs cancel`)
+    and ends KILLED at once, never started; the first, running, is cancelled through the API
+    from another process and only it stops; the second then runs to FINISHED; the task ends."""
+    project = make_project(SHELL_PROJECT)
+    proc = _start_cli("sweep", str(project), "-P", "secs=300,3,301", "-b", "slurm", "-c", '{"trials_per_task": 3}',
+                      "--max-parallel", "1", "--env-manager", "local")
+    try:
+        running = _wait_for(lambda: [row for row in _slurm_rows() if row["status"] == "RUNNING"
+                                     and _processes_of(row["id"])], 60, "the first trial's command")
+        rows = {row["parameters"]["secs"]: row for row in _slurm_rows()}
+        first, second, third = rows["300"], rows["3"], rows["301"]
+        assert running[0]["id"] == first["id"] and (second["status"], third["status"]) == ("SCHEDULED", "SCHEDULED")
+        cancelled = _cli("runs", "cancel", third["id"])
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert f"run {third['id']}: KILLED (cancelled while waiting in slurm job {third['job_id']})" in cancelled.stderr
+        api = subprocess.run([sys.executable, "-c", f"import runner; runner.attach({first['id']!r}).cancel()"],
+                             capture_output=True, text=True, timeout=60)
+        assert api.returncode == 0, api.stderr
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    ended = {row["parameters"]["secs"]: row for row in _slurm_rows()}
+    assert [ended[secs]["status"] for secs in ("300", "3", "301")] == ["KILLED", "FINISHED", "KILLED"], stderr
+    logs = {secs: _cli("runs", "logs", row["id"]).stdout for secs, row in ended.items()}
+    assert "alpha=" in logs["300"] and "alpha=" in logs["3"] and "=== Running command" not in logs["301"], logs
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    assert [client.get_run(ended[secs]["id"]).info.status for secs in ("300", "3", "301")] == ["KILLED", "FINISHED", "KILLED"]
+    _wait_for(lambda: not _processes_of(first["id"]), 30, "the cancelled trial's processes to go")
+    _wait_for(lambda: slurm.command("squeue", "-h").stdout.strip() == "", 30, "the carrying task to end")
+
+
+def test_ctrl_c_stops_a_sweep_whose_tasks_carry_several_trials(slurm, make_project, _work_in_tmp):
+    """Ctrl-C on a sweep of two tasks carrying two trials each: the arrays are cancelled whole, so
+    the running trials and those waiting in their tasks all end KILLED, nothing stays queued."""
+    project = make_project(SHELL_PROJECT)
+    proc = _start_cli("sweep", str(project), "-P", "alpha=0.1,0.2,0.3,0.4", "-P", "secs=300", "-b", "slurm",
+                      "-c", '{"trials_per_task": 2}', "--max-parallel", "2", "--env-manager", "local")
+    try:
+        _wait_for(lambda: len([row for row in _slurm_rows() if row["status"] == "RUNNING"
+                               and _processes_of(row["id"])]) == 2, 60, "two trials running")
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    rows = _slurm_rows()
+    assert sorted(row["status"] for row in rows) == ["KILLED"] * 4, rows
+    assert slurm.command("squeue", "-h").stdout.strip() == ""
+    _wait_for(lambda: not any(_processes_of(row["id"]) for row in rows), 30, "the trials' processes to go")
+
+
+def test_trials_carried_by_a_task_whose_node_is_lost_are_retried(slurm, make_project, _work_in_tmp, tmp_path):
+    """A task carrying two trials on n2, n2 lost while the first runs: both end FAILED with Slurm's
+    NODE_FAIL (the second never started) and each runs again as attempt 2, FINISHED once."""
+    project = make_project(RETRIED_PROJECT)
+    (tmp_path / "b").touch()  # (the second trial's attempt that runs says "again" and ends)
+    with slurm.node_timeout(5):
+        proc = _start_cli("sweep", str(project), "-b", "slurm",
+                          "-c", '{"sbatch_args": ["--nodelist=n2"], "trials_per_task": 2}',
+                          "-P", f"marker={tmp_path / 'a'},{tmp_path / 'b'}", "--env-manager", "local", "--retries", "1",
+                          "--max-parallel", "2")
+        try:
+            stderr = _lose_n2_until(slurm, 1, 5, proc)  # the parent, two lost attempts, two retries
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr
+    trials = _slurm_rows()
+    failed = {row["id"]: row for row in trials if row["status"] == "FAILED"}
+    assert sorted(row["status"] for row in trials) == ["FAILED", "FAILED", "FINISHED", "FINISHED"], trials
+    assert all("NODE_FAIL" in row["reason"] for row in failed.values()), failed
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    retries = [client.get_run(row["id"]).data.tags for row in trials if row["status"] == "FINISHED"]
+    assert {tags["mlproject.retry.of"] for tags in retries} == set(failed)
+    assert "2/2 trials finished" in stderr
+
+
 def test_resumed_sweep_follows_jobs_that_outlived_its_driver(slurm, make_project, _work_in_tmp):
     """The driver is killed while its array's jobs run: they go on; resumed, the sweep follows
     them to their end instead of running those trials again."""

@@ -77,3 +77,40 @@ def test_a_task_asked_for_by_its_own_id_is_found_in_the_arrays_record():
     fields = _fields(SCONTROL["5"] if "ArrayTaskId=3 " in SCONTROL["5"] else next(
         line for line in (DATA / "scontrol-ended.txt").read_text().splitlines() if "ArrayTaskId=3 " in line))
     assert fields["ArrayJobId"] == "5" and _never_started(fields)
+
+
+@pytest.mark.parametrize("runs, throttle, config, expected", [
+    (1000, 8, None, 31),  # each of the 8 slots gets ~4 tasks: 33 tasks of up to 31 trials
+    (200, 8, None, 6),
+    (40, 8, None, 1),  # few: each trial its own task, as Slurm accounts them
+    (100000, 8, None, 50),  # never more than 50 a task
+    (1000, None, None, 1),  # no throttle: every task may run at once
+    (1000, 8, 3, 3),  # the config's word
+])
+def test_an_array_task_carries_several_trials_only_when_they_are_many(runs, throttle, config, expected):
+    from runner.backends.slurm import SlurmOptions, trials_per_task
+
+    assert trials_per_task(SlurmOptions(sbatch_args=(), trials_per_task=config), runs, throttle) == expected
+
+
+def test_trials_are_not_carried_where_the_nodes_keep_their_own_ledgers():
+    from runner.backends.slurm import SlurmOptions, trials_per_task
+
+    assert trials_per_task(SlurmOptions(sbatch_args=(), shared_home=False), 1000, 8) == 1
+
+
+@pytest.mark.parametrize("config, said", [
+    ({"trials_per_task": 0}, "trials_per_task must be a whole number of at least 1, not 0"),
+    ({"trials_per_task": "5"}, "trials_per_task must be a whole number of at least 1, not \"5\""),
+    ({"trials_per_task": 5, "shared_home": False, "staging_dir": "/tmp"},
+     "an array task carries several trials only where the nodes share MLPROJECT_HOME"),
+])
+def test_a_bad_trials_per_task_is_refused(config, said, tmp_path):
+    from runner.backends.slurm import check
+    from runner.errors import UsageError
+    from runner.request import RunRequest
+
+    with pytest.raises(UsageError) as raised:
+        check(config, RunRequest(str(tmp_path)))
+    assert raised.value.message == f"slurm backend: {said}"
+    assert raised.value.hint

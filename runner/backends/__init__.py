@@ -50,12 +50,14 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
     """Record the end of a cluster run whose job is over but whose runner never said how it went
     (cancelled while pending, killed with its node, out of memory). Returns the row as it is now."""
     from runner.backends.cluster import JobState
+    from runner.backends.job import is_carried
     from runner.tracking.ending import end_recorded
     from runner.tracking.runs import find
 
     if record.finished or record.backend == "local":
         return record
     backend = cluster_backend(record.backend)
+    carried = record.job_id is not None and is_carried(record.id)  # (its job's state is its carrier's)
     if record.job_id is None:
         from runner.processes import process_is
 
@@ -77,7 +79,7 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
             state = JobState("UNKNOWN", RunStatus.FAILED)
             reason = f"{record.backend} job {record.job_id} is gone and the cluster kept no record of its end"
         elif not state.ended:
-            if state.name == RunStatus.RUNNING and record.status == RunStatus.SCHEDULED:
+            if state.name == RunStatus.RUNNING and record.status == RunStatus.SCHEDULED and not carried:
                 ledger.mark_running(record.id)  # (where the runner inside keeps its own ledger: Ray)
                 return find(ledger, record.id)
             return record
@@ -94,7 +96,10 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
     # A runner that never took its run over never started the command: whatever code the job
     # ended with (a launch failure's, a cancel's) is not the command's.
     never_ran = current.status == RunStatus.SCHEDULED and backend.shares_ledger(record.id)
-    exit_code = None if never_ran else state.exit_code
+    exit_code = None if never_ran or carried else state.exit_code  # (a carrier's exit code is not the run's)
+    if carried and state.status == RunStatus.FINISHED:  # its carrier ended without ending it (killed outright?)
+        state = JobState(state.name, RunStatus.FAILED, node=state.node)
+        reason = f"{record.backend} job {record.job_id} ended {state.name} before this run's end was recorded"
     if record.job_id is None:  # never queued (a resumed sweep runs its trial again): not a matter of the nodes
         reason = f"{reason}; {NEVER_STARTED}"
     elif never_ran and state.status == RunStatus.FAILED and state.name != "UNKNOWN" and not os.path.exists(record.log_path):
@@ -147,7 +152,11 @@ def cancel(ledger: Ledger, record: RunRecord, wait: float = 30.0) -> RunRecord:
 
     from runner.tracking.runs import find
 
-    if record.job_id is not None:
+    from runner.backends.job import cancel_carried, is_carried
+
+    if record.job_id is not None and is_carried(record.id):  # (its job carries other runs: not cancelled)
+        cancel_carried(ledger, record)
+    elif record.job_id is not None:
         cluster_backend(record.backend).cancel(record.job_id)
     deadline = time.monotonic() + wait
     while True:

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 # Where a scheduler that passes no files hands the request to the job (Ray: the job's environment).
 REQUEST_VARIABLE = "MLPROJECT_JOB_REQUEST"
 REQUEST_FILE = "job.json"  # in the run's directory on the submit host (a shared file system: Slurm)
+# In the run's directory (which the nodes share) of a run that shares its job with other runs
+# (one array task carrying several trials, runner.backends.carrier): its presence says so, and
+# the job's state is then the carrier's, not the run's. CANCEL_FILE asks the carrier to stop it.
+CARRIED_FILE = "carried"
+CANCEL_FILE = "cancel-requested"
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,9 @@ class JobRequest:
     # job brings to its node: an absolute path there, or one relative to a directory of the
     # job's module path (PYTHONPATH: where Ray puts the packages of `py_modules`).
     environment: str | None = None
+    # Where this run's output goes when one job carries several runs (the job's own output file
+    # is then the carrier's): its log as the submit host recorded it. None: the job's output.
+    output: str | None = None
 
     @classmethod
     def of(cls, state: PreparedRun, backend: str, run_id: str, uri: str, version: str | None = None,
@@ -90,13 +98,14 @@ class JobRequest:
         return cls(**fields)
 
     @classmethod
-    def load(cls, request_file: str | None, from_env: bool) -> JobRequest:
-        """The request of this job: from the environment (popped: not passed on to the command),
-        or from its file (a job array's manifest names one per task)."""
+    def load(cls, request_file: str | None, from_env: bool) -> list[JobRequest]:
+        """The requests of this job: from the environment (popped: not passed on to the command),
+        or from its file (a job array's manifest names those of each task on its line, one or
+        several: a task that carries several runs, one after another)."""
         from runner.errors import LaunchError, UsageError
 
         if from_env:
-            return cls.from_json(os.environ.pop(REQUEST_VARIABLE))
+            return [cls.from_json(os.environ.pop(REQUEST_VARIABLE))]
         if request_file is None:
             raise UsageError("give the request file, or --from-env",
                              hint="(internal) a cluster job's command names its request; see runner.backends.job")
@@ -105,11 +114,15 @@ class JobRequest:
                               hint="the nodes must share MLPROJECT_HOME (or the backend config's mlproject_home) "
                                    "with the submit host, or the config must say they do not (\"shared_home\": false, "
                                    "with a staging_dir they share)")
-        if request_file.endswith(".manifest"):  # a job array: task N runs the request on line N
+        request_files = [request_file]
+        if request_file.endswith(".manifest"):  # a job array: task N runs the requests on line N
             with open(request_file, encoding="utf-8") as handle:
-                request_file = handle.read().splitlines()[int(os.environ["SLURM_ARRAY_TASK_ID"])]
-        with open(request_file, encoding="utf-8") as handle:
-            return cls.from_json(handle.read())
+                request_files = handle.read().splitlines()[int(os.environ["SLURM_ARRAY_TASK_ID"])].split("\t")
+        requests = []
+        for name in request_files:
+            with open(name, encoding="utf-8") as handle:
+                requests.append(cls.from_json(handle.read()))
+        return requests
 
     def run_request(self) -> RunRequest:
         """The local run this node carries out (never synchronous: the job's runner follows it)."""
@@ -199,3 +212,25 @@ def requeued(ledger, run_id: str, tracked, reason: str | None, notify) -> None:
         notify(f"warning: tracking: the requeued run was not set SCHEDULED: {exc.message}")
     tracked.ended = True  # (this runner is done with it; the job's next start goes on with it)
     notify(f"=== {reason}: the run continues when the job starts again ===")
+
+
+# -- runs that share their job (an array task carrying several trials: runner.backends.carrier) ----
+def is_carried(run_id: str) -> bool:
+    """Whether run `run_id`'s job carries other runs too: the job's state is then the carrier's
+    (running while any of its runs does), and a cancel of the run must not cancel the job."""
+    from runner import home
+
+    return (home.subdir("runs") / run_id / CARRIED_FILE).exists()
+
+
+def cancel_carried(ledger, record) -> None:
+    """Stop one run of a job that carries several: its carrier, which watches for this file,
+    stops the run's command; a run it has not started yet is ended here and never starts."""
+    from runner import home
+    from runner.status import RunStatus
+    from runner.tracking.ending import end_recorded
+
+    (home.subdir("runs") / record.id / CANCEL_FILE).touch()
+    if record.status == RunStatus.SCHEDULED:
+        end_recorded(ledger, record, RunStatus.KILLED, None,
+                     f"cancelled while waiting in {record.backend} job {record.job_id}", scheduled_only=True)

@@ -28,12 +28,12 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runner import home
 from runner.backends.cluster import JobState, abandon, follow_submitted, queued, record_scheduled, replace_log_if_grown
-from runner.backends.job import REQUEST_FILE, JobRequest
+from runner.backends.job import CARRIED_FILE, REQUEST_FILE, JobRequest
 from runner.backends.staging import JOBS, STAGED_OUTPUT
 from runner.errors import LaunchError, UsageError
 from runner.status import RunStatus
@@ -52,7 +52,7 @@ _SBATCH_OPTIONS = {
 }
 _LISTS = ("modules", "exports", "sbatch_args")
 _PATHS = ("staging_dir", "python", "mlproject_home", "sbatch-script-file")
-KNOWN_KEYS = (*_SBATCH_OPTIONS, "exclusive", "shared_home", "environment", *_LISTS, *_PATHS)
+KNOWN_KEYS = (*_SBATCH_OPTIONS, "exclusive", "shared_home", "trials_per_task", "environment", *_LISTS, *_PATHS)
 
 # Slurm's final job states, as the run ends. Everything else (PENDING, RUNNING, COMPLETING,
 # CONFIGURING, REQUEUED, SUSPENDED, ...) is a job still under way.
@@ -87,6 +87,7 @@ class SlurmOptions:
     python: str = sys.executable
     home: Path = field(default_factory=home.home)
     shared_home: bool = True  # False: the nodes share only staging_dir with this host
+    trials_per_task: int | None = None  # runs one array task carries (None: chosen by the array's size)
 
 
 def _problem(message: str, hint: str) -> UsageError:
@@ -120,6 +121,13 @@ def check(config: dict[str, Any], request: RunRequest) -> SlurmOptions:
     if not shared_home and not config.get("staging_dir"):
         raise _problem("with \"shared_home\": false the nodes need a staging_dir they share with this host",
                        'add "staging_dir": "/shared/mlproject-staging" (a directory this host and the nodes see)')
+    per_task = config.get("trials_per_task")
+    if per_task is not None and (not isinstance(per_task, int) or isinstance(per_task, bool) or per_task < 1):
+        raise _problem(f"trials_per_task must be a whole number of at least 1, not {json.dumps(per_task)}",
+                       '"trials_per_task": 10 (or leave it out: chosen by the sweep\'s size)')
+    if per_task not in (None, 1) and not shared_home:
+        raise _problem("an array task carries several trials only where the nodes share MLPROJECT_HOME",
+                       'leave out "trials_per_task" with "shared_home": false (each trial is then a task of its own)')
     lists = {}
     for key in _LISTS:
         value = config.get(key, [])
@@ -149,6 +157,7 @@ def check(config: dict[str, Any], request: RunRequest) -> SlurmOptions:
         python=python,
         home=Path(paths["mlproject_home"]).expanduser().absolute() if paths["mlproject_home"] else home.home(),
         shared_home=shared_home,
+        trials_per_task=per_task,
     )
     _check_cluster(config.get("partition"))
     return options
@@ -215,13 +224,16 @@ def submit(state: PreparedRun, on_submitted: Callable[[ClusterRun], None] | None
 
 def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list[ClusterRun]:
     """Many runs as job arrays (a sweep whose trials are known in advance): one sbatch per
-    array, each task running the runner on its own run's request; at most `throttle` tasks at
-    once. More runs than the cluster's MaxArraySize go out as several arrays, each queued to
-    start after the one before has ended (`afterany`), so the throttle holds across them."""
+    array, each task running the runner on its own runs' requests; at most `throttle` tasks at
+    once. A task carries one run, or several one after another (`trials_per_task`; by default
+    several when the runs are many: see `trials_per_task`). More tasks than the cluster's
+    MaxArraySize go out as several arrays, each queued to start after the one before has ended
+    (`afterany`), so the throttle holds across them."""
     options: SlurmOptions = states[0].backend_options
     recorded: list[_Recorded] = []
     arrays: list[str] = []
-    size = max_array_size()
+    per_task = trials_per_task(options, len(states), throttle)
+    size = max_array_size() * per_task  # (runs per array)
     run_dirs = [home.subdir("runs") / state.ledger_id() for state in states]
     try:
         directories = []
@@ -231,13 +243,15 @@ def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list
                 directories.append(_job_files(options, name) or home.subdir("runs") / name)
                 directories[-1].mkdir(parents=True, exist_ok=True)
             run_dir.mkdir(parents=True, exist_ok=True)
-            # (Its log is the task's output file: sbatch --output=DIR/%a.log; where the nodes do not
-            # share MLPROJECT_HOME, that file is in the staging directory, copied into the run's log here.)
+            # (Its log is the task's output file, sbatch --output=DIR/%a.log, or, carried, the file the
+            # carrier writes its output to; where the nodes do not share MLPROJECT_HOME, that file is in
+            # the staging directory, copied into the run's log here.)
             output = directories[-1] / f"{index % size}.log"
-            recorded.append(_record(state, run_dir, output if options.shared_home else run_dir / "job.log", output))
+            recorded.append(_record(state, run_dir, output if options.shared_home else run_dir / "job.log", output,
+                                    carried=per_task > 1))
         for number, array_dir in enumerate(directories):
             arrays.append(_sbatch_array(options, states[0], array_dir, recorded[number * size:(number + 1) * size],
-                                        throttle, arrays[-1] if arrays else None))
+                                        per_task, throttle, arrays[-1] if arrays else None))
     except BaseException as exc:
         for array_id in arrays:  # (queued, but none of its runs is followed: taken down with the rest)
             try:
@@ -247,7 +261,7 @@ def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list
         for state, run_dir in zip(states, run_dirs):
             abandon(state, exc, run_dir.name)
         raise
-    handles = [queued(item.state, item.record, f"{arrays[index // size]}_{index % size}", "Slurm")
+    handles = [queued(item.state, item.record, f"{arrays[index // size]}_{index % size // per_task}", "Slurm")
                for index, item in enumerate(recorded)]
     for handle in handles:
         handle.start_following()
@@ -255,17 +269,39 @@ def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list
 
 
 def _sbatch_array(options: SlurmOptions, state: PreparedRun, array_dir: Path, part: list[_Recorded],
-                  throttle: int | None, after: str | None) -> str:
-    """One job array of the recorded runs `part` (task N: the request on line N of its manifest),
-    started after array `after` has ended; its job ID."""
+                  per_task: int, throttle: int | None, after: str | None) -> str:
+    """One job array of the recorded runs `part`, `per_task` to a task (task N: the requests on
+    line N of its manifest), started after array `after` has ended; its job ID."""
+    tasks = [part[start:start + per_task] for start in range(0, len(part), per_task)]
     manifest = array_dir / "jobs.manifest"
-    manifest.write_text("".join(f"{item.job_file}\n" for item in part))
+    manifest.write_text("".join("\t".join(str(item.job_file) for item in task) + "\n" for task in tasks))
     script = array_dir / "job.sh"
-    script.write_text(_script(options, manifest, part[0].record, array=len(part)))
-    extra = [f"--array=0-{len(part) - 1}" + (f"%{throttle}" if throttle else "")]
+    script.write_text(_script(options, manifest, part[0].record, array=len(part), per_task=per_task))
+    extra = [f"--array=0-{len(tasks) - 1}" + (f"%{throttle}" if throttle else "")]
     if after is not None:
         extra.append(f"--dependency=afterany:{after}")
-    return _sbatch(options, script, array_dir / "%a.log", array_dir, _job_environment(state, options), extra)
+    # (A carrier's own output, apart from its runs' logs: which run it is at, why it stopped.)
+    output = array_dir / ("%a.log" if per_task == 1 else "task-%a.log")
+    return _sbatch(options, script, output, array_dir, _job_environment(state, options), extra)
+
+
+# A sweep's array carries several trials a task when each of its `throttle` slots would otherwise
+# start more than this many tasks; fewer than that per slot and uneven trials would leave slots
+# idle at the end (a task's trials run one after another).
+_TASKS_PER_SLOT = 4
+_MOST_PER_TASK = 50
+
+
+def trials_per_task(options: SlurmOptions, runs: int, throttle: int | None) -> int:
+    """How many of an array's `runs` one task carries: the config's `trials_per_task`, or one
+    when the runs are few (each its own job, as Slurm accounts them), or when the nodes keep
+    their own ledgers (the submit host learns a run's end from its job alone); else as many as
+    leave each of the throttle's slots `_TASKS_PER_SLOT` tasks."""
+    if options.trials_per_task is not None:
+        return options.trials_per_task
+    if not options.shared_home:
+        return 1
+    return max(1, min(_MOST_PER_TASK, runs // ((throttle or runs) * _TASKS_PER_SLOT)))
 
 
 _config_cache: dict[str, str] = {}
@@ -309,9 +345,10 @@ def _job_files(options: SlurmOptions, name: str) -> Path | None:
     return files
 
 
-def _record(state: PreparedRun, run_dir: Path, log_path: Path, output: Path) -> _Recorded:
+def _record(state: PreparedRun, run_dir: Path, log_path: Path, output: Path, carried: bool = False) -> _Recorded:
     """The run recorded SCHEDULED (its log here: `log_path`) and its request written where the
-    job reads it; `output`: where the job writes its output (the log itself, on a shared home)."""
+    job reads it; `output`: where the job writes its output (the log itself, on a shared home).
+    `carried`: its task carries other runs too (runner.cli.carry)."""
     options: SlurmOptions = state.backend_options
     record = record_scheduled(state, run_dir, log_path, "slurm")
     # (Where the nodes do not share MLPROJECT_HOME: next to the output, named by the run, since
@@ -328,6 +365,9 @@ def _record(state: PreparedRun, run_dir: Path, log_path: Path, output: Path) -> 
     # (Parameters as given: the node resolves them from the caller's directory, as this host did.)
     job = JobRequest.of(state, "slurm", record.id, uri, version, cwd=str(state.request.caller_cwd()),
                         environment=environment, own_ledger=not options.shared_home)
+    if carried:
+        job = replace(job, output=str(output))
+        (run_dir / CARRIED_FILE).touch()
     recorded.job_file.write_text(job.to_json())
     if recorded.job_file != run_dir / REQUEST_FILE:  # (kept here too: what the job was asked, for gc and reruns)
         (run_dir / REQUEST_FILE).write_text(job.to_json())
@@ -346,8 +386,9 @@ def _project_for_nodes(source, options: SlurmOptions, progress) -> tuple[str, st
     return str(snapshot(source.path, options.staging_dir, progress)), None
 
 
-def _script(options: SlurmOptions, job_file: Path, record, array: int = 0) -> str:
-    what = (f"{array} runs of {record.project_uri} (entry point {record.entry_point}), one per array task"
+def _script(options: SlurmOptions, job_file: Path, record, array: int = 0, per_task: int = 1) -> str:
+    each = "one per array task" if per_task == 1 else f"up to {per_task} per array task, one after another"
+    what = (f"{array} runs of {record.project_uri} (entry point {record.entry_point}), {each}"
             if array else f"run {record.id} ({record.project_uri}, entry point {record.entry_point})")
     lines = [
         "#!/bin/sh",

@@ -17,6 +17,8 @@ from runner.status import RunStatus
 
 from typing import TYPE_CHECKING
 if TYPE_CHECKING:
+    from typing import Any, Callable
+
     from runner.retries import RetryPolicy
 
 @click.command(help="run a project (same flags as `mlflow run`)")
@@ -86,12 +88,20 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
 def job(request_file: str | None, from_env: bool) -> int:
     from runner.backends.job import JobRequest
 
-    return run_request(JobRequest.load(request_file, from_env).run_request(), in_job=True)
+    requests = JobRequest.load(request_file, from_env)
+    if any(request.output is not None for request in requests):  # (an array task carrying several runs)
+        from runner.cli.carry import carry
+
+        return carry(requests)
+    return run_request(requests[0].run_request(), in_job=True)
 
 
-def run_request(request, in_job: bool = False, policy: RetryPolicy | None = None) -> int:
+def run_request(request, in_job: bool = False, policy: RetryPolicy | None = None, heard: list[int] | None = None,
+                watch: Callable[[Any], None] | None = None) -> int:
     """Submit a request and follow it to its end (or, detached, to its queueing): the exit code.
-    With a retry policy, a run the infrastructure ended is submitted again (runner.retries)."""
+    With a retry policy, a run the infrastructure ended is submitted again (runner.retries).
+    `heard`: every interrupting signal received is added to it; `watch` is called with the run's
+    handle about every 0.25 s while it runs (a carrier's, see runner.cli.carry)."""
     from runner import api
     from runner.progress import Progress
     from runner.retries import RetryPolicy, next_attempt
@@ -104,6 +114,8 @@ def run_request(request, in_job: bool = False, policy: RetryPolicy | None = None
     retrying: list[bool] = []  # an attempt ended and the next is being prepared
 
     def on_signal(signum: int, _frame) -> None:
+        if heard is not None:
+            heard.append(signum)
         current = active[-1] if active else None
         if current is not None and current.done and not retrying:
             return  # the run has ended and its end is recorded: nothing left to stop
@@ -139,6 +151,8 @@ def run_request(request, in_job: bool = False, policy: RetryPolicy | None = None
                 return 0
             while not submitted.done:
                 submitted.wait(0.25)
+                if watch is not None and not submitted.done:
+                    watch(submitted)
             why = None if received or submitted.end_error else policy.why_again(submitted, attempt)
             if why is None:
                 break

@@ -493,8 +493,23 @@ class _Sweep:
     def _cancel_running(self) -> None:
         with self._lock:
             active = list(self._active.values())
-        for submitted in active:
+        for submitted in self._cancel_carriers(active):
             submitted.request_cancel()
+
+    def _cancel_carriers(self, active: list) -> list:
+        """The sweep stops: job arrays whose tasks carry several trials are cancelled whole (a
+        trial's own cancel stops only it, and its task would go on to the next); the handles
+        left to cancel one by one."""
+        from runner import backends
+        from runner.backends.job import is_carried
+
+        carried = [h for h in active if h.job_id and h.backend in backends.CLUSTER_BACKENDS and is_carried(h.ledger_id)]
+        for backend, array in {(h.backend, h.job_id.split("_")[0]) for h in carried}:
+            try:
+                backends.cluster_backend(backend).cancel(array)
+            except RunnerError as exc:
+                self.say(f"warning: {backend} job array {array} was not cancelled: {exc.message}")
+        return [h for h in active if h not in carried]
 
     def _proposed(self) -> Trial | None:
         """The search's next trial (an adaptive search's), recorded; None when it has no more."""

@@ -40,12 +40,13 @@ def end_everywhere(ledger: Ledger | None, run_id: str | None, tracked: TrackedRu
                     pending.mark_interrupted(note)  # its reconcile ends the run KILLED, not FAILED
 
 
-def end_recorded(ledger: Ledger, record: RunRecord, status: str, exit_code: int | None, reason: str | None) -> bool:
+def end_recorded(ledger: Ledger, record: RunRecord, status: str, exit_code: int | None, reason: str | None,
+                 scheduled_only: bool = False) -> bool:
     """End a run whose runner is gone, from its ledger row: False when another process recorded
-    its end first."""
+    its end first (or, `scheduled_only`, took the run over)."""
     from runner.tracking.runs import end_in_tracking
 
-    if not ledger.finish(record.id, status, exit_code, reason):
+    if not ledger.finish(record.id, status, exit_code, reason, scheduled_only):
         return False
     if end_in_tracking(record.tracking_run_id, record.tracking_uri, status, record.log_path):
         ledger.tracking_ended(record.id)

@@ -184,10 +184,13 @@ class Ledger:
             " runner_start = ?, host = ?, tracking_ended = CASE WHEN tracking_run_id IS NULL THEN NULL ELSE 0 END"
             " WHERE id = ?", (pid, start_ticks(pid), this_host(), run_id))
 
-    def finish(self, run_id: str, status: str, exit_code: int | None, reason: str | None = None) -> bool:
-        """End an unfinished row; False if it had ended already (the first outcome stands)."""
+    def finish(self, run_id: str, status: str, exit_code: int | None, reason: str | None = None,
+               scheduled_only: bool = False) -> bool:
+        """End an unfinished row; False if it had ended already (the first outcome stands), or,
+        `scheduled_only`, if its runner had taken it over."""
+        ending = "('SCHEDULED')" if scheduled_only else "('SCHEDULED', 'RUNNING')"
         return bool(self._db.execute(
-            "UPDATE runs SET status = ?, exit_code = ?, reason = ?, end_time = ? WHERE id = ? AND status IN ('SCHEDULED', 'RUNNING')",
+            f"UPDATE runs SET status = ?, exit_code = ?, reason = ?, end_time = ? WHERE id = ? AND status IN {ending}",
             (status, exit_code, reason, time.time(), run_id),
         ).rowcount)
 
