@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from runner.launch import RunHandle
     from runner.request import Notify
     from runner.retries import RetryPolicy
+    from runner.tracking.ledger import Ledger
     from runner.tracking.session import TrackedRun, TrackingTarget
 
 __all__ = ["ResolvedProject", "RunRequest", "attach", "plan", "run", "submit"]
@@ -270,26 +271,32 @@ def submit(
 def submit_array(requests: list[RunRequest], *, notify: Notify | None = None, throttle: int | None = None) -> list:
     """Many runs of one cluster backend as one job array (a sweep's trials): every run goes
     through the same pipeline as `submit`, then one submission queues them all."""
+    from runner import backends
+    from runner.tracking.ledger import Ledger
+
     notify = notify or _default_notify
     prepared = []
+    ledger = Ledger()  # (one connection for all: see Ledger.borrowed)
     try:
-        for request in requests:
-            # (The first checks the backend config against the cluster and settles what dead
-            # runners left; the others, alike, take its word: 1,000 trials, 1,000 times less.)
-            first = prepared[0][1] if prepared else None
-            prepared.append(_prepare(request, notify, None, checked=first and first.backend_options, settle=not first))
-    except BaseException as exc:
-        for _, state in prepared:
-            _abandon(state, exc)
-        raise
-    from runner import backends
-
-    name = requests[0].backend
-    if name not in backends.CLUSTER_BACKENDS or not (backend := backends.cluster_backend(name)).JOB_ARRAYS:
-        for _, state in prepared:
-            _abandon(state, UsageError("no job arrays"))
-        raise UsageError(f"backend {name!r} has no job arrays")
-    return backend.submit_array([state for _, state in prepared], throttle)
+        try:
+            for request in requests:
+                # (The first checks the backend config against the cluster and settles what dead
+                # runners left; the others, alike, take its word: 1,000 trials, 1,000 times less.)
+                first = prepared[0][1] if prepared else None
+                prepared.append(_prepare(request, notify, None, checked=first and first.backend_options,
+                                         settle=not first, ledger=ledger.borrowed()))
+        except BaseException as exc:
+            for _, state in prepared:
+                _abandon(state, exc)
+            raise
+        name = requests[0].backend
+        if name not in backends.CLUSTER_BACKENDS or not (backend := backends.cluster_backend(name)).JOB_ARRAYS:
+            for _, state in prepared:
+                _abandon(state, UsageError("no job arrays"))
+            raise UsageError(f"backend {name!r} has no job arrays")
+        return backend.submit_array([state for _, state in prepared], throttle)
+    finally:
+        ledger.close()
 
 
 def _abandon(state: PreparedRun, exc: BaseException) -> None:
@@ -302,10 +309,11 @@ def _abandon(state: PreparedRun, exc: BaseException) -> None:
     _end_tracked(state.tracked, state.note, exc, state.notify)
 
 
-def _prepare(request: RunRequest, notify, progress, checked: Any = None, settle: bool = True):
+def _prepare(request: RunRequest, notify, progress, checked: Any = None, settle: bool = True,
+             ledger: Ledger | None = None):
     """Everything before the backend takes the run: (backend, PreparedRun) with the run open.
     `checked`: the backend config as an alike request's check made it (not checked again);
-    `settle`: settle what dead runners left (see _open_run)."""
+    `settle`: settle what dead runners left (see _open_run); `ledger`: the one to use."""
     from runner import backends
     from runner.envs import check_manager_name
     from runner.timing import Timings
@@ -339,7 +347,7 @@ def _prepare(request: RunRequest, notify, progress, checked: Any = None, settle:
         planned = PlannedRun(request, tracking, the_plan, notify, progress, backend_options, environment, timings)
         backend.check_plan(planned)  # what only the plan tells (its env manager), before the run exists
         with timings.stage("open"):
-            state = _open_run(planned, settle)
+            state = _open_run(planned, settle, ledger)
     except BaseException:
         the_plan.source.release()  # once launched, the run's end releases it
         raise
@@ -404,7 +412,7 @@ def _plan_environment(request: RunRequest, tracking: TrackingTarget, the_plan: R
     return environment
 
 
-def _open_run(state: PlannedRun, settle: bool = True) -> PreparedRun:
+def _open_run(state: PlannedRun, settle: bool = True, ledger: Ledger | None = None) -> PreparedRun:
     """Create the run in tracking and open the ledger, settling what dead runners left (unless
     `settle` is False: the process has just done so)."""
     from runner.tracking import pending
@@ -443,7 +451,7 @@ def _open_run(state: PlannedRun, settle: bool = True) -> PreparedRun:
         from runner.tracking.ledger import Ledger
         from runner.tracking.runs import reconcile as reconcile_local
 
-        ledger = Ledger()
+        ledger = ledger or Ledger()
         # (inside a cluster job, only this host's own: the submit side follows the jobs)
         if not settle:
             orphans = []

@@ -895,6 +895,22 @@ def test_a_carried_trial_is_cancelled_alone_and_a_waiting_one_never_starts(slurm
     _wait_for(lambda: slurm.command("squeue", "-h").stdout.strip() == "", 30, "the carrying task to end")
 
 
+def test_an_arrays_trials_are_prepared_over_one_ledger_connection(slurm, make_project, _work_in_tmp):
+    """80 trials under a limit of 64 open files: each prepared run held its own ledger connection
+    (two files each) until the array was queued, so 1,000 trials held 2,000 files and ~140 MB;
+    now they share one, and the sweep runs to its end."""
+    import resource
+
+    project = make_project(SHELL_PROJECT)
+    result = subprocess.run([sys.executable, "-m", "runner", "sweep", str(project), "-P", "alpha=range(0,80)",
+                             "-b", "slurm", "-c", '{"trials_per_task": 20}', "--max-parallel", "4", "--env-manager", "local"],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "PATH": BARE_PATH},
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "80/80 trials finished" in result.stderr
+    assert sorted(row["status"] for row in _slurm_rows()) == ["FINISHED"] * 80
+
+
 def test_ctrl_c_stops_a_sweep_whose_tasks_carry_several_trials(slurm, make_project, _work_in_tmp):
     """Ctrl-C on a sweep of two tasks carrying two trials each: the arrays are cancelled whole, so
     the running trials and those waiting in their tasks all end KILLED, nothing stays queued."""

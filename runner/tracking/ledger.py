@@ -124,8 +124,19 @@ class Ledger:
                     raise
                 time.sleep(0.02)
 
+    def borrowed(self) -> Ledger:
+        """This ledger's connection for another holder, whose close() leaves it open: the many
+        runs of one job array are prepared over one connection (1,000 trials were 2,000 open
+        files and ~140 MB), which its owner closes once."""
+        view = object.__new__(Ledger)
+        view.path, view._db, view._borrowed = self.path, self._db, True
+        return view
+
+    _borrowed = False
+
     def close(self) -> None:
-        self._db.close()
+        if not self._borrowed:
+            self._db.close()
 
     @property
     def db(self) -> sqlite3.Connection:
