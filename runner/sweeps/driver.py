@@ -580,8 +580,10 @@ class _Sweep:
                 self._active[trial.number] = handle
                 self.store.update(self.id, trial)
         arrays = list(dict.fromkeys(handle.job_id.split("_")[0] for handle in handles))
+        tasks = len({handle.job_id for handle in handles})
+        carried = f" ({tasks} tasks, each carrying up to {-(-len(todo) // tasks)} trials)" if tasks < len(todo) else ""
         self.say(f"sweep {self.id}: {len(todo)} trials queued as {self.request.backend} job array"
-                 f"{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}, at most {throttle} at once")
+                 f"{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}{carried}, at most {throttle} at once")
         return {trial.number: handle for trial, handle in zip(todo, handles)}
 
     def _one(self, trial: Trial, queued=None) -> None:
