@@ -46,7 +46,7 @@ class RetryPolicy:
         """Why the run that just ended as `attempt` runs again; None: its end stands."""
         if attempt > self.retries or handle.get_status() != RunStatus.FAILED:
             return None  # finished, or stopped on purpose (KILLED), or no attempt left
-        lost = lost_job(handle.backend, handle.job_id) if not _ended_on_its_own(handle) else None
+        lost = lost_job(handle.backend, handle.job_id, handle.ledger_id, handle.exit_code)
         if lost is not None:
             return lost
         if self.retry_failed:
@@ -55,19 +55,16 @@ class RetryPolicy:
         return None
 
 
-def _ended_on_its_own(handle: RunHandle) -> bool:
-    """A run whose job carries other runs too ended by its command's own exit code: whatever
-    its carrier's job ended with later (a lost node) did not end this run."""
+def lost_job(backend: str, job_id: str | None, ledger_id: str | None = None, exit_code: int | None = None) -> str | None:
+    """'<backend> job <id> ended NODE_FAIL' when the cluster says the infrastructure ended the job
+    of run `ledger_id`. Not for a run whose job carries other runs too and that ended by its
+    command's own `exit_code`: whatever its carrier's job ended with later did not end it."""
+    from runner import backends
     from runner.backends.job import is_carried
 
-    return handle.exit_code is not None and is_carried(handle.ledger_id)
-
-
-def lost_job(backend: str, job_id: str | None) -> str | None:
-    """'<backend> job <id> ended NODE_FAIL' when the cluster says the infrastructure ended the job."""
-    from runner import backends
-
     if backend not in backends.CLUSTER_BACKENDS or job_id is None:
+        return None
+    if exit_code is not None and ledger_id is not None and is_carried(ledger_id):
         return None
     try:
         state = backends.cluster_backend(backend).job_state(job_id)

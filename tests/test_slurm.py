@@ -959,18 +959,22 @@ def test_trials_carried_by_a_task_whose_node_is_lost_are_retried(slurm, make_pro
     assert "2/2 trials finished" in stderr
 
 
-def test_resumed_sweep_follows_jobs_that_outlived_its_driver(slurm, make_project, _work_in_tmp):
+@pytest.mark.parametrize("per_task", [1, 2], ids=["a-task-each", "carried"])
+def test_resumed_sweep_follows_jobs_that_outlived_its_driver(slurm, make_project, _work_in_tmp, per_task):
     """The driver is killed while its array's jobs run: they go on; resumed, the sweep follows
-    them to their end instead of running those trials again."""
+    them to their end instead of running those trials again (carried: one task carrying both,
+    the second waiting its turn when the driver dies)."""
     project = make_project(SHELL_PROJECT)
     log = _work_in_tmp / "sweep.err"
     with open(log, "w") as stderr_file:
         proc = subprocess.Popen([sys.executable, "-m", "runner", "sweep", str(project), "-P", "alpha=0.1,0.2",
-                                 "-P", "secs=6", "-b", "slurm", "--max-parallel", "2", "--env-manager", "local"],
+                                 "-P", "secs=6", "-b", "slurm", "-c", json.dumps({"trials_per_task": per_task}),
+                                 "--max-parallel", "2", "--env-manager", "local"],
                                 stdout=subprocess.DEVNULL, stderr=stderr_file, start_new_session=True,
                                 env={**os.environ, "PATH": BARE_PATH})
     _wait_for(lambda: len([r for r in json.loads(_cli("runs", "list", "--json").stdout)
-                           if r["status"] == "RUNNING" and r["backend"] == "slurm"]) == 2, 60, "both jobs running")
+                           if r["status"] == "RUNNING" and r["backend"] == "slurm"]) == 3 - per_task, 60,
+              "the jobs running")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     sweep_id = next(line.split()[1].rstrip(":") for line in log.read_text().splitlines() if "trial(s) to run" in line)

@@ -165,7 +165,7 @@ def resume(sweep_id: str, *, notify: Callable[[str], None], progress=None) -> Sw
                 if run is not None and not run.finished and run.backend in backends.CLUSTER_BACKENDS:
                     following.add(trial.number)  # its job went on without the driver: follow it, not again
                 elif (run is not None and run.status == RunStatus.FAILED and trial.attempt <= request.retries
-                      and lost_job(run.backend, run.job_id)):
+                      and lost_job(run.backend, run.job_id, run.id, run.exit_code)):
                     trial.status, trial.attempt = "PENDING", trial.attempt + 1  # its retry, never made
                 elif (run is not None and run.status in (RunStatus.FINISHED, RunStatus.FAILED) and run.reason != _runner_died()
                       and not _never_started(run)):
