@@ -717,6 +717,90 @@ def ray_backend(args: argparse.Namespace, work: Path) -> str:
         cluster.stop()
 
 
+# Bare Ray job submissions of N commands, at most 8 jobs alive at once (the SDK imported once).
+RAY_BARE_SWEEP = """
+import sys, time
+from ray.job_submission import JobSubmissionClient
+
+client, trials = JobSubmissionClient(sys.argv[1]), int(sys.argv[2])
+alive, todo = [], list(range(trials))
+while todo or alive:
+    while todo and len(alive) < 8:
+        alive.append(client.submit_job(entrypoint=f"echo {todo.pop(0)} > /dev/null"))
+    time.sleep(0.1)
+    for job in list(alive):
+        status = str(client.get_job_status(job).value)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            assert status == "SUCCEEDED", (job, status)
+            alive.remove(job)
+"""
+
+
+def ray_sweep_scale(args: argparse.Namespace, work: Path) -> str:
+    """A `--ray-trials` sweep on the test Ray cluster (two nodes on this machine) at --max-parallel 8,
+    against bare Ray job submissions of the same commands, 8 alive at once (target: at most 50 ms
+    per trial over them); and that no more Ray jobs are alive at once than --max-parallel."""
+    sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
+    from raycluster import RayCluster
+
+    trials = args.ray_trials
+    project = _write(work / "trivial-sweep", {"MLproject": SWEEP_MLPROJECT})
+    bare_script = _write(work / "bare", {"sweep.py": RAY_BARE_SWEEP}) / "sweep.py"
+    cluster = RayCluster()
+    cluster.start()
+    try:
+        env = {**os.environ, "MLPROJECT_HOME": str(work / "home"), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
+               "RAY_ADDRESS": cluster.address}
+
+        def sweep(count: int) -> list[str]:
+            return mlproject_command() + ["sweep", str(project), "-P", f"x=range(0,{count})", "-b", "ray",
+                                          "--max-parallel", "8", "--env-manager", "local"]
+
+        measure("warm-up", sweep(2), 1, work, env)
+        measure("warm-up", [sys.executable, str(bare_script), cluster.address, "2"], 1, work, env)
+        rows = [measure(f"bare: Ray job submissions of {trials} commands, 8 alive at once",
+                        [sys.executable, str(bare_script), cluster.address, str(trials)], 1, work, env)]
+        alive = _most_alive(cluster.address, lambda: measure(f"mlproject sweep -b ray, {trials} trials, --max-parallel 8",
+                                                             sweep(trials), 1, work, env))
+        rows.append(alive[1])
+    finally:
+        cluster.stop()
+    over = (rows[1].median - rows[0].median) / trials * 1000
+    note = (f"Target: at most 50 ms per trial over the bare submissions, and no more Ray jobs alive at once than "
+            f"--max-parallel. Measured {over:+.0f} ms per trial: {'meets' if over <= 50 else 'MISSES'}; at most "
+            f"{alive[0]} of the sweep's jobs alive at once ({'meets' if alive[0] <= 8 else 'MISSES'}). One sample each.")
+    return table(f"Ray sweep at scale: {trials} trials, 8 at a time", rows, rows[0], note)
+
+
+def _most_alive(address: str, run) -> tuple[int, Timing]:
+    """(the most Ray jobs PENDING or RUNNING at once while `run()` ran, asked every 0.2 s through
+    the dashboard's job list; what run() returned)."""
+    import json as _json
+    import threading
+    import urllib.request
+
+    most, done = [0], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                with urllib.request.urlopen(f"{address.rstrip('/')}/api/jobs/", timeout=10) as response:
+                    jobs = _json.loads(response.read())
+                most[0] = max(most[0], sum(job.get("status") in ("PENDING", "RUNNING") for job in jobs))
+            except OSError:
+                pass
+            done.wait(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = run()
+    finally:
+        done.set()
+        watcher.join()
+    return most[0], result
+
+
 PACKED_ENV = "python: '3.11'\ndependencies:\n  - numpy\n  - scipy\n  - pandas\n  - scikit-learn\n  - pyarrow\n  - matplotlib\n"
 
 
@@ -814,6 +898,7 @@ SCENARIOS = {
     "sweep_grid": sweep_grid,
     "sweep_scale": sweep_scale,
     "slurm_sweep_scale": slurm_sweep_scale,
+    "ray_sweep_scale": ray_sweep_scale,
     "packed_env": packed_env,
 }
 
@@ -826,7 +911,9 @@ def main() -> int:
     parser.add_argument("--no-mlflow", action="store_true", help="skip the mlflow comparison")
     parser.add_argument("--skip-mlflow-builds", action="store_true", help="skip MLflow's slow environment builds")
     parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
-    parser.add_argument("--trials", type=int, default=1000, help="sweep_scale: the trials of the driver-memory sweep")
+    parser.add_argument("--trials", type=int, default=1000,
+                        help="sweep_scale: the trials of the driver-memory sweep; slurm_sweep_scale: its sweep's")
+    parser.add_argument("--ray-trials", type=int, default=1000, help="ray_sweep_scale: the trials of its sweep")
     args = parser.parse_args()
     sections = [f"# mlproject-runner benchmarks\n\nMachine: {os.cpu_count()} cores. Repeats: {args.repeat} (mlflow: {args.mlflow_repeat}).\n"]
     with tempfile.TemporaryDirectory(prefix="mlproject-bench-") as tmp:
