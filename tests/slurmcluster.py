@@ -118,9 +118,11 @@ class SlurmCluster:
         self.procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                            env={**os.environ, **self.env}, start_new_session=True))
 
-    def _wait_for_idle_nodes(self, failure: str, timeout: float = 60, resume: bool = False) -> None:
+    def _wait_for_idle_nodes(self, failure: str, timeout: float = 60, resume: bool = False, busy_ok: bool = False) -> None:
         """`resume`: a node Slurm drained or downed meanwhile (a job's node lost mid-step drains
-        the node the step had reached too) is given back to service, as an administrator would."""
+        the node the step had reached too) is given back to service, as an administrator would.
+        `busy_ok`: a node running jobs counts too (a sweep's tasks go on through the wait)."""
+        serving = ("idle", "allocated", "mixed", "completing") if busy_ok else ("idle",)
         deadline = time.monotonic() + timeout
         states = ""
         while time.monotonic() < deadline:
@@ -130,7 +132,7 @@ class SlurmCluster:
                     raise RuntimeError(f"a Slurm daemon exited at start: {proc.args}\n{self.logs()}")
             done = self.command("sinfo", "-h", "-N", "-o", "%N %T")
             states = done.stdout
-            if done.returncode == 0 and states.split().count("idle") == 2:
+            if done.returncode == 0 and sum(word in serving for word in states.split()) == 2:
                 return
             for line in states.splitlines() if resume else ():
                 name, _, state = line.partition(" ")
@@ -148,11 +150,12 @@ class SlurmCluster:
         node.wait()
         self.procs.remove(node)
 
-    def return_node(self, name: str, hidden: Path | None = None) -> None:
-        """(After `lose_node`.) Its slurmd starts again and registers; the node is idle again.
-        `hidden`: a directory the node does not see (see `_daemon`); needs root."""
+    def return_node(self, name: str, hidden: Path | None = None, busy_ok: bool = False) -> None:
+        """(After `lose_node`.) Its slurmd starts again and registers; the node is idle again (or,
+        `busy_ok`, in service: running the jobs still queued). `hidden`: a directory the node does
+        not see (see `_daemon`); needs root."""
         self._daemon(["slurmd", "-D", "-N", name], hidden)
-        self._wait_for_idle_nodes(f"node {name} did not return", 120, resume=True)
+        self._wait_for_idle_nodes(f"node {name} did not return", 120, resume=True, busy_ok=busy_ok)
 
     def saved_state(self) -> Path:
         """A copy of the controller's saved state (see restart_controller), taken with no job in
