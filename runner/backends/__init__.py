@@ -150,9 +150,8 @@ def cancel(ledger: Ledger, record: RunRecord, wait: float = 30.0) -> RunRecord:
     """Cancel a cluster run (from any process): ask the cluster, then wait for the run's end."""
     import time
 
-    from runner.tracking.runs import find
-
     from runner.backends.job import cancel_carried, is_carried
+    from runner.tracking.runs import find
 
     if record.job_id is not None and is_carried(record.id):  # (its job carries other runs: not cancelled)
         cancel_carried(ledger, record)

@@ -25,12 +25,13 @@ if TYPE_CHECKING:
 
     from runner.backends.base import ClusterBackend
     from runner.request import PreparedRun, RunRequest
+    from runner.tracking.ledger import Ledger, RunRecord
 
 # Where a scheduler that passes no files hands the request to the job (Ray: the job's environment).
 REQUEST_VARIABLE = "MLPROJECT_JOB_REQUEST"
 REQUEST_FILE = "job.json"  # in the run's directory on the submit host (a shared file system: Slurm)
 # In the run's directory (which the nodes share) of a run that shares its job with other runs
-# (one array task carrying several trials, runner.backends.carrier): its presence says so, and
+# (one array task carrying several trials, runner.cli.carry): its presence says so, and
 # the job's state is then the carrier's, not the run's. CANCEL_FILE asks the carrier to stop it.
 CARRIED_FILE = "carried"
 CANCEL_FILE = "cancel-requested"
@@ -214,7 +215,7 @@ def requeued(ledger, run_id: str, tracked, reason: str | None, notify) -> None:
     notify(f"=== {reason}: the run continues when the job starts again ===")
 
 
-# -- runs that share their job (an array task carrying several trials: runner.backends.carrier) ----
+# -- runs that share their job (an array task carrying several trials: runner.cli.carry) ----------
 def is_carried(run_id: str) -> bool:
     """Whether run `run_id`'s job carries other runs too: the job's state is then the carrier's
     (running while any of its runs does), and a cancel of the run must not cancel the job."""
@@ -223,7 +224,7 @@ def is_carried(run_id: str) -> bool:
     return (home.subdir("runs") / run_id / CARRIED_FILE).exists()
 
 
-def cancel_carried(ledger, record) -> None:
+def cancel_carried(ledger: Ledger, record: RunRecord) -> None:
     """Stop one run of a job that carries several: its carrier, which watches for this file,
     stops the run's command; a run it has not started yet is ended here and never starts."""
     from runner import home

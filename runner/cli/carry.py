@@ -71,8 +71,8 @@ def _carry_one(request: JobRequest, heard: list[int]) -> bool:
             submitted.request_cancel(signal.SIGTERM)
 
     try:
-        if cancel_file.exists():  # (cancelled while its row was being taken over)
-            say(f"run {request.job_of.run_id}: cancelled before its command started")
+        if cancel_file.exists():  # (cancelled as its row was taken over: its first look stops it)
+            say(f"run {request.job_of.run_id}: a cancel was asked for; it is stopped as soon as its command starts")
         return run_request(request.run_request(), in_job=True, heard=heard, watch=watch) == 0
     except RunnerError as exc:  # this run's error, in its own log; the next run is carried all the same
         print_error(exc.message, exc.hint, exc.details)
