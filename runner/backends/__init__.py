@@ -146,17 +146,24 @@ def reconcile(ledger: Ledger, quick_only: bool = False, backend: str | None = No
     return ended
 
 
+def stop_job(ledger: Ledger, record: RunRecord) -> None:
+    """Ask the cluster to stop a run's job; a run whose job carries other runs too is stopped
+    alone, through its carrier (job.cancel_carried), its job left to carry the rest."""
+    from runner.backends.job import cancel_carried, is_carried
+
+    if record.job_id is not None and is_carried(record.id):
+        cancel_carried(ledger, record)
+    elif record.job_id is not None:
+        cluster_backend(record.backend).cancel(record.job_id)
+
+
 def cancel(ledger: Ledger, record: RunRecord, wait: float = 30.0) -> RunRecord:
     """Cancel a cluster run (from any process): ask the cluster, then wait for the run's end."""
     import time
 
-    from runner.backends.job import cancel_carried, is_carried
     from runner.tracking.runs import find
 
-    if record.job_id is not None and is_carried(record.id):  # (its job carries other runs: not cancelled)
-        cancel_carried(ledger, record)
-    elif record.job_id is not None:
-        cluster_backend(record.backend).cancel(record.job_id)
+    stop_job(ledger, record)
     deadline = time.monotonic() + wait
     while True:
         current = settle(ledger, find(ledger, record.id))

@@ -117,20 +117,15 @@ class ClusterRun(RunHandle):
             finally:
                 ledger.close()
         elif self.job_id is not None:
-            from runner.backends.job import cancel_carried, is_carried
+            from runner.tracking.ledger import Ledger
+            from runner.tracking.runs import find
 
             try:
-                if is_carried(self.ledger_id):  # (its job carries other runs: only this one is stopped)
-                    from runner.tracking.ledger import Ledger
-                    from runner.tracking.runs import find
-
-                    ledger = Ledger()
-                    try:
-                        cancel_carried(ledger, find(ledger, self.ledger_id))
-                    finally:
-                        ledger.close()
-                else:
-                    backends.cluster_backend(self.backend).cancel(self.job_id)
+                ledger = Ledger()
+                try:
+                    backends.stop_job(ledger, find(ledger, self.ledger_id))
+                finally:
+                    ledger.close()
             except Exception:  # noqa: BLE001 - the follower still records whatever happens
                 pass
 
