@@ -9,6 +9,9 @@ CLI uses. Exit codes are part of the documented interface (README):
 """
 from __future__ import annotations
 
+import errno
+import os
+
 from runner.status import RunStatus
 
 EXIT_USAGE = 2
@@ -148,3 +151,20 @@ class RunFailedError(RunnerError):
                          hint=f"the run's output: mlproject runs logs {getattr(submitted_run, 'run_id', 'RUN_ID')}",
                          python_hint=f"the run's output is in {getattr(submitted_run, 'log_path', 'its log')}")
         self.submitted_run = submitted_run
+
+
+def out_of_descriptors(headroom: int = 4) -> bool:
+    """Whether this process is at its open-file limit (fewer than `headroom` descriptors free: a
+    sqlite store opens three): then what failed (a store that could not be opened, a connection
+    not made) fails again however long it is asked, and waiting a minute only hides the cause
+    (seen: ~58 s under `ulimit -n 8`)."""
+    held: list[int] = []
+    try:
+        for _ in range(headroom):
+            held.append(os.dup(2))
+    except OSError as exc:
+        return exc.errno in (errno.EMFILE, errno.ENFILE)
+    finally:
+        for fd in held:
+            os.close(fd)
+    return False

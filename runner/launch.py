@@ -464,7 +464,7 @@ def start(
         _close_all(out_r, out_w, err_r, err_w)
         log_file.close()
         run._fail_before_start(on_finish)
-        raise LaunchError(f"cannot start {argv[0]!r}: {exc.strerror}", hint="is it installed and on PATH?") from None
+        raise LaunchError(f"cannot start {argv[0]!r}: {exc.strerror}", hint=_start_hint(exc)) from None
     finally:
         if run._process is not None:
             _close_all(out_w, err_w)
@@ -593,3 +593,16 @@ def _watch(run: SubmittedRun, tee: _Tee, log_file, on_finish: FinishCallback | N
     else:
         status = FINISHED if returncode == 0 else FAILED
     run._finish(Outcome(status, exit_code_of(returncode)), on_finish)
+
+
+def _start_hint(exc: OSError) -> str:
+    """What to do about a command that did not start: its reason is rarely a missing program."""
+    import errno
+
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return "too many open files: raise the limit (`ulimit -n 4096` in the shell that runs mlproject)"
+    if exc.errno in (errno.EAGAIN, errno.ENOMEM):
+        return "the machine is out of processes or memory: end some, or raise the limits (`ulimit -u`)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "it is not executable by this user: check its permissions"
+    return "is it installed and on PATH?"

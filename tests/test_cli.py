@@ -396,3 +396,30 @@ def test_main_called_from_a_library_leaves_the_collector_alone():
     thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
     assert main(["--version"]) == 0
     assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)
+
+
+def test_too_few_open_files_is_one_error_line_at_any_limit(make_project, cli, mlproject_home):
+    """Run under limits of open files from too few to start up to enough: wherever the limit is
+    reached (the ledger, the tracking store, the pending notes, starting the command), one
+    `error:` line and a hint that names the limit, never a traceback nor a minute of retries, and
+    no run left RUNNING."""
+    import resource
+    import time
+
+    root = make_project("entry_points:\n  main:\n    command: 'echo ran'\n")
+    outcomes = {}
+    for limit in range(5, 17):
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "runner", "run", str(root), "--env-manager", "local"],
+                                capture_output=True, text=True, timeout=60,
+                                preexec_fn=lambda limit=limit: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+        outcomes[limit] = result.returncode
+        assert time.monotonic() - started < 20, (limit, result.stderr)
+        if result.returncode == 0:
+            assert "ran" in result.stdout
+            continue
+        assert_clean_error(result, result.returncode)
+        assert result.returncode in (1, 2) and "open files" in result.stderr, (limit, result.stderr)
+    assert outcomes[16] == 0 and outcomes[5] != 0, outcomes
+    listed = json.loads(cli("runs", "list", "--json").stdout)
+    assert listed and not [r for r in listed if r["status"] in ("RUNNING", "SCHEDULED")], listed

@@ -12,7 +12,7 @@ import click
 
 from runner import faults, startup
 from runner.cli.common import Group, print_error, say
-from runner.errors import EXIT_USAGE, RunnerError
+from runner.errors import EXIT_USAGE, RunnerError, out_of_descriptors
 
 from typing import TYPE_CHECKING
 if TYPE_CHECKING:
@@ -106,21 +106,37 @@ def _dispatch(argv: Sequence[str] | None) -> int:
             import traceback
 
             traceback.print_exc()
-        print_error(exc.message, exc.hint, exc.details)
+        hint = exc.hint
+        if out_of_descriptors():  # (what failed could not open a file: a store, a log, a socket)
+            hint = f"this process has run out of open files: {_RAISE_FILE_LIMIT}"
+        print_error(exc.message, hint, exc.details)
         return exc.exit_code
     except Exception as exc:  # a full disk is the machine's state, not a bug: one line, as for any error
-        if not _out_of_space(exc) or "--debug" in args:
+        said = _machine_limit(exc)
+        if said is None or "--debug" in args:
             raise
-        print_error(f"no space left on the device: {exc}",
-                    "free space where MLPROJECT_HOME and the tracking store are; the next mlproject command "
-                    "ends in the ledger and in tracking whatever this one could not")
+        print_error(*said)
         return 1
     return result if isinstance(result, int) else 0
 
 
-def _out_of_space(exc: BaseException) -> bool:
+_RAISE_FILE_LIMIT = "raise the limit (`ulimit -n 4096` in the shell that runs mlproject)"
+
+
+def _machine_limit(exc: BaseException) -> tuple[str, str] | None:
+    """(error, hint) when the exception is the machine's state (a full disk, the open-file limit
+    reached), which no traceback explains; None for anything else."""
     import errno
 
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return "database or disk is full" in str(exc)  # (sqlite3's own words)
+    unended = ("the next mlproject command ends in the ledger and in tracking whatever this one could not")
+    number = exc.errno if isinstance(exc, OSError) else None
+    if number in (errno.ENOSPC, errno.EDQUOT) or "database or disk is full" in str(exc):  # (sqlite3's own words)
+        return (f"no space left on the device: {exc}",
+                f"free space where MLPROJECT_HOME and the tracking store are; {unended}")
+    if number in (errno.EMFILE, errno.ENFILE) or (number is None and out_of_descriptors()):
+        # (sqlite3 says only "unable to open database file"; nothing more is imported here: that
+        # needs a file too)
+        which = "the system's" if number == errno.ENFILE else "this process's"
+        return (f"too many open files ({which} limit reached): {exc}",
+                f"{_RAISE_FILE_LIMIT}; {unended}")
+    return None

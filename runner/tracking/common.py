@@ -5,7 +5,7 @@ import os
 import random
 import time
 
-from runner.errors import TrackingError
+from runner.errors import TrackingError, out_of_descriptors
 
 from typing import TYPE_CHECKING
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def retry(action: Callable[[], T], what: str, budget_seconds: float | None = Non
         try:
             return action()
         except TrackingError as exc:
-            if (when is not None and not when(exc)) or time.monotonic() + delay > deadline:
+            if (when is not None and not when(exc)) or time.monotonic() + delay > deadline or out_of_descriptors():
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
