@@ -285,6 +285,96 @@ def test_a_sweep_asks_ray_for_each_trials_gpu(ray, make_project, _work_in_tmp):
         assert "devices=[0]" in logs.stdout, logs.stdout
 
 
+def _trials() -> list[dict]:
+    return [row for row in json.loads(_cli("runs", "list", "--json").stdout) if row["backend"] == "ray"]
+
+
+def _ray_jobs(ray, job_ids) -> dict[str, str | None]:
+    """Each job's status, as the cluster's dashboard says (None: it does not know the job)."""
+    from runner.backends.ray_rest import RayRest
+
+    rest = RayRest(ray.address)
+    return {job_id: (rest.job(job_id) or {}).get("status") for job_id in job_ids}
+
+
+def test_a_sweep_of_more_trials_than_max_parallel_goes_out_as_that_many_carrier_jobs(ray, make_project, _work_in_tmp):
+    """Fourteen trials at --max-parallel 3: three Ray jobs, each carrying its trials one after
+    another; each trial still its own run, with its own status, exit code, log and tracked run."""
+    project = make_project(PROJECT)
+    result = _cli("sweep", str(project), "-P", "alpha=0.1,0.2,0.3,0.4,0.5,0.6,0.7", "-P", "code=0,3", "-b", "ray",
+                  "--env-manager", "local", "--max-parallel", "3")
+    assert result.returncode == 1, result.stderr  # (the trials of code=3 failed)
+    assert "14 trials queued as ray carrier jobs mlproject-carrier-" in result.stderr, result.stderr
+    assert "(each carrying up to 5 trials), at most 3 at once" in result.stderr, result.stderr
+    trials = _trials()
+    assert len(trials) == 14
+    carriers = {row["job_id"].split("_")[0] for row in trials}
+    assert len(carriers) == 3 and all(job.startswith("mlproject-carrier-") for job in carriers)
+    # (A carrier ends FAILED when one of its trials did, as an array task does: exit 1.)
+    failing = {row["job_id"].split("_")[0] for row in trials if row["status"] != "FINISHED"}
+    assert _ray_jobs(ray, carriers) == {job: "FAILED" if job in failing else "SUCCEEDED" for job in carriers}
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    for row in trials:
+        code = int(row["parameters"]["code"])
+        assert (row["status"], row["exit_code"]) == (("FINISHED", 0) if code == 0 else ("FAILED", 3)), row
+        said = [line for line in _cli("runs", "logs", row["id"]).stdout.splitlines() if line.startswith("alpha=")]
+        assert said == [f"alpha={row['parameters']['alpha']}"], (row["id"], said)  # its own output, and only its own
+        assert client.get_run(row["tracking_run_id"]).info.status == row["status"]
+
+
+def test_one_carried_ray_trial_is_cancelled_alone_waiting_or_running(ray, make_project, _work_in_tmp):
+    """Six trials of 8 s carried by two jobs: a trial waiting its turn is cancelled (`runs cancel`)
+    and never starts; a running one is cancelled and its command stops; the carriers go on with
+    the other four, which finish."""
+    project = make_project(PROJECT)
+    sweep = _start_cli("sweep", str(project), "-P", "alpha=0.1,0.2,0.3,0.4,0.5,0.6", "-P", "secs=8", "-b", "ray",
+                       "--env-manager", "local", "--max-parallel", "2")
+    try:
+        running = _wait_for(lambda: [r for r in _trials() if r["status"] == "RUNNING"], 120, "a trial to run")[0]
+        waiting = [r for r in _trials() if r["status"] == "SCHEDULED"][-1]  # (the last of its carrier)
+        for row in (waiting, running):
+            cancelled = _cli("runs", "cancel", row["id"])
+            assert cancelled.returncode == 0 and "KILLED" in cancelled.stdout + cancelled.stderr, cancelled.stderr
+        _, stderr = sweep.communicate(timeout=120)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 1, stderr
+    rows = {row["id"]: row for row in _trials()}
+    assert rows[waiting["id"]]["status"] == "KILLED" and "cancelled while waiting" in rows[waiting["id"]]["reason"]
+    assert not [line for line in _cli("runs", "logs", waiting["id"]).stdout.splitlines() if line.startswith("alpha=")]
+    assert rows[running["id"]]["status"] == "KILLED"
+    assert _left_behind(running["id"]) == []
+    assert sorted(row["status"] for row in rows.values()) == ["FINISHED"] * 4 + ["KILLED"] * 2
+    client = MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}")
+    assert {client.get_run(r["tracking_run_id"]).info.status for r in rows.values() if r["status"] == "KILLED"} == {"KILLED"}
+
+
+def test_ctrl_c_on_a_sweep_of_carried_ray_trials_stops_their_jobs(ray, make_project, _work_in_tmp):
+    """Ctrl-C on a sweep whose trials are carried: their carriers are stopped whole, every trial
+    ends (none left SCHEDULED or RUNNING), and nothing of them keeps running on the nodes."""
+    project = make_project(PROJECT)
+    sweep = _start_cli("sweep", str(project), "-P", "alpha=0.1,0.2,0.3,0.4,0.5,0.6", "-P", "secs=60", "-b", "ray",
+                       "--env-manager", "local", "--max-parallel", "2")
+    try:
+        seen: list = []
+        try:
+            _wait_for(lambda: len([r for r in seen.append(_trials()) or seen[-1] if r["status"] == "RUNNING"]) == 2, 120,
+                      "two trials to run")
+        except AssertionError:
+            raise AssertionError(f"{[(r['status'], r['reason']) for r in seen[-1]]}\n{sweep.stderr.read1()}") from None
+        os.killpg(sweep.pid, signal.SIGINT)
+        _, stderr = sweep.communicate(timeout=120)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 130, stderr
+    trials = _trials()
+    assert len(trials) == 6 and {row["status"] for row in trials} == {"KILLED"}, [(r["status"], r["reason"]) for r in trials]
+    carriers = {row["job_id"].split("_")[0] for row in trials}
+    _wait_for(lambda: set(_ray_jobs(ray, carriers).values()) == {"STOPPED"}, 60,
+              "the carriers to stop")
+    _wait_for(lambda: all(_left_behind(row["id"]) == [] for row in trials), 60, "the trials' processes to be gone")
+
+
 def test_submitter_killed_while_its_job_runs_is_reconciled(ray, make_project, _work_in_tmp):
     project = make_project(PROJECT)
     proc = _start_cli("run", str(project), "-b", "ray", "-P", "secs=6", "--env-manager", "local")

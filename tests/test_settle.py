@@ -23,6 +23,7 @@ class FakeCluster:
 
     QUICK_STATE = True
     JOB_ARRAYS = False
+    ARRAY_NOUN = "job array"
 
     def __init__(self, shared_ledger: bool):
         self.shared_ledger = shared_ledger

@@ -75,6 +75,7 @@ def settle(ledger: Ledger, record: RunRecord, state: JobState | None = None) -> 
         reason = "the submission was interrupted before the job was queued"
     else:
         state = state or backend.job_state(record.job_id)
+        carried = carried and not (state is not None and state.for_run)
         if state is None:
             state = JobState("UNKNOWN", RunStatus.FAILED)
             reason = f"{record.backend} job {record.job_id} is gone and the cluster kept no record of its end"

@@ -63,6 +63,13 @@ class ClusterBackend(Backend, Protocol):
         """Whether many runs go out as one job array (`submit_array`; a sweep's trials)."""
         ...
 
+    @property
+    def ARRAY_NOUN(self) -> str:
+        """What `submit_array` queues, as a sweep says it ("job array": a Slurm array, its
+        tasks in its job IDs `<array>_<task>`; "carrier job": jobs each carrying several runs,
+        which are `<job>_<place>`)."""
+        ...
+
     def submit_array(self, states: list[PreparedRun], throttle: Optional[int] = None) -> list[Any]:
         """(JOB_ARRAYS) Many runs as one array of jobs, at most `throttle` at a time."""
         ...

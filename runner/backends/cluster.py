@@ -40,6 +40,9 @@ class JobState:
     # lost or did not boot, or it was preempted. `--retries` runs such a run again.
     lost: bool = False
     restarts: int = 0  # how often the scheduler requeued the job (Slurm's Restarts)
+    # The state is the run's own, as its carrier told it (Ray: the framed job log), not its job's,
+    # which is a carrier's (see backends.settle).
+    for_run: bool = False
 
     @property
     def ended(self) -> bool:

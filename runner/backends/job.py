@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 
 # Where a scheduler that passes no files hands the request to the job (Ray: the job's environment).
 REQUEST_VARIABLE = "MLPROJECT_JOB_REQUEST"
+# A job there that carries several runs (runner.backends.ray_carriers): their requests, as a JSON
+# list compressed (zlib, base64: a variable holds at most 128 KiB), and the mark that frames each
+# run's output in the job's one log (runner.cli.carry).
+REQUESTS_VARIABLE = "MLPROJECT_JOB_REQUESTS"
+MARK_VARIABLE = "MLPROJECT_CARRIER_MARK"
+# The tag a carried run's tracked run gets when it is cancelled, where the nodes share no file
+# with the submit host (Ray): its carrier reads its tracked run's tags while it runs.
+CANCEL_TAG = "mlproject.cancel_requested"
 REQUEST_FILE = "job.json"  # in the run's directory on the submit host (a shared file system: Slurm)
 # In the run's directory (which the nodes share) of a run that shares its job with other runs
 # (one array task carrying several trials, runner.cli.carry): its presence says so, and
@@ -92,7 +100,11 @@ class JobRequest:
 
     @classmethod
     def from_json(cls, text: str) -> JobRequest:
-        fields = json.loads(text)
+        return cls.from_fields(json.loads(text))
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> JobRequest:
+        fields = dict(fields)
         fields["job_of"] = JobOf(**fields["job_of"])
         if fields.get("lock") is not None:
             fields["lock"] = RecordedLock(**fields["lock"])
@@ -105,6 +117,8 @@ class JobRequest:
         several: a task that carries several runs, one after another)."""
         from runner.errors import LaunchError, UsageError
 
+        if from_env and REQUESTS_VARIABLE in os.environ:  # a carrier's (Ray)
+            return [cls.from_fields(fields) for fields in json.loads(decompress(os.environ.pop(REQUESTS_VARIABLE)))]
         if from_env:
             return [cls.from_json(os.environ.pop(REQUEST_VARIABLE))]
         if request_file is None:
@@ -155,6 +169,21 @@ class JobRequest:
             if directory and os.path.isfile(candidate):
                 return candidate
         return None
+
+
+def compress(text: str) -> str:
+    """Text as a compact ASCII string (an environment variable's value)."""
+    import base64
+    import zlib
+
+    return base64.b64encode(zlib.compress(text.encode(), 9)).decode()
+
+
+def decompress(value: str) -> str:
+    import base64
+    import zlib
+
+    return zlib.decompress(base64.b64decode(value)).decode()
 
 
 # -- the node side: the runner inside the job, taking its row over ---------------------------------
@@ -225,13 +254,23 @@ def is_carried(run_id: str) -> bool:
 
 
 def cancel_carried(ledger: Ledger, record: RunRecord) -> None:
-    """Stop one run of a job that carries several: its carrier, which watches for this file,
-    stops the run's command; a run it has not started yet is ended here and never starts."""
-    from runner import home
+    """Stop one run of a job that carries several: its carrier, which watches for this file (or,
+    where the nodes share no file with this host, for the tag on its tracked run), stops the
+    run's command; a run it has not started yet is ended here and never starts."""
+    from runner import backends, home
+    from runner.errors import LaunchError
     from runner.status import RunStatus
     from runner.tracking.ending import end_recorded
 
     (home.subdir("runs") / record.id / CANCEL_FILE).touch()
+    if not backends.cluster_backend(record.backend).shares_ledger(record.id):
+        if not record.tracking_uri or not record.tracking_run_id:
+            raise LaunchError(f"run {record.id} shares {record.backend} job {record.job_id} with other runs and is not "
+                              "tracked: its carrier cannot be told to stop it alone",
+                              hint="stop the whole sweep, or sweep with tracking (its carriers read a cancel from there)")
+        from runner.tracking import tracker_for
+
+        tracker_for(record.tracking_uri, quick=True).set_tags(record.tracking_run_id, {CANCEL_TAG: "true"})
     if record.status == RunStatus.SCHEDULED:
         end_recorded(ledger, record, RunStatus.KILLED, None,
                      f"cancelled while waiting in {record.backend} job {record.job_id}", scheduled_only=True)

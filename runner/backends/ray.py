@@ -67,7 +67,10 @@ _PROBE_LOCK = threading.Lock()
 _PROBED: dict[Path, dict] = {}  # the nodes' answers this process asked for, by where they are kept
 _RUNNER_MODULES: dict[Path, Path] = {}  # staging root -> this runner's module directory there
 QUICK_STATE: bool = False  # asking Ray is a request to a remote dashboard: local runs do not wait on it
-JOB_ARRAYS: bool = False  # Ray has no job arrays: a sweep submits its trials one job each
+# Ray has no job arrays: a sweep's trials go out as carrier jobs, several trials to a job, no more
+# jobs than --max-parallel (runner.backends.ray_carriers); few trials, one job each.
+JOB_ARRAYS: bool = True
+ARRAY_NOUN: str = "carrier job"
 
 
 @dataclass(frozen=True)
@@ -318,25 +321,47 @@ _WITHDRAW_WAIT = 5.0  # seconds: a supervisor is named within a second or two of
 
 
 def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list[ClusterRun]:
-    raise UsageError("the ray backend has no job arrays", hint="a sweep submits its trials one job each")
+    """A sweep's trials: carried by `throttle` jobs when they are more (runner.backends.ray_carriers),
+    else one job each, submitted one after another."""
+    from runner.backends import ray_carriers
+
+    if throttle and ray_carriers.carriers_for(len(states), throttle):
+        return ray_carriers.submit_array(states, throttle)
+    handles: list[ClusterRun] = []
+    for number, state in enumerate(states):
+        try:
+            handles.append(submit(state, None))
+        except BaseException as exc:
+            for left in states[number + 1:]:  # (prepared, never submitted: ended as the first was)
+                abandon(left, exc, left.ledger_id())
+            raise
+    return handles
 
 
 def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: str, sent: list[bool]) -> None:
-    from runner.backends.staging import snapshot
-    from runner.progress import step
-
-    tracked = state.tracked
-    project = snapshot(state.plan.source.path, options.staging_dir, state.progress)
-    # The job's working directory is the staged project; the node does not see the caller's
-    # directory, so path parameters are taken from there (no cwd).
-    shipped = _environment_package(state, options)
-    job_request = JobRequest.of(state, "ray", run_id, ".", environment=shipped[1] if shipped else None, own_ledger=True)
+    # (The job's working directory is the staged project; the node does not see the caller's
+    # directory, so path parameters are taken from there: no cwd.)
+    job, shipped = job_for(state, options, job_id, {})
+    job_request = JobRequest.of(state, "ray", run_id, ".", environment=shipped, own_ledger=True)
     encoded = job_request.to_json(indent=None)
     if len(encoded) > _MAX_VARIABLE:
         raise UsageError(f"the job's request ({len(encoded) // 1024} KiB with its recorded lock) is too large for the "
                          "environment Ray hands the job (at most 128 KiB a variable)",
                          hint="rerun it here (-b local) or on a cluster that shares files (-b slurm)")
-    env_vars = {**dict(options.runtime_env.get("env_vars") or {}), REQUEST_VARIABLE: encoded}
+    job["runtime_env"]["env_vars"][REQUEST_VARIABLE] = encoded
+    job["metadata"]["mlproject_run_id"] = state.tracked.run_id or run_id
+    send(options, job, state.progress, sent)
+
+
+def job_for(state: PreparedRun, options: RayOptions, job_id: str, metadata: dict[str, str]) -> tuple[dict[str, Any], str | None]:
+    """The Ray job that runs the runner on the node for `state`'s project and environment, but
+    for the request(s) it carries (env_vars, added by the caller); and where the environment it
+    ships is, relative to its module path (JobRequest.environment), if it ships one."""
+    from runner.backends.staging import snapshot
+
+    project = snapshot(state.plan.source.path, options.staging_dir, state.progress)
+    shipped = _environment_package(state, options)
+    env_vars = dict(options.runtime_env.get("env_vars") or {})
     env_vars.setdefault("MLPROJECT_KILL_GRACE", _NODE_KILL_GRACE)
     if state.tracking.uri is None:
         env_vars["MLPROJECT_NO_TRACKING"] = "1"
@@ -349,10 +374,17 @@ def _submit_job(state: PreparedRun, options: RayOptions, run_id: str, job_id: st
                          "the cluster's own environment must have them")
     py_modules = [str(_runner_module(options.staging_dir)), *([str(shipped[0])] if shipped else [])]
     runtime_env = {**options.runtime_env, "working_dir": str(project), "py_modules": py_modules, "env_vars": env_vars}
-    metadata = {**options.metadata, "mlproject_run_id": tracked.run_id or run_id}
     job = {"entrypoint": f"exec {_quote(options.python)} -m runner job --from-env", "submission_id": job_id,
-           "runtime_env": runtime_env, "metadata": metadata, **options.entrypoint}
-    with step(state.progress, f"submitting Ray job {job_id}"):
+           "runtime_env": runtime_env, "metadata": {**options.metadata, **metadata}, **options.entrypoint}
+    return job, shipped[1] if shipped else None
+
+
+def send(options: RayOptions, job: dict[str, Any], progress, sent: list[bool]) -> None:
+    """Submit the job (`sent` gets True as it goes: Ray may have it from then on); Ray's refusal
+    as a ProjectError (the package too large) or a LaunchError."""
+    from runner.progress import step
+
+    with step(progress, f"submitting Ray job {job['submission_id']}"):
         sent.append(True)
         try:
             _submit_when_ready(options.address, job)
@@ -508,7 +540,7 @@ def _remember(run_id: str, address: str) -> None:
 
 
 def _address_of(job_id: str) -> str:
-    run_id = job_id.removeprefix(JOB_PREFIX)
+    run_id = job_id.split("_")[0].removeprefix(JOB_PREFIX)  # (a carried trial's: its carrier's)
     try:
         return json.loads((home.subdir("runs") / run_id / "ray.json").read_text())["address"]
     except (OSError, ValueError, KeyError):
@@ -518,8 +550,12 @@ def _address_of(job_id: str) -> str:
 
 # -- the job, as Ray sees it ------------------------------------------------------------
 def chosen_job_id(ledger_id: str) -> str | None:
-    """The submission ID this host gives the run's job, once it has said which cluster it goes to."""
-    return JOB_PREFIX + ledger_id if (home.subdir("runs") / ledger_id / "ray.json").exists() else None
+    """The submission ID this host gives the run's job, once it has said which cluster it goes to
+    (a carried trial's: its carrier's and its place there)."""
+    said = _read_json(home.subdir("runs") / ledger_id / "ray.json")
+    if said is None:
+        return None
+    return str(said.get("job_id") or JOB_PREFIX + ledger_id)
 
 
 def shares_ledger(run_id: str) -> bool:
@@ -529,9 +565,11 @@ def shares_ledger(run_id: str) -> bool:
 
 def job_state(job_id: str) -> JobState | None:
     """How job `job_id` is doing, from the cluster's job table; None when Ray does not know it."""
-    info = _rest(_address_of(job_id)).job(job_id)
-    if info is None:
-        return None
+    return job_states([job_id])[job_id]
+
+
+def job_state_of(info: dict[str, Any]) -> JobState:
+    """A job's state from its entry in Ray's job table."""
     name = str(info.get("status"))
     status = _ENDS.get(name)
     exit_code = info.get("driver_exit_code")
@@ -549,13 +587,23 @@ def job_state(job_id: str) -> JobState | None:
 
 
 def job_states(job_ids: list[str]) -> dict[str, JobState | None]:
-    """Each job's own answer: a sweep's Ray trials are jobs of their own, no more followed at
-    once than it runs at once (Ray's list of all jobs grows with every job it ever ran)."""
-    return {job_id: job_state(job_id) for job_id in job_ids}
+    """Each job's own answer (Ray's list of all jobs grows with every job it ever ran); carried
+    trials' from their carriers' logs, one read per carrier."""
+    from runner.backends import ray_carriers
+
+    carried = [job_id for job_id in job_ids if ray_carriers.is_carried_job(job_id)]
+    states = ray_carriers.job_states(carried) if carried else {}
+    for job_id in job_ids:
+        if job_id not in states:
+            info = _rest(_address_of(job_id)).job(job_id)
+            states[job_id] = None if info is None else job_state_of(info)
+    return states
 
 
 def cancel(job_id: str) -> None:
+    """Stop the job (a carried trial's: its carrier, with the trials it has not ended)."""
     address = _address_of(job_id)
+    job_id = job_id.split("_")[0]
     try:
         stopped = _rest(address).stop(job_id)
     except (RayRestError, OSError) as exc:
@@ -571,6 +619,11 @@ def pull_output(job_id: str, log_path: Path) -> None:
     """Copy the job's output (Ray keeps it on the cluster) into the run's log here. Ray answers
     with the whole log each time; the file is replaced only when the log grew, so several
     followers of one run can pull at once."""
+    from runner.backends import ray_carriers
+
+    if ray_carriers.is_carried_job(job_id):
+        ray_carriers.pull_output(job_id, log_path)
+        return
     logs = _rest(_address_of(job_id)).logs(job_id)
     marker = logs.find(_PREAMBLE_END)
     if marker < 0:

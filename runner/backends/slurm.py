@@ -72,6 +72,7 @@ _RUNNER_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_
 
 QUICK_STATE: bool = True  # squeue and sacct answer in milliseconds: every run settles finished jobs
 JOB_ARRAYS: bool = True  # a sweep's trials go out as one `sbatch --array`
+ARRAY_NOUN: str = "job array"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,12 @@ Slurm ~0.17 s to schedule and start, and a runner ~0.25 s of the node's CPU; a c
 pays neither (docs/benchmarks.md).
 
 One run is stopped alone through its cancel file (`job.cancel_carried`), which is looked for
-before the run starts and while its command runs. A signal to the carrier (the job cancelled,
+before the run starts and while its command runs; where the nodes share no file with the submit
+host (Ray), through a tag on its tracked run, read once a second instead.
+
+On Ray a job has one log, which the submit host reads (runner.backends.ray_carriers): each run's
+output is framed there by lines of the job's mark (`MARK start N`, `MARK end N STATUS CODE
+REASON`), from which the submit host learns each run's start, end and output. A signal to the carrier (the job cancelled,
 its time limit, a preemption) stops the run under way, and no other starts: those left stay
 SCHEDULED, and the submit host records them from the job's end (`runner.backends.settle`), or
 the job's next start carries them (a requeue).
@@ -31,9 +36,10 @@ if TYPE_CHECKING:
     from runner.backends.job import JobRequest
 
 
-def carry(requests: list[JobRequest]) -> int:
+def carry(requests: list[JobRequest], mark: str | None = None) -> int:
     """Carry out the runs one after another: 0 when each ended FINISHED (or had ended before its
-    turn), 1 when one did not, 128 + N when signal N stopped the carrier."""
+    turn), 1 when one did not, 128 + N when signal N stopped the carrier. `mark`: frame each
+    run's output in this job's output (Ray's one log a job)."""
     heard: list[int] = []
 
     def hear(signum: int, _frame) -> None:  # (between runs: the next one is not started)
@@ -47,36 +53,108 @@ def carry(requests: list[JobRequest]) -> int:
             say(f"carrier: stopped by {signal.Signals(heard[0]).name}; {len(requests) - number + 1} run(s) not started")
             break
         run_id = request.job_of.run_id
-        if _ended(run_id):
+        watcher = _CancelWatch(request)
+        if _ended(run_id) or (request.job_of.own_ledger and watcher.asked(at_once=True)):
             say(f"carrier: run {run_id} ({number}/{len(requests)}) ended before its turn; not started")
+            _frame(mark, number - 1, "end", "KILLED", None, "cancelled before its turn")
             continue
         say(f"carrier: run {run_id} ({number}/{len(requests)})")
+        _frame(mark, number - 1, "start")
         with _output_to(request.output):
-            all_finished = _carry_one(request, heard) and all_finished
+            error = _carry_one(request, heard, watcher)
+        status, code, reason = _outcome(run_id, error)
+        _frame(mark, number - 1, "end", status, code, reason)
+        all_finished = status == "FINISHED" and all_finished
     startup.ignore()
     return 128 + heard[0] if heard else 0 if all_finished else 1
 
 
-def _carry_one(request: JobRequest, heard: list[int]) -> bool:
-    """One run, to its end: whether it FINISHED."""
-    from runner import home
-    from runner.backends.job import CANCEL_FILE
+def _carry_one(request: JobRequest, heard: list[int], watcher: _CancelWatch) -> str | None:
+    """One run, to its end: the runner's error, if one ended it before its end was recorded."""
     from runner.cli.run import run_request
     from runner.errors import RunnerError
 
-    cancel_file = home.subdir("runs") / request.job_of.run_id / CANCEL_FILE
-
     def watch(submitted) -> None:
-        if cancel_file.exists():
+        if watcher.asked():
             submitted.request_cancel(signal.SIGTERM)
 
     try:
-        if cancel_file.exists():  # (cancelled as its row was taken over: its first look stops it)
+        if watcher.asked(at_once=True):  # (cancelled as its row was taken over: its first look stops it)
             say(f"run {request.job_of.run_id}: a cancel was asked for; it is stopped as soon as its command starts")
-        return run_request(request.run_request(), in_job=True, heard=heard, watch=watch) == 0
+        run_request(request.run_request(), in_job=True, heard=heard, watch=watch)
+        return None
     except RunnerError as exc:  # this run's error, in its own log; the next run is carried all the same
         print_error(exc.message, exc.hint, exc.details)
+        return exc.message
+
+
+class _CancelWatch:
+    """Whether a cancel of one carried run was asked for: its cancel file (a shared MLPROJECT_HOME:
+    Slurm), or the tag on its tracked run (Ray; read at most once a second)."""
+
+    def __init__(self, request: JobRequest) -> None:
+        from runner import home
+        from runner.backends.job import CANCEL_FILE
+
+        self.request = request
+        self.cancel_file = home.subdir("runs") / request.job_of.run_id / CANCEL_FILE
+        self.next_look = 0.0
+
+    def asked(self, at_once: bool = False) -> bool:
+        import time
+
+        if not self.request.job_of.own_ledger:
+            return self.cancel_file.exists()
+        now = time.monotonic()
+        if not at_once and now < self.next_look:
+            return False
+        self.next_look = now + 1.0
+        return _tagged_cancel(self.request.run_id)
+
+
+def _tagged_cancel(tracking_run_id: str | None) -> bool:
+    """Whether the tracked run carries the cancel tag (or has ended: cancelled while it waited)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_run_id or not uri or os.environ.get("MLPROJECT_NO_TRACKING"):
         return False
+    from runner.backends.job import CANCEL_TAG
+    from runner.errors import RunnerError
+    from runner.tracking import open_tracker
+
+    try:
+        recorded = open_tracker(uri, timeout=3.0).recorded_run(tracking_run_id)
+    except (RunnerError, OSError):  # (unreachable a moment: looked at again in a second)
+        return False
+    return recorded.tags.get(CANCEL_TAG) == "true"
+
+
+def _outcome(run_id: str, error: str | None) -> tuple[str, int | None, str | None]:
+    """How the run ended, as this node's ledger recorded it: (status, exit code, reason)."""
+    from runner.tracking.ledger import Ledger
+
+    ledger = Ledger()
+    try:
+        rows = ledger.get(run_id)
+    finally:
+        ledger.close()
+    if not rows or not rows[0].finished:
+        return "FAILED", None, error or "its runner ended without recording its end"
+    return rows[0].status, rows[0].exit_code, rows[0].reason
+
+
+def _frame(mark: str | None, index: int, what: str, status: str | None = None, code: int | None = None,
+           reason: str | None = None) -> None:
+    """A line of the job's own output that frames run `index`'s (see the module's docstring)."""
+    if mark is None:
+        return
+    import json
+
+    line = f"{mark} {what} {index}"
+    if what == "end":
+        line += f" {status} {'-' if code is None else code} {json.dumps(reason)}"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(1, f"\n{line}\n".encode())
 
 
 def _ended(run_id: str) -> bool:

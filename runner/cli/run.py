@@ -86,13 +86,14 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], version: str | 
 @click.option("--from-env", is_flag=True, help="the request is in MLPROJECT_JOB_REQUEST (Ray jobs)")
 @debug_option
 def job(request_file: str | None, from_env: bool) -> int:
-    from runner.backends.job import JobRequest
+    from runner.backends.job import MARK_VARIABLE, JobRequest
 
     requests = JobRequest.load(request_file, from_env)
-    if any(request.output is not None for request in requests):  # (an array task carrying several runs)
+    mark = os.environ.pop(MARK_VARIABLE, None) if from_env else None  # (a Ray job carrying several runs)
+    if mark is not None or any(request.output is not None for request in requests):  # (or an array task's)
         from runner.cli.carry import carry
 
-        return carry(requests)
+        return carry(requests, mark)
     return run_request(requests[0].run_request(), in_job=True)
 
 

@@ -571,7 +571,7 @@ class _Sweep:
         return handles
 
     def _queue_array(self, todo: list[Trial], throttle: int) -> dict[int, Any]:
-        from runner import api
+        from runner import api, backends
 
         handles = api.submit_array([self._run_request(trial) for trial in todo], notify=self._quiet, throttle=throttle)
         with self._lock:
@@ -581,9 +581,16 @@ class _Sweep:
                 self.store.update(self.id, trial)
         arrays = list(dict.fromkeys(handle.job_id.split("_")[0] for handle in handles))
         tasks = len({handle.job_id for handle in handles})
-        carried = f" ({tasks} tasks, each carrying up to {-(-len(todo) // tasks)} trials)" if tasks < len(todo) else ""
-        self.say(f"sweep {self.id}: {len(todo)} trials queued as {self.request.backend} job array"
-                 f"{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}{carried}, at most {throttle} at once")
+        noun = backends.cluster_backend(self.request.backend).ARRAY_NOUN
+        if "_" not in handles[0].job_id:  # (few trials: a job each)
+            queued_as = f"{len(todo)} {self.request.backend} jobs"
+        else:
+            queued_as = f"{self.request.backend} {noun}{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}"
+            if tasks < len(todo):  # (tasks carrying several trials)
+                queued_as += f" ({tasks} tasks, each carrying up to {-(-len(todo) // tasks)} trials)"
+            elif len(arrays) < len(todo) and noun == "carrier job":
+                queued_as += f" (each carrying up to {-(-len(todo) // len(arrays))} trials)"
+        self.say(f"sweep {self.id}: {len(todo)} trials queued as {queued_as}, at most {throttle} at once")
         return {trial.number: handle for trial, handle in zip(todo, handles)}
 
     def _one(self, trial: Trial, queued=None) -> None:

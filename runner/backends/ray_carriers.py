@@ -1,0 +1,239 @@
+"""A sweep's Ray trials carried several to a job: no more Ray jobs than `--max-parallel`.
+
+Ray has no job arrays, and each job costs its head a supervisor (~85 MB) and its node a runner
+start; a sweep of 1,000 trials one job each paid both 1,000 times (+352 ms a trial over bare job
+submissions, 2026-12-07). With more trials than `--max-parallel`, the trials go out as
+`--max-parallel` carrier jobs instead, trial N to carrier N mod their number, each carrying its
+trials out one after another through the runner's own `carry` (runner.cli.carry): each trial is
+still its own run, with its own ledger row, tracked run, status, exit code and log.
+
+Ray's nodes share no file with this host, so what a Slurm carrier leaves in the shared home
+travels otherwise:
+- the trials' requests go in the carrier's environment, compressed (job.REQUESTS_VARIABLE);
+- each trial's output is framed in the carrier's one log by lines of a mark chosen here
+  (`MARK start N`, `MARK end N STATUS CODE REASON`): this host reads the log once a poll and
+  learns from it each trial's start, its end and its output (`job_states`, `pull_output`);
+- a one-trial cancel is a tag on the trial's tracked run, which its carrier reads once a second
+  (job.cancel_carried).
+
+A trial's job ID here is its carrier's submission ID and its place in the carrier,
+`mlproject-carrier-<hex>_<N>`, as a Slurm array task's is `<array>_<task>`: cancelling that
+prefix cancels the carrier, with every trial it has not ended.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+from runner import home
+from runner.backends.cluster import JobState, abandon, queued, record_scheduled, replace_log_if_grown
+from runner.backends.job import CARRIED_FILE, MARK_VARIABLE, REQUESTS_VARIABLE, JobRequest, compress
+from runner.errors import UsageError
+from runner.status import RunStatus
+
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from runner.backends.cluster import ClusterRun
+    from runner.backends.ray import RayOptions
+    from runner.request import PreparedRun
+
+CARRIER = "carrier-"  # after ray.JOB_PREFIX: a carrier's submission ID; its directory in runs/
+_LOG_FRESH_SECONDS = 0.5  # a carrier's log read for one trial serves the others of that poll
+_logs_lock = threading.Lock()
+_logs: dict[str, tuple[float, str, dict | None]] = {}  # carrier ID -> (when, log, job info)
+
+
+def carriers_for(runs: int, throttle: int | None) -> int:
+    """How many carrier jobs `runs` trials go out as: `throttle` of them when there are more
+    trials than that; 0 when each trial is its own job (few trials, or no limit at once)."""
+    return throttle if throttle and runs > throttle else 0
+
+
+def is_carried_job(job_id: str) -> bool:
+    from runner.backends.ray import JOB_PREFIX
+
+    return job_id.startswith(JOB_PREFIX + CARRIER) and "_" in job_id
+
+
+def carrier_of(job_id: str) -> str:
+    return job_id.split("_")[0]
+
+
+def carrier_dir(carrier_id: str) -> Path:
+    from runner.backends.ray import JOB_PREFIX
+
+    return home.subdir("runs") / carrier_id.removeprefix(JOB_PREFIX)
+
+
+# -- submission -------------------------------------------------------------------------
+@dataclass
+class _Carrier:
+    job_id: str
+    mark: str
+    trials: list[int]  # indexes into the array's states, in the order it carries them
+
+
+def submit_array(states: list[PreparedRun], throttle: int) -> list[ClusterRun]:
+    """The trials, recorded SCHEDULED, each with the job ID it gets (a submitter that dies on
+    the way leaves no trial a carrier might run unfollowed: see ray.chosen_job_id), then
+    `throttle` carrier jobs; on any failure the carriers sent are stopped and every trial ends."""
+    from runner.backends.ray import JOB_PREFIX, _MAX_VARIABLE, _withdraw, job_for, send
+
+    options: RayOptions = states[0].backend_options
+    count = carriers_for(len(states), throttle)
+    carriers = [_Carrier(f"{JOB_PREFIX}{CARRIER}{os.urandom(8).hex()}", os.urandom(12).hex(),
+                         list(range(number, len(states), count))) for number in range(count)]
+    run_dirs = [home.subdir("runs") / state.ledger_id() for state in states]
+    records, sent_ids = [], []
+    try:
+        job_ids: dict[int, str] = {}
+        for carrier in carriers:
+            directory = carrier_dir(carrier.job_id)
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "ray.json").write_text(json.dumps({
+                "address": options.address, "mark": carrier.mark, "runs": [run_dirs[i].name for i in carrier.trials]}))
+            for place, index in enumerate(carrier.trials):
+                job_ids[index] = f"{carrier.job_id}_{place}"
+        for index, (state, run_dir) in enumerate(zip(states, run_dirs)):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / CARRIED_FILE).touch()
+            record = record_scheduled(state, run_dir, run_dir / "output.log", "ray")
+            # (Named in the ledger once its carrier is queued; until then, while this process
+            # lives, the row is one being submitted, and if it dies, the ID it would have had is
+            # here: ray.chosen_job_id.)
+            (run_dir / "ray.json").write_text(json.dumps({"address": options.address, "job_id": job_ids[index]}))
+            records.append(record)
+        for carrier in carriers:
+            first = states[carrier.trials[0]]
+            job, shipped = job_for(first, options, carrier.job_id, {"mlproject_carrier": str(len(carrier.trials))})
+            requests = [JobRequest.of(states[i], "ray", records[i].id, ".", environment=shipped, own_ledger=True)
+                        for i in carrier.trials]
+            packed = compress(json.dumps([_fields(request) for request in requests]))
+            if len(packed) > _MAX_VARIABLE:
+                raise UsageError(f"the requests of {len(requests)} trials ({len(packed) // 1024} KiB compressed) are too "
+                                 "large for the environment Ray hands a job (at most 128 KiB a variable)",
+                                 hint="raise --max-parallel (more jobs, fewer trials each), or sweep fewer trials at once")
+            job["runtime_env"]["env_vars"].update({REQUESTS_VARIABLE: packed, MARK_VARIABLE: carrier.mark})
+            sent: list[bool] = []
+            try:
+                send(options, job, first.progress, sent)
+            finally:
+                if sent:
+                    sent_ids.append(carrier.job_id)
+    except BaseException as exc:
+        for job_id in sent_ids:  # (queued, but none of its trials is followed: taken down with the rest)
+            _withdraw(options.address, job_id)
+        for state, run_dir in zip(states, run_dirs):
+            abandon(state, exc, run_dir.name)
+        raise
+    handles = [queued(state, record, job_ids[index], "Ray") for index, (state, record) in enumerate(zip(states, records))]
+    for handle in handles:
+        handle.start_following()
+    return handles
+
+
+def _fields(request: JobRequest) -> dict:
+    from dataclasses import asdict
+
+    return json.loads(json.dumps(asdict(request), default=str))
+
+
+# -- the trials' states and output, from their carrier's log ----------------------------------
+@dataclass(frozen=True)
+class _Section:
+    start: int  # where the trial's output starts in the log
+    end: int | None = None  # where it ends (its end line), once it ended
+    status: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+def job_states(job_ids: list[str]) -> dict[str, JobState | None]:
+    """Each trial's state, from its carrier's: one request for the carrier's state and one for its
+    log a poll, whatever the number of its trials followed."""
+    by_carrier: dict[str, list[str]] = {}
+    for job_id in job_ids:
+        by_carrier.setdefault(carrier_of(job_id), []).append(job_id)
+    states: dict[str, JobState | None] = {}
+    for carrier_id, ids in by_carrier.items():
+        info, logs = _read(carrier_id)
+        sections = _sections(logs, _mark(carrier_id)) if info is not None else {}
+        for job_id in ids:
+            states[job_id] = _state(info, sections.get(int(job_id.rsplit("_", 1)[1])))
+    return states
+
+
+def _state(info: dict | None, section: _Section | None) -> JobState | None:
+    from runner.backends.ray import job_state_of
+
+    if info is None:
+        return None
+    node = info.get("driver_node_id")
+    if section is not None and section.status is not None:
+        ended = (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)
+        status = RunStatus(section.status) if section.status in ended else RunStatus.FAILED
+        return JobState(section.status, status, section.exit_code, node, section.reason, for_run=True)
+    carrier = job_state_of(info)
+    if not carrier.ended:  # the carrier goes on: the trial runs, or waits its turn
+        return JobState("RUNNING" if section is not None else "PENDING", None, node=node, for_run=True)
+    return carrier  # ended without ending the trial: the carrier's end is the trial's (backends.settle)
+
+
+def pull_output(job_id: str, log_path: Path) -> None:
+    """The trial's part of its carrier's log into the trial's log here."""
+    _, logs = _read(carrier_of(job_id))
+    section = _sections(logs, _mark(carrier_of(job_id))).get(int(job_id.rsplit("_", 1)[1]))
+    if section is None:
+        return
+    data = logs[section.start:section.end].encode()
+    replace_log_if_grown(log_path, len(data), lambda copy: copy.write(data))
+
+
+def _read(carrier_id: str) -> tuple[dict | None, str]:
+    """The carrier's job info and log, read at most once per `_LOG_FRESH_SECONDS` (every trial
+    of a poll asks): the state first, then the log, so that a log read after the job's end has
+    every trial's end line."""
+    from runner.backends.ray import _address_of, _rest
+
+    now = time.monotonic()
+    with _logs_lock:
+        kept = _logs.get(carrier_id)
+    if kept is not None and now - kept[0] < _LOG_FRESH_SECONDS:
+        return kept[2], kept[1]
+    rest = _rest(_address_of(carrier_id))
+    info = rest.job(carrier_id)
+    logs = rest.logs(carrier_id) if info is not None and info.get("status") != "PENDING" else ""
+    with _logs_lock:
+        _logs[carrier_id] = (now, logs, info)
+        if len(_logs) > 256:  # (carriers of past polls)
+            _logs.pop(next(iter(_logs)))
+    return info, logs
+
+
+def _mark(carrier_id: str) -> str:
+    return json.loads((carrier_dir(carrier_id) / "ray.json").read_text())["mark"]
+
+
+def _sections(logs: str, mark: str) -> dict[int, _Section]:
+    """Each trial's place in the carrier's log, from its framing lines (runner.cli.carry._frame)."""
+    sections: dict[int, _Section] = {}
+    for found in re.finditer(rf"^{re.escape(mark)} (start|end) (\d+)(.*)$", logs, re.MULTILINE):
+        what, index = found.group(1), int(found.group(2))
+        if what == "start":
+            sections[index] = _Section(found.end() + 1)
+            continue
+        status, code, reason = (found.group(3).strip().split(" ", 2) + ["", "", "null"])[:3]
+        start = sections[index].start if index in sections else found.start()
+        try:
+            said = json.loads(reason)
+        except ValueError:
+            said = None
+        sections[index] = _Section(start, max(start, found.start() - 1), status,
+                                   int(code) if code.lstrip("-").isdigit() else None, said)
+    return sections
