@@ -760,15 +760,18 @@ def ray_sweep_scale(args: argparse.Namespace, work: Path) -> str:
         measure("warm-up", [sys.executable, str(bare_script), cluster.address, "2"], 1, work, env)
         rows = [measure(f"bare: Ray job submissions of {trials} commands, 8 alive at once",
                         [sys.executable, str(bare_script), cluster.address, str(trials)], 1, work, env)]
-        alive = _most_alive(cluster.address, lambda: measure(f"mlproject sweep -b ray, {trials} trials, --max-parallel 8",
-                                                             sweep(trials), 1, work, env))
-        rows.append(alive[1])
+        alive = _most_alive(cluster.address, lambda: _driver_peak_mb(sweep(trials), work, env))
+        seconds, peak, said = alive[1]
+        rows.append(Timing(f"mlproject sweep -b ray, {trials} trials, --max-parallel 8", [seconds], peak_rss_mb=peak))
     finally:
         cluster.stop()
     over = (rows[1].median - rows[0].median) / trials * 1000
+    queued = re.search(r"queued as ray .*?(\(each carrying up to \d+ trials\))", said)
     note = (f"Target: at most 50 ms per trial over the bare submissions, and no more Ray jobs alive at once than "
             f"--max-parallel. Measured {over:+.0f} ms per trial: {'meets' if over <= 50 else 'MISSES'}; at most "
-            f"{alive[0]} of the sweep's jobs alive at once ({'meets' if alive[0] <= 8 else 'MISSES'}). One sample each.")
+            f"{alive[0]} of the sweep's jobs alive at once ({'meets' if alive[0] <= 8 else 'MISSES'}). The sweep "
+            f"driver's own peak RSS (VmHWM): {peak:.0f} MB (the bare row's: its largest process). "
+            f"{'Carrier jobs ' + queued.group(1) + '. ' if queued else ''}One sample each.")
     return table(f"Ray sweep at scale: {trials} trials, 8 at a time", rows, rows[0], note)
 
 

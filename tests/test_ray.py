@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from clusterruns import ledger_row, started, submitted, wait_for
-from conftest import assert_clean_error
+from conftest import assert_clean_error, pid_alive
 from procs import processes_with
 
 PROJECT = """
@@ -373,6 +373,54 @@ def test_ctrl_c_on_a_sweep_of_carried_ray_trials_stops_their_jobs(ray, make_proj
     _wait_for(lambda: set(_ray_jobs(ray, carriers).values()) == {"STOPPED"}, 60,
               "the carriers to stop")
     _wait_for(lambda: all(_left_behind(row["id"]) == [] for row in trials), 60, "the trials' processes to be gone")
+
+
+@pytest.mark.stress  # (~5 min, most of it Ray declaring the node dead and the node's return: `make stress`)
+def test_a_lost_node_fails_its_carriers_unended_trials_and_retries_run_each_again(ray, make_project, _work_in_tmp,
+                                                                                  tmp_path):
+    """A carrier on the second node, which stops answering while it carries trial 2 of 3 (trial 1
+    has finished, trial 3 waits): Ray fails the carrier, and its two unended trials are recorded
+    FAILED for the lost node, not for their commands; `--retries 1` runs each again as a job of
+    its own once the node is back. Every trial FINISHED once; trial 1 never ran again, though the
+    carrier's log was lost before this host read trial 1's end there (its tracked run's end is
+    taken: ray_carriers._tracked_end)."""
+    from raycluster import NODE_RESOURCE
+
+    project = make_project("""
+        name: lost
+        entry_points:
+          main:
+            parameters:
+              n: {type: int}
+              dir: {type: str}
+            command: "echo n={n} >> {dir}/ran; if [ {n} = 2 ] && mkdir {dir}/first 2>/dev/null; then sleep 300; fi"
+    """)
+    config = json.dumps({"entrypoint_resources": {NODE_RESOURCE: 1}})  # on the second node
+    sweep = _start_cli("sweep", str(project), "-P", "n=1,2,3", "-P", f"dir={tmp_path}", "-b", "ray", "-c", config,
+                       "--env-manager", "local", "--max-parallel", "1", "--retries", "1")
+    raylet = None
+    try:
+        _wait_for(lambda: (tmp_path / "first").exists(), 120, "trial 2 to start")
+        raylet = ray.second_node_raylet()
+        os.kill(raylet, signal.SIGSTOP)
+        _wait_for(lambda: len([r for r in _trials() if r["status"] == "FAILED"]) >= 2, 180,
+                  "the lost carrier's two trials to fail")
+        os.kill(raylet, signal.SIGCONT)  # the node returns; its raylet learns it was declared dead and exits
+        lost, raylet = raylet, None
+        _wait_for(lambda: not pid_alive(lost), 120, "the lost node's raylet to exit")
+        ray.start_second_node()
+        _, stderr = sweep.communicate(timeout=300)
+    finally:
+        if raylet is not None:
+            os.kill(raylet, signal.SIGCONT)
+        sweep.kill()
+    assert sweep.returncode == 0, stderr
+    trials = _trials()
+    failed = [r for r in trials if r["status"] == "FAILED"]
+    assert len(failed) == 2 and all(r["exit_code"] is None and "ended FAILED" in r["reason"] for r in failed), failed
+    finished = sorted(int(r["parameters"]["n"]) for r in trials if r["status"] == "FINISHED")
+    assert finished == [1, 2, 3], [(r["parameters"], r["status"], r["reason"]) for r in trials]
+    assert (tmp_path / "ran").read_text().split().count("n=1") == 1  # (ended before the node was lost: not run again)
 
 
 def test_submitter_killed_while_its_job_runs_is_reconciled(ray, make_project, _work_in_tmp):

@@ -165,8 +165,41 @@ def job_states(job_ids: list[str]) -> dict[str, JobState | None]:
         info, logs = _read(carrier_id)
         sections = _sections(logs, _mark(carrier_id)) if info is not None else {}
         for job_id in ids:
-            states[job_id] = _state(info, sections.get(int(job_id.rsplit("_", 1)[1])))
+            state = states[job_id] = _state(info, sections.get(_place(job_id)))
+            if state is not None and state.ended and not state.for_run:
+                states[job_id] = _tracked_end(carrier_id, _place(job_id)) or state
     return states
+
+
+def _place(job_id: str) -> int:
+    return int(job_id.rsplit("_", 1)[1])
+
+
+def _tracked_end(carrier_id: str, place: int) -> JobState | None:
+    """A trial whose carrier ended before this host read the trial's end line (its node lost with
+    the log: the last read came before the end): its end as its tracked run has it, which the
+    node's runner wrote before that line. None when tracking has no end of it either (it was
+    under way, or never started: the carrier's end is then the trial's)."""
+    from runner.errors import RunnerError
+    from runner.tracking import tracker_for
+    from runner.tracking.ledger import Ledger
+
+    try:
+        ledger_id = json.loads((carrier_dir(carrier_id) / "ray.json").read_text())["runs"][place]
+        ledger = Ledger()
+        try:
+            rows = ledger.get(ledger_id)
+        finally:
+            ledger.close()
+        if not rows or rows[0].finished or not rows[0].tracking_uri or not rows[0].tracking_run_id:
+            return None  # (ended here: its tracked end is this host's, from the carrier's state)
+        status = tracker_for(rows[0].tracking_uri, quick=True).recorded_run(rows[0].tracking_run_id).status
+    except (OSError, ValueError, LookupError, RunnerError):
+        return None
+    if status not in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED):
+        return None
+    return JobState(status, RunStatus(status), 0 if status == RunStatus.FINISHED else None, for_run=True,
+                    reason="its carrier's log was lost before its end was read there; its tracked run's end")
 
 
 def _state(info: dict | None, section: _Section | None) -> JobState | None:
@@ -188,7 +221,7 @@ def _state(info: dict | None, section: _Section | None) -> JobState | None:
 def pull_output(job_id: str, log_path: Path) -> None:
     """The trial's part of its carrier's log into the trial's log here."""
     _, logs = _read(carrier_of(job_id))
-    section = _sections(logs, _mark(carrier_of(job_id))).get(int(job_id.rsplit("_", 1)[1]))
+    section = _sections(logs, _mark(carrier_of(job_id))).get(_place(job_id))
     if section is None:
         return
     data = logs[section.start:section.end].encode()
@@ -208,7 +241,14 @@ def _read(carrier_id: str) -> tuple[dict | None, str]:
         return kept[2], kept[1]
     rest = _rest(_address_of(carrier_id))
     info = rest.job(carrier_id)
-    logs = rest.logs(carrier_id) if info is not None and info.get("status") != "PENDING" else ""
+    logs = ""
+    if info is not None and info.get("status") != "PENDING":
+        try:
+            logs = rest.logs(carrier_id)
+        except Exception:  # noqa: BLE001 - its node lost, with the log: what was read before stands
+            if info.get("status") not in ("SUCCEEDED", "FAILED", "STOPPED"):
+                raise  # (asked again at the next poll)
+            logs = kept[1] if kept is not None else ""
     with _logs_lock:
         _logs[carrier_id] = (now, logs, info)
         if len(_logs) > 256:  # (carriers of past polls)
