@@ -22,6 +22,7 @@ prefix cancels the carrier, with every trial it has not ended.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -114,7 +115,7 @@ def submit_array(states: list[PreparedRun], throttle: int) -> list[ClusterRun]:
             job, shipped = job_for(first, options, carrier.job_id, {"mlproject_carrier": str(len(carrier.trials))})
             requests = [JobRequest.of(states[i], "ray", records[i].id, ".", environment=shipped, own_ledger=True)
                         for i in carrier.trials]
-            packed = compress(json.dumps([_fields(request) for request in requests]))
+            packed = compress("[" + ",".join(request.to_json(indent=None) for request in requests) + "]")
             if len(packed) > _MAX_VARIABLE:
                 raise UsageError(f"the requests of {len(requests)} trials ({len(packed) // 1024} KiB compressed) are too "
                                  "large for the environment Ray hands a job (at most 128 KiB a variable)",
@@ -136,12 +137,6 @@ def submit_array(states: list[PreparedRun], throttle: int) -> list[ClusterRun]:
     for handle in handles:
         handle.start_following()
     return handles
-
-
-def _fields(request: JobRequest) -> dict:
-    from dataclasses import asdict
-
-    return json.loads(json.dumps(asdict(request), default=str))
 
 
 # -- the trials' states and output, from their carrier's log ----------------------------------
@@ -185,7 +180,7 @@ def _tracked_end(carrier_id: str, place: int) -> JobState | None:
     from runner.tracking.ledger import Ledger
 
     try:
-        ledger_id = json.loads((carrier_dir(carrier_id) / "ray.json").read_text())["runs"][place]
+        ledger_id = _carrier_record(carrier_id)["runs"][place]
         ledger = Ledger()
         try:
             rows = ledger.get(ledger_id)
@@ -256,8 +251,15 @@ def _read(carrier_id: str) -> tuple[dict | None, str]:
     return info, logs
 
 
+@functools.lru_cache(maxsize=256)
+def _carrier_record(carrier_id: str) -> dict:
+    """What the submitter wrote of a carrier (its cluster, its mark, its trials' ledger IDs in
+    order): written once before the carrier is sent, read once per process."""
+    return json.loads((carrier_dir(carrier_id) / "ray.json").read_text())
+
+
 def _mark(carrier_id: str) -> str:
-    return json.loads((carrier_dir(carrier_id) / "ray.json").read_text())["mark"]
+    return _carrier_record(carrier_id)["mark"]
 
 
 def _sections(logs: str, mark: str) -> dict[int, _Section]:

@@ -130,16 +130,10 @@ def _tagged_cancel(tracking_run_id: str | None) -> bool:
 
 def _outcome(run_id: str, error: str | None) -> tuple[str, int | None, str | None]:
     """How the run ended, as this node's ledger recorded it: (status, exit code, reason)."""
-    from runner.tracking.ledger import Ledger
-
-    ledger = Ledger()
-    try:
-        rows = ledger.get(run_id)
-    finally:
-        ledger.close()
-    if not rows or not rows[0].finished:
+    row = _row(run_id)
+    if row is None or not row.finished:
         return "FAILED", None, error or "its runner ended without recording its end"
-    return rows[0].status, rows[0].exit_code, rows[0].reason
+    return row.status, row.exit_code, row.reason
 
 
 def _frame(mark: str | None, index: int, what: str, status: str | None = None, code: int | None = None,
@@ -160,12 +154,18 @@ def _frame(mark: str | None, index: int, what: str, status: str | None = None, c
 def _ended(run_id: str) -> bool:
     """Whether the run's row has ended (cancelled while it waited its turn; carried by the job's
     earlier start, before a requeue)."""
+    row = _row(run_id)
+    return row is not None and row.finished
+
+
+def _row(run_id: str):
+    """The run's ledger row (this node's ledger; on a shared home, the submit host's too)."""
     from runner.tracking.ledger import Ledger
 
     ledger = Ledger()
     try:
         rows = ledger.get(run_id)
-        return bool(rows) and rows[0].finished
+        return rows[0] if rows else None
     finally:
         ledger.close()
 
