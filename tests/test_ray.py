@@ -323,16 +323,16 @@ def test_a_sweep_of_more_trials_than_max_parallel_goes_out_as_that_many_carrier_
 
 
 def test_one_carried_ray_trial_is_cancelled_alone_waiting_or_running(ray, make_project, _work_in_tmp):
-    """Six trials of 8 s carried by two jobs: a trial waiting its turn is cancelled (`runs cancel`)
+    """Six trials of 12 s carried by two jobs: a trial waiting its turn is cancelled (`runs cancel`)
     and never starts; a running one is cancelled and its command stops; the carriers go on with
     the other four, which finish."""
     project = make_project(PROJECT)
-    sweep = _start_cli("sweep", str(project), "-P", "alpha=0.1,0.2,0.3,0.4,0.5,0.6", "-P", "secs=8", "-b", "ray",
+    sweep = _start_cli("sweep", str(project), "-P", "alpha=0.1,0.2,0.3,0.4,0.5,0.6", "-P", "secs=12", "-b", "ray",
                        "--env-manager", "local", "--max-parallel", "2")
     try:
         running = _wait_for(lambda: [r for r in _trials() if r["status"] == "RUNNING"], 120, "a trial to run")[0]
-        waiting = [r for r in _trials() if r["status"] == "SCHEDULED"][-1]  # (the last of its carrier)
-        for row in (waiting, running):
+        waiting = [r for r in _trials() if r["status"] == "SCHEDULED" and r["job_id"].endswith("_2")][0]  # (last of its carrier)
+        for row in (running, waiting):  # (the running one first: it has the least time left)
             cancelled = _cli("runs", "cancel", row["id"])
             assert cancelled.returncode == 0 and "KILLED" in cancelled.stdout + cancelled.stderr, cancelled.stderr
         _, stderr = sweep.communicate(timeout=120)
@@ -373,6 +373,44 @@ def test_ctrl_c_on_a_sweep_of_carried_ray_trials_stops_their_jobs(ray, make_proj
     _wait_for(lambda: set(_ray_jobs(ray, carriers).values()) == {"STOPPED"}, 60,
               "the carriers to stop")
     _wait_for(lambda: all(_left_behind(row["id"]) == [] for row in trials), 60, "the trials' processes to be gone")
+
+
+CHATTY = """
+    name: chatty
+    entry_points:
+      main:
+        parameters:
+          x: {type: int}
+        command: "yes {x}-0123456789abcdefghijklmnopqrstuvwxyz | head -n 40000; sleep 4"
+"""
+
+
+def test_carried_trials_output_reaches_their_logs_whole_across_a_killed_driver(ray, make_project, _work_in_tmp):
+    """Six trials printing 40,000 lines (1.5 MB) each, carried by two jobs; the driver SIGKILLed
+    once one has finished, and the sweep resumed: each trial FINISHED once, and its log holds
+    its own lines, every one of them once, though the resumed driver took the carriers' logs over
+    mid-way (runner.backends.ray_tail: the stream from the start, what was written skipped)."""
+    project = make_project(CHATTY)
+    sweep = _start_cli("sweep", str(project), "-P", "x=range(0,6)", "-b", "ray", "--env-manager", "local",
+                       "--max-parallel", "2")
+    try:
+        _wait_for(lambda: [r for r in _trials() if r["status"] == "FINISHED"], 180, "a trial to finish")
+        os.killpg(sweep.pid, signal.SIGKILL)
+        _, stderr = sweep.communicate(timeout=30)
+    finally:
+        sweep.kill()
+    sweep_id = next(line.split()[1].rstrip(":") for line in stderr.splitlines() if "trial(s) to run" in line)
+    assert [r for r in _trials() if r["status"] in ("SCHEDULED", "RUNNING")], "the sweep ended before its kill"
+    resumed = _cli("sweep", "--resume", sweep_id, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _trials()
+    assert sorted(row["status"] for row in trials) == ["FINISHED"] * 6, [(r["status"], r["reason"]) for r in trials]
+    for row in trials:
+        x = row["parameters"]["x"]
+        lines = Path(row["log_path"]).read_text().splitlines()
+        assert lines[0].startswith(f"=== Running command 'yes {x}-"), (row["id"], lines[:2])  # (the runner's, as mlflow's)
+        assert lines[1:] == [f"{x}-0123456789abcdefghijklmnopqrstuvwxyz"] * 40000, (row["id"], len(lines), lines[:2],
+                                                                                   lines[-2:])
 
 
 @pytest.mark.stress  # (~5 min, most of it Ray declaring the node dead and the node's return: `make stress`)

@@ -11,8 +11,9 @@ Ray's nodes share no file with this host, so what a Slurm carrier leaves in the 
 travels otherwise:
 - the trials' requests go in the carrier's environment, compressed (job.REQUESTS_VARIABLE);
 - each trial's output is framed in the carrier's one log by lines of a mark chosen here
-  (`MARK start N`, `MARK end N STATUS CODE REASON`): this host reads the log once a poll and
-  learns from it each trial's start, its end and its output (`job_states`, `pull_output`);
+  (`MARK start N`, `MARK end N STATUS CODE REASON`): this host follows the log as Ray streams
+  it, writing each trial's part into the trial's log and learning each trial's start and end
+  (runner.backends.ray_tail), and reads the carrier's state once a poll (`job_states`);
 - a one-trial cancel is a tag on the trial's tracked run, which its carrier reads once a second
   (job.cancel_carried).
 
@@ -25,13 +26,11 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
-import threading
 import time
 from dataclasses import dataclass
 
 from runner import home
-from runner.backends.cluster import JobState, abandon, queued, record_scheduled, replace_log_if_grown
+from runner.backends.cluster import JobState, abandon, queued, record_scheduled
 from runner.backends.job import CARRIED_FILE, MARK_VARIABLE, REQUESTS_VARIABLE, JobRequest, compress
 from runner.errors import UsageError
 from runner.status import RunStatus
@@ -40,14 +39,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from runner.backends import ray_tail
     from runner.backends.cluster import ClusterRun
     from runner.backends.ray import RayOptions
     from runner.request import PreparedRun
 
 CARRIER = "carrier-"  # after ray.JOB_PREFIX: a carrier's submission ID; its directory in runs/
-_LOG_FRESH_SECONDS = 0.5  # a carrier's log read for one trial serves the others of that poll
-_logs_lock = threading.Lock()
-_logs: dict[str, tuple[float, str, dict | None]] = {}  # carrier ID -> (when, log, job info)
 
 
 def carriers_for(runs: int, throttle: int | None) -> int:
@@ -104,7 +101,7 @@ def submit_array(states: list[PreparedRun], throttle: int) -> list[ClusterRun]:
         for index, (state, run_dir) in enumerate(zip(states, run_dirs)):
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / CARRIED_FILE).touch()
-            record = record_scheduled(state, run_dir, run_dir / "output.log", "ray")
+            record = record_scheduled(state, run_dir, trial_log(run_dir.name), "ray")
             # (Named in the ledger once its carrier is queued; until then, while this process
             # lives, the row is one being submitted, and if it dies, the ID it would have had is
             # here: ray.chosen_job_id.)
@@ -140,30 +137,52 @@ def submit_array(states: list[PreparedRun], throttle: int) -> list[ClusterRun]:
 
 
 # -- the trials' states and output, from their carrier's log ----------------------------------
-@dataclass(frozen=True)
-class _Section:
-    start: int  # where the trial's output starts in the log
-    end: int | None = None  # where it ends (its end line), once it ended
-    status: str | None = None
-    exit_code: int | None = None
-    reason: str | None = None
+_LOG_END_WAIT = 60.0  # seconds a carrier's log may be read on after its job ended (then: it is lost)
 
 
 def job_states(job_ids: list[str]) -> dict[str, JobState | None]:
-    """Each trial's state, from its carrier's: one request for the carrier's state and one for its
-    log a poll, whatever the number of its trials followed."""
+    """Each trial's state, from its carrier's: one request for the carrier's state a poll, and
+    what the carrier's log has said so far (runner.backends.ray_tail), whatever the number of
+    its trials followed."""
+    from runner.backends import ray_tail
+    from runner.backends.ray import _address_of, _rest
+
     by_carrier: dict[str, list[str]] = {}
     for job_id in job_ids:
         by_carrier.setdefault(carrier_of(job_id), []).append(job_id)
+    # (The state first, then the log: a log read to its end after the job's end has every trial's end line.)
+    infos = {carrier_id: _rest(_address_of(carrier_id)).job(carrier_id) for carrier_id in by_carrier}
+    followed = [carrier_id for carrier_id, info in infos.items() if info is not None]
+    ended = frozenset(carrier_id for carrier_id in followed if (infos[carrier_id] or {}).get("status") in ray_tail.ENDED)
+    logs = dict(zip(followed, ray_tail.views([_tail(carrier_id) for carrier_id in followed], ended)))
     states: dict[str, JobState | None] = {}
     for carrier_id, ids in by_carrier.items():
-        info, logs = _read(carrier_id)
-        sections = _sections(logs, _mark(carrier_id)) if info is not None else {}
+        info = infos[carrier_id]
         for job_id in ids:
-            state = states[job_id] = _state(info, sections.get(_place(job_id)))
-            if state is not None and state.ended and not state.for_run:
-                states[job_id] = _tracked_end(carrier_id, _place(job_id)) or state
+            states[job_id] = None if info is None else _state(carrier_id, info, logs[carrier_id], _place(job_id))
     return states
+
+
+def _state(carrier_id: str, info: dict, log: ray_tail.CarrierLog, place: int) -> JobState:
+    from runner.backends.ray import job_state_of
+
+    node = info.get("driver_node_id")
+    end = log.ends.get(place)
+    if end is not None:
+        ended = (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)
+        status = RunStatus(end.status) if end.status in ended else RunStatus.FAILED
+        return JobState(end.status, status, end.exit_code, node, end.reason, for_run=True)
+    carrier = job_state_of(info)
+    if carrier.ended and not log.complete:  # (its log not read to the end yet: the trial's end may be there)
+        # (From the job's end as Ray recorded it, not from when this process first saw it: a
+        # short-lived command that settles the trial, one after another, must not wait anew each time.)
+        if time.time() - (info.get("end_time") or 0) / 1000 < _LOG_END_WAIT:
+            carrier = JobState(carrier.name, None)
+    if not carrier.ended:  # the carrier goes on: the trial runs, or waits its turn
+        return JobState("RUNNING" if place in log.started else "PENDING", None, node=node, for_run=True)
+    # Ended without ending the trial: the carrier's end is the trial's (backends.settle), unless
+    # its tracked run ended (its end line was lost with the carrier's node).
+    return _tracked_end(carrier_id, place) or carrier
 
 
 def _place(job_id: str) -> int:
@@ -197,58 +216,26 @@ def _tracked_end(carrier_id: str, place: int) -> JobState | None:
                     reason="its carrier's log was lost before its end was read there; its tracked run's end")
 
 
-def _state(info: dict | None, section: _Section | None) -> JobState | None:
-    from runner.backends.ray import job_state_of
-
-    if info is None:
-        return None
-    node = info.get("driver_node_id")
-    if section is not None and section.status is not None:
-        ended = (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)
-        status = RunStatus(section.status) if section.status in ended else RunStatus.FAILED
-        return JobState(section.status, status, section.exit_code, node, section.reason, for_run=True)
-    carrier = job_state_of(info)
-    if not carrier.ended:  # the carrier goes on: the trial runs, or waits its turn
-        return JobState("RUNNING" if section is not None else "PENDING", None, node=node, for_run=True)
-    return carrier  # ended without ending the trial: the carrier's end is the trial's (backends.settle)
-
-
 def pull_output(job_id: str, log_path: Path) -> None:
-    """The trial's part of its carrier's log into the trial's log here."""
-    _, logs = _read(carrier_of(job_id))
-    section = _sections(logs, _mark(carrier_of(job_id))).get(_place(job_id))
-    if section is None:
-        return
-    data = logs[section.start:section.end].encode()
-    replace_log_if_grown(log_path, len(data), lambda copy: copy.write(data))
+    """The trial's part of its carrier's log is written into its log here as it comes, by the
+    process that follows the carrier (runner.backends.ray_tail): followed from here when no
+    process does."""
+    from runner.backends import ray_tail
+
+    ray_tail.views([_tail(carrier_of(job_id))])
 
 
-def _read(carrier_id: str) -> tuple[dict | None, str]:
-    """The carrier's job info and log, read at most once per `_LOG_FRESH_SECONDS` (every trial
-    of a poll asks): the state first, then the log, so that a log read after the job's end has
-    every trial's end line."""
-    from runner.backends.ray import _address_of, _rest
+def trial_log(ledger_id: str) -> Path:
+    """Where a carried trial's output is kept here: its run's log."""
+    return home.subdir("runs") / ledger_id / "output.log"
 
-    now = time.monotonic()
-    with _logs_lock:
-        kept = _logs.get(carrier_id)
-    if kept is not None and now - kept[0] < _LOG_FRESH_SECONDS:
-        return kept[2], kept[1]
-    rest = _rest(_address_of(carrier_id))
-    info = rest.job(carrier_id)
-    logs = ""
-    if info is not None and info.get("status") != "PENDING":
-        try:
-            logs = rest.logs(carrier_id)
-        except Exception:  # noqa: BLE001 - its node lost, with the log: what was read before stands
-            if info.get("status") not in ("SUCCEEDED", "FAILED", "STOPPED"):
-                raise  # (asked again at the next poll)
-            logs = kept[1] if kept is not None else ""
-    with _logs_lock:
-        _logs[carrier_id] = (now, logs, info)
-        if len(_logs) > 256:  # (carriers of past polls)
-            _logs.pop(next(iter(_logs)))
-    return info, logs
+
+def _tail(carrier_id: str) -> ray_tail.CarrierTail:
+    from runner.backends import ray_tail
+
+    record = _carrier_record(carrier_id)
+    return ray_tail.tail(record["address"], carrier_id, record["mark"], [trial_log(run) for run in record["runs"]],
+                         carrier_dir(carrier_id))
 
 
 @functools.lru_cache(maxsize=256)
@@ -256,26 +243,3 @@ def _carrier_record(carrier_id: str) -> dict:
     """What the submitter wrote of a carrier (its cluster, its mark, its trials' ledger IDs in
     order): written once before the carrier is sent, read once per process."""
     return json.loads((carrier_dir(carrier_id) / "ray.json").read_text())
-
-
-def _mark(carrier_id: str) -> str:
-    return _carrier_record(carrier_id)["mark"]
-
-
-def _sections(logs: str, mark: str) -> dict[int, _Section]:
-    """Each trial's place in the carrier's log, from its framing lines (runner.cli.carry._frame)."""
-    sections: dict[int, _Section] = {}
-    for found in re.finditer(rf"^{re.escape(mark)} (start|end) (\d+)(.*)$", logs, re.MULTILINE):
-        what, index = found.group(1), int(found.group(2))
-        if what == "start":
-            sections[index] = _Section(found.end() + 1)
-            continue
-        status, code, reason = (found.group(3).strip().split(" ", 2) + ["", "", "null"])[:3]
-        start = sections[index].start if index in sections else found.start()
-        try:
-            said = json.loads(reason)
-        except ValueError:
-            said = None
-        sections[index] = _Section(start, max(start, found.start() - 1), status,
-                                   int(code) if code.lstrip("-").isdigit() else None, said)
-    return sections

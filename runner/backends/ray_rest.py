@@ -7,7 +7,8 @@ asked here; the SDK is imported only to upload a package the cluster does not ho
 REST API has no call that turns a local directory into one). Endpoints, as documented by
 Ray: `GET /api/version`, `POST /api/jobs/`, `GET /api/jobs/{id}`, `GET /api/jobs/{id}/logs`,
 `POST /api/jobs/{id}/stop`; and `GET /api/packages/gcs/{name}`, which the SDK itself asks
-before an upload.
+before an upload. (A carrier's log as it grows comes over the websocket
+`/api/jobs/{id}/logs/tail`: runner.backends.ray_tail.)
 """
 from __future__ import annotations
 
