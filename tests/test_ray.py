@@ -413,6 +413,39 @@ def test_carried_trials_output_reaches_their_logs_whole_across_a_killed_driver(r
                                                                                    lines[-2:])
 
 
+ARRAY_STRUCK = """
+import sys
+from runner import api
+from runner.request import RunRequest
+requests = [RunRequest(uri=sys.argv[1], parameters={"alpha": alpha, "secs": 60}, backend="ray", env_manager="local",
+                       synchronous=False) for alpha in (0.1, 0.2, 0.3, 0.4, 0.5)]
+try:
+    api.submit_array(requests, throttle=2)
+except KeyboardInterrupt:
+    sys.exit(130)
+sys.exit("the caller was handed the runs")
+"""
+
+
+def test_ctrl_c_after_the_carriers_are_queued_before_the_caller_holds_the_trials_stops_them(ray, make_project,
+                                                                                        _work_in_tmp):
+    """Ctrl-C once the carriers are sent and two of the five trials are named, before the caller
+    holds any (`cluster.array_queued`): the carriers are stopped, every trial ends KILLED (none
+    left SCHEDULED or RUNNING), and nothing of them keeps running on the nodes."""
+    project = make_project(PROJECT)
+    script = _work_in_tmp / "array_struck.py"
+    script.write_text(ARRAY_STRUCK)
+    result = subprocess.run([sys.executable, str(script), str(project)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MLPROJECT_FAULT_AT": "cluster.array_queued:SIGINT"})
+    assert result.returncode == 130, result.stderr
+    trials = _trials()
+    assert len(trials) == 5 and {row["status"] for row in trials} == {"KILLED"}, [(r["status"], r["reason"]) for r in trials]
+    carriers = {row["job_id"].split("_")[0] for row in trials if row["job_id"]}
+    assert carriers, trials
+    _wait_for(lambda: set(_ray_jobs(ray, carriers).values()) == {"STOPPED"}, 60, "the carriers to stop")
+    _wait_for(lambda: all(_left_behind(row["id"]) == [] for row in trials), 60, "the trials' processes to be gone")
+
+
 @pytest.mark.stress  # (~5 min, most of it Ray declaring the node dead and the node's return: `make stress`)
 def test_a_lost_node_fails_its_carriers_unended_trials_and_retries_run_each_again(ray, make_project, _work_in_tmp,
                                                                                   tmp_path):

@@ -336,6 +336,49 @@ def follow_submitted(state: PreparedRun, record: RunRecord, job_id: str, schedul
     return submitted
 
 
+def queued_array(states: list[PreparedRun], records: list[RunRecord], job_ids: list[str], scheduler: str,
+                 sent: list[str]) -> list[ClusterRun]:
+    """After an array's jobs `sent` (arrays, or carrier jobs) are queued: each of its runs named
+    (`queued`), then followed. No caller holds any of them until all are: anything raised
+    meanwhile cancels the jobs sent, ends the runs not named yet, and follows those named a
+    while to their recorded ends, as `_stop_unheld` does one run's."""
+    from runner import backends
+
+    handles: list[ClusterRun] = []
+    try:
+        for state, record, job_id in zip(states, records, job_ids):
+            handles.append(queued(state, record, job_id, scheduler))
+            faults.checkpoint("cluster.array_queued")  # (some runs named, the others not yet; none handed over)
+    except BaseException as exc:
+        for job_id in sent:
+            try:
+                backends.cluster_backend(records[0].backend).cancel(job_id)
+            except Exception:  # noqa: BLE001 - the followers (or the next command) record what the cluster says
+                pass
+        for state, record in zip(states[len(handles):], records[len(handles):]):
+            abandon(state, exc, record.id)
+        stop_handles(handles, getattr(exc, "signum", None), cancel=False)
+        raise
+    for handle in handles:
+        handle.start_following()
+    return handles
+
+
+def stop_handles(handles: list[ClusterRun], signum: int | None, cancel: bool = True) -> None:
+    """Runs no caller holds: each cancelled (unless its job was), then followed up to
+    `_UNHELD_WAIT` seconds in all to its recorded end."""
+    import time
+
+    for handle in handles:
+        if cancel:
+            handle.request_cancel(signum or signal.SIGTERM)
+        handle.cancel_signal = handle.cancel_signal or signum
+        handle.start_following()
+    deadline = time.monotonic() + _UNHELD_WAIT
+    for handle in handles:
+        handle.wait(max(0.0, deadline - time.monotonic()))
+
+
 _UNHELD_WAIT = 6.0  # seconds for a stopped job's end to be recorded before the runner exits anyway
 
 

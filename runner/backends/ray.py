@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import home
-from runner.backends.cluster import JobState, abandon, follow_submitted, record_scheduled, replace_log_if_grown
+from runner.backends.cluster import JobState, abandon, follow_submitted, record_scheduled, replace_log_if_grown, stop_handles
 from runner.backends.job import REQUEST_VARIABLE, JobRequest
 from runner.backends.ray_rest import RayRest, RayRestError
 from runner.errors import LaunchError, NotAvailableError, ProjectError, RunnerError, UsageError
@@ -334,6 +334,7 @@ def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list
         except BaseException as exc:
             for left in states[number + 1:]:  # (prepared, never submitted: ended as the first was)
                 abandon(left, exc, left.ledger_id())
+            stop_handles(handles, getattr(exc, "signum", None))  # (queued, but no caller holds them)
             raise
     return handles
 

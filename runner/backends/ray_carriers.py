@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 
 from runner import home
-from runner.backends.cluster import JobState, abandon, queued, record_scheduled
+from runner.backends.cluster import JobState, abandon, queued_array, record_scheduled
 from runner.backends.job import CARRIED_FILE, MARK_VARIABLE, REQUESTS_VARIABLE, JobRequest, compress
 from runner.errors import UsageError
 from runner.status import RunStatus
@@ -130,10 +130,7 @@ def submit_array(states: list[PreparedRun], throttle: int) -> list[ClusterRun]:
         for state, run_dir in zip(states, run_dirs):
             abandon(state, exc, run_dir.name)
         raise
-    handles = [queued(state, record, job_ids[index], "Ray") for index, (state, record) in enumerate(zip(states, records))]
-    for handle in handles:
-        handle.start_following()
-    return handles
+    return queued_array(states, records, [job_ids[index] for index in range(len(states))], "Ray", sent_ids)
 
 
 # -- the trials' states and output, from their carrier's log ----------------------------------

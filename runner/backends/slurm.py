@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runner import home
-from runner.backends.cluster import JobState, abandon, follow_submitted, queued, record_scheduled, replace_log_if_grown
+from runner.backends.cluster import JobState, abandon, follow_submitted, queued_array, record_scheduled, replace_log_if_grown
 from runner.backends.job import CARRIED_FILE, REQUEST_FILE, JobRequest
 from runner.backends.staging import JOBS, STAGED_OUTPUT
 from runner.errors import LaunchError, UsageError
@@ -262,11 +262,9 @@ def submit_array(states: list[PreparedRun], throttle: int | None = None) -> list
         for state, run_dir in zip(states, run_dirs):
             abandon(state, exc, run_dir.name)
         raise
-    handles = [queued(item.state, item.record, f"{arrays[index // size]}_{index % size // per_task}", "Slurm")
-               for index, item in enumerate(recorded)]
-    for handle in handles:
-        handle.start_following()
-    return handles
+    return queued_array([item.state for item in recorded], [item.record for item in recorded],
+                        [f"{arrays[index // size]}_{index % size // per_task}" for index in range(len(recorded))],
+                        "Slurm", arrays)
 
 
 def _sbatch_array(options: SlurmOptions, state: PreparedRun, array_dir: Path, part: list[_Recorded],
