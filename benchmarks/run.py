@@ -456,6 +456,11 @@ entry_points:
     parameters:
       x: {type: int, default: 0}
     command: "echo {x} > /dev/null"
+  chatty:
+    parameters:
+      x: {type: int, default: 0}
+      lines: {type: int, default: 40000}
+    command: "yes {x}-0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz | head -n {lines}"
 """
 
 MLFLOW_HYPERPARAM = """
@@ -752,8 +757,8 @@ def ray_sweep_scale(args: argparse.Namespace, work: Path) -> str:
         env = {**os.environ, "MLPROJECT_HOME": str(work / "home"), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
                "RAY_ADDRESS": cluster.address}
 
-        def sweep(count: int) -> list[str]:
-            return mlproject_command() + ["sweep", str(project), "-P", f"x=range(0,{count})", "-b", "ray",
+        def sweep(count: int, entry: str = "main") -> list[str]:
+            return mlproject_command() + ["sweep", str(project), "-e", entry, "-P", f"x=range(0,{count})", "-b", "ray",
                                           "--max-parallel", "8", "--env-manager", "local"]
 
         measure("warm-up", sweep(2), 1, work, env)
@@ -763,6 +768,11 @@ def ray_sweep_scale(args: argparse.Namespace, work: Path) -> str:
         alive = _most_alive(cluster.address, lambda: _driver_peak_mb(sweep(trials), work, env))
         seconds, peak, said = alive[1]
         rows.append(Timing(f"mlproject sweep -b ray, {trials} trials, --max-parallel 8", [seconds], peak_rss_mb=peak))
+        # The driver's memory must not grow with what the trials print: 64 trials of 3 MB each
+        # (40,000 lines), 8 carriers of 24 MB of log.
+        chatty, chatty_peak, _ = _driver_peak_mb(sweep(64, "chatty"), work, env)
+        rows.append(Timing("mlproject sweep -b ray, 64 trials printing 3 MB each, --max-parallel 8", [chatty],
+                           peak_rss_mb=chatty_peak))
     finally:
         cluster.stop()
     over = (rows[1].median - rows[0].median) / trials * 1000
@@ -770,7 +780,8 @@ def ray_sweep_scale(args: argparse.Namespace, work: Path) -> str:
     note = (f"Target: at most 50 ms per trial over the bare submissions, and no more Ray jobs alive at once than "
             f"--max-parallel. Measured {over:+.0f} ms per trial: {'meets' if over <= 50 else 'MISSES'}; at most "
             f"{alive[0]} of the sweep's jobs alive at once ({'meets' if alive[0] <= 8 else 'MISSES'}). The sweep "
-            f"driver's own peak RSS (VmHWM): {peak:.0f} MB (the bare row's: its largest process). "
+            f"driver's own peak RSS (VmHWM): {peak:.0f} MB (the bare row's: its largest process); with 64 trials "
+            f"printing 3 MB each (192 MB of output): {chatty_peak:.0f} MB. "
             f"{'Carrier jobs ' + queued.group(1) + '. ' if queued else ''}One sample each.")
     return table(f"Ray sweep at scale: {trials} trials, 8 at a time", rows, rows[0], note)
 
