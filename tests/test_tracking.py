@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -64,7 +65,7 @@ def _check_project_run(client: MlflowClient, run_id: str, status: str, root: Pat
 def test_default_sqlite_store_in_working_directory(make_project, cli, _work_in_tmp):
     root = make_project(LOGGER, {"log.py": LOG_PY})
     (_work_in_tmp / "mlflow.db").unlink()
-    for _ in range(2):  # the first creates mlflow.db (library), the second writes it directly
+    for _ in range(2):  # the first has mlflow.db made (by the library, in a child), the second finds it
         result = cli("run", str(root), "--env-manager", "local", cwd=_work_in_tmp)
         assert result.returncode == 0, result.stderr
         run_id = _run_id(result.stderr)
@@ -75,6 +76,37 @@ def test_default_sqlite_store_in_working_directory(make_project, cli, _work_in_t
         artifacts = [a.path for a in client.list_artifacts(run_id)]
         assert "output.log" in artifacts
         assert result.stdout.startswith(f"logged {run_id} 0")
+
+
+def test_a_store_that_does_not_exist_is_made_as_mlflow_makes_it_without_mlflow_in_the_runner(make_project, _work_in_tmp,
+                                                                                              tmp_path):
+    """A first run to a new sqlite store: the mlflow library makes it in a child process (its
+    import, ~190 MB, stays out of the runner: a sweep's driver), with the default experiment
+    MLflow itself makes, and the run is written to it directly."""
+    (_work_in_tmp / "mlflow.db").unlink()
+    child = make_project("entry_points:\n  main:\n    command: 'true'\n")
+    script = ("import sys, runner\n"
+              f"submitted = runner.run({str(child)!r}, env_manager='local')\n"
+              "print(submitted.run_id, 'mlflow' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=_work_in_tmp, capture_output=True, text=True,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"})
+    assert out.returncode == 0, out.stderr
+    run_id, imported = out.stdout.splitlines()[-1].split()
+    assert imported == "False", out.stderr
+    assert MlflowClient(f"sqlite:///{_work_in_tmp / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED"
+    (tmp_path / "by-mlflow").mkdir()
+    subprocess.run([sys.executable, "-c", "from mlflow.tracking import MlflowClient; "
+                    "MlflowClient(tracking_uri='sqlite:///mlflow.db').search_experiments()"],
+                   cwd=tmp_path / "by-mlflow", check=True, capture_output=True)
+
+    def default_experiment(directory: Path) -> tuple:
+        with sqlite3.connect(directory / "mlflow.db") as db:
+            row = db.execute("SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments "
+                             "WHERE experiment_id = 0").fetchone()
+        return row[:2] + (row[2].replace(str(directory), "DIR"),) + row[3:]
+
+    assert default_experiment(_work_in_tmp) == default_experiment(tmp_path / "by-mlflow")
+    assert [p.name for p in _work_in_tmp.iterdir() if ".making-" in p.name] == []
 
 
 def test_concurrent_first_runs_create_the_store_once(make_project, _work_in_tmp):

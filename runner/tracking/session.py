@@ -69,6 +69,10 @@ def plan_tracking(cwd: Path, experiment_name: str | None, experiment_id: str | N
     uri, asked = (uri, True) if uri else resolve_uri(cwd)
     asked = asked or bool(experiment_name or experiment_id or run_id or os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID"))
     way = way_to(uri)
+    if way == "library" and mlflow_installed():
+        from runner.tracking.sqlite_direct import make_store
+
+        way = "sqlite" if make_store(uri) else way
     if way != "library":
         return TrackingTarget(uri, asked, way=way,
                               may_go_offline=mode == "auto" and local and way == "rest" and not run_id)

@@ -4,8 +4,9 @@ MLflow pays ~2.5 s to import before it can write a run to `sqlite:///mlflow.db`.
 The rows it writes are simple and its schema is versioned (alembic), so for the
 versions in VERIFIED_SCHEMAS, which tests/test_tracking.py checks row for row
 against what the mlflow library itself writes, we write them with sqlite3.
-Any other version, or a database that does not exist yet, goes through the
-mlflow library instead.
+Any other version goes through the mlflow library instead. A database that does not
+exist yet is made by the library in a child process (`make_store`), as MLflow makes it,
+and then written directly: the library's import (~190 MB) never lands in a sweep's driver.
 """
 from __future__ import annotations
 
@@ -35,6 +36,45 @@ def verified_schema(path: Path) -> bool:
     except sqlite3.Error:
         return False
     return bool(row) and row[0] in VERIFIED_SCHEMAS
+
+
+# (The child makes it under another name and links it into place: a store is never seen half
+# made, and of several first runs at once one store wins; MLflow's own creation is not safe so.)
+_MAKE_STORE = """
+import os, sys
+making, path = sys.argv[1:3]
+from mlflow.tracking import MlflowClient
+MlflowClient(tracking_uri="sqlite:///" + making).search_experiments(max_results=1)
+try:
+    os.link(making, path)
+except FileExistsError:
+    pass
+"""
+
+
+def make_store(uri: str) -> bool:
+    """A `sqlite:///` store that does not exist yet, made by the mlflow library in a child
+    process (from this process's working directory, as MLflow resolves its default artifact
+    root there): True when it exists now and is written directly. False, the store left as it
+    was, for any other URI, or when the child could not make it (the library then says why)."""
+    import subprocess
+    import sys
+
+    from runner.tracking import local_store_path
+
+    path = local_store_path(uri) if uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_WORKSPACE") else None
+    if path is None or path.exists() or not path.parent.is_dir():
+        return False
+    making = path.with_name(f".{path.name}.making-{os.getpid()}")
+    try:
+        subprocess.run([sys.executable, "-c", _MAKE_STORE, str(making), str(path)], stdin=subprocess.DEVNULL,
+                       timeout=300, check=False)
+    except (OSError, subprocess.SubprocessError):
+        pass  # (the library, in this process, makes it or says why it cannot)
+    finally:
+        for leftover in (making, making.with_name(making.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+    return path.is_file() and verified_schema(path)
 
 
 def _join_uri(base: str, *parts: str) -> str:
