@@ -103,8 +103,9 @@ def test_run_streams_output_and_records_the_same_run(ray, make_project, _work_in
 
 
 def test_a_run_of_an_unchanged_project_submits_without_importing_rays_sdk(ray, make_project, _work_in_tmp):
-    """The first run uploads the project through Ray's SDK; the next run of the same project
-    submits, follows and ends through the dashboard's REST API, with no import of the SDK."""
+    """The first run uploads the project through Ray's SDK, in a worker process of its own; the
+    next run of the same project submits, follows and ends through the dashboard's REST API,
+    with no upload. The runner itself never imports Ray."""
     project = make_project(PROJECT)
 
     def run(alpha: str) -> tuple[subprocess.CompletedProcess, set[str]]:
@@ -116,23 +117,30 @@ def test_a_run_of_an_unchanged_project_submits_without_importing_rays_sdk(ray, m
                     if line.startswith("import time:")}
         return result, imported
 
+    def ray_modules(imported: set[str]) -> list[str]:
+        return sorted(name for name in imported if name == "ray" or name.startswith("ray."))
+
+    kept = Path(os.environ["MLPROJECT_HOME"]) / "ray-packages.json"
     first, imported = run("0.1")
-    assert "ray.job_submission" in imported
+    assert not ray_modules(imported), ray_modules(imported)[:20]
+    uploaded = json.loads(kept.read_text())  # (what the SDK's upload became: the project, the runner)
+    assert uploaded and all(entry["working_dir"].startswith("gcs://") for entry in uploaded.values()), uploaded
     second, imported = run("0.2")
-    assert not {name for name in imported if name == "ray" or name.startswith("ray.")}, sorted(imported)[:20]
+    assert not ray_modules(imported), ray_modules(imported)[:20]
+    assert json.loads(kept.read_text()) == uploaded  # (nothing uploaded again)
     assert "alpha=0.2" in second.stdout
     run_id, job_id = _submitted(second.stderr)
     assert (_row(run_id)["status"], _row(run_id)["job_id"]) == ("FINISHED", job_id)
     assert _tracked(_work_in_tmp, run_id).info.status == "FINISHED"
     # A package the cluster no longer holds is uploaded again (Ray removes unused ones):
     # an entry that names one it never held is not trusted.
-    kept = Path(os.environ["MLPROJECT_HOME"]) / "ray-packages.json"
     entries = json.loads(kept.read_text())
     for entry in entries.values():
         entry["working_dir"] = "gcs://_ray_pkg_0000000000000000.zip"
     kept.write_text(json.dumps(entries))
     third, imported = run("0.3")
-    assert "ray.job_submission" in imported and "alpha=0.3" in third.stdout
+    assert "alpha=0.3" in third.stdout and not ray_modules(imported)
+    assert json.loads(kept.read_text()) == uploaded  # (uploaded again: the cluster's URI of the same content)
 
 
 def test_failed_command_exits_with_its_code(ray, make_project, _work_in_tmp):

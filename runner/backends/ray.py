@@ -13,7 +13,8 @@ only says `exec <python> -m runner job --from-env`.
 
 This host speaks the dashboard's Jobs REST API (runner.backends.ray_rest) for all but
 uploading a package: a job of packages the cluster already holds (their `gcs://` URIs are
-kept from the first job that uploaded them) is submitted without importing Ray's SDK.
+kept from the first job that uploaded them) is submitted without Ray's SDK, and the SDK
+uploads in a worker process of its own (runner.backends.ray_upload), never imported here.
 
 Nodes share no files with this host: the runner on the node keeps its own ledger row and
 ends the MLflow run; this host follows the job through Ray (its state, its exit code, its
@@ -61,8 +62,7 @@ _CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_
 _NODE_KILL_GRACE = "2"
 _NOT_READY_SECONDS = 60.0
 _PROBE_SECONDS = 600.0  # a runtime_env with pip packages is installed before the check runs
-_CLIENT_LOCK = threading.Lock()
-_CLIENTS: dict[str, Any] = {}
+_PACKAGES_LOCK = threading.Lock()
 _PROBE_LOCK = threading.Lock()
 _PROBED: dict[Path, dict] = {}  # the nodes' answers this process asked for, by where they are kept
 _RUNNER_MODULES: dict[Path, Path] = {}  # staging root -> this runner's module directory there
@@ -147,32 +147,6 @@ def _rest(address: str) -> RayRest:
     return RayRest(address)
 
 
-def _client(address: str):
-    try:
-        import logging
-
-        from ray.job_submission import JobSubmissionClient
-    except ImportError:
-        raise NotAvailableError("the ray backend needs Ray's job SDK, which is not installed",
-                                hint="pip install 'mlproject-runner[ray]'") from None
-    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # its upload notices are not our output
-    try:
-        with _CLIENT_LOCK:
-            if address not in _CLIENTS:  # (one per process: each asks the dashboard for its version)
-                # The SDK takes RAY_ADDRESS over the address it is given: the config's must win.
-                saved = os.environ.pop("RAY_ADDRESS", None)
-                try:
-                    _CLIENTS[address] = JobSubmissionClient(address)
-                finally:
-                    if saved is not None:
-                        os.environ["RAY_ADDRESS"] = saved
-            return _CLIENTS[address]
-    except Exception as exc:  # noqa: BLE001 - the SDK raises ConnectionError, ValueError, RuntimeError
-        raise _problem(f"cannot reach the Ray cluster at {address}: {_first_line(exc)}",
-                       "check the address (the dashboard's, usually http://HEAD:8265) and that the cluster is up") from None
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or exc.__class__.__name__
     return text.splitlines()[0][:300]
@@ -236,7 +210,7 @@ def _probe_nodes(options: RayOptions, progress) -> dict:
     from runner.backends import nodecheck
     from runner.progress import step
 
-    client = _client(options.address)
+    rest = _rest(options.address)
     runtime_env = {**options.runtime_env, "py_modules": [str(_runner_module(options.staging_dir))]}
     job_id = f"{JOB_PREFIX}nodecheck-{os.urandom(8).hex()}"
     with step(progress, f"checking the Ray nodes' Python ({options.python}; once per cluster and runner version)"):
@@ -246,13 +220,13 @@ def _probe_nodes(options: RayOptions, progress) -> dict:
                               + " ".join(map(_quote, nodecheck.probed())),
                 "submission_id": job_id, "runtime_env": runtime_env, "metadata": {"mlproject": "node check"}})
             deadline = time.monotonic() + _PROBE_SECONDS
-            while str(getattr(status := client.get_job_status(job_id), "value", status)) not in _ENDS:
+            while (rest.job(job_id) or {}).get("status") not in _ENDS:
                 if time.monotonic() > deadline:
-                    client.stop_job(job_id)
+                    rest.stop(job_id)
                     raise _problem(f"the check of the nodes' Python did not end in {_PROBE_SECONDS:.0f} s",
                                    f"see `ray job logs {job_id}` on the cluster")
                 time.sleep(0.1)
-            logs = client.get_job_logs(job_id)
+            logs = rest.logs(job_id)
         except RunnerError:
             raise
         except Exception as exc:  # noqa: BLE001 - the SDK's errors are RuntimeError, ValueError, HTTP errors
@@ -429,7 +403,7 @@ def _runner_module(root: Path) -> Path:
     """This runner as a module directory for the nodes (`root/runner-<hash>/runner`, with its
     schemas inside, as in the wheel): made once per version of the code; Ray uploads it once.
     Hashed once per process (a sweep submits many jobs)."""
-    with _CLIENT_LOCK:
+    with _PACKAGES_LOCK:
         if root not in _RUNNER_MODULES:
             _RUNNER_MODULES[root] = _make_runner_module(root)
         return _RUNNER_MODULES[root]
@@ -473,7 +447,9 @@ def _submit_when_ready(address: str, job: dict[str, Any]) -> None:
             if held is not None:
                 _rest(address).submit({**job, "runtime_env": {**held, "env_vars": job["runtime_env"].get("env_vars", {})}})
             else:
-                _client(address).submit_job(**job)
+                from runner.backends import ray_upload
+
+                ray_upload.submit(address, job)  # (the SDK, in a worker: runner.backends.ray_upload)
                 _keep_packages(address, job["runtime_env"], job["submission_id"])
             return
         except RuntimeError as exc:
@@ -521,7 +497,7 @@ def _keep_packages(address: str, runtime_env: dict[str, Any], job_id: str) -> No
     if not str(recorded.get("working_dir", "")).startswith("gcs://"):
         return
     path = _packages_path()
-    with _CLIENT_LOCK:  # (a sweep's trials: one process; other processes may lose an entry, not corrupt one)
+    with _PACKAGES_LOCK:  # (a sweep's trials: one process; other processes may lose an entry, not corrupt one)
         kept = _read_json(path) or {}
         if len(kept) > 200:  # (old projects' entries: the file stays small)
             kept = dict(list(kept.items())[-100:])
