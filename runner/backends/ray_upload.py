@@ -50,12 +50,10 @@ def submit(address: str, job: dict[str, Any]) -> None:
     raise RuntimeError(text)
 
 
-def _first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), exc.__class__.__name__)
-
-
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
     import logging
+
+    from runner.backends.ray import _first_line
 
     try:
         from ray.job_submission import JobSubmissionClient
