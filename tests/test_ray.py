@@ -422,7 +422,8 @@ def test_carried_trials_output_reaches_their_logs_whole_across_a_killed_driver(r
 
 
 ARRAY_STRUCK = """
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (a shell's background job starts with SIGINT ignored)
 from runner import api
 from runner.request import RunRequest
 requests = [RunRequest(uri=sys.argv[1], parameters={"alpha": alpha, "secs": 60}, backend="ray", env_manager="local",
