@@ -134,13 +134,21 @@ def _reachable(address: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
-        raise NotAvailableError("the ray backend needs Ray's job SDK, which is not installed",
-                                hint="pip install 'mlproject-runner[ray]'")
+        raise no_sdk()
     try:
         _rest(address).version()
     except Exception as exc:  # noqa: BLE001 - URLError, a refused connection, an HTTP error, a proxy's page
-        raise _problem(f"cannot reach the Ray cluster at {address}: {_first_line(exc)}",
-                       "check the address (the dashboard's, usually http://HEAD:8265) and that the cluster is up") from None
+        raise unreachable(address, _first_line(exc)) from None
+
+
+def no_sdk() -> NotAvailableError:
+    return NotAvailableError("the ray backend needs Ray's job SDK, which is not installed",
+                             hint="pip install 'mlproject-runner[ray]'")
+
+
+def unreachable(address: str, said: str) -> UsageError:
+    return _problem(f"cannot reach the Ray cluster at {address}: {said}",
+                    "check the address (the dashboard's, usually http://HEAD:8265) and that the cluster is up")
 
 
 def _rest(address: str) -> RayRest:

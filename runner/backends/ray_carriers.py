@@ -143,6 +143,7 @@ def job_states(job_ids: list[str]) -> dict[str, JobState | None]:
     its trials followed."""
     from runner.backends import ray_tail
     from runner.backends.ray import _address_of, _rest
+    from runner.backends.ray_rest import ENDED
 
     by_carrier: dict[str, list[str]] = {}
     for job_id in job_ids:
@@ -150,7 +151,7 @@ def job_states(job_ids: list[str]) -> dict[str, JobState | None]:
     # (The state first, then the log: a log read to its end after the job's end has every trial's end line.)
     infos = {carrier_id: _rest(_address_of(carrier_id)).job(carrier_id) for carrier_id in by_carrier}
     followed = [carrier_id for carrier_id, info in infos.items() if info is not None]
-    ended = frozenset(carrier_id for carrier_id in followed if (infos[carrier_id] or {}).get("status") in ray_tail.ENDED)
+    ended = frozenset(carrier_id for carrier_id in followed if (infos[carrier_id] or {}).get("status") in ENDED)
     logs = dict(zip(followed, ray_tail.views([_tail(carrier_id) for carrier_id in followed], ended)))
     states: dict[str, JobState | None] = {}
     for carrier_id, ids in by_carrier.items():

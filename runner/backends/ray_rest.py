@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _TIMEOUT = 30.0
+ENDED = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})  # a job's statuses once it has ended
 
 
 class RayRestError(RuntimeError):

@@ -38,7 +38,6 @@ _QUIET_SECONDS = 0.5  # no message this long after one: the stream has sent all 
 _SILENT_SECONDS = 3.0  # no message at all this long: the log is empty so far (Ray reads it once a second)
 _CATCH_UP_SECONDS = 10.0  # how long a process that has just taken a carrier over waits to read it
 _RETRY_SECONDS = 1.0  # between connections to a stream that closed while its job went on
-ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 @dataclass(frozen=True)
@@ -152,9 +151,9 @@ class CarrierTail:
     async def _follow(self) -> None:
         import aiohttp
 
-        base = self.address.rstrip("/")
-        base = base if base.startswith(("http://", "https://")) else f"http://{base}"
-        url = "ws" + base.removeprefix("http") + f"/api/jobs/{self.carrier_id}/logs/tail"
+        from runner.backends.ray_rest import RayRest
+
+        url = "ws" + RayRest(self.address).base.removeprefix("http") + f"/api/jobs/{self.carrier_id}/logs/tail"
         try:
             while True:
                 self._restart()
@@ -190,7 +189,7 @@ class CarrierTail:
 
     def _job_ended(self) -> bool:
         """Whether the carrier has ended (or Ray forgot it): its log will not grow."""
-        from runner.backends.ray_rest import RayRest
+        from runner.backends.ray_rest import ENDED, RayRest
 
         try:
             info = RayRest(self.address).job(self.carrier_id)

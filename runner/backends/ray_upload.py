@@ -22,8 +22,8 @@ def submit(address: str, job: dict[str, Any]) -> None:
     """Submit `job` through the SDK in a worker. Raises NotAvailableError (no SDK here),
     UsageError (the cluster cannot be reached), or RuntimeError with Ray's refusal as the SDK
     words it (its callers tell "try again later" and a package too large from its text)."""
-    from runner.backends.ray import _problem
-    from runner.errors import LaunchError, NotAvailableError
+    from runner.backends.ray import no_sdk, unreachable
+    from runner.errors import LaunchError
     from runner.subprocesses import capture
 
     try:
@@ -42,11 +42,9 @@ def submit(address: str, job: dict[str, Any]) -> None:
         return
     kind, text = answer["error"]["kind"], answer["error"]["text"]
     if kind == "missing":
-        raise NotAvailableError("the ray backend needs Ray's job SDK, which is not installed",
-                                hint="pip install 'mlproject-runner[ray]'")
+        raise no_sdk()
     if kind == "unreachable":
-        raise _problem(f"cannot reach the Ray cluster at {address}: {text}",
-                       "check the address (the dashboard's, usually http://HEAD:8265) and that the cluster is up")
+        raise unreachable(address, text)
     raise RuntimeError(text)
 
 
