@@ -305,6 +305,8 @@ def test_unpacks_struck_at_random_instants_leave_the_store_whole(cli, make_proje
         complete = [name for name in _store_entries(home) if not name.startswith(".tmp-")]
         if proc.returncode == 0:
             assert complete == [Path(out.strip()).name], where
+        elif ": done in" in err:  # (struck after the key was complete, while the process exited)
+            assert len(complete) == 1, where
         else:
             assert complete == [], where
             if strike != signal.SIGKILL:
